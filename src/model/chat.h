@@ -19,4 +19,8 @@ const char* chat_format_name(ChatFormat f);
 // parse_special = true.
 std::string chat_format_user_turn(ChatFormat f, std::string_view user_text, std::string_view system_prompt = "");
 
+// The system prompt the model's template puts in when the conversation has none (SmolLM2:
+// "You are a helpful AI assistant named SmolLM, trained by Hugging Face"); empty if none.
+std::string chat_default_system_prompt(const Metadata& meta);
+
 }  // namespace dashlm

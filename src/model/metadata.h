@@ -51,7 +51,11 @@ class Metadata {
   bool has(const std::string& key) const { return kv_.count(key) != 0; }
   const MetaValue* find(const std::string& key) const;
   const std::map<std::string, MetaValue>& all() const { return kv_; }
+  bool erase(const std::string& key);                 // true if the key was there
+  size_t erase_prefix(const std::string& prefix);     // removes every key starting with prefix
 
+  // Scalar getters: empty optional when the key is missing; throw dashlm::Error naming the
+  // key when it is present with a type that does not convert (e.g. a string read as an int).
   std::optional<int64_t> get_int(const std::string& key) const;
   std::optional<double> get_float(const std::string& key) const;
   std::optional<bool> get_bool(const std::string& key) const;

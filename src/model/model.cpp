@@ -1,1 +1,182 @@
-// (being written)
+#include "model/model.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "backends/cpu/quants.h"
+#include "backends/error.h"
+
+namespace dashlm {
+
+const char* arch_name(Arch a) {
+  switch (a) {
+    case Arch::Llama: return "llama";
+    case Arch::Qwen2: return "qwen2";
+    case Arch::Gemma3: return "gemma3";
+  }
+  return "?";
+}
+
+namespace {
+
+Arch parse_arch(const std::string& s) {
+  if (s == "llama" || s == "mistral") return Arch::Llama;
+  if (s == "qwen2") return Arch::Qwen2;
+  if (s == "gemma3") return Arch::Gemma3;
+  fail("unsupported architecture '{}' (dashlm supports llama, qwen2, gemma3)", s);
+}
+
+// A positive integer hyperparameter; arrays (per-layer values) must be uniform.
+int64_t positive(const Metadata& m, const std::string& key, std::optional<int64_t> dflt = std::nullopt) {
+  std::optional<int64_t> v;
+  if (const MetaValue* mv = m.find(key); mv && mv->is_array()) {
+    auto arr = m.get_int_array(key);
+    if (!arr || arr->empty()) fail("metadata {} is an empty array", key);
+    for (int64_t x : *arr) {
+      if (x != arr->front()) fail("metadata {} varies per layer, which dashlm does not support", key);
+    }
+    v = arr->front();
+  } else {
+    v = m.get_int(key);
+  }
+  if (!v) v = dflt;
+  if (!v) fail("model metadata lacks {}", key);
+  if (*v <= 0 || *v > (int64_t{1} << 31)) fail("metadata {} = {} is out of range", key, *v);
+  return *v;
+}
+
+HParams read_hparams(const ModelFile& f) {
+  const Metadata& m = f.meta;
+  HParams hp;
+  hp.arch_str = m.need_string("general.architecture");
+  hp.arch = parse_arch(hp.arch_str);
+  const std::string a = hp.arch_str + ".";
+  hp.n_embd = positive(m, a + "embedding_length");
+  hp.n_layer = static_cast<int>(positive(m, a + "block_count"));
+  hp.n_ff = positive(m, a + "feed_forward_length");
+  hp.n_head = static_cast<int>(positive(m, a + "attention.head_count"));
+  hp.n_head_kv = static_cast<int>(positive(m, a + "attention.head_count_kv", hp.n_head));
+  if (hp.n_head % hp.n_head_kv != 0) fail("head_count {} is not a multiple of head_count_kv {}", hp.n_head, hp.n_head_kv);
+  const int64_t dflt_hd = hp.n_embd % hp.n_head == 0 ? hp.n_embd / hp.n_head : 0;
+  hp.head_dim = static_cast<int>(positive(m, a + "attention.key_length", dflt_hd > 0 ? std::optional<int64_t>(dflt_hd) : std::nullopt));
+  if (positive(m, a + "attention.value_length", hp.head_dim) != hp.head_dim) fail("key and value head sizes differ, which dashlm does not support");
+  hp.n_rot = static_cast<int>(positive(m, a + "rope.dimension_count", hp.head_dim));
+  if (hp.n_rot > hp.head_dim || hp.n_rot % 2) fail("rope.dimension_count {} does not fit head size {}", hp.n_rot, hp.head_dim);
+  hp.n_ctx_train = positive(m, a + "context_length", 2048);
+  hp.norm_eps = static_cast<float>(m.get_float(a + "attention.layer_norm_rms_epsilon").value_or(1e-5));
+  if (!(hp.norm_eps > 0.f)) fail("layer_norm_rms_epsilon must be positive");
+  hp.rope_base = static_cast<float>(m.get_float(a + "rope.freq_base").value_or(10000.0));
+  if (auto t = m.get_string(a + "rope.scaling.type"); t && *t != "none") {
+    if (*t != "linear") fail("rope scaling '{}' is not supported (only linear)", *t);
+    const double factor = m.get_float(a + "rope.scaling.factor").value_or(1.0);
+    if (!(factor > 0)) fail("rope.scaling.factor must be positive");
+    hp.rope_freq_scale = static_cast<float>(1.0 / factor);
+  }
+  hp.attn_scale = 1.f / std::sqrt(static_cast<float>(hp.head_dim));
+  switch (hp.arch) {
+    case Arch::Llama:
+      hp.rope_neox = false;
+      break;
+    case Arch::Qwen2:
+      hp.rope_neox = true;
+      break;
+    case Arch::Gemma3:
+      hp.rope_neox = true;
+      hp.act = Activation::GeluTanh;
+      hp.embed_scale = std::sqrt(static_cast<float>(hp.n_embd));
+      hp.sliding_window = static_cast<int>(m.get_int(a + "attention.sliding_window").value_or(0));
+      hp.swa_pattern = 6;  // five sliding-window layers, then one global
+      hp.rope_base_local = 10000.f;
+      // Gemma 3 27B scales queries by 1/sqrt(n_embd / n_head) (query_pre_attn_scalar).
+      if (hp.n_layer == 62) hp.attn_scale = 1.f / std::sqrt(static_cast<float>(hp.n_embd / hp.n_head));
+      break;
+  }
+  return hp;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> Model::load(const std::string& path, const std::string& tokenizer_path) {
+  auto model = std::unique_ptr<Model>(new Model());
+  model->file_ = open_model_file(path, tokenizer_path);
+  model->hp_ = read_hparams(*model->file_);
+  model->tok_ = Tokenizer::from_metadata(model->file_->meta);
+  model->bind_weights();
+  return model;
+}
+
+std::string Model::name() const {
+  if (auto n = file_->meta.get_string("general.name"); n && !n->empty()) return *n;
+  return std::filesystem::path(file_->path).filename().string();
+}
+
+cpu::WeightView Model::matrix(const std::string& name, int64_t in, int64_t out, bool required) const {
+  const TensorInfo* t = file_->find(name);
+  if (!t) {
+    if (required) fail("model file lacks tensor {}", name);
+    return {};
+  }
+  if (t->ne.size() != 2 || t->ne[0] != in || t->ne[1] != out) {
+    fail("tensor {} has shape {}, expected [{}, {}] for this architecture", name, t->shape_str(), in, out);
+  }
+  if (!dtype_traits(t->type).dequantizable) fail("tensor {} has type {}, which dashlm cannot compute with", name, dtype_name(t->type));
+  return cpu::WeightView{t->type, t->data, in, out};
+}
+
+const float* Model::f32_vector(const std::string& name, int64_t n, bool required) {
+  const TensorInfo* t = file_->find(name);
+  if (!t) {
+    if (required) fail("model file lacks tensor {}", name);
+    return nullptr;
+  }
+  if (t->n_elements() != n || t->ne.size() != 1) fail("tensor {} has shape {}, expected [{}]", name, t->shape_str(), n);
+  if (t->type == DType::F32) return reinterpret_cast<const float*>(t->data);
+  if (!dtype_traits(t->type).dequantizable) fail("tensor {} has type {}, which dashlm cannot compute with", name, dtype_name(t->type));
+  std::vector<float> v(static_cast<size_t>(n));
+  cpu::dequantize_row(t->type, t->data, v.data(), n);
+  owned_.push_back(std::move(v));
+  return owned_.back().data();
+}
+
+void Model::bind_weights() {
+  const HParams& hp = hp_;
+  const TensorInfo& emb = file_->need("token_embd.weight");
+  if (emb.ne.size() != 2 || emb.ne[0] != hp.n_embd) fail("tensor token_embd.weight has shape {}, expected [{}, n_vocab]", emb.shape_str(), hp.n_embd);
+  hp_.n_vocab = emb.ne[1];
+  if (hp_.n_vocab != tok_->n_vocab()) {
+    fail("the model has {} token embeddings but its tokenizer has {} tokens", hp_.n_vocab, tok_->n_vocab());
+  }
+  tok_embd_ = matrix("token_embd.weight", hp.n_embd, hp_.n_vocab);
+  output_norm_ = f32_vector("output_norm.weight", hp.n_embd, true);
+  output_ = matrix("output.weight", hp.n_embd, hp_.n_vocab, false);
+  hp_.tied_embeddings = output_.data == nullptr;
+  if (hp_.tied_embeddings) output_ = tok_embd_;
+  rope_freqs_ = f32_vector("rope_freqs.weight", hp.n_rot / 2, false);
+
+  const int64_t d = hp.n_embd, qd = hp.q_dim(), kvd = hp.kv_dim();
+  const bool gemma = hp.arch == Arch::Gemma3;
+  layers_.resize(static_cast<size_t>(hp.n_layer));
+  for (int il = 0; il < hp.n_layer; ++il) {
+    const std::string p = "blk." + std::to_string(il) + ".";
+    LayerWeights& L = layers_[static_cast<size_t>(il)];
+    L.attn_norm = f32_vector(p + "attn_norm.weight", d, true);
+    L.wq = matrix(p + "attn_q.weight", d, qd);
+    L.wk = matrix(p + "attn_k.weight", d, kvd);
+    L.wv = matrix(p + "attn_v.weight", d, kvd);
+    L.wo = matrix(p + "attn_output.weight", qd, d);
+    const bool qwen = hp.arch == Arch::Qwen2;
+    L.bq = f32_vector(p + "attn_q.bias", qd, qwen);
+    L.bk = f32_vector(p + "attn_k.bias", kvd, qwen);
+    L.bv = f32_vector(p + "attn_v.bias", kvd, qwen);
+    L.q_norm = f32_vector(p + "attn_q_norm.weight", hp.head_dim, gemma);
+    L.k_norm = f32_vector(p + "attn_k_norm.weight", hp.head_dim, gemma);
+    L.post_attn_norm = f32_vector(p + "post_attention_norm.weight", d, gemma);
+    L.ffn_norm = f32_vector(p + "ffn_norm.weight", d, true);
+    L.w_gate = matrix(p + "ffn_gate.weight", d, hp.n_ff);
+    L.w_up = matrix(p + "ffn_up.weight", d, hp.n_ff);
+    L.w_down = matrix(p + "ffn_down.weight", hp.n_ff, d);
+    L.post_ffn_norm = f32_vector(p + "post_ffw_norm.weight", d, gemma);
+  }
+}
+
+}  // namespace dashlm

@@ -49,10 +49,26 @@ std::unique_ptr<ModelFile> parse_gguf(const uint8_t* data, size_t size, const st
 // path: a .safetensors file, a model.safetensors.index.json, or a directory holding either;
 // config.json (and tokenizer.json if present) are read from the same directory.
 std::unique_ptr<ModelFile> load_safetensors(const std::string& path);
+// Same, but with_tokenizer = false skips tokenizer.json (used when --tokenizer names another file).
+std::unique_ptr<ModelFile> load_safetensors(const std::string& path, bool with_tokenizer);
 // Parses one safetensors image in memory into tensors with HF names (used by the fuzzer).
 std::unique_ptr<ModelFile> parse_safetensors(const uint8_t* data, size_t size, const std::string& name);
-// llama2.c checkpoint plus its tokenizer.bin.
+// llama2.c checkpoint plus its tokenizer (a llama2.c tokenizer.bin, or any file that
+// apply_tokenizer_file accepts); the tokenizer's vocabulary size must equal the model's.
 std::unique_ptr<ModelFile> load_llama2c(const std::string& path, const std::string& tokenizer_path);
+
+// Tokenizer files. Each replaces every tokenizer.* key of meta with those read from the file.
+// A llama2.c tokenizer.bin (int32 max_token_length, then per token: f32 score, i32 length,
+// bytes); returns the number of tokens.
+size_t read_llama2c_tokenizer(const std::string& path, Metadata& meta);
+// A Hugging Face tokenizer.json of byte-level BPE; tokenizer_config.json and config.json beside
+// it supply BOS/EOS and the chat template. The pre-tokenizer is chosen from
+// general.architecture. n_vocab > 0 pads the vocabulary to the model's size with unused tokens.
+void read_hf_tokenizer(const std::string& tokenizer_json_path, Metadata& meta, int64_t n_vocab);
+// Picks the kind by content (GGUF: its tokenizer.* keys are copied; a JSON file: HF
+// tokenizer.json; otherwise a llama2.c tokenizer.bin) and checks the vocabulary against the
+// rows of token_embd.weight.
+void apply_tokenizer_file(ModelFile& file, const std::string& tokenizer_path);
 
 // Picks the loader by content (GGUF magic, safetensors header, llama2.c header size check).
 // tokenizer_path is needed for llama2.c files and optional otherwise (a tokenizer.json or a

@@ -1,1 +1,337 @@
-// (being written)
+// Tokenizer: what SentencePiece-style and byte-level BPE vocabularies share (the vocabulary,
+// special ids, special-token partitioning, detokenization, streaming). The rules follow
+// llama.cpp's llama-vocab.cpp so that the ids are the same as llama.cpp's for a GGUF file.
+#include "model/tokenizer.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <map>
+#include <tuple>
+
+#include "backends/error.h"
+
+namespace dashlm {
+
+namespace {
+
+// Texts llama.cpp treats as end-of-generation tokens. Every token with one of these texts is
+// made a control token there (whatever its type in the file), which matters for how text is
+// split at special tokens, so the same is done here.
+constexpr std::array<std::string_view, 22> k_llama_cpp_eog_texts = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\xef\xbd\x9c" "end\xe2\x96\x81" "of\xe2\x96\x81" "sentence\xef\xbd\x9c>",  // DeepSeek's <｜end▁of▁sentence｜>
+    "[e~[",
+};
+
+// Texts of tokens that end a turn for generation here (besides EOS and the eot/eom keys).
+constexpr std::array<std::string_view, 7> k_end_of_turn_texts = {
+    "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "<|end|>", "<|eom_id|>", "<|end_of_text|>",
+};
+
+}  // namespace
+
+// ---- factory ------------------------------------------------------------------------------------
+
+std::unique_ptr<Tokenizer> Tokenizer::from_metadata(const Metadata& meta) {
+  const auto model = meta.get_string("tokenizer.ggml.model");
+  if (!model) fail("the model has no tokenizer (tokenizer.ggml.model is missing)");
+  if (*model == "llama") return detail::make_spm_tokenizer(meta);
+  if (*model == "gpt2") return detail::make_bpe_tokenizer(meta);
+  fail("unsupported tokenizer '{}' (tokenizer.ggml.model); supported: llama, gpt2", *model);
+}
+
+// ---- vocabulary -----------------------------------------------------------------------------
+
+struct Tokenizer::SpecialIndex {
+  // Special tokens (control, user-defined, unknown) in llama.cpp's matching order: longest
+  // text first, ties ordered as std::sort leaves them starting from increasing ids.
+  std::vector<int32_t> order;
+  // A byte trie over their texts; a node's rank is the index in `order` of the token that
+  // ends there (-1 if none).
+  struct Node {
+    std::vector<std::pair<uint8_t, int32_t>> next;  // sorted by byte
+    int32_t rank = -1;
+  };
+  std::vector<Node> nodes;
+  std::array<bool, 256> first_byte{};
+
+  int32_t child(int32_t node, uint8_t b) const {
+    const auto& nx = nodes[static_cast<size_t>(node)].next;
+    auto it = std::lower_bound(nx.begin(), nx.end(), std::make_pair(b, int32_t(-1)));
+    return (it != nx.end() && it->first == b) ? it->second : -1;
+  }
+  void insert(std::string_view text, int32_t rank) {
+    int32_t node = 0;
+    for (char ch : text) {
+      const auto b = static_cast<uint8_t>(ch);
+      int32_t c = child(node, b);
+      if (c < 0) {
+        c = static_cast<int32_t>(nodes.size());
+        auto& nx = nodes[static_cast<size_t>(node)].next;
+        nx.insert(std::lower_bound(nx.begin(), nx.end(), std::make_pair(b, int32_t(-1))), {b, c});
+        nodes.emplace_back();
+      }
+      node = c;
+    }
+    auto& r = nodes[static_cast<size_t>(node)].rank;
+    if (r < 0) r = rank;
+  }
+};
+
+void Tokenizer::init_common(const Metadata& meta) {
+  model_ = meta.get_string("tokenizer.ggml.model").value_or("");
+  auto tokens = meta.get_string_array("tokenizer.ggml.tokens");
+  if (!tokens || tokens->empty()) fail("the model has no vocabulary (tokenizer.ggml.tokens is missing)");
+  tokens_ = std::move(*tokens);
+  const size_t n = tokens_.size();
+
+  // Empty texts get a placeholder, as in llama.cpp.
+  for (size_t i = 0; i < n; ++i)
+    if (tokens_[i].empty()) tokens_[i] = "[EMPTY_" + std::to_string(i) + "]";
+
+  scores_.assign(n, 0.0f);
+  if (auto scores = meta.get_float_array("tokenizer.ggml.scores")) {
+    if (scores->size() < n) fail("tokenizer.ggml.scores has {} entries for {} tokens", scores->size(), n);
+    for (size_t i = 0; i < n; ++i) scores_[i] = static_cast<float>((*scores)[i]);
+  }
+
+  types_.assign(n, TokenType::NORMAL);
+  attrs_.assign(n, ATTR_NORMAL);
+  if (auto types = meta.get_int_array("tokenizer.ggml.token_type")) {
+    if (types->size() < n) fail("tokenizer.ggml.token_type has {} entries for {} tokens", types->size(), n);
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t t = (*types)[i];
+      types_[i] = (t >= 0 && t <= 6) ? static_cast<TokenType>(t) : TokenType::UNDEFINED;
+      switch (types_[i]) {
+        case TokenType::NORMAL: attrs_[i] = ATTR_NORMAL; break;
+        case TokenType::UNKNOWN: attrs_[i] = ATTR_UNKNOWN; break;
+        case TokenType::CONTROL: attrs_[i] = ATTR_CONTROL; break;
+        case TokenType::USER_DEFINED: attrs_[i] = ATTR_USER_DEFINED; break;
+        case TokenType::UNUSED: attrs_[i] = ATTR_UNUSED; break;
+        case TokenType::BYTE: attrs_[i] = ATTR_BYTE; break;
+        case TokenType::UNDEFINED: attrs_[i] = ATTR_UNDEFINED; break;
+      }
+    }
+  } else {
+    // No types in the file: byte tokens are still recognisable by their text (for decoding).
+    for (size_t i = 0; i < n; ++i) {
+      const std::string& t = tokens_[i];
+      if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::isxdigit(static_cast<unsigned char>(t[3])) &&
+          std::isxdigit(static_cast<unsigned char>(t[4]))) {
+        types_[i] = TokenType::BYTE;
+        attrs_[i] = ATTR_BYTE;
+      }
+    }
+  }
+
+  token_to_id_.clear();
+  token_to_id_.reserve(n);
+  for (size_t i = 0; i < n; ++i) token_to_id_[tokens_[i]] = static_cast<int32_t>(i);  // last one wins
+
+  // Special ids: the subclass's defaults, then the keys (ignored when out of range).
+  auto valid = [&](int64_t id) { return id >= 0 && static_cast<size_t>(id) < n; };
+  auto read_id = [&](const char* key, int32_t& id) {
+    if (id >= 0 && !valid(id)) id = -1;
+    if (auto v = meta.get_int(key); v && valid(*v)) id = static_cast<int32_t>(*v);
+  };
+  int32_t eot = -1, eom = -1;
+  read_id("tokenizer.ggml.bos_token_id", bos_);
+  read_id("tokenizer.ggml.eos_token_id", eos_);
+  read_id("tokenizer.ggml.unknown_token_id", unk_);
+  read_id("tokenizer.ggml.eot_token_id", eot);
+  read_id("tokenizer.ggml.eom_token_id", eom);
+  if (auto v = meta.get_bool("tokenizer.ggml.add_bos_token")) add_bos_ = *v;
+  if (auto v = meta.get_bool("tokenizer.ggml.add_eos_token")) add_eos_ = *v;
+  if (auto v = meta.get_bool("tokenizer.ggml.add_space_prefix")) add_space_prefix_ = *v;
+
+  // llama.cpp's fix-ups by text.
+  std::vector<int32_t> llama_eog;
+  for (std::string_view t : k_llama_cpp_eog_texts) {
+    if (int32_t id = find_token(t); id >= 0) {
+      llama_eog.push_back(id);
+      attrs_[static_cast<size_t>(id)] |= ATTR_CONTROL;
+    }
+  }
+  for (std::string_view t : {"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"}) {
+    if (int32_t id = find_token(t); id >= 0) attrs_[static_cast<size_t>(id)] = ATTR_USER_DEFINED;
+  }
+  auto has = [&](std::string_view t) { return find_token(t) >= 0; };
+  if (has("<|end|>") && ((has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")))) {
+    // gpt-oss / solar-open: <|end|> ends a message, not the generation.
+    attrs_[static_cast<size_t>(find_token("<|end|>"))] = ATTR_USER_DEFINED;
+  }
+  if (has("</s>") && (has("<|tool_response>") || has("<|plamo:eos|>"))) {
+    attrs_[static_cast<size_t>(find_token("</s>"))] = ATTR_NORMAL;
+  }
+
+  // End of generation.
+  eog_ids_.clear();
+  for (int32_t id : {eos_, eot, eom})
+    if (id >= 0) eog_ids_.push_back(id);
+  for (std::string_view t : k_end_of_turn_texts) {
+    const int32_t id = find_token(t);
+    if (id < 0) continue;
+    if (t == "<|end|>" && attrs_[static_cast<size_t>(id)] == ATTR_USER_DEFINED) continue;  // see above
+    eog_ids_.push_back(id);
+  }
+  std::sort(eog_ids_.begin(), eog_ids_.end());
+  eog_ids_.erase(std::unique(eog_ids_.begin(), eog_ids_.end()), eog_ids_.end());
+
+  // Special tokens in llama.cpp's order (std::sort by decreasing length, from increasing ids).
+  auto index = std::make_shared<SpecialIndex>();
+  for (size_t i = 0; i < n; ++i)
+    if (attrs_[i] & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)) index->order.push_back(static_cast<int32_t>(i));
+  std::sort(index->order.begin(), index->order.end(), [&](int32_t a, int32_t b) {
+    return tokens_[static_cast<size_t>(a)].size() > tokens_[static_cast<size_t>(b)].size();
+  });
+  index->nodes.emplace_back();
+  for (size_t r = 0; r < index->order.size(); ++r) {
+    const std::string& t = tokens_[static_cast<size_t>(index->order[r])];
+    index->insert(t, static_cast<int32_t>(r));
+    index->first_byte[static_cast<uint8_t>(t[0])] = true;
+  }
+  special_ = std::move(index);
+}
+
+TokenType Tokenizer::token_type(int32_t id) const { return types_.at(static_cast<size_t>(id)); }
+
+int32_t Tokenizer::find_token(std::string_view text) const {
+  auto it = token_to_id_.find(text);
+  return it == token_to_id_.end() ? -1 : it->second;
+}
+
+bool Tokenizer::is_end_of_generation(int32_t id) const {
+  return std::binary_search(eog_ids_.begin(), eog_ids_.end(), id);
+}
+
+// ---- special tokens ----------------------------------------------------------------------------
+//
+// llama.cpp takes the special tokens one at a time, longest first, and splits every piece of
+// raw text left so far at each non-overlapping occurrence of the token (searching left to
+// right). The same result comes from: find every occurrence of every special token, then go
+// through them by (token order, position) and keep an occurrence unless it overlaps one kept
+// already. An occurrence that overlaps a kept one would straddle two pieces in llama.cpp and
+// so is never found there; any other one is found, since the search of a piece only skips
+// text covered by an earlier match of the same token.
+
+std::vector<Tokenizer::Fragment> Tokenizer::partition_special(std::string_view text, bool parse_special) const {
+  std::vector<Fragment> out;
+  if (text.empty()) return out;
+  const SpecialIndex& si = *special_;
+
+  struct Hit {
+    int32_t rank;
+    uint32_t len;
+    size_t pos;
+  };
+  std::vector<Hit> hits;
+  if (!si.order.empty()) {
+    const auto* s = reinterpret_cast<const uint8_t*>(text.data());
+    for (size_t pos = 0; pos < text.size(); ++pos) {
+      if (!si.first_byte[s[pos]]) continue;
+      int32_t node = 0;
+      for (size_t i = pos; i < text.size(); ++i) {
+        node = si.child(node, s[i]);
+        if (node < 0) break;
+        const int32_t rank = si.nodes[static_cast<size_t>(node)].rank;
+        if (rank < 0) continue;
+        const uint32_t a = attrs_[static_cast<size_t>(si.order[static_cast<size_t>(rank)])];
+        if (!parse_special && (a & (ATTR_CONTROL | ATTR_UNKNOWN))) continue;
+        hits.push_back({rank, static_cast<uint32_t>(i + 1 - pos), pos});
+      }
+    }
+  }
+  if (hits.empty()) {
+    out.push_back({-1, 0, text.size()});
+    return out;
+  }
+  std::sort(hits.begin(), hits.end(), [](const Hit& a, const Hit& b) {
+    return std::tie(a.rank, a.pos) < std::tie(b.rank, b.pos);
+  });
+
+  std::map<size_t, std::pair<size_t, int32_t>> kept;  // start -> (end, token id)
+  for (const Hit& h : hits) {
+    const size_t b = h.pos, e = h.pos + h.len;
+    auto it = kept.lower_bound(b);
+    if (it != kept.end() && it->first < e) continue;  // a kept one starts inside
+    if (it != kept.begin() && std::prev(it)->second.first > b) continue;  // the one before reaches in
+    kept.emplace_hint(it, b, std::make_pair(e, si.order[static_cast<size_t>(h.rank)]));
+  }
+
+  size_t pos = 0;
+  for (const auto& [b, v] : kept) {
+    if (b > pos) out.push_back({-1, pos, b});
+    out.push_back({v.second, b, v.first});
+    pos = v.first;
+  }
+  if (pos < text.size()) out.push_back({-1, pos, text.size()});
+  return out;
+}
+
+// ---- detokenization -------------------------------------------------------------------------
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  std::string out;
+  size_t i = 0;
+  if (!ids.empty() && bos_ >= 0 && ids[0] == bos_) i = 1;  // a leading BOS is not text
+  // SentencePiece: the space put before the first word by the space prefix is not text either.
+  bool strip_space = add_space_prefix_ && model_ == "llama";
+  for (; i < ids.size(); ++i) {
+    std::string piece = token_to_piece(ids[i]);
+    if (strip_space && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
+    strip_space = false;
+    out += piece;
+  }
+  return out;
+}
+
+namespace {
+
+// Length of the longest prefix of s that does not end inside an incomplete UTF-8 sequence.
+size_t complete_utf8_prefix(const std::string& s) {
+  const size_t n = s.size();
+  // Look back at most 3 bytes for the start of the last sequence.
+  for (size_t back = 1; back <= 4 && back <= n; ++back) {
+    const auto c = static_cast<unsigned char>(s[n - back]);
+    if ((c & 0xC0) == 0x80) continue;  // continuation byte
+    size_t need = 1;
+    if ((c & 0xE0) == 0xC0) need = 2;
+    else if ((c & 0xF0) == 0xE0) need = 3;
+    else if ((c & 0xF8) == 0xF0) need = 4;
+    return back < need ? n - back : n;  // hold the incomplete tail back
+  }
+  return n;  // only continuation bytes: nothing to wait for
+}
+
+}  // namespace
+
+std::string TokenStream::push(int32_t id) {
+  const bool after_bos = tok_.bos() >= 0 && prev_ == tok_.bos();
+  prev_ = id;
+  if (tok_.bos() >= 0 && id == tok_.bos()) return "";  // BOS is not text
+  std::string piece = tok_.token_to_piece(id);
+  // SentencePiece: the first word of the text carries the space prefix; llama2.c and llama.cpp
+  // drop it when printing. That word is the one after BOS, or the first one pushed here (a
+  // caller that streams only the generated tokens of a BOS-only prompt).
+  if ((after_bos || first_) && tok_.add_space_prefix() && tok_.model_name() == "llama" && !piece.empty() &&
+      piece[0] == ' ') {
+    piece.erase(0, 1);
+  }
+  first_ = false;
+  pending_ += piece;
+  const size_t cut = complete_utf8_prefix(pending_);
+  std::string out = pending_.substr(0, cut);
+  pending_.erase(0, cut);
+  return out;
+}
+
+std::string TokenStream::flush() {
+  std::string out;
+  out.swap(pending_);
+  return out;
+}
+
+}  // namespace dashlm

@@ -1,9 +1,11 @@
 // Tokenizers built from model metadata (tokenizer.ggml.* keys).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "model/metadata.h"
@@ -39,6 +41,12 @@ class Tokenizer {
   int32_t bos() const { return bos_; }  // -1 if none
   int32_t eos() const { return eos_; }  // -1 if none
   bool add_bos_default() const { return add_bos_; }
+  // tokenizer.ggml.add_eos_token: llama.cpp appends EOS with BOS when it is set (rare).
+  bool add_eos_default() const { return add_eos_; }
+  // SentencePiece vocabularies: a space is put before text that starts the prompt or follows
+  // a special token (tokenizer.ggml.add_space_prefix; llama.cpp's default is true for "llama").
+  bool add_space_prefix() const { return add_space_prefix_; }
+  int32_t unk() const { return unk_; }  // -1 if none
   bool is_end_of_generation(int32_t id) const;  // EOS, EOT, <|im_end|>, <end_of_turn>, ...
   const std::string& token_text(int32_t id) const { return tokens_.at(static_cast<size_t>(id)); }
   TokenType token_type(int32_t id) const;
@@ -47,14 +55,53 @@ class Tokenizer {
   const std::string& pre_name() const { return pre_; }
 
  protected:
+  // Reads tokens, types, special ids and flags. Subclasses set their defaults (bos_, eos_,
+  // unk_, add_bos_, add_space_prefix_) first; keys present in the metadata override them.
   void init_common(const Metadata& meta);  // tokens, types, bos/eos, end-of-generation set
+
+  // A piece of the text to encode: a special token (id >= 0) or raw text [begin, end).
+  struct Fragment {
+    int32_t id = -1;
+    size_t begin = 0, end = 0;
+  };
+  // Splits text at special tokens as llama.cpp's tokenizer_st_partition does: user-defined
+  // tokens always, control and unknown tokens only with parse_special; longest tokens first.
+  std::vector<Fragment> partition_special(std::string_view text, bool parse_special) const;
+
+  // Token attributes as llama.cpp keeps them: its token type plus fix-ups made by text (such
+  // as <|im_end|> always being a control token).
+  enum Attr : uint32_t {
+    ATTR_UNDEFINED = 0, ATTR_UNKNOWN = 1u << 0, ATTR_UNUSED = 1u << 1, ATTR_NORMAL = 1u << 2,
+    ATTR_CONTROL = 1u << 3, ATTR_USER_DEFINED = 1u << 4, ATTR_BYTE = 1u << 5,
+  };
+  uint32_t attr(int32_t id) const { return attrs_[static_cast<size_t>(id)]; }
+
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  using TokenMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
   std::string model_, pre_;
   std::vector<std::string> tokens_;
   std::vector<TokenType> types_;
-  int32_t bos_ = -1, eos_ = -1;
-  bool add_bos_ = false;
-  std::vector<int32_t> eog_ids_;
+  std::vector<float> scores_;
+  std::vector<uint32_t> attrs_;
+  TokenMap token_to_id_;
+  int32_t bos_ = -1, eos_ = -1, unk_ = -1;
+  bool add_bos_ = false, add_eos_ = false, add_space_prefix_ = false;
+  std::vector<int32_t> eog_ids_;  // sorted
+
+ private:
+  struct SpecialIndex;  // special tokens in llama.cpp's matching order, and a trie over them
+  std::shared_ptr<const SpecialIndex> special_;
 };
+
+namespace detail {
+// Defined in tokenizer_spm.cpp and tokenizer_bpe.cpp; Tokenizer::from_metadata picks one.
+std::unique_ptr<Tokenizer> make_spm_tokenizer(const Metadata& meta);
+std::unique_ptr<Tokenizer> make_bpe_tokenizer(const Metadata& meta);
+}  // namespace detail
 
 // Streaming detokenizer: feeds ids one at a time, returns the bytes that became complete
 // UTF-8 (incomplete sequences are held back until the next token).

@@ -1,1 +1,206 @@
-// (being written)
+// Byte-level BPE (tokenizer.ggml.model = "gpt2"), with the rules of llama.cpp's BPE tokenizer:
+//   - the text is cut at special tokens first (Tokenizer::partition_special);
+//   - each piece of text is split into words by the pre-tokenizer of tokenizer.ggml.pre;
+//   - each word's bytes are written with GPT-2's byte -> code point map, then split into
+//     characters, and the adjacent pair with the lowest merge rank (tokenizer.ggml.merges,
+//     "left right" per line, first line = rank 0) is merged, again and again (ties: leftmost);
+//   - every symbol left is looked up in the vocabulary.
+// A priority queue of candidate pairs keeps long words O(n log n); words seen before in the same
+// call reuse their ids.
+#include <queue>
+#include <unordered_map>
+
+#include "backends/error.h"
+#include "model/pretokenize.h"
+#include "model/tokenizer.h"
+
+namespace dashlm {
+
+namespace {
+
+// Joins the two sides of a merge into one map key. 0xFF never occurs in UTF-8 text.
+constexpr char k_merge_sep = '\xff';
+
+class BpeTokenizer final : public Tokenizer {
+ public:
+  explicit BpeTokenizer(const Metadata& meta) {
+    pre_ = meta.get_string("tokenizer.ggml.pre").value_or("");
+    pre_type_ = pretokenizer_from_name(pre_);
+    if (pre_.empty()) pre_ = "default";
+    // llama.cpp's defaults for "gpt2" vocabularies: no BOS unless the file asks for it, except
+    // for the Llama 3 pre-tokenizer, which also looks up whole words before merging.
+    add_bos_ = pre_type_ == PreTokenizer::Llama3;
+    ignore_merges_ = pre_type_ == PreTokenizer::Llama3;
+    add_space_prefix_ = false;
+    init_common(meta);
+
+    auto merges = meta.get_string_array("tokenizer.ggml.merges");
+    if (!merges) fail("the gpt2 tokenizer has no merges (tokenizer.ggml.merges is missing)");
+    ranks_.reserve(merges->size());
+    std::string key;
+    for (size_t i = 0; i < merges->size(); ++i) {
+      const std::string& m = (*merges)[i];
+      // The two sides are split at the first space after the first byte.
+      const size_t sp = m.find(' ', 1);
+      key.clear();
+      if (sp != std::string::npos) {
+        key.append(m, 0, sp);
+        key += k_merge_sep;
+        key.append(m, sp + 1, std::string::npos);
+      } else {
+        key += k_merge_sep;
+      }
+      ranks_.emplace(key, static_cast<int32_t>(i));  // the first of duplicate merges wins
+    }
+  }
+
+  std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special) const override {
+    std::vector<int32_t> out;
+    out.reserve(text.size() / 3 + 2);
+    if (add_bos && bos_ >= 0) out.push_back(bos_);
+    std::unordered_map<std::string, std::vector<int32_t>> cache;  // byte-encoded word -> ids
+    std::string encoded;
+    for (const Fragment& f : partition_special(text, parse_special)) {
+      if (f.id >= 0) {
+        out.push_back(f.id);
+        continue;
+      }
+      for (const std::string& word : pretokenize(pre_type_, text.substr(f.begin, f.end - f.begin))) {
+        encoded.clear();
+        for (char c : word) encoded += gpt2_byte_to_utf8(static_cast<uint8_t>(c));
+        auto it = cache.find(encoded);
+        if (it == cache.end()) {
+          std::vector<int32_t> ids;
+          encode_word(encoded, ids);
+          it = cache.emplace(encoded, std::move(ids)).first;
+        }
+        out.insert(out.end(), it->second.begin(), it->second.end());
+      }
+    }
+    return out;
+  }
+
+  std::string token_to_piece(int32_t id) const override {
+    if (id < 0 || id >= n_vocab()) fail("token id {} is out of range (vocabulary of {})", id, n_vocab());
+    const uint32_t a = attr(id);
+    const std::string& text = tokens_[static_cast<size_t>(id)];
+    if (a & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED)) return text;
+    if (a & ATTR_NORMAL) {
+      // Undo the byte -> code point map; a code point outside it stays as it is.
+      std::string out;
+      out.reserve(text.size());
+      for (uint32_t cp : utf8_to_codepoints(text)) {
+        const int b = gpt2_codepoint_to_byte(cp);
+        if (b >= 0) {
+          out += static_cast<char>(b);
+        } else {
+          append_utf8(out, cp);
+        }
+      }
+      return out;
+    }
+    if (a & ATTR_BYTE) {
+      if (text.size() == 6 && text.compare(0, 3, "<0x") == 0)
+        return std::string(1, static_cast<char>(std::stoi(text.substr(3, 2), nullptr, 16)));
+      return text;
+    }
+    return "";
+  }
+
+ private:
+  struct Symbol {
+    size_t offset, n;  // n = 0 once merged into the symbol on its left
+    int32_t prev, next;
+  };
+  struct Pair {
+    int32_t rank;
+    int32_t left, right;
+    size_t size;  // bytes of the two symbols when the pair was queued
+  };
+  struct PairOrder {
+    // Lowest rank first; equal ranks: leftmost first (llama.cpp's order).
+    bool operator()(const Pair& a, const Pair& b) const {
+      return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
+    }
+  };
+
+  int32_t merge_rank(std::string_view left, std::string_view right, std::string& key) const {
+    key.assign(left);
+    key += k_merge_sep;
+    key.append(right);
+    auto it = ranks_.find(std::string_view(key));
+    return it == ranks_.end() ? -1 : it->second;
+  }
+
+  void encode_word(const std::string& word, std::vector<int32_t>& out) const {
+    if (word.empty()) return;
+    if (ignore_merges_) {
+      if (int32_t id = find_token(word); id >= 0) {
+        out.push_back(id);
+        return;
+      }
+    }
+    std::vector<Symbol> sym;
+    sym.reserve(word.size());
+    for (size_t off = 0; off < word.size();) {
+      const size_t len = std::min(utf8_len_from_lead(static_cast<unsigned char>(word[off])), word.size() - off);
+      const auto i = static_cast<int32_t>(sym.size());
+      sym.push_back({off, len, i - 1, off + len == word.size() ? -1 : i + 1});
+      off += len;
+    }
+
+    const std::string_view w(word);
+    std::string key;
+    std::priority_queue<Pair, std::vector<Pair>, PairOrder> queue;
+    auto try_pair = [&](int32_t l, int32_t r) {
+      if (l < 0 || r < 0) return;
+      const Symbol& a = sym[static_cast<size_t>(l)];
+      const Symbol& b = sym[static_cast<size_t>(r)];
+      const int32_t rank = merge_rank(w.substr(a.offset, a.n), w.substr(b.offset, b.n), key);
+      if (rank < 0) return;
+      queue.push({rank, l, r, a.n + b.n});
+    };
+    for (int32_t i = 1; i < static_cast<int32_t>(sym.size()); ++i) try_pair(i - 1, i);
+
+    while (!queue.empty()) {
+      const Pair p = queue.top();
+      queue.pop();
+      Symbol& l = sym[static_cast<size_t>(p.left)];
+      Symbol& r = sym[static_cast<size_t>(p.right)];
+      // Stale: one side was merged away or has grown since the pair was queued.
+      if (l.n == 0 || r.n == 0 || l.n + r.n != p.size) continue;
+      l.n += r.n;
+      r.n = 0;
+      l.next = r.next;
+      if (r.next >= 0) sym[static_cast<size_t>(r.next)].prev = p.left;
+      try_pair(l.prev, p.left);
+      try_pair(p.left, l.next);
+    }
+
+    for (int32_t i = 0; i != -1; i = sym[static_cast<size_t>(i)].next) {
+      const Symbol& s = sym[static_cast<size_t>(i)];
+      const std::string_view piece = w.substr(s.offset, s.n);
+      if (int32_t id = find_token(piece); id >= 0) {
+        out.push_back(id);
+        continue;
+      }
+      // Not a token (a vocabulary without all 256 byte tokens): llama.cpp tries each byte of
+      // the encoded text as a token of its own and drops the ones that are not.
+      for (char c : piece) {
+        if (int32_t id = find_token(std::string_view(&c, 1)); id >= 0) out.push_back(id);
+      }
+    }
+  }
+
+  PreTokenizer pre_type_ = PreTokenizer::Default;
+  bool ignore_merges_ = false;
+  TokenMap ranks_;  // "left\xffright" -> rank
+};
+
+}  // namespace
+
+namespace detail {
+std::unique_ptr<Tokenizer> make_bpe_tokenizer(const Metadata& meta) { return std::make_unique<BpeTokenizer>(meta); }
+}  // namespace detail
+
+}  // namespace dashlm

@@ -1,1 +1,246 @@
-// (being written)
+#include "backends/cpu/ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "backends/cpu/quants.h"
+#include "backends/error.h"
+
+namespace dashlm::cpu {
+
+namespace {
+
+int g_threads = 0;  // 0: not set yet, use the OpenMP default
+
+// Bytes of one row of W.
+size_t row_bytes(const WeightView& w) { return dtype_row_bytes(w.type, w.in_features); }
+
+const uint8_t* row_ptr(const WeightView& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r) * row_bytes(w);
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Rows per dequantized block for the BLAS path: about 4M floats (16 MB) of scratch at most.
+int64_t block_rows(const WeightView& w) {
+  const int64_t max_elems = int64_t{1} << 22;
+  return std::max<int64_t>(1, std::min<int64_t>(w.out_features, max_elems / std::max<int64_t>(1, w.in_features)));
+}
+
+}  // namespace
+
+void set_num_threads(int n) {
+  if (n <= 0) return;
+  g_threads = n;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, const float* bias) {
+  const int64_t in = w.in_features, out = w.out_features;
+  if (m <= 0 || out <= 0) return;
+  if (w.type == DType::F32) {
+    // No conversion needed: one BLAS call.
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(out),
+                static_cast<int>(in), 1.f, x, static_cast<int>(in), static_cast<const float*>(w.data),
+                static_cast<int>(in), 0.f, y, static_cast<int>(out));
+  } else if (m < 4) {
+    // Decode-sized: stream the quantized rows once, dequantizing each into a small buffer.
+#pragma omp parallel num_threads(num_threads())
+    {
+      std::vector<float> row(static_cast<size_t>(in));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < out; ++r) {
+        dequantize_row(w.type, row_ptr(w, r), row.data(), in);
+        for (int64_t i = 0; i < m; ++i) y[i * out + r] = dot(row.data(), x + i * in, in);
+      }
+    }
+  } else {
+    // Prefill-sized: dequantize a block of rows to float32, then one GEMM per block.
+    const int64_t br = block_rows(w);
+    thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(br * in));
+    for (int64_t r0 = 0; r0 < out; r0 += br) {
+      const int64_t nr = std::min(br, out - r0);
+      float* s = scratch.data();
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+      for (int64_t r = 0; r < nr; ++r) dequantize_row(w.type, row_ptr(w, r0 + r), s + r * in, in);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(nr),
+                  static_cast<int>(in), 1.f, x, static_cast<int>(in), s, static_cast<int>(in), 0.f, y + r0,
+                  static_cast<int>(out));
+    }
+  }
+  if (bias) {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t i = 0; i < m; ++i) add_inplace(y + i * out, bias, out);
+  }
+}
+
+void get_rows(const WeightView& w, const int32_t* rows, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (rows[i] < 0 || rows[i] >= w.out_features) fail("token id {} is outside the vocabulary (0..{})", rows[i], w.out_features - 1);
+  }
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t i = 0; i < n; ++i) dequantize_row(w.type, row_ptr(w, rows[i]), out + i * w.in_features, w.in_features);
+}
+
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t dim, float eps) {
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n > 64)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = x + r * dim;
+    float* yr = y + r * dim;
+    double ss = 0.0;  // sum of squares in double: rows of thousands of values
+    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(dim) + eps));
+    if (w) {
+      for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv * w[i];
+    } else {
+      for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv;
+    }
+  }
+}
+
+void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_t* pos, const RopeParams& p) {
+  const int half = p.n_rot / 2;
+  // Frequencies once per call: theta_i = base^(-2i/n_rot) (/ factor_i).
+  std::vector<double> inv_freq(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) {
+    double f = std::pow(static_cast<double>(p.freq_base), -2.0 * i / p.n_rot);
+    if (p.freq_factors) f /= p.freq_factors[i];
+    inv_freq[static_cast<size_t>(i)] = f;
+  }
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_tok > 16)
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const double ppos = static_cast<double>(pos[t]) * p.freq_scale;
+    for (int i = 0; i < half; ++i) {
+      const double ang = ppos * inv_freq[static_cast<size_t>(i)];
+      const float c = static_cast<float>(std::cos(ang)), s = static_cast<float>(std::sin(ang));
+      for (int h = 0; h < n_heads; ++h) {
+        float* v = x + t * row_stride + static_cast<int64_t>(h) * p.head_dim;
+        const int a = p.neox ? i : 2 * i;
+        const int b = p.neox ? i + half : 2 * i + 1;
+        const float x0 = v[a], x1 = v[b];
+        v[a] = x0 * c - x1 * s;
+        v[b] = x0 * s + x1 * c;
+      }
+    }
+  }
+}
+
+void attention(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, const float* v, int64_t n_kv,
+               const uint8_t* kv_valid, const AttentionParams& p, float* out) {
+  constexpr int64_t kBlock = 32;  // queries per block: one GEMM for scores, one for the output
+  const int64_t hd = p.head_dim;
+  const int64_t q_stride = static_cast<int64_t>(p.n_head) * hd;
+  const int64_t kv_stride = static_cast<int64_t>(p.n_head_kv) * hd;
+  const int group = p.n_head / p.n_head_kv;
+  const int64_t n_blocks = (n_q + kBlock - 1) / kBlock;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+
+#pragma omp parallel num_threads(num_threads())
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      for (int h = 0; h < p.n_head; ++h) {
+        const int64_t i0 = b * kBlock, nb = std::min(kBlock, n_q - i0);
+        // Keys this block can see: slots [lo, hi].
+        int64_t hi = std::min<int64_t>(q_pos[i0 + nb - 1], n_kv - 1);
+        int64_t lo = 0;
+        if (p.window > 0) lo = std::max<int64_t>(0, q_pos[i0] - p.window + 1);
+        const int64_t nk = hi - lo + 1;
+        float* o_base = out + i0 * q_stride + h * hd;
+        if (nk <= 0) {
+          for (int64_t i = 0; i < nb; ++i) std::fill(o_base + i * q_stride, o_base + i * q_stride + hd, 0.f);
+          continue;
+        }
+        const int kvh = h / group;
+        scores.resize(static_cast<size_t>(nb * nk));
+        // S = Q K^T  (nb x nk)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nb), static_cast<int>(nk),
+                    static_cast<int>(hd), p.scale, q + i0 * q_stride + h * hd, static_cast<int>(q_stride),
+                    k + lo * kv_stride + kvh * hd, static_cast<int>(kv_stride), 0.f, scores.data(),
+                    static_cast<int>(nk));
+        // Mask by position, softmax per row.
+        for (int64_t i = 0; i < nb; ++i) {
+          float* s = scores.data() + i * nk;
+          const int64_t qp = q_pos[i0 + i];
+          const int64_t j_hi = std::min<int64_t>(qp, hi) - lo;  // last visible key index in s
+          const int64_t j_lo = p.window > 0 ? std::max<int64_t>(0, qp - p.window + 1 - lo) : 0;
+          float mx = neg_inf;
+          for (int64_t j = 0; j < nk; ++j) {
+            const bool vis = j >= j_lo && j <= j_hi && (!kv_valid || kv_valid[lo + j]);
+            if (!vis) s[j] = neg_inf;
+            mx = std::max(mx, s[j]);
+          }
+          if (mx == neg_inf) {  // nothing visible: a zero output
+            std::fill(s, s + nk, 0.f);
+            continue;
+          }
+          float sum = 0.f;
+          for (int64_t j = 0; j < nk; ++j) {
+            const float e = s[j] == neg_inf ? 0.f : std::exp(s[j] - mx);
+            s[j] = e;
+            sum += e;
+          }
+          const float inv = 1.f / sum;
+          for (int64_t j = 0; j < nk; ++j) s[j] *= inv;
+        }
+        // O = P V  (nb x hd)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nb), static_cast<int>(hd),
+                    static_cast<int>(nk), 1.f, scores.data(), static_cast<int>(nk), v + lo * kv_stride + kvh * hd,
+                    static_cast<int>(kv_stride), 0.f, o_base, static_cast<int>(q_stride));
+      }
+    }
+  }
+}
+
+void silu_mul(float* g, const float* u, int64_t n) {
+#pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = g[i];
+    g[i] = x / (1.f + std::exp(-x)) * u[i];
+  }
+}
+
+void gelu_tanh_mul(float* g, const float* u, int64_t n) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  constexpr float kCoef = 0.044715f;
+#pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = g[i];
+    g[i] = 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * x * (1.f + kCoef * x * x))) * u[i];
+  }
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void scale_inplace(float* y, float s, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] *= s;
+}
+
+void row_l2_norms(const float* x, int64_t n, int64_t dim, float* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(x[r * dim + i]) * x[r * dim + i];
+    out[r] = static_cast<float>(std::sqrt(ss));
+  }
+}
+
+}  // namespace dashlm::cpu

@@ -1,1 +1,244 @@
-// (being written)
+// dashlm run: prefill a prompt (a long document plus an optional question), then generate.
+#include <cctype>
+#include <chrono>
+#include <cstdlib>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "backends/error.h"
+#include "frontends/cli/commands.h"
+#include "frontends/cli/common.h"
+#include "model/chat.h"
+#include "runtime/engine.h"
+#include "runtime/sampler.h"
+
+namespace dashlm::cli {
+
+namespace {
+
+struct RunOptions {
+  std::string model, tokenizer, prompt, prompt_file, prompt_ids, query, json_path, logits_path;
+  int n_predict = 128;
+  float temperature = 0.f;
+  int top_k = 40;
+  float top_p = 0.95f;
+  uint64_t seed = 0;
+  int threads = 0;
+  int64_t ctx = 0;
+  bool chat = false;
+  bool ignore_eos = false;
+  bool quiet = false;
+  size_t given_sources = 0;  // how many of -p, -f, --prompt-ids were given (an empty -p counts)
+};
+
+double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// The prompt as two token segments: the document (which a halting policy may thin out later)
+// and the query (always processed in full). With --chat both sit inside one user turn.
+struct PromptTokens {
+  std::vector<int32_t> document, query;
+  size_t size() const { return document.size() + query.size(); }
+};
+
+PromptTokens tokenize_prompt(const Model& model, const std::string& text, const std::string& query, bool chat) {
+  const Tokenizer& tok = model.tokenizer();
+  std::string before, after;
+  bool special = false;
+  if (chat) {
+    const ChatFormat f = chat_format_of(model.file().meta);
+    if (f == ChatFormat::None) fail("--chat: the model has no chat template that dashlm knows");
+    // Split the formatted turn around a marker to get the text before and after the message.
+    const std::string marker = "\x01";
+    const std::string turn = chat_format_user_turn(f, marker);
+    const size_t at = turn.find(marker);
+    before = turn.substr(0, at);
+    after = turn.substr(at + marker.size());
+    special = true;
+  }
+  PromptTokens p;
+  std::string q;
+  if (!query.empty()) {
+    const bool sep = !text.empty() && !std::isspace(static_cast<unsigned char>(text.back()));
+    q = (sep ? "\n" : "") + query;
+  }
+  p.document = tok.encode(before + text, tok.add_bos_default(), special);
+  if (!q.empty() || !after.empty()) p.query = tok.encode(q + after, false, special);
+  return p;
+}
+
+// "1,15043,3186" -> ids; each must be in the vocabulary.
+std::vector<int32_t> parse_ids(const std::string& s, int32_t n_vocab) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find_first_of(", ", i);
+    if (j == std::string::npos) j = s.size();
+    if (j > i) {
+      const std::string item = s.substr(i, j - i);
+      char* end = nullptr;
+      const long v = std::strtol(item.c_str(), &end, 10);
+      if (*end != '\0' || v < 0 || v >= n_vocab) fail("--prompt-ids: '{}' is not a token id of this model (0..{})", item, n_vocab - 1);
+      ids.push_back(static_cast<int32_t>(v));
+    }
+    i = j + 1;
+  }
+  return ids;
+}
+
+int run(const RunOptions& o) {
+  if (o.given_sources != 1) fail("give the prompt with exactly one of -p TEXT, -f FILE or --prompt-ids LIST");
+  const std::string text = o.prompt_file.empty() ? o.prompt : read_text_file(o.prompt_file);
+  if (o.prompt_ids.empty() && text.empty() && o.query.empty()) fail("empty prompt");
+  if (o.n_predict < 0) fail("-n must be >= 0");
+  if (o.threads < 0) fail("--threads must be >= 1");
+  if (o.ctx < 0) fail("--ctx must be >= 1");
+  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  cpu::set_num_threads(threads);
+
+  const auto t_load = std::chrono::steady_clock::now();
+  auto model = Model::load(o.model, o.tokenizer);
+  const HParams& hp = model->hp();
+  const Tokenizer& tok = model->tokenizer();
+  const double load_ms = ms_between(t_load, std::chrono::steady_clock::now());
+
+  PromptTokens pt;
+  if (!o.prompt_ids.empty()) {
+    if (o.chat || !o.query.empty()) fail("--prompt-ids cannot be combined with --chat or --query");
+    pt.document = parse_ids(o.prompt_ids, tok.n_vocab());
+  } else {
+    pt = tokenize_prompt(*model, text, o.query, o.chat);
+  }
+  std::vector<int32_t> prompt = pt.document;
+  prompt.insert(prompt.end(), pt.query.begin(), pt.query.end());
+  if (prompt.empty()) fail("empty prompt: it has no tokens");
+  const int64_t ctx_limit = o.ctx > 0 ? o.ctx : hp.n_ctx_train;
+  const auto n_prompt = static_cast<int64_t>(prompt.size());
+  if (n_prompt > ctx_limit) {
+    fail("the prompt has {} tokens, more than the context of {} tokens{}", n_prompt, ctx_limit,
+         o.ctx > 0 ? "" : " the model was trained for (raise it with --ctx)");
+  }
+  int64_t n_predict = o.n_predict;
+  if (n_prompt + n_predict > ctx_limit) {
+    n_predict = ctx_limit - n_prompt;
+    fmt::print(stderr, "warning: only {} new tokens fit the context of {}\n", n_predict, ctx_limit);
+  }
+
+  Engine engine(*model, n_prompt + n_predict);
+  const bool show_progress = !o.quiet && stderr_is_tty() && n_prompt >= 256;
+  ForwardStats pst;
+  std::vector<float> all_logits;
+  std::vector<float> logits = engine.prefill(
+      prompt, &pst, show_progress ? Engine::Progress([](int d, int t) { progress_bar("prefill", d, t); }) : Engine::Progress{},
+      o.logits_path.empty() ? nullptr : &all_logits);
+  if (show_progress) progress_clear();
+  if (!o.logits_path.empty()) {
+    std::ofstream out(o.logits_path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(all_logits.data()), static_cast<std::streamsize>(all_logits.size() * sizeof(float)));
+    if (!out) fail("cannot write {}", o.logits_path);
+  }
+
+  // Decode.
+  SamplerParams sp{o.temperature, o.top_k, o.top_p, o.seed};
+  Sampler sampler(sp);
+  TokenStream stream(tok);
+  std::vector<int32_t> generated;
+  std::string generated_text;
+  std::string stop_reason = "length";
+  const auto t_dec = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < n_predict; ++i) {
+    const int32_t id = sampler.sample(logits);
+    if (!o.ignore_eos && tok.is_end_of_generation(id)) {
+      stop_reason = "eos";
+      break;
+    }
+    generated.push_back(id);
+    const std::string piece = stream.push(id);
+    generated_text += piece;
+    fmt::print("{}", piece);
+    std::fflush(stdout);
+    if (i + 1 < n_predict) logits = engine.decode(id);
+  }
+  const std::string rest = stream.flush();
+  generated_text += rest;
+  fmt::print("{}\n", rest);
+  std::fflush(stdout);
+  const double decode_ms = ms_between(t_dec, std::chrono::steady_clock::now());
+  // The first token comes from the prefill's logits: decode speed counts the forward passes.
+  const auto n_decode_passes = static_cast<double>(generated.empty() ? 0 : generated.size() - (stop_reason == "eos" ? 0 : 1));
+  const double prefill_tps = pst.total_ms > 0 ? static_cast<double>(n_prompt) * 1000.0 / pst.total_ms : 0.0;
+  const double decode_tps = decode_ms > 0 && n_decode_passes > 0 ? n_decode_passes * 1000.0 / decode_ms : 0.0;
+
+  if (!o.quiet) {
+    fmt::print(stderr, "prompt: {} tokens ({} document + {} query) | load {:.0f} ms\n", n_prompt, pt.document.size(),
+               pt.query.size(), load_ms);
+    fmt::print(stderr, "prefill: {:.1f} ms, {:.1f} tokens/s | decode: {} tokens, {:.1f} tokens/s | threads {}\n",
+               pst.total_ms, prefill_tps, generated.size(), decode_tps, threads);
+  }
+
+  if (!o.json_path.empty()) {
+    nlohmann::json j;
+    j["model"] = model->name();
+    j["model_path"] = o.model;
+    j["arch"] = hp.arch_str;
+    j["n_layers"] = hp.n_layer;
+    j["n_ctx"] = engine.n_ctx();
+    j["threads"] = threads;
+    j["n_prompt_tokens"] = n_prompt;
+    j["n_document_tokens"] = pt.document.size();
+    j["n_query_tokens"] = pt.query.size();
+    j["load_ms"] = load_ms;
+    j["prefill_ms"] = pst.total_ms;
+    j["prefill_tokens_per_s"] = prefill_tps;
+    j["layer_ms"] = pst.layer_ms;
+    j["decode_ms"] = decode_ms;
+    j["decode_tokens_per_s"] = decode_tps;
+    j["n_generated_tokens"] = generated.size();
+    j["generated_text"] = generated_text;
+    j["generated_token_ids"] = generated;
+    j["stop_reason"] = stop_reason;
+    j["sampling"] = {{"temperature", o.temperature}, {"top_k", o.top_k}, {"top_p", o.top_p}, {"seed", o.seed}};
+    std::ofstream out(o.json_path);
+    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    if (!out) fail("cannot write {}", o.json_path);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_run_command(CLI::App& app, Action& action) {
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* c = app.add_subcommand("run", "Prefill a prompt and generate text");
+  c->add_option("-m,--model", o->model, "Model file: GGUF, safetensors (file, index or folder) or llama2.c .bin")->required();
+  c->add_option("--tokenizer", o->tokenizer, "Tokenizer file (llama2.c tokenizer.bin, GGUF or tokenizer.json)");
+  CLI::Option* p_text = c->add_option("-p,--prompt", o->prompt, "Prompt text");
+  CLI::Option* p_file = c->add_option("-f,--file", o->prompt_file, "Read the prompt from a file");
+  CLI::Option* p_ids = c->add_option("--prompt-ids", o->prompt_ids, "Prompt as token ids, comma-separated (e.g. 1 for BOS only)");
+  c->add_option("--query", o->query, "Question appended after the prompt (never halted)");
+  c->add_option("-n,--n-predict", o->n_predict, "New tokens to generate")->capture_default_str();
+  c->add_option("--temp", o->temperature, "Sampling temperature (0: greedy)")->capture_default_str();
+  c->add_option("--top-k", o->top_k, "Top-k cut (0: off)")->capture_default_str();
+  c->add_option("--top-p", o->top_p, "Top-p (nucleus) cut (1: off)")->capture_default_str();
+  c->add_option("--seed", o->seed, "Random seed for sampling")->capture_default_str();
+  c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  c->add_option("-c,--ctx", o->ctx, "Context size in tokens (default: the model's)");
+  c->add_flag("--chat", o->chat, "Wrap the prompt in the model's chat template");
+  c->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
+  c->add_option("--json", o->json_path, "Write a JSON summary to this file");
+  c->add_option("--save-logits", o->logits_path, "Write the logits of every prompt position (float32, tokens x vocab)");
+  c->add_flag("-q,--quiet", o->quiet, "No summary or progress on stderr");
+  c->callback([o, &action, p_text, p_file, p_ids] {
+    o->given_sources = p_text->count() + p_file->count() + p_ids->count();
+    action = [o] { return run(*o); };
+  });
+}
+
+}  // namespace dashlm::cli

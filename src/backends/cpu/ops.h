@@ -1,0 +1,74 @@
+// CPU operations on plain float32 arrays. They know nothing of models: a caller passes
+// pointers, sizes and strides. Row-major throughout: a matrix [rows x cols] has cols contiguous.
+#pragma once
+#include <cstdint>
+
+#include "backends/dtype.h"
+
+namespace dashlm::cpu {
+
+// A weight matrix as stored in the model file: out_features rows of in_features elements,
+// each row in `type` (GGUF ne = {in_features, out_features}).
+struct WeightView {
+  DType type = DType::F32;
+  const void* data = nullptr;
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+};
+
+// Number of threads our own parallel loops and the BLAS use.
+void set_num_threads(int n);
+int num_threads();
+
+// y[m x out] = x[m x in] * W^T (+ bias[out] when bias is not null).
+// Small m runs row by row on the quantized weights; larger m dequantizes W in row blocks and
+// calls the BLAS.
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, const float* bias = nullptr);
+
+// Rows `rows[i]` of W (e.g. token embeddings) as float32 into out[i * in_features].
+void get_rows(const WeightView& w, const int32_t* rows, int64_t n, float* out);
+
+// y = x / rms(x) * w for each of n rows of dim elements (w may be null: no scale).
+// x and y may alias. Row stride is dim.
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t dim, float eps);
+// Same, per head: rows of head_dim elements, n_rows = tokens * heads.
+inline void rmsnorm_heads(float* x, const float* w, int64_t n_rows, int64_t head_dim, float eps) {
+  rmsnorm(x, w, x, n_rows, head_dim, eps);
+}
+
+struct RopeParams {
+  int head_dim = 0;
+  int n_rot = 0;              // rotated dimensions (<= head_dim)
+  float freq_base = 10000.f;
+  float freq_scale = 1.f;     // positions are multiplied by this (linear scaling: 1/factor)
+  bool neox = false;          // pairs (i, i + n_rot/2) instead of (2i, 2i+1)
+  const float* freq_factors = nullptr;  // optional per-pair divisor of the frequency (n_rot/2)
+};
+// Rotates n_tok rows of n_heads * head_dim values (row stride = row_stride floats) in place,
+// row t at position pos[t].
+void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_t* pos, const RopeParams& p);
+
+struct AttentionParams {
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  float scale = 1.f;
+  int window = 0;             // sliding window (0 = none): key j visible to query i if i - j < window
+};
+// Causal attention by position. q: n_q rows of n_head*head_dim at positions q_pos (ascending).
+// k, v: the cache, slot s holds the token at position s (n_kv slots, row stride
+// n_head_kv*head_dim). kv_valid (optional, n_kv bytes) marks slots that hold a key; others are
+// skipped. out: n_q rows of n_head*head_dim.
+void attention(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, const float* v,
+               int64_t n_kv, const uint8_t* kv_valid, const AttentionParams& p, float* out);
+
+// Activations of gated MLPs: g[i] = act(g[i]) * u[i].
+void silu_mul(float* g, const float* u, int64_t n);
+void gelu_tanh_mul(float* g, const float* u, int64_t n);
+
+void add_inplace(float* y, const float* x, int64_t n);
+void scale_inplace(float* y, float s, int64_t n);
+// L2 norm of each of n rows of dim elements.
+void row_l2_norms(const float* x, int64_t n, int64_t dim, float* out);
+
+}  // namespace dashlm::cpu

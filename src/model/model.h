@@ -1,0 +1,95 @@
+// A loaded model: hyperparameters read from the file's metadata, weights bound by name,
+// and the tokenizer. Supported architectures: llama (Llama 2/3, Mistral, SmolLM2, TinyLlama),
+// qwen2 (QKV bias), gemma3 (sliding-window/global layers, QK-norm, GeGLU, sandwich norms).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/ops.h"
+#include "model/model_file.h"
+#include "model/tokenizer.h"
+
+namespace dashlm {
+
+enum class Arch { Llama, Qwen2, Gemma3 };
+const char* arch_name(Arch a);
+
+enum class Activation { SiLU, GeluTanh };
+
+struct HParams {
+  Arch arch = Arch::Llama;
+  std::string arch_str;
+  int64_t n_vocab = 0;
+  int64_t n_embd = 0;
+  int n_layer = 0;
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  int64_t n_ff = 0;
+  int64_t n_ctx_train = 0;
+  float norm_eps = 1e-5f;
+  float rope_base = 10000.f;        // global layers
+  float rope_base_local = 10000.f;  // sliding-window layers (gemma3)
+  float rope_freq_scale = 1.f;      // linear scaling (1 / factor), global layers
+  int n_rot = 0;
+  bool rope_neox = false;
+  int sliding_window = 0;           // 0: none
+  int swa_pattern = 0;              // every swa_pattern-th layer is global (gemma3: 6)
+  float embed_scale = 1.f;          // multiply token embeddings (gemma: sqrt(n_embd))
+  float attn_scale = 1.f;           // query scale
+  Activation act = Activation::SiLU;
+  bool tied_embeddings = false;
+
+  bool layer_is_swa(int il) const { return sliding_window > 0 && swa_pattern > 0 && (il % swa_pattern) < swa_pattern - 1; }
+  int64_t q_dim() const { return static_cast<int64_t>(n_head) * head_dim; }
+  int64_t kv_dim() const { return static_cast<int64_t>(n_head_kv) * head_dim; }
+};
+
+struct LayerWeights {
+  const float* attn_norm = nullptr;
+  cpu::WeightView wq, wk, wv, wo;
+  const float* bq = nullptr;
+  const float* bk = nullptr;
+  const float* bv = nullptr;
+  const float* q_norm = nullptr;        // per-head RMSNorm of queries (gemma3)
+  const float* k_norm = nullptr;
+  const float* post_attn_norm = nullptr;  // gemma3 sandwich norm
+  const float* ffn_norm = nullptr;
+  cpu::WeightView w_gate, w_up, w_down;
+  const float* post_ffn_norm = nullptr;
+};
+
+class Model {
+ public:
+  // Loads and validates: every tensor the architecture needs must exist with the shape the
+  // hyperparameters imply, in a type dashlm can compute with; errors name the tensor.
+  static std::unique_ptr<Model> load(const std::string& path, const std::string& tokenizer_path = "");
+
+  const HParams& hp() const { return hp_; }
+  const ModelFile& file() const { return *file_; }
+  const Tokenizer& tokenizer() const { return *tok_; }
+  const LayerWeights& layer(int il) const { return layers_[static_cast<size_t>(il)]; }
+  const cpu::WeightView& tok_embd() const { return tok_embd_; }
+  const cpu::WeightView& output() const { return output_; }
+  const float* output_norm() const { return output_norm_; }
+  const float* rope_freq_factors() const { return rope_freqs_; }
+  std::string name() const;
+
+ private:
+  void bind_weights();
+  const float* f32_vector(const std::string& name, int64_t n, bool required);
+  cpu::WeightView matrix(const std::string& name, int64_t in, int64_t out, bool required = true) const;
+
+  std::unique_ptr<ModelFile> file_;
+  std::unique_ptr<Tokenizer> tok_;
+  HParams hp_;
+  std::vector<LayerWeights> layers_;
+  cpu::WeightView tok_embd_, output_;
+  const float* output_norm_ = nullptr;
+  const float* rope_freqs_ = nullptr;
+  std::vector<std::vector<float>> owned_;  // float32 copies of small non-F32 vectors
+};
+
+}  // namespace dashlm

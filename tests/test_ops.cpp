@@ -1,0 +1,171 @@
+// CPU ops against plain reference implementations written out in the test.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "backends/cpu/ops.h"
+#include "backends/cpu/quants.h"
+
+using namespace dashlm;
+using namespace dashlm::cpu;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Reference: causal attention by position with GQA, optional window and key mask.
+std::vector<float> attention_ref(const std::vector<float>& q, const std::vector<int32_t>& qpos, const std::vector<float>& k,
+                                 const std::vector<float>& v, int64_t n_kv, const std::vector<uint8_t>* valid,
+                                 const AttentionParams& p) {
+  const int64_t hd = p.head_dim, qs = int64_t{p.n_head} * hd, ks = int64_t{p.n_head_kv} * hd;
+  std::vector<float> out(qpos.size() * static_cast<size_t>(qs));
+  for (size_t i = 0; i < qpos.size(); ++i) {
+    for (int h = 0; h < p.n_head; ++h) {
+      const int kvh = h / (p.n_head / p.n_head_kv);
+      std::vector<double> w(static_cast<size_t>(n_kv), 0.0);
+      double mx = -1e300;
+      bool any = false;
+      for (int64_t j = 0; j < n_kv; ++j) {
+        const bool vis = j <= qpos[i] && (p.window == 0 || qpos[i] - j < p.window) && (!valid || (*valid)[static_cast<size_t>(j)]);
+        if (!vis) continue;
+        double s = 0;
+        for (int64_t d = 0; d < hd; ++d) s += double(q[i * qs + h * hd + d]) * k[j * ks + kvh * hd + d];
+        w[static_cast<size_t>(j)] = s * p.scale;
+        mx = std::max(mx, w[static_cast<size_t>(j)]);
+        any = true;
+      }
+      double sum = 0;
+      for (int64_t j = 0; j < n_kv; ++j) {
+        const bool vis = j <= qpos[i] && (p.window == 0 || qpos[i] - j < p.window) && (!valid || (*valid)[static_cast<size_t>(j)]);
+        w[static_cast<size_t>(j)] = vis ? std::exp(w[static_cast<size_t>(j)] - mx) : 0.0;
+        sum += w[static_cast<size_t>(j)];
+      }
+      for (int64_t d = 0; d < hd; ++d) {
+        double o = 0;
+        for (int64_t j = 0; j < n_kv && any; ++j) o += w[static_cast<size_t>(j)] / sum * v[j * ks + kvh * hd + d];
+        out[i * qs + h * hd + d] = static_cast<float>(o);
+      }
+    }
+  }
+  return out;
+}
+
+void expect_close(const std::vector<float>& a, const std::vector<float>& b, float tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], tol) << "at " << i;
+}
+
+}  // namespace
+
+TEST(Ops, MatmulF32MatchesReference) {
+  for (int64_t m : {1, 3, 37}) {
+    const int64_t in = 70, out = 45;
+    auto w = randn(static_cast<size_t>(in * out), 1), x = randn(static_cast<size_t>(m * in), 2), b = randn(out, 3);
+    std::vector<float> y(static_cast<size_t>(m * out));
+    matmul({DType::F32, w.data(), in, out}, x.data(), m, y.data(), b.data());
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t r = 0; r < out; ++r) {
+        double s = b[static_cast<size_t>(r)];
+        for (int64_t c = 0; c < in; ++c) s += double(x[i * in + c]) * w[r * in + c];
+        ASSERT_NEAR(y[i * out + r], s, 1e-4);
+      }
+  }
+}
+
+TEST(Ops, MatmulF16SmallAndLargeBatchAgree) {
+  const int64_t in = 64, out = 33;
+  auto wf = randn(static_cast<size_t>(in * out), 4);
+  std::vector<uint16_t> wh(wf.size());
+  for (size_t i = 0; i < wf.size(); ++i) wh[i] = fp32_to_fp16(wf[i]);
+  auto x = randn(static_cast<size_t>(8 * in), 5);
+  std::vector<float> y_all(static_cast<size_t>(8 * out)), y_one(static_cast<size_t>(out));
+  matmul({DType::F16, wh.data(), in, out}, x.data(), 8, y_all.data());
+  for (int64_t i = 0; i < 8; ++i) {
+    matmul({DType::F16, wh.data(), in, out}, x.data() + i * in, 1, y_one.data());  // row path
+    for (int64_t r = 0; r < out; ++r) ASSERT_NEAR(y_one[static_cast<size_t>(r)], y_all[static_cast<size_t>(i * out + r)], 1e-4);
+  }
+}
+
+TEST(Ops, RmsNorm) {
+  std::vector<float> x{1.f, -2.f, 3.f, 4.f}, w{1.f, 2.f, 0.5f, 1.f}, y(4);
+  rmsnorm(x.data(), w.data(), y.data(), 1, 4, 0.f);
+  const float r = std::sqrt((1.f + 4.f + 9.f + 16.f) / 4.f);
+  EXPECT_NEAR(y[0], 1.f / r, 1e-6);
+  EXPECT_NEAR(y[1], -4.f / r, 1e-6);
+  EXPECT_NEAR(y[2], 1.5f / r, 1e-6);
+  EXPECT_NEAR(y[3], 4.f / r, 1e-6);
+}
+
+TEST(Ops, RopeNormalAndNeoxPairs) {
+  const int hd = 8;
+  for (bool neox : {false, true}) {
+    auto x = randn(2 * hd, 6);
+    auto ref = x;
+    std::vector<int32_t> pos{0, 7};
+    RopeParams p;
+    p.head_dim = hd;
+    p.n_rot = hd;
+    p.freq_base = 10000.f;
+    p.neox = neox;
+    rope(x.data(), 1, 2, 2 * hd, pos.data() + 1, p);  // one token, two heads, position 7
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < hd / 2; ++i) {
+        const double th = 7.0 * std::pow(10000.0, -2.0 * i / hd);
+        const int a = neox ? i : 2 * i, b = neox ? i + hd / 2 : 2 * i + 1;
+        const float x0 = ref[static_cast<size_t>(h * hd + a)], x1 = ref[static_cast<size_t>(h * hd + b)];
+        EXPECT_NEAR(x[static_cast<size_t>(h * hd + a)], x0 * std::cos(th) - x1 * std::sin(th), 1e-5);
+        EXPECT_NEAR(x[static_cast<size_t>(h * hd + b)], x0 * std::sin(th) + x1 * std::cos(th), 1e-5);
+      }
+  }
+}
+
+TEST(Ops, AttentionMatchesReference) {
+  // Awkward sizes: 70 queries (not a multiple of the block), GQA 6:2, head size 12.
+  AttentionParams p{6, 2, 12, 0.3f, 0};
+  const int64_t n = 70;
+  auto q = randn(static_cast<size_t>(n * 6 * 12), 7), k = randn(static_cast<size_t>(n * 2 * 12), 8),
+       v = randn(static_cast<size_t>(n * 2 * 12), 9);
+  std::vector<int32_t> pos(n);
+  for (int i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = i;
+  for (int window : {0, 5}) {
+    p.window = window;
+    std::vector<float> out(q.size());
+    attention(q.data(), pos.data(), n, k.data(), v.data(), n, nullptr, p, out.data());
+    expect_close(out, attention_ref(q, pos, k, v, n, nullptr, p), 1e-4f);
+  }
+}
+
+TEST(Ops, AttentionQuerySubsetAndKeyMask) {
+  // Queries are a subset of the positions (as after halting), keys partly absent.
+  AttentionParams p{4, 4, 16, 0.25f, 0};
+  const int64_t n_kv = 90;
+  std::vector<int32_t> pos{0, 3, 4, 40, 41, 77, 89};
+  const auto nq = static_cast<int64_t>(pos.size());
+  auto q = randn(static_cast<size_t>(nq * 64), 10), k = randn(static_cast<size_t>(n_kv * 64), 11), v = randn(static_cast<size_t>(n_kv * 64), 12);
+  std::vector<uint8_t> valid(n_kv, 1);
+  for (int64_t j = 1; j < n_kv; j += 3) valid[static_cast<size_t>(j)] = 0;
+  std::vector<float> out(q.size());
+  attention(q.data(), pos.data(), nq, k.data(), v.data(), n_kv, valid.data(), p, out.data());
+  expect_close(out, attention_ref(q, pos, k, v, n_kv, &valid, p), 1e-4f);
+}
+
+TEST(Ops, Activations) {
+  std::vector<float> g{-1.f, 0.f, 2.f}, u{2.f, 3.f, 0.5f};
+  auto g2 = g;
+  silu_mul(g.data(), u.data(), 3);
+  gelu_tanh_mul(g2.data(), u.data(), 3);
+  for (int i = 0; i < 3; ++i) {
+    const double x = std::vector<double>{-1, 0, 2}[static_cast<size_t>(i)];
+    EXPECT_NEAR(g[static_cast<size_t>(i)], x / (1 + std::exp(-x)) * u[static_cast<size_t>(i)], 1e-6);
+    const double ge = 0.5 * x * (1 + std::tanh(0.7978845608 * (x + 0.044715 * x * x * x)));
+    EXPECT_NEAR(g2[static_cast<size_t>(i)], ge * u[static_cast<size_t>(i)], 1e-6);
+  }
+}
