@@ -1,6 +1,9 @@
 #include "runtime/engine.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "backends/error.h"
@@ -9,16 +12,17 @@ namespace dashlm {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 }  // namespace
 
 void KVCache::init(int n_layer, int64_t n_ctx_, int64_t kv_dim_) {
   n_ctx = n_ctx_;
   kv_dim = kv_dim_;
-  k.assign(static_cast<size_t>(n_layer), std::vector<float>(static_cast<size_t>(n_ctx * kv_dim)));
-  v.assign(static_cast<size_t>(n_layer), std::vector<float>(static_cast<size_t>(n_ctx * kv_dim)));
+  const auto L = static_cast<size_t>(n_layer);
+  k.assign(L, std::vector<float>(static_cast<size_t>(n_ctx * kv_dim)));
+  v.assign(L, std::vector<float>(static_cast<size_t>(n_ctx * kv_dim)));
+  valid.assign(L, std::vector<uint8_t>(static_cast<size_t>(n_ctx), 1));
+  has_holes.assign(L, 0);
 }
 
 size_t KVCache::bytes() const { return 2 * k.size() * static_cast<size_t>(n_ctx * kv_dim) * sizeof(float); }
@@ -27,12 +31,17 @@ void Engine::Scratch::reserve(const HParams& hp, int64_t n) {
   if (n <= cap) return;
   cap = n;
   const auto sz = [n](int64_t w) { return static_cast<size_t>(n * w); };
+  x_act.resize(sz(hp.n_embd));
   xn.resize(sz(hp.n_embd));
   q.resize(sz(hp.q_dim()));
+  k.resize(sz(hp.kv_dim()));
+  v.resize(sz(hp.kv_dim()));
   attn.resize(sz(hp.q_dim()));
   u.resize(sz(hp.n_embd));
   gate.resize(sz(hp.n_ff));
   up.resize(sz(hp.n_ff));
+  x_in.resize(sz(hp.n_embd));
+  norms.resize(sz(1));
 }
 
 Engine::Engine(const Model& model, int64_t n_ctx) : model_(model) {
@@ -40,24 +49,17 @@ Engine::Engine(const Model& model, int64_t n_ctx) : model_(model) {
   cache_.init(model.hp().n_layer, n_ctx, model.hp().kv_dim());
 }
 
-void Engine::forward_layer(int il, float* x, const int32_t* pos, int64_t n) {
-  const HParams& hp = model_.hp();
-  const LayerWeights& L = model_.layer(il);
-  const int64_t d = hp.n_embd, qd = hp.q_dim(), kvd = hp.kv_dim();
-  const bool swa = hp.layer_is_swa(il);
-  float* xn = s_.xn.data();
-  float* q = s_.q.data();
+double layer_flops(const HParams& hp, int64_t n_q, double keys, int64_t n_kv_only) {
+  const double d = static_cast<double>(hp.n_embd), qd = static_cast<double>(hp.q_dim()),
+               kvd = static_cast<double>(hp.kv_dim()), ff = static_cast<double>(hp.n_ff);
+  const double gemm = 2.0 * static_cast<double>(n_q) * (d * qd + 2 * d * kvd + qd * d + 3 * d * ff);
+  const double attn = 4.0 * hp.head_dim * hp.n_head * keys;  // Q K^T and P V
+  return gemm + attn + 2.0 * static_cast<double>(n_kv_only) * 2 * d * kvd;
+}
 
-  // Attention branch: U = Wo * Attn(RoPE(Wq Norm(x)), RoPE(Wk Norm(x)), Wv Norm(x)).
-  cpu::rmsnorm(x, L.attn_norm, xn, n, d, hp.norm_eps);
-  cpu::matmul(L.wq, xn, n, q, L.bq);
-  // The rows are consecutive positions, so K and V go straight into their cache slots.
-  float* kc = cache_.k_row(il, pos[0]);
-  float* vc = cache_.v_row(il, pos[0]);
-  cpu::matmul(L.wk, xn, n, kc, L.bk);
-  cpu::matmul(L.wv, xn, n, vc, L.bv);
-  if (L.q_norm) cpu::rmsnorm_heads(q, L.q_norm, n * hp.n_head, hp.head_dim, hp.norm_eps);
-  if (L.k_norm) cpu::rmsnorm_heads(kc, L.k_norm, n * hp.n_head_kv, hp.head_dim, hp.norm_eps);
+cpu::RopeParams Engine::rope_params(int il) const {
+  const HParams& hp = model_.hp();
+  const bool swa = hp.layer_is_swa(il);
   cpu::RopeParams rp;
   rp.head_dim = hp.head_dim;
   rp.n_rot = hp.n_rot;
@@ -65,21 +67,90 @@ void Engine::forward_layer(int il, float* x, const int32_t* pos, int64_t n) {
   rp.freq_base = swa ? hp.rope_base_local : hp.rope_base;
   rp.freq_scale = swa ? 1.f : hp.rope_freq_scale;
   rp.freq_factors = swa ? nullptr : model_.rope_freq_factors();
-  cpu::rope(q, n, hp.n_head, qd, pos, rp);
-  cpu::rope(kc, n, hp.n_head_kv, kvd, pos, rp);
+  return rp;
+}
 
+cpu::AttentionParams Engine::attention_params(int il) const {
+  const HParams& hp = model_.hp();
   cpu::AttentionParams ap;
   ap.n_head = hp.n_head;
   ap.n_head_kv = hp.n_head_kv;
   ap.head_dim = hp.head_dim;
   ap.scale = hp.attn_scale;
-  ap.window = swa ? hp.sliding_window : 0;
-  const int64_t n_kv = pos[n - 1] + 1;
-  cpu::attention(q, pos, n, cache_.k[static_cast<size_t>(il)].data(), cache_.v[static_cast<size_t>(il)].data(), n_kv,
-                 nullptr, ap, s_.attn.data());
+  ap.window = hp.layer_is_swa(il) ? hp.sliding_window : 0;
+  return ap;
+}
+
+void Engine::write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n, bool contiguous) {
+  const HParams& hp = model_.hp();
+  const LayerWeights& L = model_.layer(il);
+  if (L.k_norm) cpu::rmsnorm_heads(k, L.k_norm, n * hp.n_head_kv, hp.head_dim, hp.norm_eps);
+  cpu::rope(k, n, hp.n_head_kv, hp.kv_dim(), pos, rope_params(il));
+  if (!contiguous) {
+    cpu::scatter_rows(k, pos, n, hp.kv_dim(), cache_.k[static_cast<size_t>(il)].data());
+    cpu::scatter_rows(v, pos, n, hp.kv_dim(), cache_.v[static_cast<size_t>(il)].data());
+  }
+}
+
+void Engine::project_kv(int il, const float* x, const int32_t* pos, int64_t n) {
+  const HParams& hp = model_.hp();
+  const LayerWeights& L = model_.layer(il);
+  cpu::rmsnorm(x, L.attn_norm, s_.xn.data(), n, hp.n_embd, hp.norm_eps);
+  cpu::matmul(L.wk, s_.xn.data(), n, s_.k.data(), L.bk);
+  cpu::matmul(L.wv, s_.xn.data(), n, s_.v.data(), L.bv);
+  write_kv(il, s_.k.data(), s_.v.data(), pos, n, false);
+}
+
+void Engine::forward_layer(int il, const LayerIO& io) {
+  const HParams& hp = model_.hp();
+  const LayerWeights& L = model_.layer(il);
+  const int64_t d = hp.n_embd, n = io.n;
+  float* x = io.x;
+  float* xn = s_.xn.data();
+  float* q = s_.q.data();
+
+  // Attention branch: U = Wo Attn(RoPE(Wq Norm(x)), RoPE(Wk Norm(x)), Wv Norm(x)).
+  cpu::rmsnorm(x, L.attn_norm, xn, n, d, hp.norm_eps);
+  cpu::matmul(L.wq, xn, n, q, L.bq);
+  // Consecutive positions write K and V straight into their cache slots.
+  float* k = io.contiguous ? cache_.k_row(il, io.pos[0]) : s_.k.data();
+  float* v = io.contiguous ? cache_.v_row(il, io.pos[0]) : s_.v.data();
+  cpu::matmul(L.wk, xn, n, k, L.bk);
+  cpu::matmul(L.wv, xn, n, v, L.bv);
+  if (L.q_norm) cpu::rmsnorm_heads(q, L.q_norm, n * hp.n_head, hp.head_dim, hp.norm_eps);
+  cpu::rope(q, n, hp.n_head, hp.q_dim(), io.pos, rope_params(il));
+  write_kv(il, k, v, io.pos, n, io.contiguous);
+
+  const cpu::AttentionParams ap = attention_params(il);
+  const int64_t n_kv = io.pos[n - 1] + 1;
+  const float* kc = cache_.k[static_cast<size_t>(il)].data();
+  const float* vc = cache_.v[static_cast<size_t>(il)].data();
+  cpu::attention(q, io.pos, n, kc, vc, n_kv, cache_.valid_mask(il), ap, s_.attn.data());
+  if (io.attn_rows > 0) {
+    const int64_t r = std::min<int64_t>(io.attn_rows, n);
+    cpu::attention_received(q + (n - r) * hp.q_dim(), io.pos + (n - r), r, kc, n_kv, cache_.valid_mask(il), ap,
+                            io.attn_received);
+  }
   float* u = s_.u.data();
   cpu::matmul(L.wo, s_.attn.data(), n, u);
   if (L.post_attn_norm) cpu::rmsnorm(u, L.post_attn_norm, u, n, d, hp.norm_eps);
+
+  // The halting signal, from the update before it joins the residual stream.
+  if (io.delta) {
+    switch (io.signal) {
+      case DeltaSignal::Abs:
+        cpu::row_l2_norms(u, n, d, io.delta);
+        break;
+      case DeltaSignal::Rel:
+        cpu::row_l2_norms(u, n, d, io.delta);
+        cpu::row_l2_norms(x, n, d, s_.norms.data());
+        for (int64_t i = 0; i < n; ++i) io.delta[i] /= std::max(s_.norms[static_cast<size_t>(i)], 1e-30f);
+        break;
+      case DeltaSignal::Block:
+        std::copy_n(x, n * d, s_.x_in.data());
+        break;
+    }
+  }
   cpu::add_inplace(x, u, n * d);
 
   // MLP branch: x += Wdown (act(Wgate Norm(x)) * Wup Norm(x)).
@@ -94,6 +165,20 @@ void Engine::forward_layer(int il, float* x, const int32_t* pos, int64_t n) {
   cpu::matmul(L.w_down, s_.gate.data(), n, u);
   if (L.post_ffn_norm) cpu::rmsnorm(u, L.post_ffn_norm, u, n, d, hp.norm_eps);
   cpu::add_inplace(x, u, n * d);
+
+  if (io.delta && io.signal == DeltaSignal::Block) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float* a = s_.x_in.data() + i * d;
+      const float* b = x + i * d;
+      double ab = 0, aa = 0, bb = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        ab += static_cast<double>(a[j]) * b[j];
+        aa += static_cast<double>(a[j]) * a[j];
+        bb += static_cast<double>(b[j]) * b[j];
+      }
+      io.delta[i] = static_cast<float>(1.0 - ab / std::max(std::sqrt(aa * bb), 1e-30));
+    }
+  }
 }
 
 void Engine::logits(const float* x, int64_t n, float* out) {
@@ -103,41 +188,156 @@ void Engine::logits(const float* x, int64_t n, float* out) {
   cpu::matmul(model_.output(), xn.data(), n, out);
 }
 
-std::vector<float> Engine::prefill(std::span<const int32_t> tokens, ForwardStats* stats, const Progress& progress,
-                                   std::vector<float>* logits_all) {
+namespace {
+
+// Sum over query rows of the keys each can see (slots lo..pos that hold a valid key).
+double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* valid, std::vector<int64_t>& prefix) {
+  double keys = 0;
+  if (!valid) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t lo = window > 0 ? std::max<int64_t>(0, pos[i] - window + 1) : 0;
+      keys += static_cast<double>(pos[i] - lo + 1);
+    }
+    return keys;
+  }
+  const int64_t n_kv = pos[n - 1] + 1;
+  prefix.assign(static_cast<size_t>(n_kv + 1), 0);
+  for (int64_t j = 0; j < n_kv; ++j) prefix[static_cast<size_t>(j + 1)] = prefix[static_cast<size_t>(j)] + valid[j];
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t lo = window > 0 ? std::max<int64_t>(0, pos[i] - window + 1) : 0;
+    keys += static_cast<double>(prefix[static_cast<size_t>(pos[i] + 1)] - prefix[static_cast<size_t>(lo)]);
+  }
+  return keys;
+}
+
+}  // namespace
+
+std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const PrefillOptions& opt, ForwardStats* stats) {
   const HParams& hp = model_.hp();
+  const int L = hp.n_layer;
+  const int64_t d = hp.n_embd;
   const auto n = static_cast<int64_t>(tokens.size());
   if (n == 0) fail("nothing to process: no tokens");
-  if (n_past_ + n > cache_.n_ctx) {
-    fail("{} tokens do not fit the context: {} already used of {}", n, n_past_, cache_.n_ctx);
-  }
+  if (n_past_ + n > cache_.n_ctx) fail("{} tokens do not fit the context: {} already used of {}", n, n_past_, cache_.n_ctx);
   const auto t0 = Clock::now();
   s_.reserve(hp, n);
+
   std::vector<int32_t> pos(static_cast<size_t>(n));
   std::iota(pos.begin(), pos.end(), static_cast<int32_t>(n_past_));
-
-  // Hidden states of every token, [n x n_embd].
-  std::vector<float> x(static_cast<size_t>(n * hp.n_embd));
+  std::vector<float> x(static_cast<size_t>(n * d));  // hidden state of every token
   cpu::get_rows(model_.tok_embd(), tokens.data(), n, x.data());
-  if (hp.embed_scale != 1.f) cpu::scale_inplace(x.data(), hp.embed_scale, n * hp.n_embd);
+  if (hp.embed_scale != 1.f) cpu::scale_inplace(x.data(), hp.embed_scale, n * d);
+  if (opt.hidden_per_layer) {
+    opt.hidden_per_layer->assign(x.begin(), x.end());
+    opt.hidden_per_layer->reserve(static_cast<size_t>((L + 1) * n * d));
+  }
 
-  if (stats) stats->layer_ms.assign(static_cast<size_t>(hp.n_layer), 0.0);
-  for (int il = 0; il < hp.n_layer; ++il) {
+  const HaltingConfig* hc = opt.halting && opt.halting->enabled() ? opt.halting : nullptr;
+  std::unique_ptr<HaltingPolicy> policy = hc ? make_halting_policy(*hc, L) : nullptr;
+  if (policy) policy->begin(n, halting_eligibility(*hc, n));
+  HaltingTrace* tr = opt.trace;
+  if (tr) {
+    tr->n_tokens = n;
+    tr->n_layer = L;
+    tr->halted_after.assign(static_cast<size_t>(n), L);
+    tr->active_per_layer.assign(static_cast<size_t>(L), 0);
+    tr->delta.assign(static_cast<size_t>(n * L), std::numeric_limits<float>::quiet_NaN());
+    tr->flops_full = tr->flops_done = 0;
+  }
+  const bool want_delta = policy || tr;
+  const DeltaSignal signal = hc ? hc->signal : DeltaSignal::Abs;
+  std::vector<float> delta(want_delta ? static_cast<size_t>(n) : 0);
+  std::vector<float> recv_slots, recv_tokens;  // attention received (attn baseline)
+
+  // Active tokens (indices into this segment) and halted ones, both ascending.
+  std::vector<int32_t> active(static_cast<size_t>(n)), halted, pos_active, pos_halted, newly, rest;
+  std::iota(active.begin(), active.end(), 0);
+  std::vector<int64_t> prefix;
+  if (stats) stats->layer_ms.assign(static_cast<size_t>(L), 0.0);
+
+  for (int il = 0; il < L; ++il) {
     const auto tl = Clock::now();
-    forward_layer(il, x.data(), pos.data(), n);
+    const auto na = static_cast<int64_t>(active.size());
+    const bool all = na == n;
+    const bool want_attn = policy && policy->wants_attention(il);
+    if (want_attn) recv_slots.assign(static_cast<size_t>(cache_.n_ctx), 0.f);
+
+    LayerIO io{};
+    io.signal = signal;
+    io.delta = want_delta ? delta.data() : nullptr;
+    io.attn_rows = want_attn ? hc->attn_queries : 0;
+    io.attn_received = want_attn ? recv_slots.data() : nullptr;
+    if (all) {
+      io.x = x.data();
+      io.pos = pos.data();
+      io.n = n;
+      io.contiguous = true;
+      forward_layer(il, io);
+    } else {
+      // Halted tokens: keys and values from their frozen states (retain), or none (drop).
+      const auto nh = static_cast<int64_t>(halted.size());
+      if (nh > 0 && hc->kv == KVMode::Retain) {
+        cpu::gather_rows(x.data(), halted.data(), nh, d, s_.x_act.data());
+        project_kv(il, s_.x_act.data(), pos_halted.data(), nh);
+      } else if (nh > 0) {
+        for (int32_t p : pos_halted) cache_.valid[static_cast<size_t>(il)][static_cast<size_t>(p)] = 0;
+        cache_.has_holes[static_cast<size_t>(il)] = 1;
+      }
+      // Active tokens: gathered into a dense batch, computed, written back.
+      cpu::gather_rows(x.data(), active.data(), na, d, s_.x_act.data());
+      io.x = s_.x_act.data();
+      io.pos = pos_active.data();
+      io.n = na;
+      io.contiguous = pos_active.back() - pos_active.front() == na - 1;
+      forward_layer(il, io);
+      cpu::scatter_rows(s_.x_act.data(), active.data(), na, d, x.data());
+    }
+
+    if (tr) {
+      const cpu::AttentionParams ap = attention_params(il);
+      tr->active_per_layer[static_cast<size_t>(il)] = na;
+      tr->flops_full += layer_flops(hp, n, visible_keys(pos.data(), n, ap.window, nullptr, prefix), 0);
+      const int64_t n_kv_only = hc && hc->kv == KVMode::Retain ? n - na : 0;
+      tr->flops_done += layer_flops(hp, na, visible_keys(io.pos, na, ap.window, cache_.valid_mask(il), prefix), n_kv_only);
+      for (int64_t i = 0; i < na; ++i) tr->delta[static_cast<size_t>(active[static_cast<size_t>(i)] * L + il)] = delta[static_cast<size_t>(i)];
+    }
+    if (opt.hidden_per_layer) opt.hidden_per_layer->insert(opt.hidden_per_layer->end(), x.begin(), x.end());
+
+    if (policy && il + 1 < L) {
+      if (want_attn) {
+        recv_tokens.resize(static_cast<size_t>(n));
+        for (int64_t t = 0; t < n; ++t) recv_tokens[static_cast<size_t>(t)] = recv_slots[static_cast<size_t>(pos[static_cast<size_t>(t)])];
+      }
+      newly = policy->observe(il, active, std::span<const float>(delta.data(), static_cast<size_t>(na)), recv_tokens);
+      if (!newly.empty()) {
+        rest.clear();
+        std::set_difference(active.begin(), active.end(), newly.begin(), newly.end(), std::back_inserter(rest));
+        if (rest.size() + newly.size() != active.size()) fail("halting policy returned tokens that are not active");
+        active.swap(rest);
+        std::vector<int32_t> merged;
+        std::merge(halted.begin(), halted.end(), newly.begin(), newly.end(), std::back_inserter(merged));
+        halted.swap(merged);
+        if (tr) for (int32_t t : newly) tr->halted_after[static_cast<size_t>(t)] = il;
+        pos_active.resize(active.size());
+        for (size_t i = 0; i < active.size(); ++i) pos_active[i] = pos[static_cast<size_t>(active[i])];
+        pos_halted.resize(halted.size());
+        for (size_t i = 0; i < halted.size(); ++i) pos_halted[i] = pos[static_cast<size_t>(halted[i])];
+        if (active.empty() || active.back() != n - 1) fail("halting policy halted the last token");
+      }
+    }
     if (stats) stats->layer_ms[static_cast<size_t>(il)] = ms_since(tl);
-    if (progress) progress(il + 1, hp.n_layer);
+    if (opt.progress) opt.progress(il + 1, L);
   }
   n_past_ += n;
 
   const auto tlog = Clock::now();
   std::vector<float> last(static_cast<size_t>(hp.n_vocab));
-  if (logits_all) {
-    logits_all->resize(static_cast<size_t>(n * hp.n_vocab));
-    logits(x.data(), n, logits_all->data());
-    std::copy_n(logits_all->data() + (n - 1) * hp.n_vocab, hp.n_vocab, last.data());
+  if (opt.logits_all) {
+    opt.logits_all->resize(static_cast<size_t>(n * hp.n_vocab));
+    logits(x.data(), n, opt.logits_all->data());
+    std::copy_n(opt.logits_all->data() + (n - 1) * hp.n_vocab, hp.n_vocab, last.data());
   } else {
-    logits(x.data() + (n - 1) * hp.n_embd, 1, last.data());
+    logits(x.data() + (n - 1) * d, 1, last.data());
   }
   if (stats) {
     stats->logits_ms = ms_since(tlog);

@@ -1,6 +1,8 @@
 // The forward pass: batched prefill of a whole prompt, then one token at a time, over a KV
-// cache. Layers run on a list of token rows with their own positions, so a halting policy can
-// later shrink the set of tokens a layer computes without the layer code changing.
+// cache. Every layer runs on a list of token rows with their own positions, so a halting policy
+// can shrink the set of tokens a layer computes: after a decision the active tokens are gathered
+// into contiguous buffers and each later layer runs dense GEMMs and attention on that smaller
+// batch, each token keeping its original position for RoPE and the causal mask.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -8,17 +10,21 @@
 #include <vector>
 
 #include "model/model.h"
+#include "runtime/halting.h"
 
 namespace dashlm {
 
 struct KVCache {
   int64_t n_ctx = 0;    // slots per layer; slot s holds the token at position s
   int64_t kv_dim = 0;
-  std::vector<std::vector<float>> k, v;  // per layer: n_ctx x kv_dim
+  std::vector<std::vector<float>> k, v;     // per layer: n_ctx x kv_dim
+  std::vector<std::vector<uint8_t>> valid;  // per layer: 0 where a halted token's K/V were dropped
+  std::vector<uint8_t> has_holes;           // per layer: any slot invalid?
 
   void init(int n_layer, int64_t n_ctx_, int64_t kv_dim_);
   float* k_row(int il, int64_t pos) { return k[static_cast<size_t>(il)].data() + pos * kv_dim; }
   float* v_row(int il, int64_t pos) { return v[static_cast<size_t>(il)].data() + pos * kv_dim; }
+  const uint8_t* valid_mask(int il) const { return has_holes[static_cast<size_t>(il)] ? valid[static_cast<size_t>(il)].data() : nullptr; }
   size_t bytes() const;
 };
 
@@ -29,18 +35,35 @@ struct ForwardStats {
   double logits_ms = 0;
 };
 
+// What halting did during one prefill.
+struct HaltingTrace {
+  int64_t n_tokens = 0;
+  int n_layer = 0;
+  std::vector<int32_t> halted_after;      // per token: the layer after which it halted (n_layer: never)
+  std::vector<int64_t> active_per_layer;  // tokens computed at each layer
+  std::vector<float> delta;               // n_tokens x n_layer; NaN where the token did not run
+  double flops_full = 0;                  // GEMM and attention FLOPs of a full prefill
+  double flops_done = 0;                  // the same, counting only what ran
+};
+
+struct PrefillOptions {
+  const HaltingConfig* halting = nullptr;  // null or "none": full prefill
+  HaltingTrace* trace = nullptr;           // filled when given (deltas recorded for every layer)
+  std::function<void(int layers_done, int n_layers)> progress;
+  std::vector<float>* logits_all = nullptr;  // T x n_vocab logits of every token
+  // Tests: hidden states of every token after each layer ((n_layer + 1) x T x n_embd, entry 0 =
+  // embeddings).
+  std::vector<float>* hidden_per_layer = nullptr;
+};
+
 class Engine {
  public:
   // n_ctx: KV cache size in tokens (prompt plus generated tokens).
   Engine(const Model& model, int64_t n_ctx);
 
-  using Progress = std::function<void(int layers_done, int n_layers)>;
-
   // Runs `tokens` at positions n_past() .. n_past()+T-1 through every layer, appends their keys
-  // and values to the cache, and returns the logits of the last token. With logits_all, the
-  // logits of every token are written there (T x n_vocab).
-  std::vector<float> prefill(std::span<const int32_t> tokens, ForwardStats* stats = nullptr,
-                             const Progress& progress = {}, std::vector<float>* logits_all = nullptr);
+  // and values to the cache, and returns the logits of the last token.
+  std::vector<float> prefill(std::span<const int32_t> tokens, const PrefillOptions& opt = {}, ForwardStats* stats = nullptr);
   // One token at position n_past(): returns its logits.
   std::vector<float> decode(int32_t token) { return prefill(std::span<const int32_t>(&token, 1)); }
 
@@ -48,22 +71,39 @@ class Engine {
   int64_t n_ctx() const { return cache_.n_ctx; }
   const KVCache& cache() const { return cache_; }
   const Model& model() const { return model_; }
-  void reset() { n_past_ = 0; }
 
  private:
   struct Scratch {
     int64_t cap = 0;
-    std::vector<float> xn, q, attn, u, gate, up;
+    std::vector<float> x_act, xn, q, k, v, attn, u, gate, up, x_in, norms;
     void reserve(const HParams& hp, int64_t n);
   };
-  // One transformer block on n token rows x (updated in place) at positions pos.
-  void forward_layer(int il, float* x, const int32_t* pos, int64_t n);
+  struct LayerIO {
+    float* x;               // n rows of n_embd, updated in place
+    const int32_t* pos;     // their positions
+    int64_t n;
+    bool contiguous;        // positions are pos[0], pos[0]+1, ...: K/V go straight to the cache
+    DeltaSignal signal = DeltaSignal::Abs;
+    float* delta = nullptr;           // n values, when wanted
+    int attn_rows = 0;                // > 0: attention received from the last attn_rows rows...
+    float* attn_received = nullptr;   // ... per cache slot (n_ctx values)
+  };
+  void forward_layer(int il, const LayerIO& io);
+  // K and V of tokens that do not run the layer, from their (frozen) hidden states.
+  void project_kv(int il, const float* x, const int32_t* pos, int64_t n);
+  void write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n, bool contiguous);
   void logits(const float* x, int64_t n, float* out);
+  cpu::RopeParams rope_params(int il) const;
+  cpu::AttentionParams attention_params(int il) const;
 
   const Model& model_;
   KVCache cache_;
   Scratch s_;
   int64_t n_past_ = 0;
 };
+
+// FLOPs of one layer's GEMMs and attention for n_q query rows that see `keys` keys in total, plus
+// K/V projections for n_kv_only rows (retained halted tokens).
+double layer_flops(const HParams& hp, int64_t n_q, double keys, int64_t n_kv_only);
 
 }  // namespace dashlm

@@ -244,3 +244,49 @@ void row_l2_norms(const float* x, int64_t n, int64_t dim, float* out) {
 }
 
 }  // namespace dashlm::cpu
+
+namespace dashlm::cpu {
+
+void attention_received(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, int64_t n_kv,
+                        const uint8_t* kv_valid, const AttentionParams& p, float* out) {
+  const int64_t hd = p.head_dim, qs = int64_t{p.n_head} * hd, ks = int64_t{p.n_head_kv} * hd;
+  const int group = p.n_head / p.n_head_kv;
+  std::fill(out, out + n_kv, 0.f);
+  std::vector<float> w(static_cast<size_t>(n_kv));
+  for (int64_t i = 0; i < n_q; ++i) {
+    for (int h = 0; h < p.n_head; ++h) {
+      const int kvh = h / group;
+      const int64_t hi = std::min<int64_t>(q_pos[i], n_kv - 1);
+      const int64_t lo = p.window > 0 ? std::max<int64_t>(0, q_pos[i] - p.window + 1) : 0;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = lo; j <= hi; ++j) {
+        if (kv_valid && !kv_valid[j]) continue;
+        w[static_cast<size_t>(j)] = p.scale * dot(q + i * qs + h * hd, k + j * ks + kvh * hd, hd);
+        mx = std::max(mx, w[static_cast<size_t>(j)]);
+      }
+      if (mx == -std::numeric_limits<float>::infinity()) continue;
+      double sum = 0;
+      for (int64_t j = lo; j <= hi; ++j) {
+        if (kv_valid && !kv_valid[j]) continue;
+        w[static_cast<size_t>(j)] = std::exp(w[static_cast<size_t>(j)] - mx);
+        sum += w[static_cast<size_t>(j)];
+      }
+      for (int64_t j = lo; j <= hi; ++j) {
+        if (kv_valid && !kv_valid[j]) continue;
+        out[j] += static_cast<float>(w[static_cast<size_t>(j)] / sum);
+      }
+    }
+  }
+}
+
+void gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst) {
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n * width > 65536)
+  for (int64_t i = 0; i < n; ++i) std::copy_n(src + idx[i] * width, width, dst + i * width);
+}
+
+void scatter_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst) {
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n * width > 65536)
+  for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * width, width, dst + idx[i] * width);
+}
+
+}  // namespace dashlm::cpu

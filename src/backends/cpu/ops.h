@@ -72,3 +72,17 @@ void scale_inplace(float* y, float s, int64_t n);
 void row_l2_norms(const float* x, int64_t n, int64_t dim, float* out);
 
 }  // namespace dashlm::cpu
+
+namespace dashlm::cpu {
+
+// For each key slot, the attention it receives from the n_q query rows, summed over queries and
+// heads (softmax probabilities, same masking as attention()). out has n_kv values. Used by the
+// attention-score pruning baseline for a handful of query rows only.
+void attention_received(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, int64_t n_kv,
+                        const uint8_t* kv_valid, const AttentionParams& p, float* out);
+
+// Rows: dst[i] = src[idx[i]] and dst[idx[i]] = src[i], rows of `width` floats.
+void gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst);
+void scatter_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst);
+
+}  // namespace dashlm::cpu

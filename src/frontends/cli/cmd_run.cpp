@@ -14,6 +14,7 @@
 #include "backends/error.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
+#include "frontends/cli/halting_output.h"
 #include "model/chat.h"
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
@@ -34,6 +35,8 @@ struct RunOptions {
   bool chat = false;
   bool ignore_eos = false;
   bool quiet = false;
+  HaltingConfig halting;
+  std::string kv_mode = "retain", delta_signal = "abs", halting_map, dump_deltas;
   size_t given_sources = 0;  // how many of -p, -f, --prompt-ids were given (an empty -p counts)
 };
 
@@ -131,19 +134,42 @@ int run(const RunOptions& o) {
     fmt::print(stderr, "warning: only {} new tokens fit the context of {}\n", n_predict, ctx_limit);
   }
 
+  HaltingConfig hc = o.halting;
+  hc.seed = o.seed;
+  hc.kv = parse_kv_mode(o.kv_mode);
+  hc.signal = parse_delta_signal(o.delta_signal);
+  hc.validate(hp.n_layer);
+  if (!hc.enabled() && !o.halting_map.empty()) fail("--halting-map needs a --halting policy");
+
   Engine engine(*model, n_prompt + n_predict);
   const bool show_progress = !o.quiet && stderr_is_tty() && n_prompt >= 256;
-  ForwardStats pst;
+  ForwardStats pst, qst;
+  HaltingTrace trace;
   std::vector<float> all_logits;
-  std::vector<float> logits = engine.prefill(
-      prompt, &pst, show_progress ? Engine::Progress([](int d, int t) { progress_bar("prefill", d, t); }) : Engine::Progress{},
-      o.logits_path.empty() ? nullptr : &all_logits);
+  PrefillOptions po;
+  if (show_progress) po.progress = [](int d, int t) { progress_bar("prefill", d, t); };
+  po.logits_all = o.logits_path.empty() ? nullptr : &all_logits;
+  po.halting = &hc;
+  po.trace = hc.enabled() || !o.dump_deltas.empty() ? &trace : nullptr;
+  // The document with halting; the query after it in full, attending to whatever the document
+  // left in the cache (as the KVPress harness does).
+  const bool split = hc.enabled() && !pt.query.empty();
+  std::vector<float> logits = engine.prefill(split ? std::span<const int32_t>(pt.document) : std::span<const int32_t>(prompt), po, &pst);
+  if (split) {
+    PrefillOptions qo;
+    logits = engine.prefill(pt.query, qo, &qst);
+    pst.total_ms += qst.total_ms;
+    for (size_t i = 0; i < pst.layer_ms.size(); ++i) pst.layer_ms[i] += qst.layer_ms[i];
+  }
   if (show_progress) progress_clear();
   if (!o.logits_path.empty()) {
+    if (split) fail("--save-logits cannot be combined with --halting and --query");
     std::ofstream out(o.logits_path, std::ios::binary);
     out.write(reinterpret_cast<const char*>(all_logits.data()), static_cast<std::streamsize>(all_logits.size() * sizeof(float)));
     if (!out) fail("cannot write {}", o.logits_path);
   }
+  if (!o.dump_deltas.empty()) write_deltas(o.dump_deltas, trace);
+  if (!o.halting_map.empty()) write_halting_map(o.halting_map, trace, hc.describe(hp.n_layer));
 
   // Decode.
   SamplerParams sp{o.temperature, o.top_k, o.top_p, o.seed};
@@ -181,6 +207,11 @@ int run(const RunOptions& o) {
                pt.query.size(), load_ms);
     fmt::print(stderr, "prefill: {:.1f} ms, {:.1f} tokens/s | decode: {} tokens, {:.1f} tokens/s | threads {}\n",
                pst.total_ms, prefill_tps, generated.size(), decode_tps, threads);
+    if (hc.enabled()) {
+      fmt::print(stderr, "halting: {} | {} of {} document tokens active after the decision | FLOP speedup {:.2f}x\n",
+                 hc.describe(hp.n_layer), trace.active_per_layer.back(), trace.n_tokens,
+                 trace.flops_done > 0 ? trace.flops_full / trace.flops_done : 1.0);
+    }
   }
 
   if (!o.json_path.empty()) {
@@ -204,6 +235,7 @@ int run(const RunOptions& o) {
     j["generated_text"] = generated_text;
     j["generated_token_ids"] = generated;
     j["stop_reason"] = stop_reason;
+    if (hc.enabled()) j["halting"] = halting_json(hc, hp.n_layer, trace, pst.layer_ms);
     j["sampling"] = {{"temperature", o.temperature}, {"top_k", o.top_k}, {"top_p", o.top_p}, {"seed", o.seed}};
     std::ofstream out(o.json_path);
     out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
@@ -234,6 +266,19 @@ void add_run_command(CLI::App& app, Action& action) {
   c->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
   c->add_option("--json", o->json_path, "Write a JSON summary to this file");
   c->add_option("--save-logits", o->logits_path, "Write the logits of every prompt position (float32, tokens x vocab)");
+  c->add_option("--halting", o->halting.policy, "Halting policy: none, topk, threshold, random, attn")->capture_default_str();
+  c->add_option("--halt-layer", o->halting.halt_layer, "topk/random/attn: decision layer, an index or a fraction of depth")->capture_default_str();
+  c->add_option("--keep", o->halting.keep, "topk/random/attn: fraction of document tokens kept active")->capture_default_str();
+  c->add_option("--min-layer", o->halting.min_layer, "threshold: first layer whose delta counts")->capture_default_str();
+  c->add_option("--tau", o->halting.tau, "threshold: halt when the delta stays below this");
+  c->add_option("--patience", o->halting.patience, "threshold: for this many consecutive layers");
+  c->add_option("--attn-queries", o->halting.attn_queries, "attn: last tokens whose attention ranks the document")->capture_default_str();
+  c->add_option("--kv", o->kv_mode, "Keys/values of halted tokens: retain or drop")->capture_default_str();
+  c->add_option("--delta", o->delta_signal, "Halting signal: abs (||U||), rel (||U||/||h||), block (1-cos)")->capture_default_str();
+  c->add_option("--protect-first", o->halting.protect_first, "First tokens that never halt (attention sinks)")->capture_default_str();
+  c->add_option("--protect-last", o->halting.protect_last, "Last document tokens that never halt (>= 1)")->capture_default_str();
+  c->add_option("--halting-map", o->halting_map, "Draw where tokens halted and their deltas (.png or .svg)");
+  c->add_option("--dump-deltas", o->dump_deltas, "Write the deltas, tokens x layers (.npy float32, or .csv)");
   c->add_flag("-q,--quiet", o->quiet, "No summary or progress on stderr");
   c->callback([o, &action, p_text, p_file, p_ids] {
     o->given_sources = p_text->count() + p_file->count() + p_ids->count();

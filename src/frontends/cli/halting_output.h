@@ -1,0 +1,27 @@
+// Halting results for people and scripts: flag parsing, the JSON object, the deltas file and
+// the halting map picture.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/engine.h"
+#include "runtime/halting.h"
+
+namespace dashlm::cli {
+
+KVMode parse_kv_mode(const std::string& s);
+DeltaSignal parse_delta_signal(const std::string& s);
+
+// policy, its parameters, kv_mode, active_per_layer, flops_full, flops_done, flop_speedup, layer_ms.
+nlohmann::json halting_json(const HaltingConfig& hc, int n_layer, const HaltingTrace& tr, const std::vector<double>& layer_ms);
+
+// Deltas, tokens x layers: .npy (float32, NaN where a token did not run the layer) or .csv.
+void write_deltas(const std::string& path, const HaltingTrace& tr);
+
+// Tokens (columns, binned for long prompts) x layers (rows): on top, where tokens were active
+// (light) or halted (dark); below, a heatmap of log deltas, normalised per layer. .png or .svg.
+void write_halting_map(const std::string& path, const HaltingTrace& tr, const std::string& title);
+
+}  // namespace dashlm::cli
