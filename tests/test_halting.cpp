@@ -1,0 +1,255 @@
+// DASH in the engine, on the real stories260K checkpoint: exactness of the no-op settings,
+// frozen states, retained and dropped keys/values, protection, reproducibility, decoding.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/ops.h"
+#include "backends/error.h"
+#include "model/model.h"
+#include "runtime/engine.h"
+#include "runtime/halting.h"
+#include "runtime/sampler.h"
+
+using namespace dashlm;
+
+namespace {
+
+const std::string kDir = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
+
+const Model& stories() {
+  static std::unique_ptr<Model> m = Model::load(kDir + "stories260K.bin", kDir + "tok512.bin");
+  return *m;
+}
+
+std::vector<int32_t> prompt_tokens() {
+  const std::string text =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+      "friends. One day, she saw a big red ball under a tree and ran to get it, but a dog got there first.";
+  return stories().tokenizer().encode(text, true, false);
+}
+
+struct PrefillRun {
+  std::vector<float> logits;      // all positions
+  std::vector<float> hidden;      // (L+1) x T x d
+  HaltingTrace trace;
+};
+
+PrefillRun prefill(const HaltingConfig& hc, Engine* engine_out = nullptr) {
+  const Model& m = stories();
+  auto toks = prompt_tokens();
+  Engine local(m, static_cast<int64_t>(toks.size()) + 32);
+  Engine& e = engine_out ? *engine_out : local;
+  PrefillRun r;
+  PrefillOptions po;
+  po.halting = &hc;
+  po.trace = &r.trace;
+  po.logits_all = &r.logits;
+  po.hidden_per_layer = &r.hidden;
+  e.prefill(toks, po);
+  return r;
+}
+
+HaltingConfig topk(double keep, KVMode kv = KVMode::Retain) {
+  HaltingConfig hc;
+  hc.policy = "topk";
+  hc.halt_layer = 0.4;
+  hc.keep = keep;
+  hc.kv = kv;
+  return hc;
+}
+
+}  // namespace
+
+TEST(Halting, KeepAllAndTauZeroAreBitIdenticalToFullPrefill) {
+  HaltingConfig none;
+  const PrefillRun full = prefill(none);
+  HaltingConfig thr;
+  thr.policy = "threshold";
+  thr.tau = 0.0;
+  thr.patience = 1;
+  for (const HaltingConfig& hc : {topk(1.0), topk(1.0, KVMode::Drop), thr}) {
+    const PrefillRun r = prefill(hc);
+    ASSERT_EQ(r.logits.size(), full.logits.size());
+    EXPECT_EQ(0, std::memcmp(r.logits.data(), full.logits.data(), full.logits.size() * sizeof(float))) << hc.policy;
+    for (int64_t n : r.trace.active_per_layer) EXPECT_EQ(n, r.trace.n_tokens);
+  }
+}
+
+TEST(Halting, TopkKeepsExactlyCeilKeepTimesEligible) {
+  for (double keep : {0.1, 1.0 / 3.0, 0.5, 0.9}) {
+    HaltingConfig hc = topk(keep);
+    hc.protect_first = 2;
+    hc.protect_last = 3;
+    const PrefillRun r = prefill(hc);
+    const int64_t n = r.trace.n_tokens, eligible = n - 5;
+    const int l = hc.decision_layer(stories().hp().n_layer);
+    const int64_t expect = static_cast<int64_t>(std::ceil(keep * static_cast<double>(eligible) - 1e-9)) + 5;
+    for (int il = 0; il < stories().hp().n_layer; ++il) {
+      EXPECT_EQ(r.trace.active_per_layer[static_cast<size_t>(il)], il <= l ? n : expect) << "keep " << keep << " layer " << il;
+    }
+    EXPECT_EQ(halting_keep_count(keep, eligible) + 5, expect);
+    // The kept tokens are those with the largest deltas at the decision layer.
+    const int L = r.trace.n_layer;
+    float min_kept = INFINITY, max_halted = -INFINITY;
+    for (int64_t t = 2; t < n - 3; ++t) {
+      const float dv = r.trace.delta[static_cast<size_t>(t * L + l)];
+      if (r.trace.halted_after[static_cast<size_t>(t)] == L) min_kept = std::min(min_kept, dv);
+      else max_halted = std::max(max_halted, dv);
+    }
+    EXPECT_GE(min_kept, max_halted);
+  }
+}
+
+TEST(Halting, ProtectedTokensNeverHalt) {
+  for (const std::string policy : {"topk", "random", "attn", "threshold"}) {
+    HaltingConfig hc = topk(0.1);
+    hc.policy = policy;
+    if (policy == "threshold") {
+      hc.tau = 1e9;  // everything is below: all eligible tokens halt at min_layer
+      hc.patience = 1;
+    }
+    hc.protect_first = 4;
+    hc.protect_last = 2;
+    const PrefillRun r = prefill(hc);
+    const int64_t n = r.trace.n_tokens;
+    const int L = r.trace.n_layer;
+    int halted = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const bool prot = t < 4 || t >= n - 2;
+      if (prot) EXPECT_EQ(r.trace.halted_after[static_cast<size_t>(t)], L) << policy << " token " << t;
+      halted += r.trace.halted_after[static_cast<size_t>(t)] < L;
+    }
+    EXPECT_GT(halted, 0) << policy;
+  }
+}
+
+TEST(Halting, RandomIsReproducibleWithASeed) {
+  HaltingConfig hc = topk(0.3);
+  hc.policy = "random";
+  hc.seed = 11;
+  const PrefillRun a = prefill(hc), b = prefill(hc);
+  EXPECT_EQ(a.trace.halted_after, b.trace.halted_after);
+  hc.seed = 12;
+  const PrefillRun c = prefill(hc);
+  EXPECT_NE(a.trace.halted_after, c.trace.halted_after);
+}
+
+TEST(Halting, HaltedStateStaysFrozen) {
+  const PrefillRun r = prefill(topk(1.0 / 3.0));
+  const int L = r.trace.n_layer;
+  const int64_t n = r.trace.n_tokens, d = stories().hp().n_embd;
+  int checked = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const int h = r.trace.halted_after[static_cast<size_t>(t)];
+    if (h == L) continue;
+    // State after layer h (entry h+1) equals the state after the last layer (entry L).
+    const float* at_halt = r.hidden.data() + ((h + 1) * n + t) * d;
+    const float* at_end = r.hidden.data() + (L * n + t) * d;
+    EXPECT_EQ(0, std::memcmp(at_halt, at_end, static_cast<size_t>(d) * sizeof(float))) << "token " << t;
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
+TEST(Halting, RetainProjectsFrozenStatesAndDropLeavesThemOut) {
+  const Model& m = stories();
+  const HParams& hp = m.hp();
+  for (KVMode kv : {KVMode::Retain, KVMode::Drop}) {
+    const auto n = static_cast<int64_t>(prompt_tokens().size());
+    Engine e(m, n + 8);
+    const PrefillRun r = prefill(topk(1.0 / 3.0, kv), &e);
+    const int L = hp.n_layer;
+    int checked = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const int h = r.trace.halted_after[static_cast<size_t>(t)];
+      if (h == L) continue;
+      for (int il = h + 1; il < L; ++il) {
+        if (kv == KVMode::Drop) {
+          EXPECT_EQ(e.cache().valid[static_cast<size_t>(il)][static_cast<size_t>(t)], 0);
+          continue;
+        }
+        // Direct computation: K = RoPE(Wk RMSNorm(h_frozen)), V = Wv RMSNorm(h_frozen).
+        const LayerWeights& lw = m.layer(il);
+        std::vector<float> xn(static_cast<size_t>(hp.n_embd)), k(static_cast<size_t>(hp.kv_dim())), v(k.size());
+        cpu::rmsnorm(r.hidden.data() + ((h + 1) * n + t) * hp.n_embd, lw.attn_norm, xn.data(), 1, hp.n_embd, hp.norm_eps);
+        cpu::matmul(lw.wk, xn.data(), 1, k.data(), lw.bk);
+        cpu::matmul(lw.wv, xn.data(), 1, v.data(), lw.bv);
+        cpu::RopeParams rp;
+        rp.head_dim = hp.head_dim;
+        rp.n_rot = hp.n_rot;
+        rp.freq_base = hp.rope_base;
+        rp.neox = hp.rope_neox;
+        const auto pos = static_cast<int32_t>(t);
+        cpu::rope(k.data(), 1, hp.n_head_kv, hp.kv_dim(), &pos, rp);
+        const float* kc = e.cache().k[static_cast<size_t>(il)].data() + t * hp.kv_dim();
+        const float* vc = e.cache().v[static_cast<size_t>(il)].data() + t * hp.kv_dim();
+        for (int64_t j = 0; j < hp.kv_dim(); ++j) {
+          ASSERT_NEAR(kc[j], k[static_cast<size_t>(j)], 1e-5f);
+          ASSERT_NEAR(vc[j], v[static_cast<size_t>(j)], 1e-5f);
+        }
+        EXPECT_EQ(e.cache().valid[static_cast<size_t>(il)][static_cast<size_t>(t)], 1);
+      }
+      ++checked;
+    }
+    EXPECT_GT(checked, 0);
+  }
+}
+
+TEST(Halting, DecodingAfterKeepAllEqualsDecodingAfterFullPrefill) {
+  const Model& m = stories();
+  auto greedy = [&](const HaltingConfig& hc) {
+    auto toks = prompt_tokens();
+    Engine e(m, static_cast<int64_t>(toks.size()) + 40);
+    PrefillOptions po;
+    po.halting = &hc;
+    std::vector<float> l = e.prefill(toks, po);
+    std::vector<int32_t> out;
+    for (int i = 0; i < 32; ++i) {
+      out.push_back(argmax(l));
+      l = e.decode(out.back());
+    }
+    return out;
+  };
+  HaltingConfig none;
+  const auto ref = greedy(none);
+  EXPECT_EQ(greedy(topk(1.0)), ref);
+  EXPECT_EQ(greedy(topk(1.0, KVMode::Drop)), ref);
+  // And a real halting prefill decodes in both KV modes.
+  EXPECT_EQ(greedy(topk(0.5)).size(), 32u);
+  EXPECT_EQ(greedy(topk(0.5, KVMode::Drop)).size(), 32u);
+}
+
+TEST(Halting, FlopModelMatchesTheSchedule) {
+  const PrefillRun full = prefill(HaltingConfig{});
+  EXPECT_EQ(full.trace.flops_done, full.trace.flops_full);
+  const PrefillRun drop = prefill(topk(1.0 / 3.0, KVMode::Drop)), keep = prefill(topk(1.0 / 3.0, KVMode::Retain));
+  EXPECT_LT(drop.trace.flops_done, keep.trace.flops_done);  // retain pays for K/V projections and keys
+  EXPECT_LT(keep.trace.flops_done, keep.trace.flops_full);
+  EXPECT_DOUBLE_EQ(drop.trace.flops_full, full.trace.flops_full);
+}
+
+TEST(Halting, BadSettingsAreClearErrors) {
+  const int L = stories().hp().n_layer;
+  HaltingConfig hc = topk(0.0);
+  EXPECT_THROW(hc.validate(L), Error);
+  hc = topk(1.5);
+  EXPECT_THROW(hc.validate(L), Error);
+  hc = topk(0.5);
+  hc.halt_layer = 7;  // 5 layers
+  EXPECT_THROW(hc.validate(L), Error);
+  hc = HaltingConfig{};
+  hc.policy = "threshold";
+  hc.tau = 0.1;
+  EXPECT_THROW(hc.validate(L), Error);  // tau without patience
+  hc.policy = "bogus";
+  EXPECT_THROW(hc.validate(L), Error);
+  hc = topk(0.5);
+  hc.tau = 0.3;  // tau belongs to threshold
+  EXPECT_THROW(hc.validate(L), Error);
+}
