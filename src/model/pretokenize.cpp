@@ -39,7 +39,10 @@ std::vector<uint32_t> utf8_to_codepoints(std::string_view text) {
     } else if ((c & 0xF0) == 0xE0 && cont(i + 1) && cont(i + 2)) {
       out.push_back((uint32_t(c & 0x0F) << 12) | (uint32_t(s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F));
       i += 3;
-    } else if ((c & 0xF8) == 0xF0 && cont(i + 1) && cont(i + 2) && cont(i + 3)) {
+    } else if ((c & 0xF8) == 0xF0 && cont(i + 1) && cont(i + 2) && cont(i + 3) &&
+               ((uint32_t(c & 0x07) << 18) | (uint32_t(s[i + 1] & 0x3F) << 12)) <= 0x10FFFF) {
+      // (llama.cpp accepts code points past U+10FFFF here and then fails to write them back;
+      // they are malformed bytes in this decoder.)
       out.push_back((uint32_t(c & 0x07) << 18) | (uint32_t(s[i + 1] & 0x3F) << 12) |
                     (uint32_t(s[i + 2] & 0x3F) << 6) | (s[i + 3] & 0x3F));
       i += 4;
@@ -62,7 +65,6 @@ void append_utf8(std::string& out, uint32_t cp) {
     out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
     out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   } else {
-    // Up to 21 bits, as the decoder above can produce them.
     out.push_back(static_cast<char>(0xF0 | ((cp >> 18) & 0x07)));
     out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
     out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
