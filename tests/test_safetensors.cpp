@@ -626,10 +626,9 @@ TEST(SafetensorsTest, MalformedHeadersAndTensors) {
   expect_error([&] { parse(b); }, "tensor t has data_offsets [0, 16] outside");
   // Offsets whose length disagrees with shape x dtype.
   auto mismatch = st_build({tensor("m", "F32", {4})});
-  auto s = std::string(mismatch.begin() + 8, mismatch.end());
-  s.replace(s.find("[4]"), 3, "[3]");
-  std::vector<uint8_t> mm(mismatch.begin(), mismatch.begin() + 8);
-  mm.insert(mm.end(), s.begin(), s.end());
+  std::vector<uint8_t> mm = mismatch;
+  const std::string text(mismatch.begin(), mismatch.end());
+  mm[text.find("[4]") + 1] = '3';
   expect_error([&] { parse(mm); }, "tensor m has 16 bytes of data but its shape and dtype");
   // Header problems.
   std::vector<uint8_t> h(8, 0);
@@ -638,10 +637,10 @@ TEST(SafetensorsTest, MalformedHeadersAndTensors) {
   h.push_back('{');
   expect_error([&] { parse(h); }, "header length 1000 exceeds");
   auto mk = [](const std::string& header) {
-    std::vector<uint8_t> v(8);
+    std::vector<uint8_t> v(8 + header.size());
     const uint64_t len = header.size();
     std::memcpy(v.data(), &len, 8);
-    v.insert(v.end(), header.begin(), header.end());
+    std::memcpy(v.data() + 8, header.data(), header.size());
     return v;
   };
   expect_error([&] { parse(mk("{\"a\": ")); }, "not valid JSON");

@@ -143,7 +143,11 @@ std::string display_value(const MetaValue& m, size_t max_items, bool in_array) {
     return out + "]";
   }
   if (const auto* s = m.as_string()) {
-    return in_array ? "\"" + display_string(*s, 64) + "\"" : display_string(*s, 160);
+    if (!in_array) return display_string(*s, 160);
+    std::string out = "\"";
+    out += display_string(*s, 64);
+    out += '"';
+    return out;
   }
   if (const auto* b = std::get_if<bool>(&m.v)) return *b ? "true" : "false";
   if (const auto* d = std::get_if<double>(&m.v)) {

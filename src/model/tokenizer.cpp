@@ -6,8 +6,6 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <map>
-#include <tuple>
 
 #include "backends/error.h"
 
@@ -216,58 +214,77 @@ bool Tokenizer::is_end_of_generation(int32_t id) const {
 // already. An occurrence that overlaps a kept one would straddle two pieces in llama.cpp and
 // so is never found there; any other one is found, since the search of a piece only skips
 // text covered by an earlier match of the same token.
+//
+// Tokens come longest first, so a kept occurrence is at least as long as the one being tried:
+// they overlap exactly when the kept one covers its first or its last byte. That makes the
+// check O(1) with one flag per byte, and the whole split linear in the number of occurrences.
 
 std::vector<Tokenizer::Fragment> Tokenizer::partition_special(std::string_view text, bool parse_special) const {
   std::vector<Fragment> out;
   if (text.empty()) return out;
   const SpecialIndex& si = *special_;
+  const auto* s = reinterpret_cast<const uint8_t*>(text.data());
+  const size_t n = text.size();
 
-  struct Hit {
-    int32_t rank;
-    uint32_t len;
-    size_t pos;
-  };
-  std::vector<Hit> hits;
-  if (!si.order.empty()) {
-    const auto* s = reinterpret_cast<const uint8_t*>(text.data());
-    for (size_t pos = 0; pos < text.size(); ++pos) {
+  // Occurrences, bucketed by token rank (counting sort: count, then fill). Within a rank they
+  // come in increasing position since the text is scanned from the left.
+  auto for_each_hit = [&](auto&& fn) {
+    for (size_t pos = 0; pos < n; ++pos) {
       if (!si.first_byte[s[pos]]) continue;
       int32_t node = 0;
-      for (size_t i = pos; i < text.size(); ++i) {
+      for (size_t i = pos; i < n; ++i) {
         node = si.child(node, s[i]);
         if (node < 0) break;
         const int32_t rank = si.nodes[static_cast<size_t>(node)].rank;
         if (rank < 0) continue;
         const uint32_t a = attrs_[static_cast<size_t>(si.order[static_cast<size_t>(rank)])];
         if (!parse_special && (a & (ATTR_CONTROL | ATTR_UNKNOWN))) continue;
-        hits.push_back({rank, static_cast<uint32_t>(i + 1 - pos), pos});
+        fn(static_cast<size_t>(rank), pos);
       }
     }
+  };
+  std::vector<size_t> bucket_start(si.order.size() + 1, 0);
+  size_t n_hits = 0;
+  if (!si.order.empty()) {
+    for_each_hit([&](size_t rank, size_t) { ++bucket_start[rank + 1]; ++n_hits; });
   }
-  if (hits.empty()) {
-    out.push_back({-1, 0, text.size()});
+  if (n_hits == 0) {
+    out.push_back({-1, 0, n});
     return out;
   }
-  std::sort(hits.begin(), hits.end(), [](const Hit& a, const Hit& b) {
-    return std::tie(a.rank, a.pos) < std::tie(b.rank, b.pos);
-  });
-
-  std::map<size_t, std::pair<size_t, int32_t>> kept;  // start -> (end, token id)
-  for (const Hit& h : hits) {
-    const size_t b = h.pos, e = h.pos + h.len;
-    auto it = kept.lower_bound(b);
-    if (it != kept.end() && it->first < e) continue;  // a kept one starts inside
-    if (it != kept.begin() && std::prev(it)->second.first > b) continue;  // the one before reaches in
-    kept.emplace_hint(it, b, std::make_pair(e, si.order[static_cast<size_t>(h.rank)]));
+  for (size_t r = 1; r < bucket_start.size(); ++r) bucket_start[r] += bucket_start[r - 1];
+  std::vector<size_t> hit_pos(n_hits);
+  {
+    std::vector<size_t> fill(bucket_start.begin(), bucket_start.end() - 1);
+    for_each_hit([&](size_t rank, size_t pos) { hit_pos[fill[rank]++] = pos; });
   }
+
+  std::vector<uint8_t> covered(n, 0);
+  struct Kept {
+    size_t begin, end;
+    int32_t id;
+  };
+  std::vector<Kept> kept;
+  for (size_t r = 0; r + 1 < bucket_start.size(); ++r) {
+    if (bucket_start[r] == bucket_start[r + 1]) continue;
+    const int32_t id = si.order[r];
+    const size_t len = tokens_[static_cast<size_t>(id)].size();
+    for (size_t h = bucket_start[r]; h < bucket_start[r + 1]; ++h) {
+      const size_t b = hit_pos[h], e = b + len;
+      if (covered[b] || covered[e - 1]) continue;
+      std::fill(covered.begin() + static_cast<std::ptrdiff_t>(b), covered.begin() + static_cast<std::ptrdiff_t>(e), 1);
+      kept.push_back({b, e, id});
+    }
+  }
+  std::sort(kept.begin(), kept.end(), [](const Kept& a, const Kept& b) { return a.begin < b.begin; });
 
   size_t pos = 0;
-  for (const auto& [b, v] : kept) {
-    if (b > pos) out.push_back({-1, pos, b});
-    out.push_back({v.second, b, v.first});
-    pos = v.first;
+  for (const Kept& k : kept) {
+    if (k.begin > pos) out.push_back({-1, pos, k.begin});
+    out.push_back({k.id, k.begin, k.end});
+    pos = k.end;
   }
-  if (pos < text.size()) out.push_back({-1, pos, text.size()});
+  if (pos < n) out.push_back({-1, pos, n});
   return out;
 }
 

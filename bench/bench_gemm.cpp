@@ -1,0 +1,137 @@
+// GEMM throughput: our kernels at each instruction-set level against OpenBLAS's cblas_sgemm, on
+// the shapes of the models' prefill (x W^T) and of the attention (Q K^T and P V per head).
+//
+// Names: <layout>/M<m>/N<n>/K<k>/<impl>/t<threads>, impl = scalar | avx2 | avx512 | blas.
+// The GFLOPS counter is 2 m n k per second. OpenBLAS picks its kernel when it loads, so compare
+// its kernels by running the binary twice, e.g. with OPENBLAS_CORETYPE=SKYLAKEX; the label of the
+// blas rows says which one ran. Extra flags of ours (before the Google Benchmark ones):
+//   --threads=N    thread counts to run, comma-separated (default 1 and cpu::num_threads())
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/gemm.h"
+#include "backends/cpu/ops.h"
+
+extern "C" char* openblas_get_corename(void);
+
+using namespace dashlm::cpu;
+
+namespace {
+
+struct Shape {
+  const char* layout;  // "nt": B is [n x k] (weights, Q K^T); "nn": B is [k x n] (P V)
+  int64_t m, n, k;
+  int64_t lda, ldb;  // 0: packed (the row length)
+};
+
+std::vector<float> random_vector(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+void run(benchmark::State& state, Shape s, int impl, int threads) {
+  const bool nt = std::strcmp(s.layout, "nt") == 0;
+  const int64_t lda = s.lda ? s.lda : s.k, ldb = s.ldb ? s.ldb : (nt ? s.k : s.n);
+  const auto a = random_vector(static_cast<size_t>(s.m * lda), 1);
+  const auto b = random_vector(static_cast<size_t>((nt ? s.n : s.k) * ldb), 2);
+  std::vector<float> c(static_cast<size_t>(s.m * s.n));
+  if (impl < 0) {  // OpenBLAS
+    openblas_set_num_threads(threads);
+    for (auto _ : state) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, nt ? CblasTrans : CblasNoTrans, static_cast<int>(s.m),
+                  static_cast<int>(s.n), static_cast<int>(s.k), 1.f, a.data(), static_cast<int>(lda), b.data(),
+                  static_cast<int>(ldb), 0.f, c.data(), static_cast<int>(s.n));
+      benchmark::DoNotOptimize(c.data());
+      benchmark::ClobberMemory();
+    }
+    state.SetLabel(std::string("openblas ") + openblas_get_corename());
+  } else {
+    const GemmLevel saved = gemm_level();
+    gemm_set_level(static_cast<GemmLevel>(impl));
+    for (auto _ : state) {
+      if (nt) {
+        gemm_nt(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), s.n, false, 1.f, threads);
+      } else {
+        gemm_nn(s.m, s.n, s.k, a.data(), lda, b.data(), ldb, c.data(), s.n, false, 1.f, threads);
+      }
+      benchmark::DoNotOptimize(c.data());
+      benchmark::ClobberMemory();
+    }
+    state.SetLabel(gemm_kernel_name());
+    gemm_set_level(saved);
+  }
+  state.counters["GFLOPS"] = benchmark::Counter(2.0 * double(s.m) * double(s.n) * double(s.k) * 1e-9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+std::vector<Shape> shapes() {
+  std::vector<Shape> out;
+  // Prefill projections: (n, k) of SmolLM2-135M then of Gemma 3 270M, for a few prompt lengths.
+  const int64_t nk[][2] = {{576, 576},  {192, 576},  {1536, 576}, {576, 1536}, {1024, 640},
+                           {256, 640},  {2048, 640}, {640, 2048}, {640, 1024}};
+  for (int64_t m : {512, 2048, 8192}) {
+    for (const auto& p : nk) out.push_back({"nt", m, p[0], p[1], 0, 0});
+  }
+  // Attention per head, 32 or 64 queries, rows strided by the heads of the layer (9 heads of 64
+  // for SmolLM2, 4 heads of 256 for Gemma 3): S = Q K^T (nt) and O = P V (nn).
+  for (int64_t m : {32, 64}) {
+    for (int64_t hd : {64, 128, 256}) {
+      const int64_t stride = hd == 64 ? 9 * 64 : 4 * hd;
+      for (int64_t keys : {512, 2048, 8192}) {
+        out.push_back({"nt", m, keys, hd, stride, stride});
+        out.push_back({"nn", m, hd, keys, 0, stride});
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> thread_counts = {1};
+  if (num_threads() > 1) thread_counts.push_back(num_threads());
+  // Our own flags first, then Google Benchmark's.
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--threads=", 10) == 0) {
+      thread_counts.clear();
+      for (const char* p = argv[i] + 10; *p;) {
+        thread_counts.push_back(std::atoi(p));
+        while (*p && *p != ',') ++p;
+        if (*p == ',') ++p;
+      }
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  int rest_argc = static_cast<int>(rest.size());
+
+  std::vector<int> impls;
+  for (int l = 0; l <= static_cast<int>(gemm_max_level()); ++l) impls.push_back(l);
+  impls.push_back(-1);  // the BLAS
+  for (const Shape& s : shapes()) {
+    for (int t : thread_counts) {
+      for (int impl : impls) {
+        const std::string name = std::string(s.layout) + "/M" + std::to_string(s.m) + "/N" + std::to_string(s.n) + "/K" +
+                                 std::to_string(s.k) + "/" +
+                                 (impl < 0 ? "blas" : gemm_level_name(static_cast<GemmLevel>(impl))) + "/t" +
+                                 std::to_string(t);
+        benchmark::RegisterBenchmark(name.c_str(), run, s, impl, t)->Unit(benchmark::kMillisecond)->UseRealTime();
+      }
+    }
+  }
+  benchmark::Initialize(&rest_argc, rest.data());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
