@@ -157,13 +157,15 @@ int run(const RunOptions& o) {
   std::vector<float> logits = engine.prefill(split ? std::span<const int32_t>(pt.document) : std::span<const int32_t>(prompt), po, &pst);
   if (split) {
     PrefillOptions qo;
+    std::vector<float> query_logits;
+    qo.logits_all = o.logits_path.empty() ? nullptr : &query_logits;
     logits = engine.prefill(pt.query, qo, &qst);
+    all_logits.insert(all_logits.end(), query_logits.begin(), query_logits.end());
     pst.total_ms += qst.total_ms;
     for (size_t i = 0; i < pst.layer_ms.size(); ++i) pst.layer_ms[i] += qst.layer_ms[i];
   }
   if (show_progress) progress_clear();
   if (!o.logits_path.empty()) {
-    if (split) fail("--save-logits cannot be combined with --halting and --query");
     std::ofstream out(o.logits_path, std::ios::binary);
     out.write(reinterpret_cast<const char*>(all_logits.data()), static_cast<std::streamsize>(all_logits.size() * sizeof(float)));
     if (!out) fail("cannot write {}", o.logits_path);
