@@ -25,13 +25,34 @@ void touch_tensors(const dashlm::ModelFile& f, const uint8_t* data, size_t size)
 void touch_metadata(const dashlm::Metadata& m) {
   for (const auto& [key, value] : m.all()) {
     (void)value.to_display();
-    try { (void)m.get_int(key); } catch (const dashlm::Error&) {}
-    try { (void)m.get_float(key); } catch (const dashlm::Error&) {}
-    try { (void)m.get_bool(key); } catch (const dashlm::Error&) {}
-    try { (void)m.get_string(key); } catch (const dashlm::Error&) {}
-    try { (void)m.get_string_array(key); } catch (const dashlm::Error&) {}
-    try { (void)m.get_float_array(key); } catch (const dashlm::Error&) {}
-    try { (void)m.get_int_array(key); } catch (const dashlm::Error&) {}
+    try {
+      (void)m.get_int(key);
+    } catch (const dashlm::Error&) {
+    }
+    try {
+      (void)m.get_float(key);
+    } catch (const dashlm::Error&) {
+    }
+    try {
+      (void)m.get_bool(key);
+    } catch (const dashlm::Error&) {
+    }
+    try {
+      (void)m.get_string(key);
+    } catch (const dashlm::Error&) {
+    }
+    try {
+      (void)m.get_string_array(key);
+    } catch (const dashlm::Error&) {
+    }
+    try {
+      (void)m.get_float_array(key);
+    } catch (const dashlm::Error&) {
+    }
+    try {
+      (void)m.get_int_array(key);
+    } catch (const dashlm::Error&) {
+    }
   }
 }
 

@@ -6,9 +6,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <tuple>
-
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "gguf_writer.h"
 
@@ -48,9 +47,10 @@ GgufWriter all_types(uint32_t version) {
   w.set("s", MetaValue::of_string("text"));
   w.set("tokenizer.ggml.tokens",
         MetaValue::of_array(MetaType::STRING, {MetaValue::of_string("a"), MetaValue::of_string("b")}));
-  w.set("tokenizer.ggml.scores",
-        MetaValue::of_array(MetaType::F32, {MetaValue::of_float(0, MetaType::F32), MetaValue::of_float(-1, MetaType::F32)}));
-  w.set("nested", MetaValue::of_array(MetaType::ARRAY, {MetaValue::of_array(MetaType::I32, {MetaValue::of_int(7, MetaType::I32)})}));
+  w.set("tokenizer.ggml.scores", MetaValue::of_array(MetaType::F32, {MetaValue::of_float(0, MetaType::F32),
+                                                                     MetaValue::of_float(-1, MetaType::F32)}));
+  w.set("nested", MetaValue::of_array(MetaType::ARRAY,
+                                      {MetaValue::of_array(MetaType::I32, {MetaValue::of_int(7, MetaType::I32)})}));
   w.add_f32("token_embd.weight", {2, 2}, {1, 2, 3, 4});
   return w;
 }
@@ -92,9 +92,9 @@ int main(int argc, char** argv) {
   {
     GgufWriter w;
     w.set_alignment(64);
-    w.add_tensor("q8", 8, {32, 2}, bytes(68, 3));     // Q8_0
-    w.add_tensor("f16", 1, {3}, bytes(6, 9));         // F16
-    w.add_tensor("q4k", 12, {256}, bytes(144, 11));   // Q4_K
+    w.add_tensor("q8", 8, {32, 2}, bytes(68, 3));    // Q8_0
+    w.add_tensor("f16", 1, {3}, bytes(6, 9));        // F16
+    w.add_tensor("q4k", 12, {256}, bytes(144, 11));  // Q4_K
     w.add_tensor("bf16", 30, {2, 1, 1, 2}, bytes(8, 5));
     write(out / "gguf" / "types_align64.gguf", w.build());
   }

@@ -19,11 +19,11 @@ class GgufWriter {
  public:
   struct Tensor {
     std::string name;
-    uint32_t type = 0;                 // GGUF type number (0 = F32)
-    std::vector<uint64_t> ne;          // innermost first
+    uint32_t type = 0;         // GGUF type number (0 = F32)
+    std::vector<uint64_t> ne;  // innermost first
     std::vector<uint8_t> data;
-    std::optional<uint64_t> offset;    // overrides the computed offset
-    std::optional<uint32_t> n_dims;    // overrides ne.size() in the tensor info
+    std::optional<uint64_t> offset;  // overrides the computed offset
+    std::optional<uint32_t> n_dims;  // overrides ne.size() in the tensor info
   };
 
   uint32_t version = 3;
@@ -121,18 +121,42 @@ class GgufWriter {
   // The value's payload, without its type tag.
   static void put_value(std::vector<uint8_t>& out, const MetaValue& v) {
     switch (v.type) {
-      case MetaType::U8: put<uint8_t>(out, static_cast<uint8_t>(uval(v))); break;
-      case MetaType::I8: put<int8_t>(out, static_cast<int8_t>(ival(v))); break;
-      case MetaType::U16: put<uint16_t>(out, static_cast<uint16_t>(uval(v))); break;
-      case MetaType::I16: put<int16_t>(out, static_cast<int16_t>(ival(v))); break;
-      case MetaType::U32: put<uint32_t>(out, static_cast<uint32_t>(uval(v))); break;
-      case MetaType::I32: put<int32_t>(out, static_cast<int32_t>(ival(v))); break;
-      case MetaType::U64: put<uint64_t>(out, uval(v)); break;
-      case MetaType::I64: put<int64_t>(out, ival(v)); break;
-      case MetaType::F32: put<float>(out, static_cast<float>(std::get<double>(v.v))); break;
-      case MetaType::F64: put<double>(out, std::get<double>(v.v)); break;
-      case MetaType::BOOL: put<uint8_t>(out, std::get<bool>(v.v) ? 1 : 0); break;
-      case MetaType::STRING: put_string(out, std::get<std::string>(v.v)); break;
+      case MetaType::U8:
+        put<uint8_t>(out, static_cast<uint8_t>(uval(v)));
+        break;
+      case MetaType::I8:
+        put<int8_t>(out, static_cast<int8_t>(ival(v)));
+        break;
+      case MetaType::U16:
+        put<uint16_t>(out, static_cast<uint16_t>(uval(v)));
+        break;
+      case MetaType::I16:
+        put<int16_t>(out, static_cast<int16_t>(ival(v)));
+        break;
+      case MetaType::U32:
+        put<uint32_t>(out, static_cast<uint32_t>(uval(v)));
+        break;
+      case MetaType::I32:
+        put<int32_t>(out, static_cast<int32_t>(ival(v)));
+        break;
+      case MetaType::U64:
+        put<uint64_t>(out, uval(v));
+        break;
+      case MetaType::I64:
+        put<int64_t>(out, ival(v));
+        break;
+      case MetaType::F32:
+        put<float>(out, static_cast<float>(std::get<double>(v.v)));
+        break;
+      case MetaType::F64:
+        put<double>(out, std::get<double>(v.v));
+        break;
+      case MetaType::BOOL:
+        put<uint8_t>(out, std::get<bool>(v.v) ? 1 : 0);
+        break;
+      case MetaType::STRING:
+        put_string(out, std::get<std::string>(v.v));
+        break;
       case MetaType::ARRAY: {
         const MetaArray& a = v.array();
         put<uint32_t>(out, static_cast<uint32_t>(v.elem_type));

@@ -1,12 +1,12 @@
 // GGUF reader: round trips of every metadata type, tensor layout and alignment, and corrupt
 // files that must fail with a one-line dashlm::Error (never crash, hang or allocate wildly).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <functional>
 #include <limits>
-#include <unistd.h>
 
 #include "backends/error.h"
 #include "gguf_writer.h"
@@ -92,8 +92,10 @@ TEST_P(GgufVersionTest, RoundTripsEveryMetadataType) {
   w.set("str", MetaValue::of_string("hello\nw\xc3\xb6rld"));
   w.set("str.empty", MetaValue::of_string(""));
   w.set("str.nul", MetaValue::of_string(std::string("a\0b", 3)));
-  w.set("arr.u8", MetaValue::of_array(MetaType::U8, {MetaValue::of_uint(0, MetaType::U8), MetaValue::of_uint(200, MetaType::U8)}));
-  w.set("arr.i32", MetaValue::of_array(MetaType::I32, {MetaValue::of_int(-1, MetaType::I32), MetaValue::of_int(7, MetaType::I32)}));
+  w.set("arr.u8", MetaValue::of_array(MetaType::U8,
+                                      {MetaValue::of_uint(0, MetaType::U8), MetaValue::of_uint(200, MetaType::U8)}));
+  w.set("arr.i32", MetaValue::of_array(MetaType::I32,
+                                       {MetaValue::of_int(-1, MetaType::I32), MetaValue::of_int(7, MetaType::I32)}));
   w.set("arr.f32", MetaValue::of_array(MetaType::F32, {MetaValue::of_float(0.25, MetaType::F32)}));
   w.set("arr.f64", MetaValue::of_array(MetaType::F64, {MetaValue::of_float(-2.5, MetaType::F64)}));
   w.set("arr.bool", MetaValue::of_array(MetaType::BOOL, {MetaValue::of_bool(true), MetaValue::of_bool(false)}));
@@ -105,10 +107,10 @@ TEST_P(GgufVersionTest, RoundTripsEveryMetadataType) {
   w.set("arr.i16", MetaValue::of_array(MetaType::I16, {MetaValue::of_int(-10, MetaType::I16)}));
   w.set("arr.str", MetaValue::of_array(MetaType::STRING, {MetaValue::of_string("x"), MetaValue::of_string("")}));
   w.set("arr.empty", MetaValue::of_array(MetaType::U32, {}));
-  w.set("arr.nested",
-        MetaValue::of_array(MetaType::ARRAY,
-                            {MetaValue::of_array(MetaType::I16, {MetaValue::of_int(1, MetaType::I16), MetaValue::of_int(-2, MetaType::I16)}),
-                             MetaValue::of_array(MetaType::STRING, {MetaValue::of_string("deep")})}));
+  w.set("arr.nested", MetaValue::of_array(MetaType::ARRAY,
+                                          {MetaValue::of_array(MetaType::I16, {MetaValue::of_int(1, MetaType::I16),
+                                                                               MetaValue::of_int(-2, MetaType::I16)}),
+                                           MetaValue::of_array(MetaType::STRING, {MetaValue::of_string("deep")})}));
 
   const auto bytes = w.build();
   auto f = parse(bytes);
@@ -302,7 +304,8 @@ TEST(GgufCorruptTest, BadMagicAndVersions) {
 
 TEST(GgufCorruptTest, EveryTruncationFailsCleanly) {
   GgufWriter w = small_writer();
-  w.set("nested", MetaValue::of_array(MetaType::ARRAY, {MetaValue::of_array(MetaType::U16, {MetaValue::of_uint(3, MetaType::U16)})}));
+  w.set("nested", MetaValue::of_array(MetaType::ARRAY,
+                                      {MetaValue::of_array(MetaType::U16, {MetaValue::of_uint(3, MetaType::U16)})}));
   w.set("pi", MetaValue::of_float(3.14, MetaType::F64));
   const auto b = w.build();
   ASSERT_NO_THROW(parse(b));

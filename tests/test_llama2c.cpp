@@ -1,12 +1,12 @@
 // llama2.c checkpoints and tokenizers, on the real stories260K fixture and on small
 // synthetic files.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <unistd.h>
 
 #include "backends/error.h"
 #include "gguf_writer.h"
@@ -228,7 +228,8 @@ TEST(Llama2cTest, TruncatedOrPaddedFilesStateExpectedAndActualSize) {
   auto cut = bytes;
   cut.resize(cut.size() - 4);
   write_all(dir.path / "cut.bin", cut);
-  expect_error([&] { load_llama2c((dir.path / "cut.bin").string(), kTok); }, "implies 1056540 bytes, but the file has 1056536");
+  expect_error([&] { load_llama2c((dir.path / "cut.bin").string(), kTok); },
+               "implies 1056540 bytes, but the file has 1056536");
   auto longer = bytes;
   longer.push_back(0);
   write_all(dir.path / "long.bin", longer);
@@ -304,7 +305,10 @@ TEST(Llama2cTest, TokenizerProblems) {
   // Every prefix of a tokenizer fails cleanly.
   const auto full = make_tokenizer(10);
   for (size_t n = 1; n < full.size(); ++n) {
-    EXPECT_THROW(load_llama2c(model, tok(std::vector<uint8_t>(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n)))), Error) << n;
+    EXPECT_THROW(
+        load_llama2c(model, tok(std::vector<uint8_t>(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n)))),
+        Error)
+        << n;
   }
   EXPECT_NO_THROW(load_llama2c(model, tok(full)));
 }

@@ -2,14 +2,13 @@
 // q/k row order, F32/F16/BF16, one file or two shards) must load to exactly the tensors of the
 // llama2.c loader; plus Gemma 3 / Qwen2 specifics, tokenizer.json, and malformed inputs.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <bit>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include "backends/error.h"
@@ -141,9 +140,9 @@ std::string hf_name(const std::string& g) {
   if (g == "output_norm.weight") return "model.norm.weight";
   if (g == "output.weight") return "lm_head.weight";
   static const std::vector<std::pair<std::string, std::string>> layer = {
-      {"attn_norm", "input_layernorm"},    {"attn_q", "self_attn.q_proj"},  {"attn_k", "self_attn.k_proj"},
-      {"attn_v", "self_attn.v_proj"},      {"attn_output", "self_attn.o_proj"}, {"ffn_norm", "post_attention_layernorm"},
-      {"ffn_gate", "mlp.gate_proj"},       {"ffn_up", "mlp.up_proj"},       {"ffn_down", "mlp.down_proj"}};
+      {"attn_norm", "input_layernorm"}, {"attn_q", "self_attn.q_proj"},      {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"},   {"attn_output", "self_attn.o_proj"}, {"ffn_norm", "post_attention_layernorm"},
+      {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},           {"ffn_down", "mlp.down_proj"}};
   const size_t d1 = g.find('.', 4);
   const std::string n = g.substr(4, d1 - 4);
   const std::string mod = g.substr(d1 + 1, g.rfind('.') - d1 - 1);
@@ -265,7 +264,8 @@ TEST_P(StoriesAsHfTest, TwoShardsWithAnIndexLoadLikeTheLlama2cCheckpoint) {
   }
   write_bytes(d.path / "model-00001-of-00002.safetensors", st_build(a));
   write_bytes(d.path / "model-00002-of-00002.safetensors", st_build(b));
-  write_text(d.path / "model.safetensors.index.json", json{{"metadata", {{"total_size", 1}}}, {"weight_map", wm}}.dump());
+  write_text(d.path / "model.safetensors.index.json",
+             json{{"metadata", {{"total_size", 1}}}, {"weight_map", wm}}.dump());
   expect_same_as_llama2c(*load_safetensors(d.path.string()), *ref, dtype);
   expect_same_as_llama2c(*open_model_file(d.str("model.safetensors.index.json")), *ref, dtype);
 
@@ -358,9 +358,9 @@ std::vector<StTensor> tiny_layer(const std::string& prefix, const std::string& d
 }
 
 json tiny_config(const std::string& arch) {
-  return {{"architectures", {arch}}, {"hidden_size", 8},          {"intermediate_size", 16},
-          {"num_hidden_layers", 1},  {"num_attention_heads", 2},  {"num_key_value_heads", 1},
-          {"vocab_size", 10},        {"rms_norm_eps", 1e-6},      {"max_position_embeddings", 128}};
+  return {{"architectures", {arch}}, {"hidden_size", 8},         {"intermediate_size", 16},
+          {"num_hidden_layers", 1},  {"num_attention_heads", 2}, {"num_key_value_heads", 1},
+          {"vocab_size", 10},        {"rms_norm_eps", 1e-6},     {"max_position_embeddings", 128}};
 }
 
 const StTensor& by_name(const std::vector<StTensor>& ts, const std::string& n) {
@@ -425,6 +425,19 @@ TEST(SafetensorsTest, Gemma3NormsBecomeOnePlusWeightAndNothingIsPermuted) {
   EXPECT_EQ(m.get_string("gemma3.rope.scaling.type"), "linear");
   EXPECT_EQ(m.get_float("gemma3.rope.scaling.factor"), 8.0);
   EXPECT_FLOAT_EQ(static_cast<float>(*m.get_float("gemma3.attention.layer_norm_rms_epsilon")), 1e-6f);
+
+  // With a tokenizer smaller than the embedding, the padding rows are dropped (as llama.cpp's
+  // converter does for Gemma 3).
+  test::GgufWriter w;
+  w.set("tokenizer.ggml.model", MetaValue::of_string("llama"));
+  MetaArray toks;
+  for (int i = 0; i < 8; ++i) toks.push_back(MetaValue::of_string("t" + std::to_string(i)));
+  w.set("tokenizer.ggml.tokens", MetaValue::of_array(MetaType::STRING, toks));
+  w.write(d.str("tok.gguf"));
+  auto g = open_model_file(d.path.string(), d.str("tok.gguf"));
+  EXPECT_EQ(g->need("token_embd.weight").ne, (std::vector<int64_t>{8, 8}));
+  EXPECT_EQ(g->need("token_embd.weight").nbytes, 8u * 8u * 2u);
+  EXPECT_EQ(g->meta.get_int("gemma3.vocab_size"), 8);
 }
 
 TEST(SafetensorsTest, Gemma3MultimodalCheckpointUsesTheTextModel) {
@@ -532,7 +545,14 @@ json byte_level_tokenizer() {
           {"model",
            {{"type", "BPE"},
             {"byte_fallback", false},
-            {"vocab", {{"a", 0}, {"b", 1}, {"ab", 2}, {"\xc4\xa0", 3}, {"\xc4\xa0" "ab", 4}}},
+            {"vocab",
+             {{"a", 0},
+              {"b", 1},
+              {"ab", 2},
+              {"\xc4\xa0", 3},
+              {"\xc4\xa0"
+               "ab",
+               4}}},
             {"merges", {"a b", {"\xc4\xa0", "ab"}}}}}};
 }
 
@@ -549,7 +569,9 @@ TEST(SafetensorsTest, ByteLevelBpeTokenizerJsonBecomesGpt2Keys) {
   EXPECT_EQ(m.get_string("tokenizer.ggml.pre"), "smollm");
   const auto tokens = *m.get_string_array("tokenizer.ggml.tokens");
   ASSERT_EQ(tokens.size(), 10u);  // padded to the embedding's 10 rows
-  EXPECT_EQ(tokens[4], "\xc4\xa0" "ab");
+  EXPECT_EQ(tokens[4],
+            "\xc4\xa0"
+            "ab");
   EXPECT_EQ(tokens[5], "<|endoftext|>");
   EXPECT_EQ(tokens[6], "[PAD6]");
   EXPECT_EQ(tokens[7], "<tool>");
@@ -567,9 +589,10 @@ TEST(SafetensorsTest, ByteLevelBpeTokenizerJsonBecomesGpt2Keys) {
   cfg["bos_token_id"] = 5;
   write_config(d, cfg);
   json tj = byte_level_tokenizer();
-  tj["post_processor"] = {{"type", "TemplateProcessing"},
-                          {"single", {{{"SpecialToken", {{"id", "<|endoftext|>"}, {"type_id", 0}}}},
-                                      {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}}};
+  tj["post_processor"] = {
+      {"type", "TemplateProcessing"},
+      {"single",
+       {{{"SpecialToken", {{"id", "<|endoftext|>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}}};
   write_text(d.path / "tokenizer.json", tj.dump());
   f = load_safetensors(d.path.string());
   EXPECT_EQ(f->meta.get_int("tokenizer.ggml.bos_token_id"), 5);
@@ -645,15 +668,20 @@ TEST(SafetensorsTest, MalformedHeadersAndTensors) {
   };
   expect_error([&] { parse(mk("{\"a\": ")); }, "not valid JSON");
   expect_error([&] { parse(mk("[1, 2]")); }, "not a JSON object");
-  expect_error([&] { parse(mk(R"({"a": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]},
-                                   "a": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}})")); },
-               "lists tensor a twice");
+  expect_error(
+      [&] {
+        parse(mk(R"({"a": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]},
+                                   "a": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}})"));
+      },
+      "lists tensor a twice");
   expect_error([&] { parse(mk(R"({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}})")); }, "shape");
   expect_error([&] { parse(mk(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}})")); }, "data_offsets");
   expect_error([&] { parse(mk(R"({"a": {"dtype": 5, "shape": [1], "data_offsets": [0, 4]}})")); }, "dtype");
-  expect_error([&] { parse(mk(R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})")); },
-               "impossibly large");
-  expect_error([&] { parse(mk(R"({"a": {"dtype": "F32", "shape": [1,1,1,1,1], "data_offsets": [0, 4]}})")); }, "5 dimensions");
+  expect_error(
+      [&] { parse(mk(R"({"a": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})")); },
+      "impossibly large");
+  expect_error([&] { parse(mk(R"({"a": {"dtype": "F32", "shape": [1,1,1,1,1], "data_offsets": [0, 4]}})")); },
+               "5 dimensions");
   expect_error([&] { parse(mk(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}})")); }, "outside");
   expect_error([&] { parse(std::vector<uint8_t>(5, 0)); }, "too short");
 }

@@ -8,6 +8,7 @@
 // The file is untrusted input: every count, length and offset is checked against the bytes that
 // are left before anything is allocated or read, all arithmetic is overflow-checked, and every
 // failure is a one-line dashlm::Error naming the file. Tensors point into the caller's buffer.
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <limits>
@@ -29,18 +30,37 @@ constexpr uint32_t kDefaultAlignment = 32;
 constexpr int kMaxArrayDepth = 8;
 // All arrays together may hold at most this many elements. Real vocabularies (tokens, scores,
 // types, merges) total a few million; the cap bounds memory for a hostile file to a few GiB.
-constexpr uint64_t kMaxMetaElements = uint64_t{1} << 25;
+constexpr uint64_t kMaxMetaElements = uint64_t{1} << 24;
+// Real files have at most a few thousand tensors and a few dozen keys; a header claiming
+// millions is corrupt, and is rejected before anything is allocated for it.
+constexpr uint64_t kMaxTensors = uint64_t{1} << 20;
+constexpr uint64_t kMaxKeys = uint64_t{1} << 20;
+// Vectors grow as entries are actually read, never to a claimed count beyond this.
+constexpr uint64_t kMaxReserve = uint64_t{1} << 16;
 constexpr uint32_t kMaxDims = 4;
 
 // Smallest encoded size of one value of a type; used to reject counts the file cannot hold.
 uint64_t min_value_bytes(MetaType t) {
   switch (t) {
-    case MetaType::U8: case MetaType::I8: case MetaType::BOOL: return 1;
-    case MetaType::U16: case MetaType::I16: return 2;
-    case MetaType::U32: case MetaType::I32: case MetaType::F32: return 4;
-    case MetaType::U64: case MetaType::I64: case MetaType::F64: return 8;
-    case MetaType::STRING: return 8;   // length only
-    case MetaType::ARRAY: return 12;   // element type + count
+    case MetaType::U8:
+    case MetaType::I8:
+    case MetaType::BOOL:
+      return 1;
+    case MetaType::U16:
+    case MetaType::I16:
+      return 2;
+    case MetaType::U32:
+    case MetaType::I32:
+    case MetaType::F32:
+      return 4;
+    case MetaType::U64:
+    case MetaType::I64:
+    case MetaType::F64:
+      return 8;
+    case MetaType::STRING:
+      return 8;  // length only
+    case MetaType::ARRAY:
+      return 12;  // element type + count
   }
   return 1;
 }
@@ -58,8 +78,8 @@ class Reader {
   // what/subject describe the field for the error message ("data offset" of "tensor x").
   void need(uint64_t n, const char* what, const std::string& subject) const {
     if (n > remaining()) {
-      fail("{}: truncated or corrupt GGUF: the {} of {} needs {} bytes at offset {}, but only {} are left", name_,
-           what, subject, n, pos_, remaining());
+      fail("{}: truncated or corrupt GGUF: the {} of {} needs {} bytes at offset {}, but only {} are left", name_, what,
+           subject, n, pos_, remaining());
     }
   }
 
@@ -90,18 +110,30 @@ class Reader {
 MetaValue read_value(Reader& r, MetaType t, const std::string& key, int depth, uint64_t& budget) {
   const char* what = "value";
   switch (t) {
-    case MetaType::U8: return MetaValue::of_uint(r.get<uint8_t>(what, key), t);
-    case MetaType::I8: return MetaValue::of_int(r.get<int8_t>(what, key), t);
-    case MetaType::U16: return MetaValue::of_uint(r.get<uint16_t>(what, key), t);
-    case MetaType::I16: return MetaValue::of_int(r.get<int16_t>(what, key), t);
-    case MetaType::U32: return MetaValue::of_uint(r.get<uint32_t>(what, key), t);
-    case MetaType::I32: return MetaValue::of_int(r.get<int32_t>(what, key), t);
-    case MetaType::U64: return MetaValue::of_uint(r.get<uint64_t>(what, key), t);
-    case MetaType::I64: return MetaValue::of_int(r.get<int64_t>(what, key), t);
-    case MetaType::F32: return MetaValue::of_float(r.get<float>(what, key), t);
-    case MetaType::F64: return MetaValue::of_float(r.get<double>(what, key), t);
-    case MetaType::BOOL: return MetaValue::of_bool(r.get<uint8_t>(what, key) != 0);
-    case MetaType::STRING: return MetaValue::of_string(r.get_string(what, key));
+    case MetaType::U8:
+      return MetaValue::of_uint(r.get<uint8_t>(what, key), t);
+    case MetaType::I8:
+      return MetaValue::of_int(r.get<int8_t>(what, key), t);
+    case MetaType::U16:
+      return MetaValue::of_uint(r.get<uint16_t>(what, key), t);
+    case MetaType::I16:
+      return MetaValue::of_int(r.get<int16_t>(what, key), t);
+    case MetaType::U32:
+      return MetaValue::of_uint(r.get<uint32_t>(what, key), t);
+    case MetaType::I32:
+      return MetaValue::of_int(r.get<int32_t>(what, key), t);
+    case MetaType::U64:
+      return MetaValue::of_uint(r.get<uint64_t>(what, key), t);
+    case MetaType::I64:
+      return MetaValue::of_int(r.get<int64_t>(what, key), t);
+    case MetaType::F32:
+      return MetaValue::of_float(r.get<float>(what, key), t);
+    case MetaType::F64:
+      return MetaValue::of_float(r.get<double>(what, key), t);
+    case MetaType::BOOL:
+      return MetaValue::of_bool(r.get<uint8_t>(what, key) != 0);
+    case MetaType::STRING:
+      return MetaValue::of_string(r.get_string(what, key));
     case MetaType::ARRAY: {
       const uint32_t et = r.get<uint32_t>("array element type", key);
       if (!valid_meta_type(et)) fail("{}: key {} is an array of unknown value type {}", r.name(), key, et);
@@ -112,17 +144,18 @@ MetaValue read_value(Reader& r, MetaType t, const std::string& key, int depth, u
       const uint64_t n = r.get<uint64_t>("array length", key);
       const uint64_t min_bytes = min_value_bytes(elem);
       if (n > r.remaining() / min_bytes) {
-        fail("{}: key {} claims an array of {} {} values, which needs at least {} bytes per value, but only {} "
-             "bytes are left",
-             r.name(), key, n, meta_type_name(elem), min_bytes, r.remaining());
+        fail(
+            "{}: key {} claims an array of {} {} values, which needs at least {} bytes per value, but only {} "
+            "bytes are left",
+            r.name(), key, n, meta_type_name(elem), min_bytes, r.remaining());
       }
       if (n > budget) {
-        fail("{}: key {} has an array of {} values, more than dashlm accepts in metadata ({} in all)", r.name(), key,
-             n, kMaxMetaElements);
+        fail("{}: key {} has an array of {} values, more than dashlm accepts in metadata ({} in all)", r.name(), key, n,
+             kMaxMetaElements);
       }
       budget -= n;
       MetaArray a;
-      a.reserve(static_cast<size_t>(n));
+      a.reserve(static_cast<size_t>(std::min(n, kMaxReserve)));
       for (uint64_t i = 0; i < n; ++i) a.push_back(read_value(r, elem, key, depth + 1, budget));
       return MetaValue::of_array(elem, std::move(a));
     }
@@ -175,6 +208,12 @@ std::unique_ptr<ModelFile> parse_gguf(const uint8_t* data, size_t size, const st
     fail("{}: corrupt GGUF header: {} metadata entries and {} tensors cannot fit in the {} bytes of the file", name,
          n_kv, n_tensors, size);
   }
+  if (n_tensors > kMaxTensors) {
+    fail("{}: GGUF header claims {} tensors, more than dashlm accepts ({})", name, n_tensors, kMaxTensors);
+  }
+  if (n_kv > kMaxKeys) {
+    fail("{}: GGUF header claims {} metadata entries, more than dashlm accepts ({})", name, n_kv, kMaxKeys);
+  }
 
   auto f = std::make_unique<ModelFile>();
   f->path = name;
@@ -193,7 +232,7 @@ std::unique_ptr<ModelFile> parse_gguf(const uint8_t* data, size_t size, const st
   const uint64_t alignment = read_alignment(f->meta, name);
 
   std::vector<RawTensor> raw;
-  raw.reserve(static_cast<size_t>(n_tensors));
+  raw.reserve(static_cast<size_t>(std::min(n_tensors, kMaxReserve)));
   std::unordered_set<std::string> names;
   for (uint64_t i = 0; i < n_tensors; ++i) {
     RawTensor t;
@@ -238,8 +277,8 @@ std::unique_ptr<ModelFile> parse_gguf(const uint8_t* data, size_t size, const st
            traits.block_size, traits.name);
     }
     uint64_t row_bytes = 0, nbytes = 0, end = 0;
-    if (__builtin_mul_overflow(static_cast<uint64_t>(ne0 / traits.block_size), static_cast<uint64_t>(traits.block_bytes),
-                               &row_bytes) ||
+    if (__builtin_mul_overflow(static_cast<uint64_t>(ne0 / traits.block_size),
+                               static_cast<uint64_t>(traits.block_bytes), &row_bytes) ||
         __builtin_mul_overflow(row_bytes, static_cast<uint64_t>(t.info.rows()), &nbytes)) {
       fail("{}: tensor {} of shape {} is impossibly large", name, tn, t.info.shape_str());
     }
@@ -247,8 +286,8 @@ std::unique_ptr<ModelFile> parse_gguf(const uint8_t* data, size_t size, const st
       fail("{}: tensor {} has data offset {}, not a multiple of the alignment {}", name, tn, t.offset, alignment);
     }
     if (__builtin_add_overflow(data_start, t.offset, &end) || __builtin_add_overflow(end, nbytes, &end) || end > size) {
-      fail("{}: tensor {} ({} bytes at data offset {}) lies outside the file ({} bytes, data section at {})", name,
-           tn, nbytes, t.offset, size, data_start);
+      fail("{}: tensor {} ({} bytes at data offset {}) lies outside the file ({} bytes, data section at {})", name, tn,
+           nbytes, t.offset, size, data_start);
     }
     t.info.data = data + data_start + t.offset;
     t.info.nbytes = static_cast<size_t>(nbytes);

@@ -30,8 +30,8 @@ std::string header_str(const Llama2cHeader& h) {
 }
 
 [[noreturn]] void bad_header(const std::string& path, const Llama2cHeader& h, const std::string& why) {
-  fail("{}: not a GGUF or safetensors file, and not a llama2.c checkpoint either: header ({}) {}", path,
-       header_str(h), why);
+  fail("{}: not a GGUF or safetensors file, and not a llama2.c checkpoint either: header ({}) {}", path, header_str(h),
+       why);
 }
 
 // Overflow-checked accumulation of float counts (every factor is a positive int32).
@@ -116,7 +116,8 @@ size_t read_llama2c_tokenizer(const std::string& path, Metadata& meta) {
     scores.push_back(MetaValue::of_float(score, MetaType::F32));
     types.push_back(MetaValue::of_int(type, MetaType::I32));
   }
-  if (tokens.size() < 3) fail("{}: llama2.c tokenizer has only {} tokens (needs <unk>, <s>, </s>)", path, tokens.size());
+  if (tokens.size() < 3)
+    fail("{}: llama2.c tokenizer has only {} tokens (needs <unk>, <s>, </s>)", path, tokens.size());
 
   const size_t n = tokens.size();
   meta.erase_prefix("tokenizer.");
@@ -160,17 +161,28 @@ std::unique_ptr<ModelFile> load_llama2c(const std::string& path, const std::stri
 
   // Offsets (in floats, after the header) of each array, in file order.
   Counter c;
-  const uint64_t o_tok = c.total; c.add(vocab, dim);
-  const uint64_t o_rms_att = c.total; c.add(L, dim);
-  const uint64_t o_wq = c.total; c.add(L, dim, dim);
-  const uint64_t o_wk = c.total; c.add(L, kv_dim, dim);
-  const uint64_t o_wv = c.total; c.add(L, kv_dim, dim);
-  const uint64_t o_wo = c.total; c.add(L, dim, dim);
-  const uint64_t o_rms_ffn = c.total; c.add(L, dim);
-  const uint64_t o_w1 = c.total; c.add(L, hidden, dim);
-  const uint64_t o_w2 = c.total; c.add(L, dim, hidden);
-  const uint64_t o_w3 = c.total; c.add(L, hidden, dim);
-  const uint64_t o_rms_final = c.total; c.add(dim);
+  const uint64_t o_tok = c.total;
+  c.add(vocab, dim);
+  const uint64_t o_rms_att = c.total;
+  c.add(L, dim);
+  const uint64_t o_wq = c.total;
+  c.add(L, dim, dim);
+  const uint64_t o_wk = c.total;
+  c.add(L, kv_dim, dim);
+  const uint64_t o_wv = c.total;
+  c.add(L, kv_dim, dim);
+  const uint64_t o_wo = c.total;
+  c.add(L, dim, dim);
+  const uint64_t o_rms_ffn = c.total;
+  c.add(L, dim);
+  const uint64_t o_w1 = c.total;
+  c.add(L, hidden, dim);
+  const uint64_t o_w2 = c.total;
+  c.add(L, dim, hidden);
+  const uint64_t o_w3 = c.total;
+  c.add(L, hidden, dim);
+  const uint64_t o_rms_final = c.total;
+  c.add(dim);
   // Two legacy RoPE tables (freq_cis_real, freq_cis_imag) of seq_len * head_size / 2 floats each.
   c.add(2, seq * head_size / 2);
   const uint64_t o_wcls = c.total;
@@ -181,9 +193,10 @@ std::unique_ptr<ModelFile> load_llama2c(const std::string& path, const std::stri
     bad_header(path, h, "describes an impossibly large model");
   }
   if (expected != size) {
-    fail("{}: not a GGUF or safetensors file, and not a llama2.c checkpoint either: its header ({}) implies "
-         "{} bytes, but the file has {} bytes",
-         path, header_str(h), expected, size);
+    fail(
+        "{}: not a GGUF or safetensors file, and not a llama2.c checkpoint either: its header ({}) implies "
+        "{} bytes, but the file has {} bytes",
+        path, header_str(h), expected, size);
   }
 
   auto f = std::make_unique<ModelFile>();

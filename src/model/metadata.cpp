@@ -10,19 +10,32 @@ namespace dashlm {
 
 const char* meta_type_name(MetaType t) {
   switch (t) {
-    case MetaType::U8: return "u8";
-    case MetaType::I8: return "i8";
-    case MetaType::U16: return "u16";
-    case MetaType::I16: return "i16";
-    case MetaType::U32: return "u32";
-    case MetaType::I32: return "i32";
-    case MetaType::F32: return "f32";
-    case MetaType::BOOL: return "bool";
-    case MetaType::STRING: return "string";
-    case MetaType::ARRAY: return "array";
-    case MetaType::U64: return "u64";
-    case MetaType::I64: return "i64";
-    case MetaType::F64: return "f64";
+    case MetaType::U8:
+      return "u8";
+    case MetaType::I8:
+      return "i8";
+    case MetaType::U16:
+      return "u16";
+    case MetaType::I16:
+      return "i16";
+    case MetaType::U32:
+      return "u32";
+    case MetaType::I32:
+      return "i32";
+    case MetaType::F32:
+      return "f32";
+    case MetaType::BOOL:
+      return "bool";
+    case MetaType::STRING:
+      return "string";
+    case MetaType::ARRAY:
+      return "array";
+    case MetaType::U64:
+      return "u64";
+    case MetaType::I64:
+      return "i64";
+    case MetaType::F64:
+      return "f64";
   }
   return "unknown";
 }
@@ -113,11 +126,21 @@ std::string display_string(const std::string& s, size_t max_bytes) {
   for (size_t i = 0; i < n; ++i) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
     switch (c) {
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\\': out += "\\\\"; break;
-      case '"': out += "\\\""; break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '"':
+        out += "\\\"";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           out += fmt::format("\\x{:02x}", c);
@@ -193,8 +216,14 @@ namespace {
 
 bool is_integer_type(MetaType t) {
   switch (t) {
-    case MetaType::U8: case MetaType::I8: case MetaType::U16: case MetaType::I16:
-    case MetaType::U32: case MetaType::I32: case MetaType::U64: case MetaType::I64:
+    case MetaType::U8:
+    case MetaType::I8:
+    case MetaType::U16:
+    case MetaType::I16:
+    case MetaType::U32:
+    case MetaType::I32:
+    case MetaType::U64:
+    case MetaType::I64:
       return true;
     default:
       return false;

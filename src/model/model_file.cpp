@@ -101,6 +101,24 @@ int64_t model_vocab_rows(const ModelFile& f) {
   return 0;
 }
 
+// Gemma 3 HF checkpoints pad the embedding beyond the tokenizer (262208 rows for 262144
+// tokens in the multimodal models); llama.cpp's converter drops those rows, so the GGUF and
+// the HF checkpoint give the same vocabulary. Do the same once a tokenizer is known. The
+// tensor stays a view: only its row count shrinks.
+void trim_gemma3_embedding(ModelFile& f) {
+  if (f.format != "safetensors" || f.meta.get_string("general.architecture").value_or("") != "gemma3") return;
+  const MetaValue* toks = f.meta.find("tokenizer.ggml.tokens");
+  if (!toks || !toks->is_array()) return;
+  const auto n = static_cast<int64_t>(toks->array().size());
+  for (TensorInfo& t : f.tensors) {
+    if (t.name != "token_embd.weight" && t.name != "output.weight") continue;
+    if (t.ne.size() != 2 || n <= 0 || n >= t.ne[1]) continue;
+    t.nbytes = t.nbytes / static_cast<size_t>(t.ne[1]) * static_cast<size_t>(n);
+    t.ne[1] = n;
+  }
+  f.meta.set("gemma3.vocab_size", MetaValue::of_uint(static_cast<uint64_t>(n), MetaType::U32));
+}
+
 }  // namespace
 
 void apply_tokenizer_file(ModelFile& file, const std::string& tokenizer_path) {
@@ -155,7 +173,10 @@ std::unique_ptr<ModelFile> open_model_file(const std::string& path, const std::s
         return load_llama2c(path, tokenizer_path);
     }
   }
-  if (!tokenizer_path.empty()) apply_tokenizer_file(*f, tokenizer_path);
+  if (!tokenizer_path.empty()) {
+    apply_tokenizer_file(*f, tokenizer_path);
+    trim_gemma3_embedding(*f);
+  }
   return f;
 }
 

@@ -21,11 +21,10 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
-
-#include <nlohmann/json.hpp>
 
 #include "backends/error.h"
 #include "model/mmap_file.h"
@@ -46,7 +45,7 @@ constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 // is a few tens of MB.
 constexpr uintmax_t kMaxJsonFileBytes = 512u << 20;
 // Token ids beyond this are not a real vocabulary (the largest are ~260k).
-constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxVocab = int64_t{1} << 22;
 constexpr size_t kMaxDims = 4;
 
 struct StDType {
@@ -142,7 +141,8 @@ void parse_into(const uint8_t* data, size_t size, const std::string& name, Model
     for (size_t i = 0; i < sh->size(); ++i) {
       const uint64_t d = get_u64((*sh)[i], name, tname, "shape");
       dims.push_back(static_cast<int64_t>(d));
-      if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || __builtin_mul_overflow(n_elem, d, &n_elem) ||
+      if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+          __builtin_mul_overflow(n_elem, d, &n_elem) ||
           (i + 1 < sh->size() && __builtin_mul_overflow(n_rows, d, &n_rows)) ||
           n_elem > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
           n_rows > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
@@ -276,9 +276,12 @@ enum class Arch { Llama, Qwen2, Gemma3 };
 
 const char* arch_str(Arch a) {
   switch (a) {
-    case Arch::Llama: return "llama";
-    case Arch::Qwen2: return "qwen2";
-    case Arch::Gemma3: return "gemma3";
+    case Arch::Llama:
+      return "llama";
+    case Arch::Qwen2:
+      return "qwen2";
+    case Arch::Gemma3:
+      return "gemma3";
   }
   return "?";
 }
@@ -286,15 +289,9 @@ const char* arch_str(Arch a) {
 // Per-layer module names (the part after "model.layers.N."), without ".weight"/".bias".
 std::optional<std::string> map_layer_module(const std::string& m, Arch arch) {
   static const std::unordered_map<std::string, std::string> common = {
-      {"input_layernorm", "attn_norm"},
-      {"self_attn.q_proj", "attn_q"},
-      {"self_attn.k_proj", "attn_k"},
-      {"self_attn.v_proj", "attn_v"},
-      {"self_attn.o_proj", "attn_output"},
-      {"self_attn.q_norm", "attn_q_norm"},
-      {"self_attn.k_norm", "attn_k_norm"},
-      {"mlp.gate_proj", "ffn_gate"},
-      {"mlp.up_proj", "ffn_up"},
+      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},      {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},      {"self_attn.o_proj", "attn_output"}, {"self_attn.q_norm", "attn_q_norm"},
+      {"self_attn.k_norm", "attn_k_norm"}, {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"},
   };
   if (auto it = common.find(m); it != common.end()) return it->second;
@@ -315,8 +312,8 @@ std::string map_tensor_name(std::string n, Arch arch, int64_t n_layer, const std
   // depending on the transformers version); its vision tower is not used.
   if (n.rfind("language_model.", 0) == 0) n = n.substr(15);
   if (n.rfind("model.language_model.", 0) == 0) n = "model." + n.substr(21);
-  for (const char* skip : {"vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-                           "model.multi_modal_projector."}) {
+  for (const char* skip :
+       {"vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."}) {
     if (n.rfind(skip, 0) == 0) return "";
   }
   const auto ends_with = [&](const char* s) {
@@ -385,7 +382,8 @@ ArchConfig detect_arch(const json& cfg, const std::string& cfg_path) {
   if (name == "Qwen2ForCausalLM") return {Arch::Qwen2, &cfg};
   if (name == "Gemma3ForCausalLM") return {Arch::Gemma3, &cfg};
   if (name == "Gemma3ForConditionalGeneration") {
-    if (!text_config || !text_config->is_object()) fail("{}: Gemma3ForConditionalGeneration without text_config", cfg_path);
+    if (!text_config || !text_config->is_object())
+      fail("{}: Gemma3ForConditionalGeneration without text_config", cfg_path);
     return {Arch::Gemma3, text_config};
   }
   if (name.empty()) {
@@ -395,9 +393,10 @@ ArchConfig detect_arch(const json& cfg, const std::string& cfg_path) {
     if (model_type == "gemma3" && text_config && text_config->is_object()) return {Arch::Gemma3, text_config};
   }
   const std::string what = !name.empty() ? name : !model_type.empty() ? "model_type " + model_type : "(none given)";
-  fail("{}: architecture {} is not supported (dashlm reads LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
-       "Gemma3ForCausalLM and Gemma3ForConditionalGeneration)",
-       cfg_path, what);
+  fail(
+      "{}: architecture {} is not supported (dashlm reads LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+      "Gemma3ForCausalLM and Gemma3ForConditionalGeneration)",
+      cfg_path, what);
 }
 
 struct ModelShape {
@@ -427,7 +426,10 @@ ModelShape config_to_metadata(const json& cfg, const ArchConfig& ac, const std::
   std::optional<int64_t> head_dim = cfg_int(c, "head_dim", cfg_path);
   if (!head_dim && gemma) head_dim = 256;
   if (head_dim && *head_dim <= 0) fail("{}: head_dim = {} is not positive", cfg_path, *head_dim);
-  const int64_t ctx = cfg_int(c, "max_position_embeddings", cfg_path).value_or(gemma ? 131072 : ac.arch == Arch::Qwen2 ? 32768 : 2048);
+  const int64_t ctx = cfg_int(c, "max_position_embeddings", cfg_path)
+                          .value_or(gemma                    ? 131072
+                                    : ac.arch == Arch::Qwen2 ? 32768
+                                                             : 2048);
 
   m.set(a + "embedding_length", u32_value(hidden, "hidden_size", cfg_path));
   m.set(a + "block_count", u32_value(n_layer, "num_hidden_layers", cfg_path));
@@ -471,8 +473,10 @@ ModelShape config_to_metadata(const json& cfg, const ArchConfig& ac, const std::
         }
         if (auto v = cfg_int(*rs, "original_max_position_embeddings", cfg_path)) {
           // Both the name of the HF key and GGUF's name for the same value.
-          m.set(a + "rope.scaling.original_max_position_embeddings", u32_value(*v, "original_max_position_embeddings", cfg_path));
-          m.set(a + "rope.scaling.original_context_length", u32_value(*v, "original_max_position_embeddings", cfg_path));
+          m.set(a + "rope.scaling.original_max_position_embeddings",
+                u32_value(*v, "original_max_position_embeddings", cfg_path));
+          m.set(a + "rope.scaling.original_context_length",
+                u32_value(*v, "original_max_position_embeddings", cfg_path));
         }
       }
     }
@@ -496,8 +500,8 @@ ModelShape config_to_metadata(const json& cfg, const ArchConfig& ac, const std::
 
 struct Checkpoint {
   fs::path dir;
-  std::vector<fs::path> files;      // safetensors files to read
-  fs::path index;                   // empty unless sharded
+  std::vector<fs::path> files;  // safetensors files to read
+  fs::path index;               // empty unless sharded
 };
 
 Checkpoint locate(const std::string& path) {
@@ -798,7 +802,8 @@ void read_hf_tokenizer_impl(const std::string& path, Metadata& meta, int64_t n_v
   const fs::path dir = fs::path(path).parent_path();
   std::error_code ec;
   json tc = json::object(), cfg = json::object();
-  if (fs::exists(dir / "tokenizer_config.json", ec)) tc = read_json_file((dir / "tokenizer_config.json").string(), "tokenizer config");
+  if (fs::exists(dir / "tokenizer_config.json", ec))
+    tc = read_json_file((dir / "tokenizer_config.json").string(), "tokenizer config");
   if (fs::exists(dir / "config.json", ec)) cfg = read_json_file((dir / "config.json").string(), "config");
   auto id_of = [&](const std::optional<std::string>& text) -> std::optional<int64_t> {
     if (!text) return std::nullopt;

@@ -3,12 +3,14 @@
 // packed layouts are described in gemm_kernels.h.
 //
 // Loop nest (GotoBLAS/BLIS): for each panel of nc columns of B (jc), for each panel of kc values
-// of k (pc): the team packs the kc x nc panel of B together (each thread a share of its slivers),
-// meets at a barrier, then each thread walks its own rectangle of C: for each block of about mc
-// rows of A it packs the block (mc x kc, private) and runs the micro-kernel over every sliver of
-// the panel. Panels of B are double-buffered, so one barrier per panel is enough: a thread can
-// only start overwriting buffer i % 2 with panel i after the barrier of panel i - 1, which every
-// thread reaches only once it has finished computing with panel i - 2.
+// of k (pc): the team packs the kc x nc panel of B together (each thread a share of its slivers)
+// and meets at a barrier; then the threads claim work items, a block of about mc rows of A times
+// the panel's slivers (or a chunk of them), pack that block of A (mc x kc, private to the thread)
+// and run the micro-kernel over each sliver, each register tile of the block. Panels of B are
+// double-buffered, so one barrier per panel is enough: a thread can only start overwriting buffer
+// i % 2 with panel i after the barrier of panel i - 1, which every thread reaches only once it
+// has finished computing with panel i - 2. The sum of each element of C runs over k in the same
+// order whatever the number of threads, so results do not depend on it.
 #include "backends/cpu/gemm.h"
 
 #include <omp.h>
@@ -124,57 +126,49 @@ struct Problem {
   int64_t ldc;
   bool accumulate;
   float alpha;
-  int64_t kc, nc;            // panel sizes actually used (nc a multiple of nr)
-  float* b_panel[2];         // shared packed panels of B, double-buffered
+  int64_t kc, nc;     // panel sizes actually used (nc a multiple of nr)
+  int64_t row_blocks;  // blocks of about mc rows of A (see row_block_start)
+  int64_t col_chunks;  // each panel's slivers are cut into this many chunks of work
+  float* b_panel[2];   // shared packed panels of B, double-buffered
+  // Work items of a panel are claimed from these counters (one per buffer, like the panels).
+  std::atomic<int64_t> next_item[2];
 };
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Splits `threads` into a grid of tm (over rows) x tn (over columns of C), minimising the work of
-// the busiest thread: its rows times its slivers, plus a per-tile overhead of about two rows.
-void choose_grid(const Problem& p, int threads, int& tm, int& tn) {
-  const int64_t mr = p.ks->mr, slivers = ceil_div(p.n, p.ks->nr);
-  int64_t best = -1;
-  tm = threads;
-  tn = 1;
-  for (int a = threads; a >= 1; --a) {  // prefer splitting rows on ties: B is then shared
-    if (threads % a != 0) continue;
-    const int b = threads / a;
-    const int64_t rows = ceil_div(p.m, a), cols = ceil_div(slivers, b);
-    const int64_t cost = (rows + 2 * ceil_div(rows, mr)) * cols;
-    if (best < 0 || cost < best) {
-      best = cost;
-      tm = a;
-      tn = b;
-    }
-  }
+// First row of row block i (i = row_blocks gives m): the m rows are cut evenly into blocks of at
+// most about mc rows, each starting on a multiple of mr, so that only the last block has a
+// partial register tile.
+int64_t row_block_start(const Problem& p, int64_t i) {
+  if (i >= p.row_blocks) return p.m;
+  const int64_t mr = p.ks->mr;
+  return p.m * i / p.row_blocks / mr * mr;
 }
 
 // The part of the product done by thread `tid` of `nthreads` (all of it when nthreads is 1).
-// With nthreads > 1 it must be called by every thread of the team: it contains barriers.
-void run_part(const Problem& p, int tid, int nthreads) {
+// With nthreads > 1 it must be called by every thread of the team: it contains barriers. No
+// OpenMP construct is reached when nthreads is 1, so a GEMM can run inline inside someone
+// else's parallel region.
+//
+// Each panel of B is packed by the team (a static share of its slivers each), then its work
+// items (row block x chunk of slivers, row-block major) are claimed one at a time from a shared
+// counter: a thread that is slowed down (a busy machine, a slower core) simply takes fewer. A
+// thread keeps its packed block of A while it claims items of the same row block.
+void run_part(Problem& p, int tid, int nthreads) {
   const KernelSet& ks = *p.ks;
   const int64_t nr = ks.nr;
-  int tm = 1, tn = 1;
-  if (nthreads > 1) choose_grid(p, nthreads, tm, tn);
-  // This thread's rectangle of C: rows [r0, r1), slivers [s0, s1) of nr columns.
-  const int ti = tid / tn, tj = tid % tn;
-  const int64_t r0 = p.m * ti / tm, r1 = p.m * (ti + 1) / tm;
-  const int64_t slivers = ceil_div(p.n, nr);
-  const int64_t s0 = slivers * tj / tn, s1 = slivers * (tj + 1) / tn;
-  float* ap = t_a_block.reserve(static_cast<size_t>(ks.mc * p.kc) + kSlack);
+  float* ap = t_a_block.reserve(static_cast<size_t>((ks.mc + ks.mr) * p.kc) + kSlack);
 
   int64_t panel = 0;
   for (int64_t jc = 0; jc < p.n; jc += p.nc) {
     const int64_t ncur = std::min(p.nc, p.n - jc);
-    const int64_t ps0 = jc / nr, ps1 = ps0 + ceil_div(ncur, nr);  // the panel's slivers
+    const int64_t slivers = ceil_div(ncur, nr);
     for (int64_t pc = 0; pc < p.k; pc += p.kc, ++panel) {
       const int64_t kcur = std::min(p.kc, p.k - pc);
       float* bp = p.b_panel[panel & 1];
 
       // This thread's share of the packing of the panel.
-      const int64_t pn = ps1 - ps0;
-      const int64_t q0 = pn * tid / nthreads, q1 = pn * (tid + 1) / nthreads;
+      const int64_t q0 = slivers * tid / nthreads, q1 = slivers * (tid + 1) / nthreads;
       if (q1 > q0) {
         const int64_t col = jc + q0 * nr, cols = std::min(jc + q1 * nr, jc + ncur) - col;
         if (p.nt) {
@@ -183,24 +177,31 @@ void run_part(const Problem& p, int tid, int nthreads) {
           ks.pack_b_nn(cols, kcur, p.b + pc * p.ldb + col, p.ldb, bp + q0 * kcur * nr);
         }
       }
+      std::atomic<int64_t>& next = p.next_item[panel & 1];
       if (nthreads > 1) {
 #pragma omp barrier
+        // Every claim on the other counter (the previous panel's) was made before this barrier,
+        // and the next claims on it come after the next one: reset it for the panel after this.
+        if (tid == 0) p.next_item[(panel + 1) & 1].store(0, std::memory_order_relaxed);
       }
 
-      // This thread's columns of the panel.
-      const int64_t u0 = std::max(s0, ps0), u1 = std::min(s1, ps1);
-      if (u0 >= u1 || r0 >= r1) continue;
-      const int64_t col0 = u0 * nr, col1 = std::min(u1 * nr, p.n);
-      const float* bsub = bp + (u0 - ps0) * kcur * nr;
       const bool load_c = p.accumulate || pc > 0;
-      // Blocks of mc rows; the last two are evened out rather than leaving a sliver of a block.
-      for (int64_t ic = r0; ic < r1;) {
-        const int64_t left = r1 - ic;
-        int64_t mcur = left;
-        if (left > ks.mc) mcur = left >= 2 * ks.mc ? ks.mc : ceil_div(ceil_div(left, 2), ks.mr) * ks.mr;
-        ks.pack_a(mcur, kcur, p.a + ic * p.lda + pc, p.lda, ap);
-        ks.compute(mcur, col1 - col0, kcur, ap, bsub, p.c + ic * p.ldc + col0, p.ldc, p.alpha, load_c);
-        ic += mcur;
+      const int64_t items = p.row_blocks * p.col_chunks;
+      int64_t packed_block = -1;  // the row block whose A is in ap, for this panel
+      for (int64_t mine = 0;; ++mine) {
+        const int64_t item = nthreads > 1 ? next.fetch_add(1, std::memory_order_relaxed) : mine;
+        if (item >= items) break;
+        const int64_t rb = item / p.col_chunks, cc = item % p.col_chunks;
+        const int64_t i0 = row_block_start(p, rb), i1 = row_block_start(p, rb + 1);
+        const int64_t u0 = slivers * cc / p.col_chunks, u1 = slivers * (cc + 1) / p.col_chunks;
+        if (i1 <= i0 || u1 <= u0) continue;
+        if (packed_block != rb) {
+          ks.pack_a(i1 - i0, kcur, p.a + i0 * p.lda + pc, p.lda, ap);
+          packed_block = rb;
+        }
+        const int64_t col0 = jc + u0 * nr, col1 = std::min(jc + u1 * nr, jc + ncur);
+        ks.compute(i1 - i0, col1 - col0, kcur, ap, bp + u0 * kcur * nr, p.c + i0 * p.ldc + col0, p.ldc, p.alpha,
+                   load_c);
       }
     }
   }
@@ -215,7 +216,7 @@ void gemm(bool nt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
     }
     return;
   }
-  Problem p{};
+  Problem p;
   p.ks = &current_kernels();
   p.nt = nt;
   p.m = m;
@@ -229,6 +230,8 @@ void gemm(bool nt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   p.ldc = ldc;
   p.accumulate = accumulate;
   p.alpha = alpha;
+  p.next_item[0].store(0, std::memory_order_relaxed);
+  p.next_item[1].store(0, std::memory_order_relaxed);
 
   // Panel sizes: evened out so that the last panel is not a thin remainder; kc a multiple of 16
   // (whole vectors when packing).
@@ -236,6 +239,7 @@ void gemm(bool nt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   const int64_t kc = ceil_div(k, ceil_div(k, p.ks->kc));
   p.kc = kc > 16 ? ceil_div(kc, 16) * 16 : kc;
   p.nc = ceil_div(ceil_div(n, ceil_div(n, p.ks->nc)), nr) * nr;
+  p.row_blocks = ceil_div(m, p.ks->mc);
   const size_t panel_floats = (static_cast<size_t>(p.kc * p.nc) + kSlack + 15) / 16 * 16;
   const bool one_panel = p.kc >= k && p.nc >= n;
   float* panels = t_b_panels.reserve(one_panel ? panel_floats : 2 * panel_floats);
@@ -246,9 +250,14 @@ void gemm(bool nt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
   t = static_cast<int>(std::max<double>(1.0, std::min<double>(t, flops / kMinFlopsPerThread)));
   if (t <= 1) {
+    p.col_chunks = 1;
     run_part(p, 0, 1);
     return;
   }
+  // At least two items per thread; when there are too few row blocks for that, the slivers of
+  // each panel are shared out too (each chunk then packs its block of A again: a small cost).
+  const int64_t slivers = ceil_div(std::min(p.nc, n), nr);
+  p.col_chunks = std::min(slivers, std::max<int64_t>(1, ceil_div(2 * t, p.row_blocks)));
 #pragma omp parallel num_threads(t)
   run_part(p, omp_get_thread_num(), omp_get_num_threads());
 }

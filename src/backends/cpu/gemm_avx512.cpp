@@ -77,12 +77,19 @@ void pack_a(int64_t mc, int64_t kc, const float* a, int64_t lda, float* ap) {
   }
 }
 
+// Rows of B here are usually far apart (a weight row, or a key among all heads' keys), too far
+// for the hardware prefetchers, so the lines of the next 16 rows are requested ahead.
 void pack_b_nt(int64_t nc, int64_t kc, const float* b, int64_t ldb, float* bp) {
   for (int64_t j0 = 0; j0 < nc; j0 += kNr) {
     for (int64_t half = 0; half < 2; ++half) {
       const int64_t first = j0 + 16 * half;
       const int64_t rows = nc - first < 0 ? 0 : (nc - first < 16 ? nc - first : 16);
       float* dst = bp + 16 * half;
+      const int64_t next_rows = nc - first - 16 < 0 ? 0 : (nc - first - 16 < 16 ? nc - first - 16 : 16);
+      for (int64_t i = 0; i < next_rows; ++i) {
+        const char* row = reinterpret_cast<const char*>(b + (first + 16 + i) * ldb);
+        for (int64_t off = 0; off < kc * 4; off += 64) _mm_prefetch(row + off, _MM_HINT_T0);
+      }
       for (int64_t p0 = 0; p0 < kc; p0 += 16) {
         const int64_t kk = kc - p0 < 16 ? kc - p0 : 16;
         __m512 r[16];

@@ -71,7 +71,7 @@ int run_tokenize(const TokenizeOptions& o) {
   if (add_special && tok->add_eos_default() && tok->eos() >= 0) ids.push_back(tok->eos());
 
   if (o.json) {
-    nlohmann::json j = {{"n_tokens", ids.size()}, {"ids", ids}};
+    const nlohmann::ordered_json j = {{"n_tokens", ids.size()}, {"ids", ids}};
     fmt::print("{}\n", j.dump());
   } else if (o.ids) {
     std::string line;

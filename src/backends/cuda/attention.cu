@@ -1,0 +1,451 @@
+// Attention on the device: a tensor-core flash-attention kernel for head dims 64/128/256, a
+// simple warp-per-row kernel for any other head dim (and as a second opinion in tests), and the
+// attention-received reduction of the attention-score pruning baseline.
+//
+// The flash kernel (one CTA = BM query rows of one head, BM = 16 x warps; each warp owns 16 rows):
+//   for each tile of BN key slots (double-buffered in shared memory with cp.async):
+//     S = Q K^T            mma.sync m16n8k16 bf16 -> fp32, Q fragments from ldmatrix, K via ldmatrix
+//     mask by position     key j visible to a row at position p iff j <= p, p - j < window (if set),
+//                          j < n_kv and valid[j] (if a mask is given); only on tiles that need it
+//     online softmax       running max m and sum l per row, exp2 with the scale folded in
+//     O += P V             P re-packed from the S accumulators as A fragments, V via ldmatrix.trans
+//   O / l -> bf16.
+// Shared-memory tiles are rows of HD bf16 in 16-byte chunks, chunk c of row r stored at chunk
+// c ^ (r % 8): the 8 rows an ldmatrix phase reads fall in 8 distinct bank groups.
+#include <cmath>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/cuda_ops.h"
+
+namespace dashlm::cuda {
+
+using detail::stream;
+using nvbf16 = __nv_bfloat16;
+
+namespace {
+
+struct FlashArgs {
+  const nvbf16* q;
+  const int32_t* q_pos;
+  int64_t n_q;
+  const nvbf16* k;
+  const nvbf16* v;
+  int64_t n_kv;
+  const uint8_t* valid;
+  nvbf16* out;
+  int n_head, group;
+  float scale_log2;  // softmax scale * log2(e)
+  int window;
+  int64_t q_stride, kv_stride;
+};
+
+__device__ __forceinline__ int64_t dmin(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t dmax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
+  const int n = pred ? 16 : 0;  // 0 source bytes: the 16 destination bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// D = A B + D, m16n8k16, A row-major bf16 (4 regs), B column-major bf16 (2 regs), D fp32 (4).
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Element offset of (row, 16-byte chunk) in a swizzled tile with HD columns.
+template <int HD>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * HD + ((chunk ^ (row & 7)) << 3);
+}
+
+template <int HD, int BN, int NW>
+__global__ void __launch_bounds__(NW * 32) k_flash(FlashArgs a) {
+  constexpr int BM = 16 * NW;
+  constexpr int NT = NW * 32;
+  constexpr int CH = HD / 8;            // 16-byte chunks per row
+  constexpr int NB = BN / 8;            // n-blocks of 8 keys in S
+  constexpr int ND = HD / 8;            // n-blocks of 8 dims in O
+  constexpr bool kQRegs = HD <= 128;    // Q fragments live in registers (else re-read from smem)
+  static_assert(HD % 64 == 0 && BN % 16 == 0, "tile shape");
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  nvbf16* sq = reinterpret_cast<nvbf16*>(smem_raw);
+  nvbf16* sk = sq + BM * HD;            // [2][BN][HD]
+  nvbf16* sv = sk + 2 * BN * HD;        // [2][BN][HD]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int64_t qb = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;  // longest blocks first
+  const int h = blockIdx.y, kvh = h / a.group;
+  const int64_t row0 = qb * BM;
+  const int rows_in = static_cast<int>(dmin(BM, a.n_q - row0));
+
+  const int64_t pos_min = a.q_pos[row0], pos_max = a.q_pos[row0 + rows_in - 1];
+  const int64_t kv_hi = dmin(pos_max, a.n_kv - 1);
+  const int64_t kv_lo = a.window > 0 ? dmax(0, pos_min - a.window + 1) : 0;
+
+  // This thread's two rows (fragment rows g and g + 8 of its warp) and their positions.
+  const int g = lane >> 2, c4 = lane & 3;
+  const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+  const int64_t p_lo = r_lo < rows_in ? a.q_pos[row0 + r_lo] : -1;  // -1: padding row, sees nothing
+  const int64_t p_hi = r_hi < rows_in ? a.q_pos[row0 + r_hi] : -1;
+
+  float o[ND][4];
+#pragma unroll
+  for (int i = 0; i < ND; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+
+  if (kv_hi >= kv_lo) {
+    // Q tile -> shared memory (zero rows past n_q).
+    for (int c = tid; c < BM * CH; c += NT) {
+      const int r = c / CH, ch = c % CH;
+      const bool ok = r < rows_in;
+      const nvbf16* src = ok ? a.q + (row0 + r) * a.q_stride + static_cast<int64_t>(h) * HD + ch * 8 : a.q;
+      cp_async16(smem_addr(sq + swz<HD>(r, ch)), src, ok);
+    }
+    const int64_t t_first = kv_lo / BN, t_last = kv_hi / BN;
+    auto load_kv = [&](int64_t t, int stage) {
+      const int64_t key0 = t * BN;
+      nvbf16* dk = sk + stage * BN * HD;
+      nvbf16* dv = sv + stage * BN * HD;
+      for (int c = tid; c < BN * CH; c += NT) {
+        const int r = c / CH, ch = c % CH;
+        const int64_t key = key0 + r;
+        const bool ok = key < a.n_kv;
+        const int64_t off = ok ? key * a.kv_stride + static_cast<int64_t>(kvh) * HD + ch * 8 : 0;
+        cp_async16(smem_addr(dk + swz<HD>(r, ch)), a.k + off, ok);
+        cp_async16(smem_addr(dv + swz<HD>(r, ch)), a.v + off, ok);
+      }
+    };
+    load_kv(t_first, 0);
+    cp_async_commit();
+
+    uint32_t qf[kQRegs ? HD / 16 : 1][4];
+    const int lm_mi = lane >> 3, lm_r = lane & 7;  // ldmatrix: which 8x8 matrix this lane addresses, which row
+
+    for (int64_t t = t_first; t <= t_last; ++t) {
+      const int stage = static_cast<int>((t - t_first) & 1);
+      if (t < t_last) {
+        load_kv(t + 1, stage ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+
+      const nvbf16* ck = sk + stage * BN * HD;
+      const nvbf16* cv = sv + stage * BN * HD;
+      if constexpr (kQRegs) {
+        if (t == t_first) {
+#pragma unroll
+          for (int ks = 0; ks < HD / 16; ++ks) {
+            const int row = warp * 16 + lm_r + (lm_mi & 1) * 8, ch = ks * 2 + (lm_mi >> 1);
+            ldmatrix_x4(qf[ks], smem_addr(sq + swz<HD>(row, ch)));
+          }
+        }
+      }
+
+      // S = Q K^T for this warp's 16 rows and BN keys.
+      float s[NB][4];
+#pragma unroll
+      for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+      for (int k2 = 0; k2 < HD / 32; ++k2) {
+        uint32_t qa[2][4];
+        if constexpr (!kQRegs) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int ks = 2 * k2 + j;
+            const int row = warp * 16 + lm_r + (lm_mi & 1) * 8, ch = ks * 2 + (lm_mi >> 1);
+            ldmatrix_x4(qa[j], smem_addr(sq + swz<HD>(row, ch)));
+          }
+        }
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) {
+          uint32_t b[4];
+          ldmatrix_x4(b, smem_addr(ck + swz<HD>(nb * 8 + lm_r, k2 * 4 + lm_mi)));
+          if constexpr (kQRegs) {
+            mma_bf16(s[nb], qf[2 * k2], b[0], b[1]);
+            mma_bf16(s[nb], qf[2 * k2 + 1], b[2], b[3]);
+          } else {
+            mma_bf16(s[nb], qa[0], b[0], b[1]);
+            mma_bf16(s[nb], qa[1], b[2], b[3]);
+          }
+        }
+      }
+
+      // Scale (log2 domain) and mask.
+      const int64_t key0 = t * BN;
+      const bool full = key0 + BN - 1 <= pos_min && key0 + BN - 1 < a.n_kv && !a.valid &&
+                        (a.window <= 0 || key0 > pos_max - a.window);
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[nb][e] * a.scale_log2;
+          if (!full) {
+            const int64_t key = key0 + nb * 8 + c4 * 2 + (e & 1);
+            const int64_t p = e < 2 ? p_lo : p_hi;
+            const bool vis = key <= p && key < a.n_kv && (a.window <= 0 || p - key < a.window) && (!a.valid || a.valid[key]);
+            if (!vis) x = -INFINITY;
+          }
+          s[nb][e] = x;
+        }
+      }
+
+      // Online softmax, rows lo (e = 0, 1) and hi (e = 2, 3); a quad of lanes shares a row.
+      float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        mx_lo = fmaxf(mx_lo, fmaxf(s[nb][0], s[nb][1]));
+        mx_hi = fmaxf(mx_hi, fmaxf(s[nb][2], s[nb][3]));
+      }
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+      const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+      // A row that has seen nothing yet keeps max -inf: subtract 0 so exp2(-inf) = 0, not NaN.
+      const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
+      const float al_lo = exp2f(m_lo - base_lo), al_hi = exp2f(m_hi - base_hi);
+      m_lo = mn_lo;
+      m_hi = mn_hi;
+      float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        s[nb][0] = exp2f(s[nb][0] - base_lo);
+        s[nb][1] = exp2f(s[nb][1] - base_lo);
+        s[nb][2] = exp2f(s[nb][2] - base_hi);
+        s[nb][3] = exp2f(s[nb][3] - base_hi);
+        sum_lo += s[nb][0] + s[nb][1];
+        sum_hi += s[nb][2] + s[nb][3];
+      }
+      l_lo = l_lo * al_lo + sum_lo;  // per-lane partial sums; the quad is summed at the end
+      l_hi = l_hi * al_hi + sum_hi;
+#pragma unroll
+      for (int i = 0; i < ND; ++i) {
+        o[i][0] *= al_lo;
+        o[i][1] *= al_lo;
+        o[i][2] *= al_hi;
+        o[i][3] *= al_hi;
+      }
+
+      // O += P V.
+#pragma unroll
+      for (int ks = 0; ks < BN / 16; ++ks) {
+        uint32_t pa[4];
+        pa[0] = pack_bf16(s[2 * ks][0], s[2 * ks][1]);
+        pa[1] = pack_bf16(s[2 * ks][2], s[2 * ks][3]);
+        pa[2] = pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+        pa[3] = pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+#pragma unroll
+        for (int d2 = 0; d2 < HD / 16; ++d2) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, smem_addr(cv + swz<HD>(ks * 16 + (lm_mi & 1) * 8 + lm_r, d2 * 2 + (lm_mi >> 1))));
+          mma_bf16(o[2 * d2], pa, b[0], b[1]);
+          mma_bf16(o[2 * d2 + 1], pa, b[2], b[3]);
+        }
+      }
+      __syncthreads();  // the next iteration's loads overwrite the other stage
+    }
+  }
+
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+  const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+  if (r_lo < rows_in) {
+    nvbf16* dst = a.out + (row0 + r_lo) * a.q_stride + static_cast<int64_t>(h) * HD + c4 * 2;
+#pragma unroll
+    for (int i = 0; i < ND; ++i)
+      *reinterpret_cast<__nv_bfloat162*>(dst + i * 8) = __floats2bfloat162_rn(o[i][0] * inv_lo, o[i][1] * inv_lo);
+  }
+  if (r_hi < rows_in) {
+    nvbf16* dst = a.out + (row0 + r_hi) * a.q_stride + static_cast<int64_t>(h) * HD + c4 * 2;
+#pragma unroll
+    for (int i = 0; i < ND; ++i)
+      *reinterpret_cast<__nv_bfloat162*>(dst + i * 8) = __floats2bfloat162_rn(o[i][2] * inv_hi, o[i][3] * inv_hi);
+  }
+}
+
+template <int HD, int BN, int NW>
+void launch_flash(const FlashArgs& a) {
+  constexpr int BM = 16 * NW;
+  const size_t smem = static_cast<size_t>(BM + 4 * BN) * HD * sizeof(nvbf16);
+  static bool configured = false;  // one attribute call per instantiation
+  if (!configured) {
+    DASHLM_CUDA_CHECK(cudaFuncSetAttribute(k_flash<HD, BN, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    configured = true;
+  }
+  const int64_t n_blocks = (a.n_q + BM - 1) / BM;
+  if (n_blocks > 0x7fffffffLL) detail::raise_error("CUDA attention: too many query rows");
+  dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(a.n_head));
+  k_flash<HD, BN, NW><<<grid, NW * 32, smem, stream()>>>(a);
+  DASHLM_CUDA_LAUNCHED("flash attention");
+}
+
+// --- simple kernel: one warp per (query row, head), any head dim up to 256 -----------------------
+
+constexpr int kSimpleMaxHd = 256;
+
+__global__ void k_attn_simple(FlashArgs a, int hd) {
+  __shared__ float sq[4][kSimpleMaxHd];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t gw = blockIdx.x * int64_t{4} + warp;  // (row, head) pair
+  if (gw >= a.n_q * a.n_head) return;
+  const int64_t i = gw / a.n_head;
+  const int h = static_cast<int>(gw % a.n_head), kvh = h / a.group;
+  const int64_t p = a.q_pos[i];
+  const int64_t hi = dmin(p, a.n_kv - 1);
+  const int64_t lo = a.window > 0 ? dmax(0, p - a.window + 1) : 0;
+  const float scale = a.scale_log2 / 1.4426950408889634f;
+  for (int d = lane; d < hd; d += 32) sq[warp][d] = __bfloat162float(a.q[i * a.q_stride + static_cast<int64_t>(h) * hd + d]) * scale;
+  __syncwarp();
+  constexpr int kPer = kSimpleMaxHd / 32;
+  float o[kPer];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) o[j] = 0.f;
+  float m = -INFINITY, l = 0.f;
+  for (int64_t base = lo; base <= hi; base += 32) {
+    const int64_t key = base + lane;
+    float s = -INFINITY;
+    if (key <= hi && (!a.valid || a.valid[key])) {
+      const nvbf16* kr = a.k + key * a.kv_stride + static_cast<int64_t>(kvh) * hd;
+      float acc = 0.f;
+      for (int d = 0; d < hd; ++d) acc += sq[warp][d] * __bfloat162float(kr[d]);
+      s = acc;
+    }
+    const float mx = detail::warp_max(s);
+    if (mx == -INFINITY) continue;
+    const float mn = fmaxf(m, mx);
+    const float alpha = __expf(m - mn);  // m = -inf -> 0
+    const float pk = s == -INFINITY ? 0.f : __expf(s - mn);
+    l = l * alpha + detail::warp_sum(pk);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) o[j] *= alpha;
+    m = mn;
+    for (int kk = 0; kk < 32; ++kk) {
+      const float pj = __shfl_sync(0xffffffffu, pk, kk);
+      if (pj == 0.f) continue;  // uniform across the warp
+      const nvbf16* vr = a.v + (base + kk) * a.kv_stride + static_cast<int64_t>(kvh) * hd;
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) {
+        const int d = lane + 32 * j;
+        if (d < hd) o[j] += pj * __bfloat162float(vr[d]);
+      }
+    }
+  }
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  nvbf16* dst = a.out + i * a.q_stride + static_cast<int64_t>(h) * hd;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int d = lane + 32 * j;
+    if (d < hd) dst[d] = __float2bfloat16_rn(o[j] * inv);
+  }
+}
+
+// --- attention received: one block per (query row, head) -----------------------------------------
+
+__global__ void k_attn_received(FlashArgs a, int hd, float* out) {
+  __shared__ float sq[kSimpleMaxHd];
+  __shared__ float red[32];
+  const int64_t i = blockIdx.x;
+  const int h = blockIdx.y, kvh = h / a.group;
+  const int64_t p = a.q_pos[i];
+  const int64_t hi = dmin(p, a.n_kv - 1);
+  const int64_t lo = a.window > 0 ? dmax(0, p - a.window + 1) : 0;
+  const float scale = a.scale_log2 / 1.4426950408889634f;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) sq[d] = __bfloat162float(a.q[i * a.q_stride + static_cast<int64_t>(h) * hd + d]) * scale;
+  __syncthreads();
+  auto score = [&](int64_t j) {
+    const nvbf16* kr = a.k + j * a.kv_stride + static_cast<int64_t>(kvh) * hd;
+    float acc = 0.f;
+    for (int d = 0; d < hd; ++d) acc += sq[d] * __bfloat162float(kr[d]);
+    return acc;
+  };
+  float mx = -INFINITY;
+  for (int64_t j = lo + threadIdx.x; j <= hi; j += blockDim.x)
+    if (!a.valid || a.valid[j]) mx = fmaxf(mx, score(j));
+  mx = detail::block_max(mx, red);
+  if (mx == -INFINITY) return;
+  float sum = 0.f;
+  for (int64_t j = lo + threadIdx.x; j <= hi; j += blockDim.x)
+    if (!a.valid || a.valid[j]) sum += __expf(score(j) - mx);
+  sum = detail::block_sum(sum, red);
+  const float inv = 1.f / sum;
+  for (int64_t j = lo + threadIdx.x; j <= hi; j += blockDim.x)
+    if (!a.valid || a.valid[j]) atomicAdd(out + j, __expf(score(j) - mx) * inv);
+}
+
+FlashArgs make_args(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
+                    const uint8_t* kv_valid, const AttentionParams& p, bf16* out) {
+  if (p.n_head <= 0 || p.n_head_kv <= 0 || p.n_head % p.n_head_kv) detail::raise_error("CUDA attention: bad head counts");
+  if (p.head_dim <= 0 || p.head_dim > kSimpleMaxHd) detail::raise_error("CUDA attention: head dim must be in 1..256");
+  FlashArgs a{};
+  a.q = reinterpret_cast<const nvbf16*>(q);
+  a.q_pos = q_pos;
+  a.n_q = n_q;
+  a.k = reinterpret_cast<const nvbf16*>(k);
+  a.v = reinterpret_cast<const nvbf16*>(v);
+  a.n_kv = n_kv;
+  a.valid = kv_valid;
+  a.out = reinterpret_cast<nvbf16*>(out);
+  a.n_head = p.n_head;
+  a.group = p.n_head / p.n_head_kv;
+  a.scale_log2 = p.scale * 1.4426950408889634f;
+  a.window = p.window;
+  a.q_stride = static_cast<int64_t>(p.n_head) * p.head_dim;
+  a.kv_stride = static_cast<int64_t>(p.n_head_kv) * p.head_dim;
+  return a;
+}
+
+}  // namespace
+
+void attention(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
+               const uint8_t* kv_valid, const AttentionParams& p, bf16* out, bool force_simple) {
+  if (n_q <= 0) return;
+  const FlashArgs a = make_args(q, q_pos, n_q, k, v, n_kv, kv_valid, p, out);
+  if (!force_simple && p.head_dim == 64) return launch_flash<64, 64, 4>(a);
+  if (!force_simple && p.head_dim == 128) return launch_flash<128, 64, 4>(a);
+  if (!force_simple && p.head_dim == 256) return launch_flash<256, 32, 4>(a);
+  const int64_t warps = n_q * p.n_head;
+  const int64_t blocks = (warps + 3) / 4;
+  if (blocks > 0x7fffffffLL) detail::raise_error("CUDA attention: too many query rows");
+  k_attn_simple<<<static_cast<unsigned>(blocks), 128, 0, stream()>>>(a, p.head_dim);
+  DASHLM_CUDA_LAUNCHED("attention (simple)");
+}
+
+void attention_received(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, int64_t n_kv,
+                        const uint8_t* kv_valid, const AttentionParams& p, float* out) {
+  fill_bytes(out, 0, static_cast<size_t>(n_kv) * sizeof(float));
+  if (n_q <= 0) return;
+  const FlashArgs a = make_args(q, q_pos, n_q, k, k, n_kv, kv_valid, p, nullptr);
+  dim3 grid(static_cast<unsigned>(n_q), static_cast<unsigned>(p.n_head));
+  k_attn_received<<<grid, 256, 0, stream()>>>(a, p.head_dim, out);
+  DASHLM_CUDA_LAUNCHED("attention_received");
+}
+
+}  // namespace dashlm::cuda

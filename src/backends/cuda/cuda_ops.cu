@@ -1,0 +1,465 @@
+// Device management and the element-wise / row kernels of cuda_ops.h.
+#include <cmath>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/cuda_ops.h"
+
+namespace dashlm::cuda {
+
+using detail::blocks_for;
+using detail::stream;
+using nvbf16 = __nv_bfloat16;
+
+namespace {
+const nvbf16* as_nv(const bf16* p) { return reinterpret_cast<const nvbf16*>(p); }
+nvbf16* as_nv(bf16* p) { return reinterpret_cast<nvbf16*>(p); }
+}  // namespace
+
+// --- device, memory --------------------------------------------------------------------------
+
+bool device_available(std::string* why) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    if (why) *why = std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
+    cudaGetLastError();  // clear the sticky-free error so later calls are not confused
+    return false;
+  }
+  if (n == 0) {
+    if (why) *why = "no CUDA device";
+    return false;
+  }
+  cudaDeviceProp prop{};
+  e = cudaGetDeviceProperties(&prop, 0);
+  if (e != cudaSuccess) {
+    if (why) *why = std::string("cudaGetDeviceProperties: ") + cudaGetErrorString(e);
+    return false;
+  }
+  if (prop.major < 9) {
+    if (why) *why = std::string("device ") + prop.name + " has compute capability " + std::to_string(prop.major) + "." +
+                    std::to_string(prop.minor) + "; dashlm's kernels are built for sm_90";
+    return false;
+  }
+  return true;
+}
+
+std::string device_name() {
+  cudaDeviceProp prop{};
+  DASHLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  return prop.name;
+}
+
+void* device_alloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    detail::raise_error("CUDA: cannot allocate " + std::to_string(bytes >> 20) + " MiB on the device: " + cudaGetErrorString(e));
+  }
+  return p;
+}
+
+void device_free(void* p) noexcept {
+  if (p) cudaFree(p);
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) DASHLM_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes) DASHLM_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+void copy_on_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) DASHLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
+}
+void fill_bytes(void* dst, uint8_t value, size_t bytes) {
+  if (bytes) DASHLM_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, stream()));
+}
+void synchronize() { DASHLM_CUDA_CHECK(cudaDeviceSynchronize()); }
+size_t device_free_memory() {
+  size_t free_b = 0, total = 0;
+  DASHLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
+  return free_b;
+}
+
+// --- conversions, random ---------------------------------------------------------------------
+
+namespace {
+
+__global__ void k_f32_to_bf16(const float* src, nvbf16* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+__global__ void k_bf16_to_f32(const nvbf16* src, float* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    dst[i] = __bfloat162float(src[i]);
+}
+
+__device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+__device__ __forceinline__ float hash_uniform(uint64_t seed, int64_t i) {  // in [-1, 1)
+  const uint64_t h = splitmix64(seed * 0x632be59bd9b4e019ull + static_cast<uint64_t>(i));
+  return static_cast<float>(h >> 40) * (2.f / 16777216.f) - 1.f;
+}
+template <typename T>
+__global__ void k_fill_random(T* dst, int64_t n, float mean, float amp, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    dst[i] = detail::from_f32<T>(mean + amp * hash_uniform(seed, i));
+}
+
+}  // namespace
+
+void f32_to_bf16(const float* src, bf16* dst, int64_t n) {
+  if (n <= 0) return;
+  k_f32_to_bf16<<<blocks_for(n, 256), 256, 0, stream()>>>(src, as_nv(dst), n);
+  DASHLM_CUDA_LAUNCHED("f32_to_bf16");
+}
+void bf16_to_f32(const bf16* src, float* dst, int64_t n) {
+  if (n <= 0) return;
+  k_bf16_to_f32<<<blocks_for(n, 256), 256, 0, stream()>>>(as_nv(src), dst, n);
+  DASHLM_CUDA_LAUNCHED("bf16_to_f32");
+}
+void fill_random_bf16(bf16* dst, int64_t n, float mean, float stddev, uint64_t seed) {
+  if (n <= 0) return;
+  k_fill_random<nvbf16><<<blocks_for(n, 256), 256, 0, stream()>>>(as_nv(dst), n, mean, stddev * 1.7320508f, seed);
+  DASHLM_CUDA_LAUNCHED("fill_random_bf16");
+}
+void fill_random_f32(float* dst, int64_t n, float mean, float stddev, uint64_t seed) {
+  if (n <= 0) return;
+  k_fill_random<float><<<blocks_for(n, 256), 256, 0, stream()>>>(dst, n, mean, stddev * 1.7320508f, seed);
+  DASHLM_CUDA_LAUNCHED("fill_random_f32");
+}
+
+// --- row kernels -------------------------------------------------------------------------------
+
+namespace {
+
+int row_threads(int64_t dim) {
+  if (dim >= 2048) return 512;
+  if (dim >= 512) return 256;
+  return dim >= 128 ? 128 : 32;
+}
+
+// One block per row. y may alias x when OutT is float (each element is read before written by
+// the same thread, after the reduction).
+template <typename OutT>
+__global__ void k_rmsnorm(const float* x, const float* w, OutT* y, int64_t dim, float eps) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x;
+  const float* xr = x + r * dim;
+  OutT* yr = y + r * dim;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = detail::block_sum(ss, red);
+  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = detail::from_f32<OutT>(xr[i] * inv * (w ? w[i] : 1.f));
+}
+
+__global__ void k_add_residual(float* x, const float* u, int64_t dim, float* norm_u, float* norm_x, const float* w_next,
+                               nvbf16* xn, float eps) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * dim;
+  const float* ur = u + r * dim;
+  float su = 0.f, sx = 0.f, sn = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float a = xr[i], b = ur[i], c = a + b;
+    su += b * b;
+    sx += a * a;
+    sn += c * c;
+    xr[i] = c;
+  }
+  if (norm_u) {
+    const float t = detail::block_sum(su, red);
+    if (threadIdx.x == 0) norm_u[r] = sqrtf(t);
+  }
+  if (norm_x) {
+    const float t = detail::block_sum(sx, red);
+    if (threadIdx.x == 0) norm_x[r] = sqrtf(t);
+  }
+  if (xn) {
+    const float t = detail::block_sum(sn, red);
+    const float inv = rsqrtf(t / static_cast<float>(dim) + eps);
+    nvbf16* o = xn + r * dim;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = __float2bfloat16_rn(xr[i] * inv * (w_next ? w_next[i] : 1.f));
+  }
+}
+
+__global__ void k_block_delta(const float* a, const float* b, int64_t dim, float* out) {
+  const int64_t r = blockIdx.x;
+  // Double accumulation: 1 - cos is small for nearly parallel rows.
+  double ab = 0, aa = 0, bb = 0;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    const double x = a[r * dim + i], y = b[r * dim + i];
+    ab += x * y;
+    aa += x * x;
+    bb += y * y;
+  }
+  // Reduce the three doubles through float pairs would lose precision: use a shared array.
+  __shared__ double s[3][1024];
+  s[0][threadIdx.x] = ab;
+  s[1][threadIdx.x] = aa;
+  s[2][threadIdx.x] = bb;
+  __syncthreads();
+  for (int st = blockDim.x / 2; st > 0; st >>= 1) {
+    if (threadIdx.x < st) {
+      for (int k = 0; k < 3; ++k) s[k][threadIdx.x] += s[k][threadIdx.x + st];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[r] = static_cast<float>(1.0 - s[0][0] / fmax(sqrt(s[1][0] * s[2][0]), 1e-30));
+}
+
+__global__ void k_row_l2(const float* x, int64_t dim, float* out) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += x[r * dim + i] * x[r * dim + i];
+  ss = detail::block_sum(ss, red);
+  if (threadIdx.x == 0) out[r] = sqrtf(ss);
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
+__device__ __forceinline__ float gelu_tanh(float x) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f, kCoef = 0.044715f;
+  return 0.5f * x * (1.f + tanhf(kSqrt2OverPi * x * (1.f + kCoef * x * x)));
+}
+
+template <bool kGelu>
+__global__ void k_glu(const nvbf16* gu, nvbf16* h, int64_t n, int64_t ff) {
+  const int64_t total = n * ff;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / ff, c = i - r * ff;
+    const float g = __bfloat162float(gu[r * 2 * ff + c]), u = __bfloat162float(gu[r * 2 * ff + ff + c]);
+    h[i] = __float2bfloat16_rn((kGelu ? gelu_tanh(g) : silu(g)) * u);
+  }
+}
+template <bool kGelu>
+__global__ void k_glu_f32(float* g, const float* u, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    g[i] = (kGelu ? gelu_tanh(g[i]) : silu(g[i])) * u[i];
+}
+
+__global__ void k_add(float* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) y[i] += x[i];
+}
+__global__ void k_scale(float* y, float s, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) y[i] *= s;
+}
+
+__global__ void k_embed(const nvbf16* table, int64_t n_rows_table, const int32_t* tokens, int64_t dim, float scale, float* x) {
+  const int64_t r = blockIdx.x;
+  const int32_t t = tokens[r];
+  const bool ok = t >= 0 && t < n_rows_table;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+    x[r * dim + i] = ok ? __bfloat162float(table[static_cast<int64_t>(t) * dim + i]) * scale : 0.f;
+}
+
+__global__ void k_gather(const float* src, const int32_t* idx, int64_t width, float* dst) {
+  const int64_t r = blockIdx.x;
+  const int64_t s = idx[r];
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[r * width + i] = src[s * width + i];
+}
+__global__ void k_scatter(const float* src, const int32_t* idx, int64_t width, float* dst) {
+  const int64_t r = blockIdx.x;
+  const int64_t s = idx[r];
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[s * width + i] = src[r * width + i];
+}
+__global__ void k_set_bytes(uint8_t* dst, const int32_t* idx, int64_t n, uint8_t v) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) dst[idx[i]] = v;
+}
+
+// Rows are launched one per block; grids have at most 2^31-1 blocks in x, far beyond any n here.
+void check_rows(int64_t n) {
+  if (n > 0x7fffffffLL) detail::raise_error("CUDA: too many rows for one launch");
+}
+
+}  // namespace
+
+void rmsnorm(const float* x, const float* w, bf16* y, int64_t n, int64_t dim, float eps) {
+  if (n <= 0) return;
+  check_rows(n);
+  k_rmsnorm<nvbf16><<<static_cast<unsigned>(n), row_threads(dim), 0, stream()>>>(x, w, as_nv(y), dim, eps);
+  DASHLM_CUDA_LAUNCHED("rmsnorm");
+}
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t dim, float eps) {
+  if (n <= 0) return;
+  check_rows(n);
+  k_rmsnorm<float><<<static_cast<unsigned>(n), row_threads(dim), 0, stream()>>>(x, w, y, dim, eps);
+  DASHLM_CUDA_LAUNCHED("rmsnorm");
+}
+void add_residual(float* x, const float* u, int64_t n, int64_t dim, float* norm_u, float* norm_x, const float* w_next,
+                  bf16* xn, float eps) {
+  if (n <= 0) return;
+  check_rows(n);
+  k_add_residual<<<static_cast<unsigned>(n), row_threads(dim), 0, stream()>>>(x, u, dim, norm_u, norm_x, w_next,
+                                                                             xn ? as_nv(xn) : nullptr, eps);
+  DASHLM_CUDA_LAUNCHED("add_residual");
+}
+void block_delta(const float* a, const float* b, int64_t n, int64_t dim, float* out) {
+  if (n <= 0) return;
+  check_rows(n);
+  k_block_delta<<<static_cast<unsigned>(n), 256, 0, stream()>>>(a, b, dim, out);
+  DASHLM_CUDA_LAUNCHED("block_delta");
+}
+void row_l2_norms(const float* x, int64_t n, int64_t dim, float* out) {
+  if (n <= 0) return;
+  check_rows(n);
+  k_row_l2<<<static_cast<unsigned>(n), row_threads(dim), 0, stream()>>>(x, dim, out);
+  DASHLM_CUDA_LAUNCHED("row_l2_norms");
+}
+void swiglu(const bf16* gate_up, bf16* h, int64_t n, int64_t n_ff) {
+  if (n <= 0) return;
+  k_glu<false><<<blocks_for(n * n_ff, 256), 256, 0, stream()>>>(as_nv(gate_up), as_nv(h), n, n_ff);
+  DASHLM_CUDA_LAUNCHED("swiglu");
+}
+void geglu_tanh(const bf16* gate_up, bf16* h, int64_t n, int64_t n_ff) {
+  if (n <= 0) return;
+  k_glu<true><<<blocks_for(n * n_ff, 256), 256, 0, stream()>>>(as_nv(gate_up), as_nv(h), n, n_ff);
+  DASHLM_CUDA_LAUNCHED("geglu_tanh");
+}
+void silu_mul(float* g, const float* u, int64_t n) {
+  if (n <= 0) return;
+  k_glu_f32<false><<<blocks_for(n, 256), 256, 0, stream()>>>(g, u, n);
+  DASHLM_CUDA_LAUNCHED("silu_mul");
+}
+void gelu_tanh_mul(float* g, const float* u, int64_t n) {
+  if (n <= 0) return;
+  k_glu_f32<true><<<blocks_for(n, 256), 256, 0, stream()>>>(g, u, n);
+  DASHLM_CUDA_LAUNCHED("gelu_tanh_mul");
+}
+void add_inplace(float* y, const float* x, int64_t n) {
+  if (n <= 0) return;
+  k_add<<<blocks_for(n, 256), 256, 0, stream()>>>(y, x, n);
+  DASHLM_CUDA_LAUNCHED("add_inplace");
+}
+void scale_inplace(float* y, float s, int64_t n) {
+  if (n <= 0) return;
+  k_scale<<<blocks_for(n, 256), 256, 0, stream()>>>(y, s, n);
+  DASHLM_CUDA_LAUNCHED("scale_inplace");
+}
+void embed_rows(const bf16* table, int64_t n_rows_table, const int32_t* tokens, int64_t n, int64_t dim, float scale, float* x) {
+  if (n <= 0) return;
+  check_rows(n);
+  k_embed<<<static_cast<unsigned>(n), row_threads(dim), 0, stream()>>>(as_nv(table), n_rows_table, tokens, dim, scale, x);
+  DASHLM_CUDA_LAUNCHED("embed_rows");
+}
+void gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst) {
+  if (n <= 0) return;
+  check_rows(n);
+  k_gather<<<static_cast<unsigned>(n), row_threads(width), 0, stream()>>>(src, idx, width, dst);
+  DASHLM_CUDA_LAUNCHED("gather_rows");
+}
+void scatter_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst) {
+  if (n <= 0) return;
+  check_rows(n);
+  k_scatter<<<static_cast<unsigned>(n), row_threads(width), 0, stream()>>>(src, idx, width, dst);
+  DASHLM_CUDA_LAUNCHED("scatter_rows");
+}
+void set_bytes_at(uint8_t* dst, const int32_t* idx, int64_t n, uint8_t v) {
+  if (n <= 0) return;
+  k_set_bytes<<<blocks_for(n, 256), 256, 0, stream()>>>(dst, idx, n, v);
+  DASHLM_CUDA_LAUNCHED("set_bytes_at");
+}
+
+// --- heads ---------------------------------------------------------------------------------------
+
+namespace {
+
+struct RopeArgs {
+  int head_dim, n_rot;
+  float freq_base, freq_scale;
+  bool neox;
+  const float* freq_factors;
+};
+
+// One block per token row. First the rotation's cos/sin for this row's position (double-precision
+// angles, like the CPU: positions reach 10^5 and more), then one warp per head: bias, RMSNorm,
+// rotation, conversion, store.
+template <typename OutT>
+__global__ void k_prep_heads(const float* in, int64_t in_stride, int n_heads, const float* bias, const float* norm_w,
+                             float eps, RopeArgs rp, const int32_t* pos, OutT* out, int64_t out_stride,
+                             const int32_t* rows) {
+  extern __shared__ float sh[];
+  const int hd = rp.head_dim, half = rp.n_rot / 2;
+  const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float* cs = sh;                    // half cos values
+  float* sn = sh + half;             // half sin values
+  float* buf = sh + 2 * half + warp * hd;
+  const int64_t r = blockIdx.x;
+  if (half > 0) {
+    const double p = static_cast<double>(pos[r]) * static_cast<double>(rp.freq_scale);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      double f = pow(static_cast<double>(rp.freq_base), -2.0 * i / rp.n_rot);
+      if (rp.freq_factors) f /= static_cast<double>(rp.freq_factors[i]);
+      double s, c;
+      sincos(p * f, &s, &c);
+      cs[i] = static_cast<float>(c);
+      sn[i] = static_cast<float>(s);
+    }
+  }
+  __syncthreads();
+  const int64_t dst = rows ? rows[r] : r;
+  for (int h = warp; h < n_heads; h += nw) {
+    const float* src = in + r * in_stride + static_cast<int64_t>(h) * hd;
+    float ss = 0.f;
+    for (int d = lane; d < hd; d += 32) {
+      const float v = src[d] + (bias ? bias[h * hd + d] : 0.f);
+      buf[d] = v;
+      ss += v * v;
+    }
+    if (norm_w) {
+      ss = detail::warp_sum(ss);
+      const float inv = rsqrtf(ss / static_cast<float>(hd) + eps);
+      for (int d = lane; d < hd; d += 32) buf[d] = buf[d] * inv * norm_w[d];
+    }
+    __syncwarp();
+    for (int i = lane; i < half; i += 32) {
+      const int a = rp.neox ? i : 2 * i, b = rp.neox ? i + half : 2 * i + 1;
+      const float x0 = buf[a], x1 = buf[b];
+      buf[a] = x0 * cs[i] - x1 * sn[i];
+      buf[b] = x0 * sn[i] + x1 * cs[i];
+    }
+    __syncwarp();
+    OutT* o = out + dst * out_stride + static_cast<int64_t>(h) * hd;
+    for (int d = lane; d < hd; d += 32) o[d] = detail::from_f32<OutT>(buf[d]);
+    __syncwarp();
+  }
+}
+
+RopeArgs rope_args(const RopeParams& r) {
+  return RopeArgs{r.head_dim, r.n_rot, r.freq_base, r.freq_scale, r.neox, r.freq_factors};
+}
+
+template <typename OutT>
+void launch_prep(const float* in, int64_t in_stride, int64_t n, int n_heads, const float* bias, const float* norm_w,
+                 float eps, const RopeParams& rope, const int32_t* pos, OutT* out, int64_t out_stride, const int32_t* rows) {
+  if (n <= 0) return;
+  check_rows(n);
+  if (rope.head_dim <= 0 || rope.n_rot < 0 || rope.n_rot > rope.head_dim || rope.n_rot % 2)
+    detail::raise_error("CUDA prep_heads: bad head_dim/n_rot");
+  if (rope.n_rot > 0 && !pos) detail::raise_error("CUDA prep_heads: RoPE needs positions");
+  const int nw = n_heads < 8 ? n_heads : 8;
+  const size_t smem = (static_cast<size_t>(rope.n_rot) + static_cast<size_t>(nw) * rope.head_dim) * sizeof(float);
+  k_prep_heads<OutT><<<static_cast<unsigned>(n), nw * 32, smem, stream()>>>(in, in_stride, n_heads, bias, norm_w, eps,
+                                                                          rope_args(rope), pos, out, out_stride, rows);
+  DASHLM_CUDA_LAUNCHED("prep_heads");
+}
+
+}  // namespace
+
+void prep_heads(const float* in, int64_t in_stride, int64_t n, int n_heads, const float* bias, const float* norm_w, float eps,
+                const RopeParams& rope, const int32_t* pos, bf16* out, int64_t out_stride, const int32_t* rows) {
+  launch_prep<nvbf16>(in, in_stride, n, n_heads, bias, norm_w, eps, rope, pos, as_nv(out), out_stride, rows);
+}
+void prep_heads_f32(float* x, int64_t stride, int64_t n, int n_heads, const float* bias, const float* norm_w, float eps,
+                    const RopeParams& rope, const int32_t* pos) {
+  launch_prep<float>(x, stride, n, n_heads, bias, norm_w, eps, rope, pos, x, stride, nullptr);
+}
+
+}  // namespace dashlm::cuda

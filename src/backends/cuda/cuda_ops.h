@@ -1,0 +1,173 @@
+// CUDA operations on device pointers, with a plain C++ interface (no CUDA headers here, so the
+// runtime compiles with the host compiler). Storage is bf16 (raw 16-bit patterns, `bf16` below)
+// for GEMM operands, attention inputs and the KV cache, float32 for the residual stream and norm
+// weights; every op accumulates in float32. Row-major throughout, like the CPU ops.
+//
+// All work is queued on one CUDA stream per process (the legacy default stream), so ops run in
+// the order they are called; copies to the host synchronise. Errors throw dashlm::Error with
+// the failing call named.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace dashlm::cuda {
+
+using bf16 = uint16_t;  // a bfloat16 bit pattern (device memory only in the calls below)
+
+// --- device, memory --------------------------------------------------------------------------
+
+// True when a CUDA device and a driver that can run our kernels (sm_90) are present; otherwise
+// false with the reason in *why.
+bool device_available(std::string* why);
+std::string device_name();
+
+void* device_alloc(size_t bytes);  // throws on failure; never returns null for bytes > 0
+void device_free(void* p) noexcept;
+void copy_to_device(void* dst, const void* src, size_t bytes);    // synchronous
+void copy_to_host(void* dst, const void* src, size_t bytes);      // synchronous
+void copy_on_device(void* dst, const void* src, size_t bytes);    // queued
+void fill_bytes(void* dst, uint8_t value, size_t bytes);          // queued
+void synchronize();  // waits for all queued work; throws if a kernel failed
+size_t device_free_memory();
+
+// An owning device buffer of n elements of T (uninitialised).
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) { resize(n); }
+  ~DeviceBuffer() { device_free(p_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      device_free(p_);
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  // Reallocates (contents lost) when n exceeds the capacity.
+  void reserve(size_t n) {
+    if (n > n_) resize(n);
+  }
+  void resize(size_t n) {
+    device_free(p_);
+    p_ = nullptr;
+    n_ = 0;
+    if (n) p_ = static_cast<T*>(device_alloc(n * sizeof(T)));
+    n_ = n;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  void upload(const T* src, size_t n, size_t offset = 0) { copy_to_device(p_ + offset, src, n * sizeof(T)); }
+  void download(T* dst, size_t n, size_t offset = 0) const { copy_to_host(dst, p_ + offset, n * sizeof(T)); }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// --- conversions, random weights ---------------------------------------------------------------
+
+void f32_to_bf16(const float* src, bf16* dst, int64_t n);
+void bf16_to_f32(const bf16* src, float* dst, int64_t n);
+// dst[i] = mean + uniform(-a, a) with a = stddev * sqrt(3), from a hash of (seed, i): repeatable.
+void fill_random_bf16(bf16* dst, int64_t n, float mean, float stddev, uint64_t seed);
+void fill_random_f32(float* dst, int64_t n, float mean, float stddev, uint64_t seed);
+
+// --- element-wise and row ops ---------------------------------------------------------------
+
+// y = x / rms(x) * w for n rows of dim (w may be null). x and y may alias only in the f32 form.
+void rmsnorm(const float* x, const float* w, bf16* y, int64_t n, int64_t dim, float eps);
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t dim, float eps);
+
+// The residual add with the halting signals fused in. For each of n rows of dim:
+//   norm_u[r] = ||u_r||, norm_x[r] = ||x_r|| (before the add)   (either may be null)
+//   x_r += u_r
+//   when w_next is given: xn_r = rmsnorm(x_r) * w_next (the next sub-block's input, bf16)
+void add_residual(float* x, const float* u, int64_t n, int64_t dim, float* norm_u, float* norm_x,
+                  const float* w_next, bf16* xn, float eps);
+// out[r] = 1 - cos(a_r, b_r) (the whole-block delta).
+void block_delta(const float* a, const float* b, int64_t n, int64_t dim, float* out);
+// L2 norm of each row.
+void row_l2_norms(const float* x, int64_t n, int64_t dim, float* out);
+
+// Gated MLP activations on a GEMM output holding [gate | up] per row (n rows of 2*n_ff):
+// h[r][i] = act(gate[r][i]) * up[r][i], act = SiLU or GELU(tanh).
+void swiglu(const bf16* gate_up, bf16* h, int64_t n, int64_t n_ff);
+void geglu_tanh(const bf16* gate_up, bf16* h, int64_t n, int64_t n_ff);
+// The same on separate float32 arrays (tests and small cases): g = act(g) * u.
+void silu_mul(float* g, const float* u, int64_t n);
+void gelu_tanh_mul(float* g, const float* u, int64_t n);
+
+void add_inplace(float* y, const float* x, int64_t n);
+void scale_inplace(float* y, float s, int64_t n);
+
+// x[i] = table[tokens[i]] * scale (table: bf16 rows of dim). Token ids must be in range (the
+// caller checks; out-of-range ids give zero rows).
+void embed_rows(const bf16* table, int64_t n_rows_table, const int32_t* tokens, int64_t n, int64_t dim,
+                float scale, float* x);
+// dst[i] = src[idx[i]] and dst[idx[i]] = src[i], rows of width floats.
+void gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst);
+void scatter_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst);
+// dst[i] = v for the n slots listed (validity masks).
+void set_bytes_at(uint8_t* dst, const int32_t* idx, int64_t n, uint8_t v);
+
+// --- heads: bias, per-head RMSNorm, RoPE, conversion, scatter into the cache ------------------
+
+struct RopeParams {
+  int head_dim = 0;
+  int n_rot = 0;              // rotated dimensions (<= head_dim, even); 0: no rotation
+  float freq_base = 10000.f;
+  float freq_scale = 1.f;     // positions are multiplied by this
+  bool neox = false;          // pairs (i, i + n_rot/2) instead of (2i, 2i+1)
+  const float* freq_factors = nullptr;  // device, optional, n_rot/2 divisors of the frequency
+};
+
+// For n rows of n_heads * head_dim float32 values at in + r * in_stride:
+//   v = in_row (+ bias)  ->  per-head RMSNorm with norm_w (when norm_w, eps)  ->  RoPE at pos[r]
+//   (when rope.n_rot > 0)  ->  bf16 into out + dst_row * out_stride, dst_row = rows ? rows[r] : r.
+// The query path writes q rows in order; the key path scatters into cache slots (rows = pos).
+void prep_heads(const float* in, int64_t in_stride, int64_t n, int n_heads, const float* bias, const float* norm_w,
+                float eps, const RopeParams& rope, const int32_t* pos, bf16* out, int64_t out_stride,
+                const int32_t* rows);
+// The same in float32, in place (tests and the CPU-shaped path).
+void prep_heads_f32(float* x, int64_t stride, int64_t n, int n_heads, const float* bias, const float* norm_w, float eps,
+                    const RopeParams& rope, const int32_t* pos);
+
+// --- attention ---------------------------------------------------------------------------------
+
+struct AttentionParams {
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  float scale = 1.f;
+  int window = 0;  // sliding window (0 = none): key j visible to a query at p iff p - j < window
+};
+
+// Causal attention by position (the CPU's cpu::attention on the device). q: n_q rows of
+// n_head*head_dim bf16 at positions q_pos (device int32, ascending). k, v: the cache, slot s
+// holding the token at position s (n_kv slots of n_head_kv*head_dim bf16). kv_valid (device,
+// optional, n_kv bytes): slots with 0 are skipped. out: n_q rows of n_head*head_dim bf16.
+// Rows that see no key get zeros. Head dims 64, 128, 256 run the tensor-core kernel; others
+// (<= 256) a simple one. force_simple selects the simple kernel (tests).
+void attention(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
+               const uint8_t* kv_valid, const AttentionParams& p, bf16* out, bool force_simple = false);
+
+// For each key slot, the attention it receives from the n_q query rows, summed over rows and heads
+// (softmax probabilities). out: n_kv floats (device), overwritten.
+void attention_received(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, int64_t n_kv,
+                        const uint8_t* kv_valid, const AttentionParams& p, float* out);
+
+// --- GEMM (cuBLASLt) ---------------------------------------------------------------------------
+
+// y[m x n] = x[m x k] * W^T with W row-major [n x k] (the model's [out x in]), bf16 in, fp32
+// accumulate; y in float32 or bf16. ldy: row stride of y in elements (0: n).
+void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y, int64_t ldy = 0);
+void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, bf16* y, int64_t ldy = 0);
+
+}  // namespace dashlm::cuda

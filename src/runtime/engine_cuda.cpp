@@ -1,0 +1,583 @@
+#include "runtime/engine_cuda.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iterator>
+#include <limits>
+#include <numeric>
+
+#include "backends/cpu/quants.h"
+#include "backends/cuda/cuda_ops.h"
+#include "backends/error.h"
+
+namespace dashlm {
+
+namespace cu = dashlm::cuda;
+using cu::bf16;
+template <typename T>
+using DBuf = cu::DeviceBuffer<T>;
+
+bool cuda_available(std::string* why) { return cu::device_available(why); }
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+
+// Rows of a (possibly quantized) weight matrix as bf16, appended to out.
+void append_bf16(const cpu::WeightView& w, std::vector<uint16_t>& out) {
+  const int64_t in = w.in_features, rows = w.out_features;
+  const size_t base = out.size();
+  out.resize(base + static_cast<size_t>(rows * in));
+  const size_t rb = dtype_row_bytes(w.type, in);
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(in));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      cpu::dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r) * rb, row.data(), in);
+      uint16_t* dst = out.data() + base + static_cast<size_t>(r * in);
+      for (int64_t i = 0; i < in; ++i) dst[i] = cpu::fp32_to_bf16(row[static_cast<size_t>(i)]);
+    }
+  }
+}
+
+template <typename T>
+DBuf<T> upload(const std::vector<T>& v) {
+  DBuf<T> b(v.size());
+  b.upload(v.data(), v.size());
+  return b;
+}
+DBuf<float> upload_f32(const float* p, int64_t n) {
+  DBuf<float> b;
+  if (!p) return b;
+  b.resize(static_cast<size_t>(n));
+  b.upload(p, static_cast<size_t>(n));
+  return b;
+}
+
+// Sum over query rows of the keys each can see (slots lo..pos that hold a valid key): the same
+// count as the CPU engine's, so the FLOP model agrees.
+double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* valid, std::vector<int64_t>& prefix) {
+  double keys = 0;
+  if (!valid) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t lo = window > 0 ? std::max<int64_t>(0, pos[i] - window + 1) : 0;
+      keys += static_cast<double>(pos[i] - lo + 1);
+    }
+    return keys;
+  }
+  const int64_t n_kv = pos[n - 1] + 1;
+  prefix.assign(static_cast<size_t>(n_kv + 1), 0);
+  for (int64_t j = 0; j < n_kv; ++j) prefix[static_cast<size_t>(j + 1)] = prefix[static_cast<size_t>(j)] + valid[j];
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t lo = window > 0 ? std::max<int64_t>(0, pos[i] - window + 1) : 0;
+    keys += static_cast<double>(prefix[static_cast<size_t>(pos[i] + 1)] - prefix[static_cast<size_t>(lo)]);
+  }
+  return keys;
+}
+
+constexpr int64_t kMlpChunk = 8192;  // MLP rows per GEMM pair: bounds the gate/up scratch
+
+}  // namespace
+
+struct CudaEngine::Impl {
+  struct Layer {
+    DBuf<bf16> w_qkv;  // [q_dim + 2 kv_dim, n_embd]: Wq, Wk, Wv stacked (Wk, Wv contiguous: the K/V-only GEMM)
+    DBuf<bf16> wo;     // [n_embd, q_dim]
+    DBuf<bf16> w_gu;   // [2 n_ff, n_embd]: Wgate, Wup stacked
+    DBuf<bf16> w_down; // [n_embd, n_ff]
+    DBuf<float> b_qkv, attn_norm, ffn_norm, q_norm, k_norm, post_attn_norm, post_ffn_norm;
+  };
+
+  HParams hp;
+  int64_t n_ctx = 0;
+  std::vector<Layer> layers;
+  DBuf<bf16> tok_embd, output_own;
+  const bf16* output = nullptr;  // output_own or tok_embd (tied)
+  DBuf<float> output_norm, rope_ff;
+
+  DBuf<bf16> k_cache, v_cache;  // [n_layer][n_ctx][kv_dim]
+  DBuf<uint8_t> valid;          // [n_layer][n_ctx]
+  std::vector<std::vector<uint8_t>> valid_host;
+  std::vector<uint8_t> has_holes;
+
+  // Scratch, sized for `cap` rows.
+  int64_t cap = 0;
+  DBuf<float> x, x_act, qkv, u, x_in, d_delta, d_norm_x, recv;
+  DBuf<bf16> xn, q, attn, gu, h;
+  DBuf<int32_t> tokens, pos_all, pos_active, idx_active, pos_halted, idx_halted;
+  DBuf<float> logits;
+
+  int64_t qkv_w() const { return hp.q_dim() + 2 * hp.kv_dim(); }
+  bf16* k_layer(int il) const { return k_cache.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx * hp.kv_dim()); }
+  bf16* v_layer(int il) const { return v_cache.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx * hp.kv_dim()); }
+  const uint8_t* valid_mask(int il) const {
+    return has_holes[static_cast<size_t>(il)] ? valid.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx) : nullptr;
+  }
+
+  void init_cache() {
+    const size_t per = static_cast<size_t>(n_ctx * hp.kv_dim()) * static_cast<size_t>(hp.n_layer);
+    k_cache.resize(per);
+    v_cache.resize(per);
+    cu::fill_bytes(k_cache.get(), 0, per * sizeof(bf16));
+    cu::fill_bytes(v_cache.get(), 0, per * sizeof(bf16));
+    valid.resize(static_cast<size_t>(n_ctx) * static_cast<size_t>(hp.n_layer));
+    reset_valid();
+  }
+  void reset_valid() {
+    cu::fill_bytes(valid.get(), 1, valid.size());
+    valid_host.assign(static_cast<size_t>(hp.n_layer), std::vector<uint8_t>(static_cast<size_t>(n_ctx), 1));
+    has_holes.assign(static_cast<size_t>(hp.n_layer), 0);
+  }
+
+  void reserve(int64_t n, bool block_signal) {
+    if (block_signal) x_in.reserve(static_cast<size_t>(n * hp.n_embd));
+    if (n <= cap) return;
+    cap = n;
+    const auto sz = [n](int64_t w) { return static_cast<size_t>(n * w); };
+    x.resize(sz(hp.n_embd));
+    x_act.resize(sz(hp.n_embd));
+    qkv.resize(sz(qkv_w()));
+    u.resize(sz(hp.n_embd));
+    d_delta.resize(sz(1));
+    d_norm_x.resize(sz(1));
+    xn.resize(sz(hp.n_embd));
+    q.resize(sz(hp.q_dim()));
+    attn.resize(sz(hp.q_dim()));
+    const int64_t chunk = std::min(n, kMlpChunk);
+    gu.resize(static_cast<size_t>(chunk * 2 * hp.n_ff));
+    h.resize(static_cast<size_t>(chunk * hp.n_ff));
+    for (DBuf<int32_t>* b : {&tokens, &pos_all, &pos_active, &idx_active, &pos_halted, &idx_halted}) b->resize(sz(1));
+  }
+
+  cu::RopeParams rope_params(int il) const {
+    const bool swa = hp.layer_is_swa(il);
+    cu::RopeParams rp;
+    rp.head_dim = hp.head_dim;
+    rp.n_rot = hp.n_rot;
+    rp.neox = hp.rope_neox;
+    rp.freq_base = swa ? hp.rope_base_local : hp.rope_base;
+    rp.freq_scale = swa ? 1.f : hp.rope_freq_scale;
+    rp.freq_factors = swa || rope_ff.size() == 0 ? nullptr : rope_ff.get();
+    return rp;
+  }
+  cu::AttentionParams attention_params(int il) const {
+    cu::AttentionParams ap;
+    ap.n_head = hp.n_head;
+    ap.n_head_kv = hp.n_head_kv;
+    ap.head_dim = hp.head_dim;
+    ap.scale = hp.attn_scale;
+    ap.window = hp.layer_is_swa(il) ? hp.sliding_window : 0;
+    return ap;
+  }
+  static const float* opt(const DBuf<float>& b) { return b.size() ? b.get() : nullptr; }
+
+  // K (norm, RoPE) and V of n rows whose stacked projections sit at kv (row stride `stride`,
+  // K first), scattered into the layer's cache slots pos (device).
+  void write_kv(int il, const float* kv, int64_t stride, const int32_t* pos, int64_t n) {
+    const Layer& L = layers[static_cast<size_t>(il)];
+    const int64_t kvd = hp.kv_dim(), qd = hp.q_dim();
+    const float* b = opt(L.b_qkv);
+    cu::prep_heads(kv, stride, n, hp.n_head_kv, b ? b + qd : nullptr, opt(L.k_norm), hp.norm_eps, rope_params(il), pos,
+                   k_layer(il), kvd, pos);
+    cu::RopeParams none;
+    none.head_dim = hp.head_dim;
+    none.n_rot = 0;
+    cu::prep_heads(kv + kvd, stride, n, hp.n_head_kv, b ? b + qd + kvd : nullptr, nullptr, hp.norm_eps, none, nullptr,
+                   v_layer(il), kvd, pos);
+  }
+
+  // Retain mode: K and V of halted tokens (their frozen rows gathered in x_act) into the cache.
+  void project_kv(int il, const float* xa, const int32_t* pos, int64_t n) {
+    const Layer& L = layers[static_cast<size_t>(il)];
+    const int64_t d = hp.n_embd, kvd = hp.kv_dim(), qd = hp.q_dim();
+    cu::rmsnorm(xa, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
+    cu::gemm(xn.get(), L.w_qkv.get() + static_cast<size_t>(qd * d), n, 2 * kvd, d, qkv.get());
+    write_kv(il, qkv.get(), 2 * kvd, pos, n);
+  }
+
+  struct LayerIO {
+    float* x;             // n rows of n_embd (device), updated in place
+    const int32_t* pos;   // device positions
+    int32_t pos_last;     // host copy of the last position
+    int64_t n;
+    DeltaSignal signal = DeltaSignal::Abs;
+    float* delta = nullptr;        // host: n values, when wanted
+    int attn_rows = 0;             // > 0: attention received from the last attn_rows rows...
+    float* attn_received = nullptr;  // ... per cache slot (host, n_ctx values)
+  };
+
+  void forward_layer(int il, const LayerIO& io) {
+    const Layer& L = layers[static_cast<size_t>(il)];
+    const int64_t d = hp.n_embd, n = io.n, qd = hp.q_dim(), kvd = hp.kv_dim(), qkvw = qkv_w();
+    float* xp = io.x;
+
+    // Attention branch: U = Wo Attn(RoPE(Wq Norm(x)), RoPE(Wk Norm(x)), Wv Norm(x)).
+    cu::rmsnorm(xp, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
+    cu::gemm(xn.get(), L.w_qkv.get(), n, qkvw, d, qkv.get());
+    cu::prep_heads(qkv.get(), qkvw, n, hp.n_head, opt(L.b_qkv), opt(L.q_norm), hp.norm_eps, rope_params(il), io.pos,
+                   q.get(), qd, nullptr);
+    write_kv(il, qkv.get() + qd, qkvw, io.pos, n);
+
+    const cu::AttentionParams ap = attention_params(il);
+    const int64_t n_kv = static_cast<int64_t>(io.pos_last) + 1;
+    cu::attention(q.get(), io.pos, n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get());
+    if (io.attn_rows > 0) {
+      const int64_t r = std::min<int64_t>(io.attn_rows, n);
+      recv.reserve(static_cast<size_t>(n_ctx));
+      cu::attention_received(q.get() + static_cast<size_t>((n - r) * qd), io.pos + (n - r), r, k_layer(il), n_kv,
+                             valid_mask(il), ap, recv.get());
+      std::fill(io.attn_received, io.attn_received + n_ctx, 0.f);
+      recv.download(io.attn_received, static_cast<size_t>(n_kv));
+    }
+    cu::gemm(attn.get(), L.wo.get(), n, d, qd, u.get());
+    if (L.post_attn_norm.size()) cu::rmsnorm(u.get(), L.post_attn_norm.get(), u.get(), n, d, hp.norm_eps);
+
+    // The halting signal from the update before it joins the residual stream, fused with the
+    // residual add and the MLP's input norm.
+    const bool want = io.delta != nullptr;
+    if (want && io.signal == DeltaSignal::Block) cu::copy_on_device(x_in.get(), xp, static_cast<size_t>(n * d) * sizeof(float));
+    cu::add_residual(xp, u.get(), n, d, want && io.signal != DeltaSignal::Block ? d_delta.get() : nullptr,
+                     want && io.signal == DeltaSignal::Rel ? d_norm_x.get() : nullptr, L.ffn_norm.get(), xn.get(),
+                     hp.norm_eps);
+
+    // MLP branch: x += Wdown (act(Wgate Norm(x)) * Wup Norm(x)), in row chunks.
+    for (int64_t r0 = 0; r0 < n; r0 += kMlpChunk) {
+      const int64_t c = std::min(kMlpChunk, n - r0);
+      cu::gemm(xn.get() + static_cast<size_t>(r0 * d), L.w_gu.get(), c, 2 * hp.n_ff, d, gu.get());
+      if (hp.act == Activation::GeluTanh) {
+        cu::geglu_tanh(gu.get(), h.get(), c, hp.n_ff);
+      } else {
+        cu::swiglu(gu.get(), h.get(), c, hp.n_ff);
+      }
+      cu::gemm(h.get(), L.w_down.get(), c, d, hp.n_ff, u.get() + static_cast<size_t>(r0 * d));
+    }
+    if (L.post_ffn_norm.size()) cu::rmsnorm(u.get(), L.post_ffn_norm.get(), u.get(), n, d, hp.norm_eps);
+    cu::add_residual(xp, u.get(), n, d, nullptr, nullptr, nullptr, nullptr, hp.norm_eps);
+
+    if (want) {
+      if (io.signal == DeltaSignal::Block) cu::block_delta(x_in.get(), xp, n, d, d_delta.get());
+      d_delta.download(io.delta, static_cast<size_t>(n));
+      if (io.signal == DeltaSignal::Rel) {
+        std::vector<float> nx(static_cast<size_t>(n));
+        d_norm_x.download(nx.data(), static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) io.delta[i] /= std::max(nx[static_cast<size_t>(i)], 1e-30f);
+      }
+    }
+    (void)kvd;
+  }
+
+  // Logits of n rows of hidden state at xp (device) into out (host, n x n_vocab).
+  void compute_logits(const float* xp, int64_t n, float* out) {
+    const int64_t d = hp.n_embd, V = hp.n_vocab;
+    const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(n, (int64_t{1} << 26) / V));
+    logits.reserve(static_cast<size_t>(rows * V));
+    for (int64_t r0 = 0; r0 < n; r0 += rows) {
+      const int64_t c = std::min(rows, n - r0);
+      cu::rmsnorm(xp + static_cast<size_t>(r0 * d), output_norm.get(), xn.get(), c, d, hp.norm_eps);
+      cu::gemm(xn.get(), output, c, V, d, logits.get());
+      logits.download(out + static_cast<size_t>(r0 * V), static_cast<size_t>(c * V));
+    }
+  }
+};
+
+// --- construction ------------------------------------------------------------------------------
+
+CudaEngine::CudaEngine(const Model& model, int64_t n_ctx) : impl_(std::make_unique<Impl>()), hp_(model.hp()), n_ctx_(n_ctx) {
+  if (n_ctx <= 0) fail("context size must be positive");
+  std::string why;
+  if (!cuda_available(&why)) fail("CUDA backend unavailable: {}", why);
+  Impl& m = *impl_;
+  m.hp = hp_;
+  m.n_ctx = n_ctx;
+  const HParams& hp = hp_;
+  const int64_t d = hp.n_embd;
+  std::vector<uint16_t> buf;
+  auto up = [&](std::initializer_list<const cpu::WeightView*> ws) {
+    buf.clear();
+    for (const cpu::WeightView* w : ws) append_bf16(*w, buf);
+    return upload(buf);
+  };
+  m.layers.resize(static_cast<size_t>(hp.n_layer));
+  for (int il = 0; il < hp.n_layer; ++il) {
+    const LayerWeights& L = model.layer(il);
+    Impl::Layer& D = m.layers[static_cast<size_t>(il)];
+    D.w_qkv = up({&L.wq, &L.wk, &L.wv});
+    D.wo = up({&L.wo});
+    D.w_gu = up({&L.w_gate, &L.w_up});
+    D.w_down = up({&L.w_down});
+    if (L.bq || L.bk || L.bv) {
+      std::vector<float> b(static_cast<size_t>(m.qkv_w()), 0.f);
+      if (L.bq) std::copy_n(L.bq, hp.q_dim(), b.begin());
+      if (L.bk) std::copy_n(L.bk, hp.kv_dim(), b.begin() + hp.q_dim());
+      if (L.bv) std::copy_n(L.bv, hp.kv_dim(), b.begin() + hp.q_dim() + hp.kv_dim());
+      D.b_qkv = upload(b);
+    }
+    D.attn_norm = upload_f32(L.attn_norm, d);
+    D.ffn_norm = upload_f32(L.ffn_norm, d);
+    D.q_norm = upload_f32(L.q_norm, hp.head_dim);
+    D.k_norm = upload_f32(L.k_norm, hp.head_dim);
+    D.post_attn_norm = upload_f32(L.post_attn_norm, d);
+    D.post_ffn_norm = upload_f32(L.post_ffn_norm, d);
+  }
+  m.tok_embd = up({&model.tok_embd()});
+  if (hp.tied_embeddings) {
+    m.output = m.tok_embd.get();
+  } else {
+    m.output_own = up({&model.output()});
+    m.output = m.output_own.get();
+  }
+  m.output_norm = upload_f32(model.output_norm(), d);
+  m.rope_ff = upload_f32(model.rope_freq_factors(), hp.n_rot / 2);
+  m.init_cache();
+  cu::synchronize();
+}
+
+CudaEngine::CudaEngine(const HParams& hp_in, int64_t n_ctx, uint64_t seed) : impl_(std::make_unique<Impl>()), hp_(hp_in), n_ctx_(n_ctx) {
+  if (n_ctx <= 0) fail("context size must be positive");
+  std::string why;
+  if (!cuda_available(&why)) fail("CUDA backend unavailable: {}", why);
+  HParams& hp = hp_;
+  if (hp.n_rot == 0) hp.n_rot = hp.head_dim;
+  if (hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_head % hp.n_head_kv || hp.head_dim <= 0 || hp.n_embd <= 0 ||
+      hp.n_layer <= 0 || hp.n_ff <= 0 || hp.n_vocab <= 0)
+    fail("random CUDA model: inconsistent hyperparameters");
+  Impl& m = *impl_;
+  m.hp = hp;
+  m.n_ctx = n_ctx;
+  const int64_t d = hp.n_embd, qd = hp.q_dim(), kvd = hp.kv_dim(), ff = hp.n_ff;
+  constexpr float kStd = 0.02f;
+  uint64_t s = seed * 1000003ull;
+  auto rnd = [&](int64_t n) {
+    DBuf<bf16> b(static_cast<size_t>(n));
+    cu::fill_random_bf16(b.get(), n, 0.f, kStd, ++s);
+    return b;
+  };
+  auto vec = [&](int64_t n, float mean, float stddev) {
+    DBuf<float> b(static_cast<size_t>(n));
+    cu::fill_random_f32(b.get(), n, mean, stddev, ++s);
+    return b;
+  };
+  const bool gemma = hp.arch == Arch::Gemma3, qwen = hp.arch == Arch::Qwen2;
+  m.layers.resize(static_cast<size_t>(hp.n_layer));
+  for (auto& D : m.layers) {
+    D.w_qkv = rnd((qd + 2 * kvd) * d);
+    D.wo = rnd(d * qd);
+    D.w_gu = rnd(2 * ff * d);
+    D.w_down = rnd(d * ff);
+    if (qwen) D.b_qkv = vec(qd + 2 * kvd, 0.f, kStd);
+    D.attn_norm = vec(d, 1.f, 0.f);
+    D.ffn_norm = vec(d, 1.f, 0.f);
+    if (gemma) {
+      D.q_norm = vec(hp.head_dim, 1.f, 0.f);
+      D.k_norm = vec(hp.head_dim, 1.f, 0.f);
+      D.post_attn_norm = vec(d, 1.f, 0.f);
+      D.post_ffn_norm = vec(d, 1.f, 0.f);
+    }
+  }
+  m.tok_embd = rnd(hp.n_vocab * d);
+  if (hp.tied_embeddings) {
+    m.output = m.tok_embd.get();
+  } else {
+    m.output_own = rnd(hp.n_vocab * d);
+    m.output = m.output_own.get();
+  }
+  m.output_norm = vec(d, 1.f, 0.f);
+  m.init_cache();
+  cu::synchronize();
+}
+
+CudaEngine::~CudaEngine() = default;
+
+void CudaEngine::reset() {
+  n_past_ = 0;
+  impl_->reset_valid();
+}
+
+void CudaEngine::read_cache(int il, std::vector<float>* k, std::vector<float>* v, std::vector<uint8_t>* valid) const {
+  const Impl& m = *impl_;
+  if (il < 0 || il >= hp_.n_layer) fail("read_cache: no layer {}", il);
+  const size_t n = static_cast<size_t>(n_ctx_ * hp_.kv_dim());
+  std::vector<uint16_t> tmp(n);
+  auto conv = [&](const bf16* src, std::vector<float>* dst) {
+    cu::copy_to_host(tmp.data(), src, n * sizeof(bf16));
+    dst->resize(n);
+    for (size_t i = 0; i < n; ++i) (*dst)[i] = cpu::bf16_to_fp32(tmp[i]);
+  };
+  if (k) conv(m.k_layer(il), k);
+  if (v) conv(m.v_layer(il), v);
+  if (valid) *valid = m.valid_host[static_cast<size_t>(il)];
+}
+
+size_t CudaEngine::device_bytes() const {
+  const Impl& m = *impl_;
+  size_t b = 0;
+  for (const auto& L : m.layers) {
+    b += (L.w_qkv.size() + L.wo.size() + L.w_gu.size() + L.w_down.size()) * sizeof(bf16);
+    b += (L.b_qkv.size() + L.attn_norm.size() + L.ffn_norm.size() + L.q_norm.size() + L.k_norm.size() +
+          L.post_attn_norm.size() + L.post_ffn_norm.size()) * sizeof(float);
+  }
+  b += (m.tok_embd.size() + m.output_own.size() + m.k_cache.size() + m.v_cache.size()) * sizeof(bf16) + m.valid.size();
+  b += (m.x.size() + m.x_act.size() + m.qkv.size() + m.u.size() + m.x_in.size() + m.logits.size()) * sizeof(float);
+  b += (m.xn.size() + m.q.size() + m.attn.size() + m.gu.size() + m.h.size()) * sizeof(bf16);
+  return b;
+}
+
+// --- prefill -------------------------------------------------------------------------------------
+
+std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const PrefillOptions& opt, ForwardStats* stats) {
+  Impl& m = *impl_;
+  const HParams& hp = hp_;
+  const int L = hp.n_layer;
+  const int64_t d = hp.n_embd;
+  const auto n = static_cast<int64_t>(tokens.size());
+  if (n == 0) fail("nothing to process: no tokens");
+  if (n_past_ + n > n_ctx_) fail("{} tokens do not fit the context: {} already used of {}", n, n_past_, n_ctx_);
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[static_cast<size_t>(i)] < 0 || tokens[static_cast<size_t>(i)] >= hp.n_vocab)
+      fail("token id {} is outside the vocabulary (0..{})", tokens[static_cast<size_t>(i)], hp.n_vocab - 1);
+  }
+  const auto t0 = Clock::now();
+  const HaltingConfig* hc = opt.halting && opt.halting->enabled() ? opt.halting : nullptr;
+  const DeltaSignal signal = hc ? hc->signal : DeltaSignal::Abs;
+  m.reserve(n, signal == DeltaSignal::Block);
+
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  std::iota(pos.begin(), pos.end(), static_cast<int32_t>(n_past_));
+  m.tokens.upload(tokens.data(), static_cast<size_t>(n));
+  m.pos_all.upload(pos.data(), static_cast<size_t>(n));
+  float* x = m.x.get();  // hidden state of every token (device)
+  cu::embed_rows(m.tok_embd.get(), hp.n_vocab, m.tokens.get(), n, d, hp.embed_scale, x);
+  const size_t nd = static_cast<size_t>(n * d);
+  if (opt.hidden_per_layer) {
+    opt.hidden_per_layer->resize(static_cast<size_t>(L + 1) * nd);
+    m.x.download(opt.hidden_per_layer->data(), nd);
+  }
+
+  std::unique_ptr<HaltingPolicy> policy = hc ? make_halting_policy(*hc, L) : nullptr;
+  if (policy) policy->begin(n, halting_eligibility(*hc, n));
+  HaltingTrace* tr = opt.trace;
+  if (tr) {
+    tr->n_tokens = n;
+    tr->n_layer = L;
+    tr->halted_after.assign(static_cast<size_t>(n), L);
+    tr->active_per_layer.assign(static_cast<size_t>(L), 0);
+    tr->delta.assign(static_cast<size_t>(n * L), std::numeric_limits<float>::quiet_NaN());
+    tr->flops_full = tr->flops_done = 0;
+  }
+  const bool want_delta = policy || tr;
+  std::vector<float> delta(want_delta ? static_cast<size_t>(n) : 0);
+  std::vector<float> recv_slots, recv_tokens;
+
+  std::vector<int32_t> active(static_cast<size_t>(n)), halted, pos_active, pos_halted, newly, rest;
+  std::iota(active.begin(), active.end(), 0);
+  std::vector<int64_t> prefix;
+  if (stats) stats->layer_ms.assign(static_cast<size_t>(L), 0.0);
+
+  for (int il = 0; il < L; ++il) {
+    const auto tl = Clock::now();
+    const auto na = static_cast<int64_t>(active.size());
+    const bool all = na == n;
+    const bool want_attn = policy && policy->wants_attention(il);
+    if (want_attn) recv_slots.assign(static_cast<size_t>(n_ctx_), 0.f);
+
+    Impl::LayerIO io{};
+    io.signal = signal;
+    io.delta = want_delta ? delta.data() : nullptr;
+    io.attn_rows = want_attn ? hc->attn_queries : 0;
+    io.attn_received = want_attn ? recv_slots.data() : nullptr;
+    if (all) {
+      io.x = x;
+      io.pos = m.pos_all.get();
+      io.pos_last = pos.back();
+      io.n = n;
+      m.forward_layer(il, io);
+    } else {
+      // Halted tokens: keys and values from their frozen states (retain), or none (drop).
+      const auto nh = static_cast<int64_t>(halted.size());
+      if (nh > 0 && hc->kv == KVMode::Retain) {
+        cu::gather_rows(x, m.idx_halted.get(), nh, d, m.x_act.get());
+        m.project_kv(il, m.x_act.get(), m.pos_halted.get(), nh);
+      } else if (nh > 0) {
+        auto& vh = m.valid_host[static_cast<size_t>(il)];
+        for (int32_t p : pos_halted) vh[static_cast<size_t>(p)] = 0;
+        cu::set_bytes_at(m.valid.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx_), m.pos_halted.get(), nh, 0);
+        m.has_holes[static_cast<size_t>(il)] = 1;
+      }
+      // Active tokens: gathered into a dense batch, computed, written back.
+      cu::gather_rows(x, m.idx_active.get(), na, d, m.x_act.get());
+      io.x = m.x_act.get();
+      io.pos = m.pos_active.get();
+      io.pos_last = pos_active.back();
+      io.n = na;
+      m.forward_layer(il, io);
+      cu::scatter_rows(m.x_act.get(), m.idx_active.get(), na, d, x);
+    }
+
+    if (tr) {
+      const cu::AttentionParams ap = m.attention_params(il);
+      const uint8_t* vh = m.has_holes[static_cast<size_t>(il)] ? m.valid_host[static_cast<size_t>(il)].data() : nullptr;
+      tr->active_per_layer[static_cast<size_t>(il)] = na;
+      tr->flops_full += layer_flops(hp, n, visible_keys(pos.data(), n, ap.window, nullptr, prefix), 0);
+      const int64_t n_kv_only = hc && hc->kv == KVMode::Retain ? n - na : 0;
+      const int32_t* pa = all ? pos.data() : pos_active.data();
+      tr->flops_done += layer_flops(hp, na, visible_keys(pa, na, ap.window, vh, prefix), n_kv_only);
+      for (int64_t i = 0; i < na; ++i) tr->delta[static_cast<size_t>(active[static_cast<size_t>(i)] * L + il)] = delta[static_cast<size_t>(i)];
+    }
+    if (opt.hidden_per_layer) m.x.download(opt.hidden_per_layer->data() + static_cast<size_t>(il + 1) * nd, nd);
+
+    if (policy && il + 1 < L) {
+      if (want_attn) {
+        recv_tokens.resize(static_cast<size_t>(n));
+        for (int64_t t = 0; t < n; ++t) recv_tokens[static_cast<size_t>(t)] = recv_slots[static_cast<size_t>(pos[static_cast<size_t>(t)])];
+      }
+      newly = policy->observe(il, active, std::span<const float>(delta.data(), static_cast<size_t>(na)), recv_tokens);
+      if (!newly.empty()) {
+        rest.clear();
+        std::set_difference(active.begin(), active.end(), newly.begin(), newly.end(), std::back_inserter(rest));
+        if (rest.size() + newly.size() != active.size()) fail("halting policy returned tokens that are not active");
+        active.swap(rest);
+        std::vector<int32_t> merged;
+        std::merge(halted.begin(), halted.end(), newly.begin(), newly.end(), std::back_inserter(merged));
+        halted.swap(merged);
+        if (tr) for (int32_t t : newly) tr->halted_after[static_cast<size_t>(t)] = il;
+        if (active.empty() || active.back() != n - 1) fail("halting policy halted the last token");
+        pos_active.resize(active.size());
+        for (size_t i = 0; i < active.size(); ++i) pos_active[i] = pos[static_cast<size_t>(active[i])];
+        pos_halted.resize(halted.size());
+        for (size_t i = 0; i < halted.size(); ++i) pos_halted[i] = pos[static_cast<size_t>(halted[i])];
+        m.idx_active.upload(active.data(), active.size());
+        m.pos_active.upload(pos_active.data(), pos_active.size());
+        m.idx_halted.upload(halted.data(), halted.size());
+        m.pos_halted.upload(pos_halted.data(), pos_halted.size());
+      }
+    }
+    if (stats) {
+      cu::synchronize();
+      stats->layer_ms[static_cast<size_t>(il)] = ms_since(tl);
+    }
+    if (opt.progress) opt.progress(il + 1, L);
+  }
+  n_past_ += n;
+
+  const auto tlog = Clock::now();
+  std::vector<float> last(static_cast<size_t>(hp.n_vocab));
+  if (opt.logits_all) {
+    opt.logits_all->resize(static_cast<size_t>(n * hp.n_vocab));
+    m.compute_logits(x, n, opt.logits_all->data());
+    std::copy_n(opt.logits_all->data() + (n - 1) * hp.n_vocab, hp.n_vocab, last.data());
+  } else {
+    m.compute_logits(x + static_cast<size_t>((n - 1) * d), 1, last.data());
+  }
+  cu::synchronize();
+  if (stats) {
+    stats->logits_ms = ms_since(tlog);
+    stats->n_tokens = n;
+    stats->total_ms = ms_since(t0);
+  }
+  return last;
+}
+
+}  // namespace dashlm

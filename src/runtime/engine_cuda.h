@@ -1,0 +1,61 @@
+// The forward pass on an NVIDIA GPU (Hopper), with the same interface and the same semantics as
+// the CPU Engine (engine.h): batched prefill over a list of token rows with their positions,
+// halting policies deciding on the host after each layer from the deltas copied back (one float
+// per active token), active tokens gathered into a dense batch, retained or dropped K/V of halted
+// tokens, HaltingTrace / ForwardStats / hidden_per_layer / logits_all filled the same way.
+//
+// Weights live on the device in bf16 (dequantized from the model file at load by the CPU
+// dequantizer; norm weights and biases in float32); the residual stream is float32, GEMMs run on
+// cuBLASLt (bf16 in, fp32 accumulate), attention on dashlm's flash kernel, the KV cache is bf16.
+// Compiled only with DASHLM_CUDA (DASHLM_HAVE_CUDA is defined then).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "runtime/engine.h"
+#include "runtime/engine_iface.h"
+#include "runtime/halting.h"
+
+namespace dashlm {
+
+// False, with the reason in *why, when no usable CUDA device or driver is present.
+bool cuda_available(std::string* why = nullptr);
+
+class CudaEngine final : public InferenceEngine {
+ public:
+  // Uploads the model's weights (converted to bf16) and allocates an n_ctx-token KV cache.
+  CudaEngine(const Model& model, int64_t n_ctx);
+  // Benchmarks: a model of these hyperparameters with random bf16 weights generated on the device
+  // (uniform, std 0.02; norm weights 1; biases std 0.02), no file and no tokenizer needed.
+  CudaEngine(const HParams& hp, int64_t n_ctx, uint64_t seed = 1);
+  ~CudaEngine() override;
+  CudaEngine(const CudaEngine&) = delete;
+  CudaEngine& operator=(const CudaEngine&) = delete;
+
+  std::vector<float> prefill(std::span<const int32_t> tokens, const PrefillOptions& opt = {},
+                             ForwardStats* stats = nullptr) override;
+  std::vector<float> decode(int32_t token) override { return prefill(std::span<const int32_t>(&token, 1)); }
+  int64_t n_past() const override { return n_past_; }
+  int64_t n_ctx() const override { return n_ctx_; }
+  const HParams& hp() const { return hp_; }
+
+  // Forgets the cache contents (n_past = 0, every slot valid again): benchmarks repeat prefills.
+  void reset();
+  // Tests: the cache of layer il as float32 (n_ctx x kv_dim each) and its validity mask.
+  void read_cache(int il, std::vector<float>* k, std::vector<float>* v, std::vector<uint8_t>* valid) const;
+  // Bytes of device memory held (weights, cache, scratch).
+  size_t device_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  HParams hp_;
+  int64_t n_ctx_ = 0;
+  int64_t n_past_ = 0;
+};
+
+}  // namespace dashlm

@@ -1,0 +1,25 @@
+// The interface every inference engine offers (CPU Engine, CudaEngine), so frontends can pick a
+// backend at run time: std::unique_ptr<InferenceEngine> e = ...; e->prefill(tokens, opt).
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace dashlm {
+
+struct PrefillOptions;
+struct ForwardStats;
+
+class InferenceEngine {
+ public:
+  virtual ~InferenceEngine() = default;
+  // Runs `tokens` at positions n_past() .. n_past()+T-1 through every layer, appends their keys
+  // and values to the cache, and returns the logits of the last token.
+  virtual std::vector<float> prefill(std::span<const int32_t> tokens, const PrefillOptions& opt, ForwardStats* stats) = 0;
+  // One token at position n_past(): returns its logits.
+  virtual std::vector<float> decode(int32_t token) = 0;
+  virtual int64_t n_past() const = 0;
+  virtual int64_t n_ctx() const = 0;
+};
+
+}  // namespace dashlm

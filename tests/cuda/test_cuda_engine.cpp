@@ -1,0 +1,274 @@
+// CudaEngine against the CPU Engine: logits, hidden states, halting decisions and the KV cache,
+// on stories260K (head dim 8: the simple attention kernel) and on small random-weight models
+// with llama, qwen2 and gemma3 shapes written as F32 GGUF files (weights rounded to bf16 so both
+// engines compute with the same weights).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "cuda/cuda_test_util.h"
+#include "gguf_writer.h"
+#include "model/model.h"
+#include "runtime/engine.h"
+#include "runtime/engine_cuda.h"
+#include "runtime/halting.h"
+
+using namespace dashlm;
+using namespace dashlm::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Where stories260K lives: $DASHLM_TEST_MODELS/stories260K, else the shared fixtures folder.
+std::string stories_dir() {
+  if (const char* e = std::getenv("DASHLM_TEST_MODELS")) return std::string(e) + "/stories260K/";
+  return std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
+}
+
+struct Shape {
+  std::string arch;
+  int64_t d = 256, ff = 512, vocab = 320;
+  int layers = 4, heads = 4, heads_kv = 2;
+  int window = 0;
+  bool tied = false;
+};
+
+// A random model of this shape as a GGUF file (F32 tensors holding bf16-representable values).
+std::string write_random_model(const Shape& s, uint32_t seed) {
+  GgufWriter w;
+  const std::string a = s.arch;
+  w.set("general.architecture", MetaValue::of_string(a));
+  w.set(a + ".block_count", MetaValue::of_uint(static_cast<uint64_t>(s.layers), MetaType::U32));
+  w.set(a + ".embedding_length", MetaValue::of_uint(static_cast<uint64_t>(s.d), MetaType::U32));
+  w.set(a + ".feed_forward_length", MetaValue::of_uint(static_cast<uint64_t>(s.ff), MetaType::U32));
+  w.set(a + ".attention.head_count", MetaValue::of_uint(static_cast<uint64_t>(s.heads), MetaType::U32));
+  w.set(a + ".attention.head_count_kv", MetaValue::of_uint(static_cast<uint64_t>(s.heads_kv), MetaType::U32));
+  w.set(a + ".context_length", MetaValue::of_uint(4096, MetaType::U32));
+  w.set(a + ".rope.freq_base", MetaValue::of_float(a == "gemma3" ? 1e6 : 10000.0, MetaType::F32));
+  w.set(a + ".attention.layer_norm_rms_epsilon", MetaValue::of_float(1e-6, MetaType::F32));
+  if (s.window) w.set(a + ".attention.sliding_window", MetaValue::of_uint(static_cast<uint64_t>(s.window), MetaType::U32));
+  MetaArray toks, scores, types;
+  for (int64_t i = 0; i < s.vocab; ++i) {
+    toks.push_back(MetaValue::of_string(i == 0 ? "<unk>" : i == 1 ? "<s>" : i == 2 ? "</s>" : "\xe2\x96\x81t" + std::to_string(i)));
+    scores.push_back(MetaValue::of_float(-static_cast<double>(i), MetaType::F32));
+    types.push_back(MetaValue::of_int(i == 0 ? 2 : i < 3 ? 3 : 1, MetaType::I32));
+  }
+  w.set("tokenizer.ggml.model", MetaValue::of_string("llama"));
+  w.set("tokenizer.ggml.tokens", MetaValue::of_array(MetaType::STRING, toks));
+  w.set("tokenizer.ggml.scores", MetaValue::of_array(MetaType::F32, scores));
+  w.set("tokenizer.ggml.token_type", MetaValue::of_array(MetaType::I32, types));
+  w.set("tokenizer.ggml.bos_token_id", MetaValue::of_uint(1, MetaType::U32));
+  w.set("tokenizer.ggml.eos_token_id", MetaValue::of_uint(2, MetaType::U32));
+
+  uint32_t sd = seed;
+  auto mat = [&](const std::string& name, int64_t in, int64_t out) {
+    const float a_ = std::sqrt(3.f / static_cast<float>(in));  // std 1/sqrt(in)
+    w.add_f32(name, {static_cast<uint64_t>(in), static_cast<uint64_t>(out)},
+              round_bf16(random_floats(static_cast<size_t>(in * out), ++sd, -a_, a_)));
+  };
+  auto vec = [&](const std::string& name, int64_t n, float lo, float hi) {
+    w.add_f32(name, {static_cast<uint64_t>(n)}, random_floats(static_cast<size_t>(n), ++sd, lo, hi));
+  };
+  const int64_t hd = s.d / s.heads, qd = hd * s.heads, kvd = hd * s.heads_kv;
+  w.add_f32("token_embd.weight", {static_cast<uint64_t>(s.d), static_cast<uint64_t>(s.vocab)},
+            round_bf16(random_floats(static_cast<size_t>(s.d * s.vocab), ++sd, -1.f, 1.f)));
+  vec("output_norm.weight", s.d, 0.8f, 1.2f);
+  if (!s.tied) mat("output.weight", s.d, s.vocab);
+  for (int il = 0; il < s.layers; ++il) {
+    const std::string p = "blk." + std::to_string(il) + ".";
+    vec(p + "attn_norm.weight", s.d, 0.8f, 1.2f);
+    vec(p + "ffn_norm.weight", s.d, 0.8f, 1.2f);
+    mat(p + "attn_q.weight", s.d, qd);
+    mat(p + "attn_k.weight", s.d, kvd);
+    mat(p + "attn_v.weight", s.d, kvd);
+    mat(p + "attn_output.weight", qd, s.d);
+    mat(p + "ffn_gate.weight", s.d, s.ff);
+    mat(p + "ffn_up.weight", s.d, s.ff);
+    mat(p + "ffn_down.weight", s.ff, s.d);
+    if (a == "qwen2") {
+      vec(p + "attn_q.bias", qd, -0.2f, 0.2f);
+      vec(p + "attn_k.bias", kvd, -0.2f, 0.2f);
+      vec(p + "attn_v.bias", kvd, -0.2f, 0.2f);
+    }
+    if (a == "gemma3") {
+      vec(p + "attn_q_norm.weight", hd, 0.8f, 1.2f);
+      vec(p + "attn_k_norm.weight", hd, 0.8f, 1.2f);
+      vec(p + "post_attention_norm.weight", s.d, 0.8f, 1.2f);
+      vec(p + "post_ffw_norm.weight", s.d, 0.8f, 1.2f);
+    }
+  }
+  const fs::path path = fs::temp_directory_path() / ("dashlm_cuda_test_" + a + "_" + std::to_string(seed) + ".gguf");
+  w.write(path.string());
+  return path.string();
+}
+
+std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = static_cast<int32_t>(3 + rng() % static_cast<uint32_t>(vocab - 3));
+  return t;
+}
+
+struct Run {
+  std::vector<float> last, logits, hidden;
+  HaltingTrace trace;
+};
+
+template <typename E>
+Run run(E& e, const std::vector<int32_t>& toks, const HaltingConfig* hc) {
+  Run r;
+  PrefillOptions po;
+  po.halting = hc;
+  po.trace = &r.trace;
+  po.logits_all = &r.logits;
+  po.hidden_per_layer = &r.hidden;
+  r.last = e.prefill(toks, po);
+  return r;
+}
+
+HaltingConfig topk(KVMode kv) {
+  HaltingConfig hc;
+  hc.policy = "topk";
+  hc.halt_layer = 0.4;
+  hc.keep = 1.0 / 3.0;
+  hc.kv = kv;
+  return hc;
+}
+
+int count_halting_mismatches(const HaltingTrace& a, const HaltingTrace& b) {
+  int m = 0;
+  for (size_t t = 0; t < a.halted_after.size(); ++t) m += a.halted_after[t] != b.halted_after[t];
+  return m;
+}
+
+// Compares both engines on one model: full prefill, then topk halting in both KV modes.
+void compare_engines(const Model& model, const std::vector<int32_t>& toks, double budget) {
+  const auto n = static_cast<int64_t>(toks.size());
+  {
+    Engine cpu(model, n + 8);
+    CudaEngine gpu(model, n + 8);
+    const Run rc = run(cpu, toks, nullptr), rg = run(gpu, toks, nullptr);
+    EXPECT_LT(norm_err(rg.logits, rc.logits), budget) << "full prefill logits";
+    EXPECT_LT(norm_err(rg.hidden, rc.hidden), budget) << "hidden states";
+    EXPECT_LT(norm_err(rg.last, rc.last), budget);
+    // Deltas of the full prefill (every token, every layer).
+    EXPECT_LT(norm_err(rg.trace.delta, rc.trace.delta), budget) << "deltas";
+    EXPECT_DOUBLE_EQ(rg.trace.flops_full, rc.trace.flops_full);
+    // Decoding continues from the cache.
+    const auto dc = cpu.decode(toks[3]), dg = gpu.decode(toks[3]);
+    EXPECT_LT(norm_err(dg, dc), budget) << "decode";
+    EXPECT_EQ(gpu.n_past(), cpu.n_past());
+  }
+  for (KVMode kv : {KVMode::Retain, KVMode::Drop}) {
+    SCOPED_TRACE(kv_mode_name(kv));
+    const HaltingConfig hc = topk(kv);
+    Engine cpu(model, n + 8);
+    CudaEngine gpu(model, n + 8);
+    const Run rc = run(cpu, toks, &hc), rg = run(gpu, toks, &hc);
+    EXPECT_EQ(rg.trace.active_per_layer, rc.trace.active_per_layer);
+    const int mism = count_halting_mismatches(rg.trace, rc.trace);
+    EXPECT_LE(mism, std::max<int64_t>(2, n / 25)) << "tokens halting differently (ties aside)";
+    if (mism == 0) {
+      EXPECT_LT(norm_err(rg.logits, rc.logits), budget) << "halted prefill logits";
+      EXPECT_NEAR(rg.trace.flops_done, rc.trace.flops_done, 1e-9 * rc.trace.flops_done);
+      // The cache of the last layer: retained K/V of halted tokens, or their dropped slots.
+      const int il = model.hp().n_layer - 1;
+      std::vector<float> k, v;
+      std::vector<uint8_t> valid;
+      gpu.read_cache(il, &k, &v, &valid);
+      const auto& ck = cpu.cache().k[static_cast<size_t>(il)];
+      const auto& cv = cpu.cache().v[static_cast<size_t>(il)];
+      const size_t used = static_cast<size_t>(n * model.hp().kv_dim());
+      EXPECT_LT(norm_err(std::vector<float>(k.begin(), k.begin() + static_cast<long>(used)),
+                         std::vector<float>(ck.begin(), ck.begin() + static_cast<long>(used))), budget) << "K cache";
+      EXPECT_LT(norm_err(std::vector<float>(v.begin(), v.begin() + static_cast<long>(used)),
+                         std::vector<float>(cv.begin(), cv.begin() + static_cast<long>(used))), budget) << "V cache";
+      EXPECT_EQ(valid, cpu.cache().valid[static_cast<size_t>(il)]);
+    }
+  }
+}
+
+}  // namespace
+
+TEST(CudaEngine, Stories260KMatchesCpu) {
+  DASHLM_REQUIRE_CUDA();
+  const std::string dir = stories_dir();
+  if (!fs::exists(dir + "stories260K.bin")) GTEST_SKIP() << "stories260K not found in " << dir << " (set DASHLM_TEST_MODELS)";
+  auto model = Model::load(dir + "stories260K.bin", dir + "tok512.bin");
+  const std::string text =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+      "friends. One day, she saw a big red ball under a tree and ran to get it, but a dog got there first.";
+  const auto toks = model->tokenizer().encode(text, true, false);
+  // float32 weights rounded to bf16 on the device: a looser budget than the bf16-exact models.
+  compare_engines(*model, toks, 5e-2);
+}
+
+TEST(CudaEngine, RandomLlamaMatchesCpu) {
+  DASHLM_REQUIRE_CUDA();
+  Shape s;
+  s.arch = "llama";  // hd 64, GQA 2
+  auto model = Model::load(write_random_model(s, 100));
+  compare_engines(*model, random_tokens(150, s.vocab, 1), 2e-2);
+}
+
+TEST(CudaEngine, RandomQwen2MatchesCpu) {
+  DASHLM_REQUIRE_CUDA();
+  Shape s;
+  s.arch = "qwen2";  // QKV bias, NeoX RoPE, hd 64, GQA 4
+  s.heads = 4;
+  s.heads_kv = 1;
+  s.layers = 5;
+  auto model = Model::load(write_random_model(s, 200));
+  compare_engines(*model, random_tokens(203, s.vocab, 2), 2e-2);
+}
+
+TEST(CudaEngine, RandomGemma3MatchesCpu) {
+  DASHLM_REQUIRE_CUDA();
+  Shape s;
+  s.arch = "gemma3";  // hd 128, sliding window 24 on 5 of 6 layers, QK-norm, sandwich norms, GeGLU, tied
+  s.heads = 2;
+  s.heads_kv = 1;
+  s.layers = 7;
+  s.window = 24;
+  s.tied = true;
+  auto model = Model::load(write_random_model(s, 300));
+  compare_engines(*model, random_tokens(130, s.vocab, 3), 2e-2);
+}
+
+TEST(CudaEngine, RandomWeightsOnDeviceRun) {
+  DASHLM_REQUIRE_CUDA();
+  HParams hp;
+  hp.arch = Arch::Qwen2;
+  hp.n_vocab = 1000;
+  hp.n_embd = 512;
+  hp.n_layer = 3;
+  hp.n_head = 8;
+  hp.n_head_kv = 2;
+  hp.head_dim = 64;
+  hp.n_ff = 1024;
+  hp.rope_base = 1e6f;
+  hp.rope_neox = true;
+  hp.attn_scale = 0.125f;
+  CudaEngine e(hp, 600, 7);
+  const auto toks = random_tokens(500, hp.n_vocab, 4);
+  HaltingConfig hc = topk(KVMode::Drop);
+  HaltingTrace tr;
+  PrefillOptions po;
+  po.halting = &hc;
+  po.trace = &tr;
+  ForwardStats st;
+  const auto logits = e.prefill(toks, po, &st);
+  ASSERT_EQ(static_cast<int64_t>(logits.size()), hp.n_vocab);
+  for (float x : logits) ASSERT_TRUE(std::isfinite(x));
+  EXPECT_LT(tr.active_per_layer.back(), 500);
+  EXPECT_GT(st.total_ms, 0);
+  const auto next = e.decode(5);
+  for (float x : next) ASSERT_TRUE(std::isfinite(x));
+  EXPECT_EQ(e.n_past(), 501);
+  e.reset();
+  EXPECT_EQ(e.n_past(), 0);
+}
