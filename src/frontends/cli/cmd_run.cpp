@@ -35,8 +35,8 @@ struct RunOptions {
   bool chat = false;
   bool ignore_eos = false;
   bool quiet = false;
-  HaltingConfig halting;
-  std::string kv_mode = "retain", delta_signal = "abs", halting_map, dump_deltas;
+  HaltingFlags halting;
+  std::string halting_map, dump_deltas;
   size_t given_sources = 0;  // how many of -p, -f, --prompt-ids were given (an empty -p counts)
 };
 
@@ -134,11 +134,7 @@ int run(const RunOptions& o) {
     fmt::print(stderr, "warning: only {} new tokens fit the context of {}\n", n_predict, ctx_limit);
   }
 
-  HaltingConfig hc = o.halting;
-  hc.seed = o.seed;
-  hc.kv = parse_kv_mode(o.kv_mode);
-  hc.signal = parse_delta_signal(o.delta_signal);
-  hc.validate(hp.n_layer);
+  const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed);
   if (!hc.enabled() && !o.halting_map.empty()) fail("--halting-map needs a --halting policy");
 
   Engine engine(*model, n_prompt + n_predict);
@@ -268,17 +264,7 @@ void add_run_command(CLI::App& app, Action& action) {
   c->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
   c->add_option("--json", o->json_path, "Write a JSON summary to this file");
   c->add_option("--save-logits", o->logits_path, "Write the logits of every prompt position (float32, tokens x vocab)");
-  c->add_option("--halting", o->halting.policy, "Halting policy: none, topk, threshold, random, attn")->capture_default_str();
-  c->add_option("--halt-layer", o->halting.halt_layer, "topk/random/attn: decision layer, an index or a fraction of depth")->capture_default_str();
-  c->add_option("--keep", o->halting.keep, "topk/random/attn: fraction of document tokens kept active")->capture_default_str();
-  c->add_option("--min-layer", o->halting.min_layer, "threshold: first layer whose delta counts")->capture_default_str();
-  c->add_option("--tau", o->halting.tau, "threshold: halt when the delta stays below this");
-  c->add_option("--patience", o->halting.patience, "threshold: for this many consecutive layers");
-  c->add_option("--attn-queries", o->halting.attn_queries, "attn: last tokens whose attention ranks the document")->capture_default_str();
-  c->add_option("--kv", o->kv_mode, "Keys/values of halted tokens: retain or drop")->capture_default_str();
-  c->add_option("--delta", o->delta_signal, "Halting signal: abs (||U||), rel (||U||/||h||), block (1-cos)")->capture_default_str();
-  c->add_option("--protect-first", o->halting.protect_first, "First tokens that never halt (attention sinks)")->capture_default_str();
-  c->add_option("--protect-last", o->halting.protect_last, "Last document tokens that never halt (>= 1)")->capture_default_str();
+  add_halting_flags(c, o->halting);
   c->add_option("--halting-map", o->halting_map, "Draw where tokens halted and their deltas (.png or .svg)");
   c->add_option("--dump-deltas", o->dump_deltas, "Write the deltas, tokens x layers (.npy float32, or .csv)");
   c->add_flag("-q,--quiet", o->quiet, "No summary or progress on stderr");

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <memory>
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include "backends/error.h"
@@ -26,6 +27,30 @@ DeltaSignal parse_delta_signal(const std::string& s) {
   if (s == "rel") return DeltaSignal::Rel;
   if (s == "block") return DeltaSignal::Block;
   fail("--delta must be abs, rel or block, got '{}'", s);
+}
+
+void add_halting_flags(CLI::App* c, HaltingFlags& f) {
+  HaltingConfig& h = f.cfg;
+  c->add_option("--halting", h.policy, "Halting policy: none, topk, threshold, random, attn")->capture_default_str();
+  c->add_option("--halt-layer", h.halt_layer, "topk/random/attn: decision layer, an index or a fraction of depth")->capture_default_str();
+  c->add_option("--keep", h.keep, "topk/random/attn: fraction of document tokens kept active")->capture_default_str();
+  c->add_option("--min-layer", h.min_layer, "threshold: first layer whose delta counts")->capture_default_str();
+  c->add_option("--tau", h.tau, "threshold: halt when the delta stays below this");
+  c->add_option("--patience", h.patience, "threshold: for this many consecutive layers");
+  c->add_option("--attn-queries", h.attn_queries, "attn: last tokens whose attention ranks the document")->capture_default_str();
+  c->add_option("--kv", f.kv, "Keys/values of halted tokens: retain or drop")->capture_default_str();
+  c->add_option("--delta", f.delta, "Halting signal: abs (||U||), rel (||U||/||h||), block (1-cos)")->capture_default_str();
+  c->add_option("--protect-first", h.protect_first, "First tokens that never halt (attention sinks)")->capture_default_str();
+  c->add_option("--protect-last", h.protect_last, "Last document tokens that never halt (>= 1)")->capture_default_str();
+}
+
+HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed) {
+  HaltingConfig hc = f.cfg;
+  hc.seed = seed;
+  hc.kv = parse_kv_mode(f.kv);
+  hc.signal = parse_delta_signal(f.delta);
+  hc.validate(n_layer);
+  return hc;
 }
 
 nlohmann::json halting_json(const HaltingConfig& hc, int n_layer, const HaltingTrace& tr, const std::vector<double>& layer_ms) {

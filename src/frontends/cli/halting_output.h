@@ -9,7 +9,20 @@
 #include "runtime/engine.h"
 #include "runtime/halting.h"
 
+namespace CLI {
+class App;
+}
+
 namespace dashlm::cli {
+
+// The halting flags shared by run and bench.
+struct HaltingFlags {
+  HaltingConfig cfg;
+  std::string kv = "retain", delta = "abs";
+};
+void add_halting_flags(CLI::App* c, HaltingFlags& f);
+// The validated configuration for a model of n_layer layers (seed: for the random policy).
+HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed);
 
 KVMode parse_kv_mode(const std::string& s);
 DeltaSignal parse_delta_signal(const std::string& s);

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   dashlm::cli::add_run_command(app, action);
   dashlm::cli::add_inspect_command(app, action);
   dashlm::cli::add_tokenize_command(app, action);
+  dashlm::cli::add_bench_command(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,239 @@
+// dashlm bench: prompt-processing and generation speed in the style of llama-bench, with DASH
+// rows measured side by side with full prefill (alternating repetitions).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "backends/error.h"
+#include "frontends/cli/commands.h"
+#include "frontends/cli/common.h"
+#include "frontends/cli/halting_output.h"
+#include "runtime/engine.h"
+
+namespace dashlm::cli {
+
+namespace {
+
+struct BenchOptions {
+  std::string model, tokenizer, prompts = "512", text_file, output = "md";
+  int n_gen = 0;
+  int reps = 3;
+  int threads = 0;
+  uint64_t seed = 0;
+  HaltingFlags halting;
+};
+
+struct Row {
+  Row(std::string t, int64_t n) : test(std::move(t)), n_tokens(n) {}
+  std::string test;
+  int64_t n_tokens = 0;
+  std::vector<double> ms;  // per repetition
+  double flop_speedup = 1.0;
+  double speedup = 0;      // DASH rows: median full time / median DASH time
+  double peak_rss_mib = 0;
+  double mean_tps() const {
+    double s = 0;
+    for (double m : ms) s += static_cast<double>(n_tokens) * 1000.0 / m;
+    return s / static_cast<double>(ms.size());
+  }
+  double std_tps() const {
+    const double mu = mean_tps();
+    double s = 0;
+    for (double m : ms) s += std::pow(static_cast<double>(n_tokens) * 1000.0 / m - mu, 2);
+    return ms.size() > 1 ? std::sqrt(s / static_cast<double>(ms.size() - 1)) : 0.0;
+  }
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+double peak_rss_mib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+std::vector<int64_t> parse_lengths(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    int64_t mult = 1;
+    if (item.back() == 'k' || item.back() == 'K') {
+      mult = 1024;
+      item.pop_back();
+    }
+    char* end = nullptr;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (*end != '\0' || v <= 0) fail("-p: '{}' is not a positive token count", item);
+    out.push_back(v * mult);
+  }
+  if (out.empty()) fail("-p needs at least one prompt length");
+  return out;
+}
+
+// n prompt tokens: the text's tokens repeated, or seeded random ordinary tokens.
+std::vector<int32_t> bench_tokens(const Model& model, const std::vector<int32_t>& text_ids, int64_t n, uint64_t seed) {
+  const Tokenizer& tok = model.tokenizer();
+  std::vector<int32_t> ids;
+  ids.reserve(static_cast<size_t>(n));
+  if (tok.bos() >= 0 && tok.add_bos_default()) ids.push_back(tok.bos());
+  if (!text_ids.empty()) {
+    while (static_cast<int64_t>(ids.size()) < n) ids.push_back(text_ids[ids.size() % text_ids.size()]);
+  } else {
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<int32_t> pick(0, tok.n_vocab() - 1);
+    while (static_cast<int64_t>(ids.size()) < n) {
+      const int32_t id = pick(rng);
+      if (tok.token_type(id) == TokenType::NORMAL) ids.push_back(id);
+    }
+  }
+  return ids;
+}
+
+int bench(const BenchOptions& o) {
+  if (o.reps < 1) fail("-r must be >= 1");
+  if (o.n_gen < 0) fail("-n must be >= 0");
+  if (o.output != "md" && o.output != "json" && o.output != "csv") fail("-o must be md, json or csv");
+  const std::vector<int64_t> lengths = parse_lengths(o.prompts);
+  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  cpu::set_num_threads(threads);
+  auto model = Model::load(o.model, o.tokenizer);
+  const HParams& hp = model->hp();
+  const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed);
+  for (int64_t n : lengths) {
+    if (n > hp.n_ctx_train) fail("-p {} is longer than the model's context of {} tokens", n, hp.n_ctx_train);
+  }
+  std::vector<int32_t> text_ids;
+  if (!o.text_file.empty()) {
+    text_ids = model->tokenizer().encode(read_text_file(o.text_file), false, false);
+    if (text_ids.empty()) fail("{} has no tokens", o.text_file);
+  }
+  const bool tty = stderr_is_tty();
+  using Clock = std::chrono::steady_clock;
+  auto timed_prefill = [&](const std::vector<int32_t>& ids, const HaltingConfig* h, HaltingTrace* tr) {
+    Engine e(*model, static_cast<int64_t>(ids.size()));
+    PrefillOptions po;
+    po.halting = h;
+    po.trace = tr;
+    const auto t0 = Clock::now();
+    e.prefill(ids, po);
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  };
+  {  // Warm-up: first-touch of the weights, thread start-up.
+    auto ids = bench_tokens(*model, text_ids, std::min<int64_t>(64, lengths.front()), o.seed);
+    timed_prefill(ids, nullptr, nullptr);
+  }
+
+  std::vector<Row> rows;
+  for (int64_t n : lengths) {
+    const auto ids = bench_tokens(*model, text_ids, n, o.seed);
+    Row full(fmt::format("pp{}", n), n);
+    Row dash(fmt::format("pp{}+dash({})", n, hc.describe(hp.n_layer)), n);
+    for (int r = 0; r < o.reps; ++r) {
+      if (tty) fmt::print(stderr, "\rpp{} rep {}/{}   ", n, r + 1, o.reps);
+      full.ms.push_back(timed_prefill(ids, nullptr, nullptr));
+      if (hc.enabled()) {
+        HaltingTrace tr;
+        dash.ms.push_back(timed_prefill(ids, &hc, &tr));
+        dash.flop_speedup = tr.flops_done > 0 ? tr.flops_full / tr.flops_done : 1.0;
+      }
+    }
+    full.peak_rss_mib = peak_rss_mib();
+    rows.push_back(full);
+    if (hc.enabled()) {
+      dash.speedup = median(full.ms) / median(dash.ms);
+      dash.peak_rss_mib = peak_rss_mib();
+      rows.push_back(dash);
+    }
+  }
+  if (o.n_gen > 0) {
+    Row tg(fmt::format("tg{}", o.n_gen), o.n_gen);
+    for (int r = 0; r < o.reps; ++r) {
+      if (tty) fmt::print(stderr, "\rtg{} rep {}/{}   ", o.n_gen, r + 1, o.reps);
+      Engine e(*model, o.n_gen + 1);
+      const auto first = bench_tokens(*model, text_ids, 1, o.seed);
+      std::vector<float> l = e.prefill(first);
+      const auto t0 = Clock::now();
+      int32_t id = first[0];
+      for (int i = 0; i < o.n_gen; ++i) {
+        l = e.decode(id);
+        id = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+      }
+      tg.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+    tg.peak_rss_mib = peak_rss_mib();
+    rows.push_back(tg);
+  }
+  if (tty) fmt::print(stderr, "\r{:<40}\r", "");
+
+  const double size_mib = [&] {
+    double b = 0;
+    for (const TensorInfo& t : model->file().tensors) b += static_cast<double>(t.nbytes);
+    return b / (1024.0 * 1024.0);
+  }();
+  if (o.output == "json") {
+    nlohmann::json arr = nlohmann::json::array();
+    for (const Row& r : rows) {
+      nlohmann::json j{{"model", model->name()}, {"arch", hp.arch_str}, {"size_mib", size_mib}, {"threads", threads},
+                       {"test", r.test}, {"n_tokens", r.n_tokens}, {"reps", r.ms.size()}, {"ms", r.ms},
+                       {"avg_ts", r.mean_tps()}, {"stddev_ts", r.std_tps()}, {"peak_rss_mib", r.peak_rss_mib}};
+      if (r.test.find("dash") != std::string::npos) {
+        j["speedup"] = r.speedup;
+        j["flop_speedup"] = r.flop_speedup;
+      }
+      arr.push_back(j);
+    }
+    fmt::print("{}\n", arr.dump(2));
+  } else if (o.output == "csv") {
+    fmt::print("model,arch,size_mib,threads,test,n_tokens,avg_ts,stddev_ts,speedup,flop_speedup,peak_rss_mib\n");
+    for (const Row& r : rows) {
+      fmt::print("\"{}\",{},{:.2f},{},{},{},{:.3f},{:.3f},{:.4f},{:.4f},{:.1f}\n", model->name(), hp.arch_str, size_mib, threads,
+                 r.test, r.n_tokens, r.mean_tps(), r.std_tps(), r.speedup, r.flop_speedup, r.peak_rss_mib);
+    }
+  } else {
+    fmt::print("| model | size | threads | test | t/s | speedup | FLOP speedup | peak RSS |\n");
+    fmt::print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n");
+    for (const Row& r : rows) {
+      const bool d = r.test.find("dash") != std::string::npos;
+      fmt::print("| {} | {:.1f} MiB | {} | {} | {:.2f} ± {:.2f} | {} | {} | {:.0f} MiB |\n", model->name(), size_mib, threads, r.test,
+                 r.mean_tps(), r.std_tps(), d ? fmt::format("{:.2f}x", r.speedup) : "", d ? fmt::format("{:.2f}x", r.flop_speedup) : "",
+                 r.peak_rss_mib);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, Action& action) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* c = app.add_subcommand("bench", "Measure prompt processing (ppN) and generation (tgN) speed");
+  c->add_option("-m,--model", o->model, "Model file")->required();
+  c->add_option("--tokenizer", o->tokenizer, "Tokenizer file (for llama2.c checkpoints)");
+  c->add_option("-p,--prompt-lengths", o->prompts, "Prompt lengths, comma-separated (k = 1024)")->capture_default_str();
+  c->add_option("-n,--n-gen", o->n_gen, "Generated tokens for a tgN row (0: none)")->capture_default_str();
+  c->add_option("-r,--reps", o->reps, "Repetitions of each test")->capture_default_str();
+  c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  c->add_option("-f,--file", o->text_file, "Take prompt tokens from this text (repeated); default: seeded random tokens");
+  c->add_option("--seed", o->seed, "Seed for random tokens and the random policy")->capture_default_str();
+  c->add_option("-o,--output", o->output, "Output format: md, json or csv")->capture_default_str();
+  add_halting_flags(c, o->halting);
+  c->callback([o, &action] { action = [o] { return bench(*o); }; });
+}
+
+}  // namespace dashlm::cli
