@@ -72,15 +72,17 @@ std::vector<int64_t> parse_lengths(const std::string& s) {
   std::string item;
   while (std::getline(ss, item, ',')) {
     if (item.empty()) continue;
-    int64_t mult = 1;
-    if (item.back() == 'k' || item.back() == 'K') {
+    double mult = 1;
+    std::string num = item;
+    if (num.back() == 'k' || num.back() == 'K') {
       mult = 1024;
-      item.pop_back();
+      num.pop_back();
     }
     char* end = nullptr;
-    const long long v = std::strtoll(item.c_str(), &end, 10);
-    if (*end != '\0' || v <= 0) fail("-p: '{}' is not a positive token count", item);
-    out.push_back(v * mult);
+    const double v = std::strtod(num.c_str(), &end);
+    const auto n = static_cast<int64_t>(std::llround(v * mult));
+    if (num.empty() || *end != '\0' || !(v > 0) || n <= 0 || n > (int64_t{1} << 30)) fail("-p: '{}' is not a positive token count", item);
+    out.push_back(n);
   }
   if (out.empty()) fail("-p needs at least one prompt length");
   return out;
