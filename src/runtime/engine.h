@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "runtime/engine_iface.h"
 #include "runtime/halting.h"
 
 namespace dashlm {
@@ -56,19 +57,19 @@ struct PrefillOptions {
   std::vector<float>* hidden_per_layer = nullptr;
 };
 
-class Engine {
+class Engine final : public InferenceEngine {
  public:
   // n_ctx: KV cache size in tokens (prompt plus generated tokens).
   Engine(const Model& model, int64_t n_ctx);
 
   // Runs `tokens` at positions n_past() .. n_past()+T-1 through every layer, appends their keys
   // and values to the cache, and returns the logits of the last token.
-  std::vector<float> prefill(std::span<const int32_t> tokens, const PrefillOptions& opt = {}, ForwardStats* stats = nullptr);
+  std::vector<float> prefill(std::span<const int32_t> tokens, const PrefillOptions& opt = {}, ForwardStats* stats = nullptr) override;
   // One token at position n_past(): returns its logits.
-  std::vector<float> decode(int32_t token) { return prefill(std::span<const int32_t>(&token, 1)); }
+  std::vector<float> decode(int32_t token) override { return prefill(std::span<const int32_t>(&token, 1)); }
 
-  int64_t n_past() const { return n_past_; }
-  int64_t n_ctx() const { return cache_.n_ctx; }
+  int64_t n_past() const override { return n_past_; }
+  int64_t n_ctx() const override { return cache_.n_ctx; }
   const KVCache& cache() const { return cache_; }
   const Model& model() const { return model_; }
 

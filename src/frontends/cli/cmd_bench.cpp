@@ -20,13 +20,14 @@
 #include "frontends/cli/common.h"
 #include "frontends/cli/halting_output.h"
 #include "runtime/engine.h"
+#include "runtime/engine_factory.h"
 
 namespace dashlm::cli {
 
 namespace {
 
 struct BenchOptions {
-  std::string model, tokenizer, prompts = "512", text_file, output = "md";
+  std::string model, tokenizer, prompts = "512", text_file, output = "md", backend = "cpu";
   int n_gen = 0;
   int reps = 3;
   int threads = 0;
@@ -128,12 +129,12 @@ int bench(const BenchOptions& o) {
   const bool tty = stderr_is_tty();
   using Clock = std::chrono::steady_clock;
   auto timed_prefill = [&](const std::vector<int32_t>& ids, const HaltingConfig* h, HaltingTrace* tr) {
-    Engine e(*model, static_cast<int64_t>(ids.size()));
+    auto e = make_engine(*model, static_cast<int64_t>(ids.size()), o.backend);
     PrefillOptions po;
     po.halting = h;
     po.trace = tr;
     const auto t0 = Clock::now();
-    e.prefill(ids, po);
+    e->prefill(ids, po, nullptr);
     return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   };
   {  // Warm-up: first-touch of the weights, thread start-up.
@@ -167,13 +168,13 @@ int bench(const BenchOptions& o) {
     Row tg(fmt::format("tg{}", o.n_gen), o.n_gen);
     for (int r = 0; r < o.reps; ++r) {
       if (tty) fmt::print(stderr, "\rtg{} rep {}/{}   ", o.n_gen, r + 1, o.reps);
-      Engine e(*model, o.n_gen + 1);
+      auto e = make_engine(*model, o.n_gen + 1, o.backend);
       const auto first = bench_tokens(*model, text_ids, 1, o.seed);
-      std::vector<float> l = e.prefill(first);
+      std::vector<float> l = e->prefill(first, {}, nullptr);
       const auto t0 = Clock::now();
       int32_t id = first[0];
       for (int i = 0; i < o.n_gen; ++i) {
-        l = e.decode(id);
+        l = e->decode(id);
         id = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
       }
       tg.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
@@ -191,7 +192,7 @@ int bench(const BenchOptions& o) {
   if (o.output == "json") {
     nlohmann::json arr = nlohmann::json::array();
     for (const Row& r : rows) {
-      nlohmann::json j{{"model", model->name()}, {"arch", hp.arch_str}, {"size_mib", size_mib}, {"threads", threads},
+      nlohmann::json j{{"model", model->name()}, {"arch", hp.arch_str}, {"backend", o.backend}, {"size_mib", size_mib}, {"threads", threads},
                        {"test", r.test}, {"n_tokens", r.n_tokens}, {"reps", r.ms.size()}, {"ms", r.ms},
                        {"avg_ts", r.mean_tps()}, {"stddev_ts", r.std_tps()}, {"peak_rss_mib", r.peak_rss_mib}};
       if (r.test.find("dash") != std::string::npos) {
@@ -234,6 +235,7 @@ void add_bench_command(CLI::App& app, Action& action) {
   c->add_option("-f,--file", o->text_file, "Take prompt tokens from this text (repeated); default: seeded random tokens");
   c->add_option("--seed", o->seed, "Seed for random tokens and the random policy")->capture_default_str();
   c->add_option("-o,--output", o->output, "Output format: md, json or csv")->capture_default_str();
+  c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   add_halting_flags(c, o->halting);
   c->callback([o, &action] { action = [o] { return bench(*o); }; });
 }

@@ -17,6 +17,7 @@
 #include "frontends/cli/halting_output.h"
 #include "model/chat.h"
 #include "runtime/engine.h"
+#include "runtime/engine_factory.h"
 #include "runtime/sampler.h"
 
 namespace dashlm::cli {
@@ -36,7 +37,7 @@ struct RunOptions {
   bool ignore_eos = false;
   bool quiet = false;
   HaltingFlags halting;
-  std::string halting_map, dump_deltas;
+  std::string halting_map, dump_deltas, backend = "cpu";
   size_t given_sources = 0;  // how many of -p, -f, --prompt-ids were given (an empty -p counts)
 };
 
@@ -137,7 +138,8 @@ int run(const RunOptions& o) {
   const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed);
   if (!hc.enabled() && !o.halting_map.empty()) fail("--halting-map needs a --halting policy");
 
-  Engine engine(*model, n_prompt + n_predict);
+  auto engine_ptr = make_engine(*model, n_prompt + n_predict, o.backend);
+  InferenceEngine& engine = *engine_ptr;
   const bool show_progress = !o.quiet && stderr_is_tty() && n_prompt >= 256;
   ForwardStats pst, qst;
   HaltingTrace trace;
@@ -219,6 +221,7 @@ int run(const RunOptions& o) {
     j["arch"] = hp.arch_str;
     j["n_layers"] = hp.n_layer;
     j["n_ctx"] = engine.n_ctx();
+    j["backend"] = o.backend;
     j["threads"] = threads;
     j["n_prompt_tokens"] = n_prompt;
     j["n_document_tokens"] = pt.document.size();
@@ -264,6 +267,7 @@ void add_run_command(CLI::App& app, Action& action) {
   c->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
   c->add_option("--json", o->json_path, "Write a JSON summary to this file");
   c->add_option("--save-logits", o->logits_path, "Write the logits of every prompt position (float32, tokens x vocab)");
+  c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   add_halting_flags(c, o->halting);
   c->add_option("--halting-map", o->halting_map, "Draw where tokens halted and their deltas (.png or .svg)");
   c->add_option("--dump-deltas", o->dump_deltas, "Write the deltas, tokens x layers (.npy float32, or .csv)");
