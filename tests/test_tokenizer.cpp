@@ -535,6 +535,9 @@ TEST(TokenizerReal, SmolLM2) {
   EXPECT_EQ(tok->pre_name(), "smollm");
   EXPECT_FALSE(tok->add_bos_default());
   EXPECT_TRUE(tok->is_end_of_generation(tok->find_token("<|im_end|>")));
+  const auto file = open_model_file((fs::path(DASHLM_SOURCE_DIR) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").string());
+  EXPECT_EQ(chat_format_of(file->meta), ChatFormat::ChatML);
+  EXPECT_EQ(chat_default_system_prompt(file->meta), "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
   check_against_llama_cpp(*tok, "SmolLM2-135M-Instruct.Q4_1.json");
 }
 
@@ -561,7 +564,23 @@ TEST(TokenizerReal, Gemma3) {
   EXPECT_FALSE(tok->add_space_prefix());
   EXPECT_EQ(tok->bos(), 2);
   EXPECT_TRUE(tok->is_end_of_generation(tok->find_token("<end_of_turn>")));
+  const auto file = open_model_file((fs::path(DASHLM_SOURCE_DIR) / "models" / "gemma-3-270m-q4_k_m.gguf").string());
+  EXPECT_EQ(chat_format_of(file->meta), ChatFormat::Gemma);
   check_against_llama_cpp(*tok, "gemma-3-270m-q4_k_m.json");
+}
+
+TEST(TokenizerReal, Qwen25) {
+  const fs::path p = fs::path(DASHLM_SOURCE_DIR) / "models" / "qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf";
+  if (!fs::exists(p)) GTEST_SKIP() << "models/qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf not present";
+  auto file = open_model_file(p.string());
+  auto tok = Tokenizer::from_metadata(file->meta);
+  EXPECT_EQ(tok->pre_name(), "qwen2");
+  EXPECT_FALSE(tok->add_bos_default());
+  EXPECT_TRUE(tok->is_end_of_generation(tok->find_token("<|im_end|>")));
+  EXPECT_TRUE(tok->is_end_of_generation(tok->find_token("<|endoftext|>")));
+  EXPECT_EQ(chat_format_of(file->meta), ChatFormat::ChatML);
+  EXPECT_EQ(chat_default_system_prompt(file->meta), "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+  check_against_llama_cpp(*tok, "qwen2.5-coder-0.5b-instruct-awq-q4_k_m.json");
 }
 
 TEST(TokenizerReal, LongPromptIsFast) {
@@ -570,7 +589,8 @@ TEST(TokenizerReal, LongPromptIsFast) {
                      read_file(k_texts / "unicode_mix.txt");
   std::string text;
   while (text.size() < 450000) text += page;
-  for (const char* name : {"SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf"}) {
+  for (const char* name :
+       {"SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf", "qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf"}) {
     auto tok = gguf_tokenizer(name);
     if (!tok) continue;
     const auto t0 = std::chrono::steady_clock::now();

@@ -108,6 +108,9 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer(const Metadata& meta);
 class TokenStream {
  public:
   explicit TokenStream(const Tokenizer& tok) : tok_(tok) {}
+  // Streams a continuation of a prompt that ended with `last_prompt_token`: the space prefix is
+  // then dropped only after BOS, never from a word that continues text.
+  TokenStream(const Tokenizer& tok, int32_t last_prompt_token) : tok_(tok), prev_(last_prompt_token), first_(false) {}
   std::string push(int32_t id);
   std::string flush();
 

@@ -61,7 +61,7 @@ PromptTokens tokenize_prompt(const Model& model, const std::string& text, const 
     if (f == ChatFormat::None) fail("--chat: the model has no chat template that dashlm knows");
     // Split the formatted turn around a marker to get the text before and after the message.
     const std::string marker = "\x01";
-    const std::string turn = chat_format_user_turn(f, marker);
+    const std::string turn = chat_format_user_turn(f, marker, chat_default_system_prompt(model.file().meta));
     const size_t at = turn.find(marker);
     before = turn.substr(0, at);
     after = turn.substr(at + marker.size());
@@ -174,7 +174,7 @@ int run(const RunOptions& o) {
   // Decode.
   SamplerParams sp{o.temperature, o.top_k, o.top_p, o.seed};
   Sampler sampler(sp);
-  TokenStream stream(tok);
+  TokenStream stream(tok, prompt.back());
   std::vector<int32_t> generated;
   std::string generated_text;
   std::string stop_reason = "length";
