@@ -1,12 +1,15 @@
 // GEMM throughput: our kernels at each instruction-set level against OpenBLAS's cblas_sgemm, on
 // the shapes of the models' prefill (x W^T) and of the attention (Q K^T and P V per head).
 //
-// Names: <layout>/M<m>/N<n>/K<k>/<impl>/t<threads>, impl = scalar | avx2 | avx512 | blas.
+// Names: <layout>/M<m>/N<n>/K<k>/<impl>/t<threads>, impl = scalar | avx2 | avx512 | blas, and for
+// the attention's Q K^T also <level>-packed: B packed once beforehand (GemmPackedB, not timed).
 // The GFLOPS counter is 2 m n k per second: per second of the thread's CPU time with one thread
 // (steadier than wall time on a busy machine: it measures what a core does), per second of wall
-// time with more threads. OpenBLAS picks its kernel when it loads, so compare
-// its kernels by running the binary twice, e.g. with OPENBLAS_CORETYPE=SKYLAKEX; the label of the
-// blas rows says which one ran. Extra flags of ours (before the Google Benchmark ones):
+// time with more threads. On a shared machine, compare rows of one run, interleaved:
+//   --benchmark_repetitions=3 --benchmark_enable_random_interleaving=true
+// OpenBLAS picks its kernel when it loads: run the binary once as is (on CPUs its build does not
+// know, its generic kernel) and once with e.g. OPENBLAS_CORETYPE=SKYLAKEX; the label of the blas
+// rows says which kernel ran. Extra flags of ours (before the Google Benchmark ones):
 //   --threads=N    thread counts to run, comma-separated (default 1 and cpu::num_threads())
 #include <benchmark/benchmark.h>
 #include <cblas.h>
@@ -25,6 +28,8 @@ extern "C" char* openblas_get_corename(void);
 using namespace dashlm::cpu;
 
 namespace {
+
+constexpr int kPacked = 10;  // impl codes: level, kPacked + level (B packed beforehand), -1 (the BLAS)
 
 struct Shape {
   const char* layout;  // "nt": B is [n x k] (weights, Q K^T); "nn": B is [k x n] (P V)
@@ -56,6 +61,22 @@ void run(benchmark::State& state, Shape s, int impl, int threads) {
       benchmark::ClobberMemory();
     }
     state.SetLabel(std::string("openblas ") + openblas_get_corename());
+  } else if (impl >= kPacked) {  // B packed once beforehand (GemmPackedB), as the attention can do
+    const GemmLevel saved = gemm_level();
+    gemm_set_level(static_cast<GemmLevel>(impl - kPacked));
+    GemmPackedB packed;
+    if (nt) {
+      packed.pack_nt(s.n, s.k, b.data(), ldb, threads);
+    } else {
+      packed.pack_nn(s.n, s.k, b.data(), ldb, threads);
+    }
+    for (auto _ : state) {
+      gemm_packed(s.m, a.data(), lda, packed, 0, s.n, c.data(), s.n, false, 1.f, threads);
+      benchmark::DoNotOptimize(c.data());
+      benchmark::ClobberMemory();
+    }
+    state.SetLabel(std::string(gemm_kernel_name()) + " packed B");
+    gemm_set_level(saved);
   } else {
     const GemmLevel saved = gemm_level();
     gemm_set_level(static_cast<GemmLevel>(impl));
@@ -82,6 +103,11 @@ std::vector<Shape> shapes() {
                            {256, 640},  {2048, 640}, {640, 2048}, {640, 1024}};
   for (int64_t m : {512, 2048, 8192}) {
     for (const auto& p : nk) out.push_back({"nt", m, p[0], p[1], 0, 0});
+  }
+  // Decode-sized: a token or a few against a weight matrix (the dot-product path).
+  for (int64_t m : {1, 4}) {
+    out.push_back({"nt", m, 576, 576, 0, 0});
+    out.push_back({"nt", m, 2048, 640, 0, 0});
   }
   // Attention per head, 32 or 64 queries: S = Q K^T (nt) and O = P V (nn). Rows of Q are strided
   // by all query heads, rows of K and V by all key/value heads: SmolLM2-135M has 9 + 3 heads of
@@ -126,11 +152,13 @@ int main(int argc, char** argv) {
   impls.push_back(-1);  // the BLAS
   for (const Shape& s : shapes()) {
     for (int t : thread_counts) {
-      for (int impl : impls) {
+      std::vector<int> these = impls;
+      if (s.m <= 64 && std::strcmp(s.layout, "nt") == 0) these.push_back(kPacked + static_cast<int>(gemm_max_level()));
+      for (int impl : these) {
+        std::string impl_name = impl < 0 ? "blas" : gemm_level_name(static_cast<GemmLevel>(impl % kPacked));
+        if (impl >= kPacked) impl_name += "-packed";
         const std::string name = std::string(s.layout) + "/M" + std::to_string(s.m) + "/N" + std::to_string(s.n) + "/K" +
-                                 std::to_string(s.k) + "/" +
-                                 (impl < 0 ? "blas" : gemm_level_name(static_cast<GemmLevel>(impl))) + "/t" +
-                                 std::to_string(t);
+                                 std::to_string(s.k) + "/" + impl_name + "/t" + std::to_string(t);
         auto* b = benchmark::RegisterBenchmark(name.c_str(), run, s, impl, t)->Unit(benchmark::kMillisecond);
         if (t > 1) b->UseRealTime();
       }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <utility>
 #include <random>
 #include <string>
 #include <vector>
@@ -150,6 +151,7 @@ TEST(Gemm, LargerSizesAllLevels) {
       {257, 257, 257, true, false},  {400, 70, 600, true, true, 0.125f},
       {64, 1000, 128, true, false, 0.088f}, {64, 128, 1000, false, false},  // attention shapes
       {1, 1000, 700, true, false},   {1000, 1, 700, false, true},   {513, 48, 33, true, false, -2.f},
+      {8, 100, 300, true, true, 0.5f}, {9, 100, 300, true, true},   {5, 7, 1, true, false},  // dot-product path
   };
   for (GemmLevel l : runnable_levels()) {
     LevelGuard g(l);
@@ -167,7 +169,8 @@ TEST(Gemm, Threads) {
     uint32_t seed = 2000;
     for (int threads : {0, 2, 3, 4}) {
       for (const Case& base : {Case{500, 300, 700, true, false}, Case{37, 2000, 300, false, true},
-                               Case{40, 96, 5000, true, true}, Case{3000, 20, 64, false, false}}) {
+                               Case{40, 96, 5000, true, true}, Case{3000, 20, 64, false, false},
+                               Case{3, 5000, 200, true, true}, Case{8, 3001, 100, true, false}}) {
         Case c = base;
         c.threads = threads;
         if (!check_case(c, seed++)) return;
@@ -223,6 +226,95 @@ TEST(Gemm, EmptyShapes) {
   for (float v : c) EXPECT_EQ(v, 0.f);
   gemm_nt(0, 3, 4, nullptr, 4, nullptr, 4, nullptr, 3);  // nothing to do, nothing touched
   gemm_nt(3, 0, 4, nullptr, 4, nullptr, 4, nullptr, 3);
+}
+
+// A packed B, multiplied column range by column range (as the attention does with the keys of one
+// head and each block of queries), against the double-precision product.
+TEST(Gemm, PackedB) {
+  struct PackedCase {
+    int64_t m, n, k;
+    bool nt;
+    int threads;
+  };
+  const PackedCase cases[] = {{32, 300, 64, true, 1},   {7, 33, 17, false, 1},  {64, 1000, 256, true, 2},
+                              {33, 100, 1000, false, 1}, {1, 70, 5, true, 0},    {100, 129, 800, true, 3}};
+  for (GemmLevel l : runnable_levels()) {
+    LevelGuard g(l);
+    uint32_t seed = 3000;
+    for (const PackedCase& pc : cases) {
+      std::mt19937 rng(seed++);
+      std::uniform_real_distribution<float> d(-1.f, 1.f);
+      const int64_t lda = pc.k + 1, ldb = (pc.nt ? pc.k : pc.n) + 2;
+      std::vector<float> a(static_cast<size_t>(pc.m * lda)), b(static_cast<size_t>((pc.nt ? pc.n : pc.k) * ldb));
+      for (auto& x : a) x = d(rng);
+      for (auto& x : b) x = d(rng);
+      GemmPackedB packed;
+      if (pc.nt) {
+        packed.pack_nt(pc.n, pc.k, b.data(), ldb, pc.threads);
+      } else {
+        packed.pack_nn(pc.n, pc.k, b.data(), ldb, pc.threads);
+      }
+      ASSERT_EQ(packed.n(), pc.n);
+      ASSERT_EQ(packed.k(), pc.k);
+      const int64_t align = packed.col_align();
+      // Column ranges: all, a middle one, a tail, a one-column one.
+      const int64_t mid = pc.n / 2 / align * align;
+      const int64_t ranges[][2] = {{0, pc.n}, {mid, std::min(pc.n, mid + 2 * align + 3)}, {mid, pc.n}, {0, 1}};
+      for (const auto& r : ranges) {
+        const int64_t j0 = r[0], j1 = r[1], w = j1 - j0, ldc = w + 3;
+        for (bool acc : {false, true}) {
+          std::vector<float> c(static_cast<size_t>(pc.m * ldc), 0.5f), c0 = c;
+          gemm_packed(pc.m, a.data(), lda, packed, j0, j1, c.data(), ldc, acc, 0.75f, pc.threads);
+          for (int64_t i = 0; i < pc.m; ++i) {
+            for (int64_t j = 0; j < ldc; ++j) {
+              const size_t at = static_cast<size_t>(i * ldc + j);
+              if (j >= w) {
+                ASSERT_EQ(c[at], c0[at]) << "padding written";
+                continue;
+              }
+              double ref = 0.0, mag = 0.0;
+              for (int64_t p = 0; p < pc.k; ++p) {
+                const double bv = pc.nt ? b[static_cast<size_t>((j0 + j) * ldb + p)] : b[static_cast<size_t>(p * ldb + j0 + j)];
+                ref += double(a[static_cast<size_t>(i * lda + p)]) * bv;
+                mag += std::fabs(double(a[static_cast<size_t>(i * lda + p)]) * bv);
+              }
+              ref = 0.75 * ref + (acc ? c0[at] : 0.0);
+              const double tol = (pc.k + 2.0) * FLT_EPSILON * (mag + 1.0);
+              ASSERT_NEAR(c[at], ref, tol) << "m=" << pc.m << " n=" << pc.n << " k=" << pc.k << " cols " << j0 << ".."
+                                           << j1 << " at " << i << "," << j << " kernel " << gemm_kernel_name();
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Same numbers as gemm_nt, even when the level changes between packing and use (the packing
+// remembers its kernels).
+TEST(Gemm, PackedBMatchesUnpackedAndKeepsItsLevel) {
+  const int64_t m = 45, n = 200, k = 96;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  std::vector<float> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(n * k));
+  for (auto& x : a) x = d(rng);
+  for (auto& x : b) x = d(rng);
+  std::vector<float> c1(static_cast<size_t>(m * n)), c2(c1.size());
+  GemmPackedB packed;
+  {
+    LevelGuard g(gemm_max_level());
+    gemm_nt(m, n, k, a.data(), k, b.data(), k, c1.data(), n, false, 1.f, 1);
+    packed.pack_nt(n, k, b.data(), k, 1);
+  }
+  LevelGuard g(GemmLevel::scalar);
+  gemm_packed(m, a.data(), k, packed, 0, n, c2.data(), n, false, 1.f, 1);
+  for (size_t i = 0; i < c1.size(); ++i) ASSERT_EQ(c1[i], c2[i]) << "at " << i;
+  // A misaligned column range is refused.
+  if (packed.col_align() > 1) EXPECT_ANY_THROW(gemm_packed(m, a.data(), k, packed, 1, n, c2.data(), n));
+  // Moved-from and re-packed objects stay usable.
+  GemmPackedB moved = std::move(packed);
+  moved.pack_nt(n / 2, k, b.data(), k, 1);
+  EXPECT_EQ(moved.n(), n / 2);
 }
 
 // DASHLM_CPU chooses the starting level. The level is read once per process, so the check runs

@@ -125,11 +125,15 @@ std::vector<uint8_t> st_build(const std::vector<StTensor>& ts, bool pad = true) 
   } else if ((8 + hs.size()) % 2 == 0) {
     hs += ' ';  // make the data start at an odd address
   }
-  std::vector<uint8_t> out(8);
+  std::vector<uint8_t> out(8 + hs.size() + off);
   const uint64_t n = hs.size();
   std::memcpy(out.data(), &n, 8);
-  out.insert(out.end(), hs.begin(), hs.end());
-  for (const StTensor& t : ts) out.insert(out.end(), t.data.begin(), t.data.end());
+  std::memcpy(out.data() + 8, hs.data(), hs.size());
+  size_t pos = 8 + hs.size();
+  for (const StTensor& t : ts) {
+    if (!t.data.empty()) std::memcpy(out.data() + pos, t.data.data(), t.data.size());
+    pos += t.data.size();
+  }
   return out;
 }
 
@@ -601,6 +605,11 @@ TEST(SafetensorsTest, ByteLevelBpeTokenizerJsonBecomesGpt2Keys) {
   // A tokenizer.json passed with --tokenizer works the same way.
   auto g = open_model_file(d.path.string(), d.str("tokenizer.json"));
   EXPECT_EQ(g->meta.get_string_array("tokenizer.ggml.tokens")->size(), 10u);
+  // So does a folder holding one.
+  g = open_model_file(d.path.string(), d.path.string());
+  EXPECT_EQ(g->meta.get_string("tokenizer.ggml.model"), "gpt2");
+  TempDir empty("st_tok_empty");
+  expect_error([&] { open_model_file(d.path.string(), empty.path.string()); }, "has no tokenizer.json");
 }
 
 TEST(SafetensorsTest, UnsupportedTokenizerJsonKinds) {

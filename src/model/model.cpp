@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include "backends/cpu/quants.h"
 #include "backends/error.h"
@@ -66,8 +67,8 @@ HParams read_hparams(const ModelFile& f) {
   hp.norm_eps = static_cast<float>(m.get_float(a + "attention.layer_norm_rms_epsilon").value_or(1e-5));
   if (!(hp.norm_eps > 0.f)) fail("layer_norm_rms_epsilon must be positive");
   hp.rope_base = static_cast<float>(m.get_float(a + "rope.freq_base").value_or(10000.0));
-  if (auto t = m.get_string(a + "rope.scaling.type"); t && *t != "none") {
-    if (*t != "linear") fail("rope scaling '{}' is not supported (only linear)", *t);
+  if (auto t = m.get_string(a + "rope.scaling.type"); t && *t != "none" && *t != "llama3") {
+    if (*t != "linear") fail("rope scaling '{}' is not supported (linear, llama3)", *t);
     const double factor = m.get_float(a + "rope.scaling.factor").value_or(1.0);
     if (!(factor > 0)) fail("rope.scaling.factor must be positive");
     hp.rope_freq_scale = static_cast<float>(1.0 / factor);
@@ -138,6 +139,35 @@ const float* Model::f32_vector(const std::string& name, int64_t n, bool required
   return owned_.back().data();
 }
 
+// Llama 3.1's frequency-dependent RoPE scaling as per-pair divisors of the frequency (what GGUF
+// files carry as rope_freqs.weight): long wavelengths are slowed by `factor`, short ones kept,
+// and the band between is interpolated.
+const float* Model::llama3_freq_factors() {
+  const Metadata& m = file_->meta;
+  const std::string a = hp_.arch_str + ".rope.scaling.";
+  const double factor = m.get_float(a + "factor").value_or(8.0);
+  const double low = m.get_float(a + "low_freq_factor").value_or(1.0);
+  const double high = m.get_float(a + "high_freq_factor").value_or(4.0);
+  const double old_ctx = static_cast<double>(m.get_int(a + "original_context_length").value_or(8192));
+  if (!(factor > 0) || !(high > low)) fail("llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor");
+  const double pi = 3.14159265358979323846;
+  std::vector<float> f(static_cast<size_t>(hp_.n_rot / 2));
+  for (size_t i = 0; i < f.size(); ++i) {
+    const double freq = std::pow(static_cast<double>(hp_.rope_base), -2.0 * static_cast<double>(i) / hp_.n_rot);
+    const double wavelen = 2 * pi / freq;
+    if (wavelen < old_ctx / high) {
+      f[i] = 1.f;
+    } else if (wavelen > old_ctx / low) {
+      f[i] = static_cast<float>(factor);
+    } else {
+      const double smooth = (old_ctx / wavelen - low) / (high - low);
+      f[i] = static_cast<float>(1.0 / ((1 - smooth) / factor + smooth));
+    }
+  }
+  owned_.push_back(std::move(f));
+  return owned_.back().data();
+}
+
 void Model::bind_weights() {
   const HParams& hp = hp_;
   const TensorInfo& emb = file_->need("token_embd.weight");
@@ -152,6 +182,9 @@ void Model::bind_weights() {
   hp_.tied_embeddings = output_.data == nullptr;
   if (hp_.tied_embeddings) output_ = tok_embd_;
   rope_freqs_ = f32_vector("rope_freqs.weight", hp.n_rot / 2, false);
+  if (!rope_freqs_ && file_->meta.get_string(hp.arch_str + ".rope.scaling.type") == std::optional<std::string>("llama3")) {
+    rope_freqs_ = llama3_freq_factors();
+  }
 
   const int64_t d = hp.n_embd, qd = hp.q_dim(), kvd = hp.kv_dim();
   const bool gemma = hp.arch == Arch::Gemma3;

@@ -80,6 +80,7 @@ class Model {
  private:
   void bind_weights();
   const float* f32_vector(const std::string& name, int64_t n, bool required);
+  const float* llama3_freq_factors();
   cpu::WeightView matrix(const std::string& name, int64_t in, int64_t out, bool required = true) const;
 
   std::unique_ptr<ModelFile> file_;

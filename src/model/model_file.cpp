@@ -121,7 +121,14 @@ void trim_gemma3_embedding(ModelFile& f) {
 
 }  // namespace
 
-void apply_tokenizer_file(ModelFile& file, const std::string& tokenizer_path) {
+void apply_tokenizer_file(ModelFile& file, const std::string& tokenizer_arg) {
+  // A Hugging Face model folder stands for the tokenizer.json inside it.
+  std::string tokenizer_path = tokenizer_arg;
+  std::error_code ec;
+  if (fs::is_directory(tokenizer_path, ec)) {
+    tokenizer_path = (fs::path(tokenizer_path) / "tokenizer.json").string();
+    if (!fs::exists(tokenizer_path, ec)) fail("tokenizer folder {} has no tokenizer.json", tokenizer_arg);
+  }
   const int64_t n_rows = model_vocab_rows(file);
   const FileKind kind = sniff(tokenizer_path, "tokenizer");
   if (kind == FileKind::GGUF) {

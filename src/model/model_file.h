@@ -66,8 +66,8 @@ size_t read_llama2c_tokenizer(const std::string& path, Metadata& meta);
 // general.architecture. n_vocab > 0 pads the vocabulary to the model's size with unused tokens.
 void read_hf_tokenizer(const std::string& tokenizer_json_path, Metadata& meta, int64_t n_vocab);
 // Picks the kind by content (GGUF: its tokenizer.* keys are copied; a JSON file: HF
-// tokenizer.json; otherwise a llama2.c tokenizer.bin) and checks the vocabulary against the
-// rows of token_embd.weight.
+// tokenizer.json; a folder: the tokenizer.json in it; otherwise a llama2.c tokenizer.bin) and
+// checks the vocabulary against the rows of token_embd.weight.
 void apply_tokenizer_file(ModelFile& file, const std::string& tokenizer_path);
 
 // Picks the loader by content (GGUF magic, safetensors header, llama2.c header size check).

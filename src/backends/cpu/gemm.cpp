@@ -20,9 +20,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <utility>
 
 #include "backends/cpu/gemm_kernels.h"
 #include "backends/cpu/ops.h"
+#include "backends/error.h"
 
 namespace dashlm::cpu {
 
@@ -34,6 +36,11 @@ using gemm_detail::KernelSet;
 constexpr size_t kSlack = 64;
 // Below this many flops per thread, more threads cost more (fork/join) than they save.
 constexpr double kMinFlopsPerThread = 4.0e6;
+// A [k x n] B is used in place rather than packed when A has at most this many row blocks.
+constexpr int64_t kDirectMaxRowBlocks = 1;
+// Up to this many rows of A, A x B^T is done by dot products (small_m_nt), reading B once per
+// group of kSmallM rows: for fewer rows than about a register tile, that beats packing B.
+constexpr int64_t kSmallMRows = 8;
 
 // 64-byte aligned float storage that only grows: after the first calls of a given size, a GEMM
 // allocates nothing.
@@ -69,11 +76,11 @@ thread_local PackBuffer t_b_panels;  // the packed panels of B of a GEMM this th
 
 const KernelSet* kernels_for(GemmLevel level) {
   switch (level) {
-    case GemmLevel::avx512: return gemm_detail::kernels_avx512();
-    case GemmLevel::avx2: return gemm_detail::kernels_avx2();
+    case GemmLevel::avx512: return gemm_detail::kernels_avx512;
+    case GemmLevel::avx2: return gemm_detail::kernels_avx2;
     case GemmLevel::scalar: break;
   }
-  return gemm_detail::kernels_scalar();
+  return gemm_detail::kernels_scalar;
 }
 
 GemmLevel detect_max_level() {
@@ -81,8 +88,8 @@ GemmLevel detect_max_level() {
   __builtin_cpu_init();
   // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2 && __builtin_cpu_supports("avx512f") && gemm_detail::kernels_avx512()) return GemmLevel::avx512;
-  if (avx2 && gemm_detail::kernels_avx2()) return GemmLevel::avx2;
+  if (avx2 && __builtin_cpu_supports("avx512f") && gemm_detail::kernels_avx512) return GemmLevel::avx512;
+  if (avx2 && gemm_detail::kernels_avx2) return GemmLevel::avx2;
 #endif
   return GemmLevel::scalar;
 }
@@ -114,27 +121,49 @@ const KernelSet& current_kernels() {
 
 // --- the blocked product -------------------------------------------------------------------------
 
+// Where the micro-kernel finds B.
+enum class BSource {
+  pack_nt,    // packed per panel from B stored [n x k]
+  pack_nn,    // packed per panel from B stored [k x n]
+  direct_nn,  // B stored [k x n] read in place (few rows of A: packing would not pay)
+  prepacked,  // a GemmPackedB
+};
+
 struct Problem {
   const KernelSet* ks;
-  bool nt;  // B stored [n x k] (else [k x n])
+  BSource source;
   int64_t m, n, k;
   const float* a;
   int64_t lda;
-  const float* b;
-  int64_t ldb;
+  const float* b;  // the matrix (or, prepacked, the packed data)
+  int64_t ldb;     // its leading dimension (prepacked: the padded column count of the packing)
+  int64_t b_col0;  // prepacked: the packed column that is column 0 here (a multiple of nr)
   float* c;
   int64_t ldc;
   bool accumulate;
   float alpha;
-  int64_t kc, nc;     // panel sizes actually used (nc a multiple of nr)
+  int64_t kc, nc;      // panel sizes (nc a multiple of nr)
   int64_t row_blocks;  // blocks of about mc rows of A (see row_block_start)
   int64_t col_chunks;  // each panel's slivers are cut into this many chunks of work
-  float* b_panel[2];   // shared packed panels of B, double-buffered
+  float* b_panel[2];   // packed panels of B shared by the team, double-buffered
   // Work items of a panel are claimed from these counters (one per buffer, like the panels).
   std::atomic<int64_t> next_item[2];
 };
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Threads for a product of `flops` (0 asks for the default, see gemm.h).
+int thread_count(int threads, double flops) {
+  const int t = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
+  return static_cast<int>(std::max<double>(1.0, std::min<double>(t, flops / kMinFlopsPerThread)));
+}
+
+// k values per panel: at most the kernel's kc, evened out so that the last panel is not a thin
+// remainder, and a multiple of 16 (whole vectors when packing).
+int64_t panel_kc(const KernelSet& ks, int64_t k) {
+  const int64_t kc = ceil_div(k, ceil_div(k, ks.kc));
+  return kc > 16 ? ceil_div(kc, 16) * 16 : kc;
+}
 
 // First row of row block i (i = row_blocks gives m): the m rows are cut evenly into blocks of at
 // most about mc rows, each starting on a multiple of mr, so that only the last block has a
@@ -153,7 +182,8 @@ int64_t row_block_start(const Problem& p, int64_t i) {
 // Each panel of B is packed by the team (a static share of its slivers each), then its work
 // items (row block x chunk of slivers, row-block major) are claimed one at a time from a shared
 // counter: a thread that is slowed down (a busy machine, a slower core) simply takes fewer. A
-// thread keeps its packed block of A while it claims items of the same row block.
+// thread keeps its packed block of A while it claims items of the same row block. The barrier
+// after the packing also orders the panels of k, which add to the same elements of C.
 void run_part(Problem& p, int tid, int nthreads) {
   const KernelSet& ks = *p.ks;
   const int64_t nr = ks.nr;
@@ -165,17 +195,28 @@ void run_part(Problem& p, int tid, int nthreads) {
     const int64_t slivers = ceil_div(ncur, nr);
     for (int64_t pc = 0; pc < p.k; pc += p.kc, ++panel) {
       const int64_t kcur = std::min(p.kc, p.k - pc);
-      float* bp = p.b_panel[panel & 1];
 
-      // This thread's share of the packing of the panel.
-      const int64_t q0 = slivers * tid / nthreads, q1 = slivers * (tid + 1) / nthreads;
-      if (q1 > q0) {
-        const int64_t col = jc + q0 * nr, cols = std::min(jc + q1 * nr, jc + ncur) - col;
-        if (p.nt) {
-          ks.pack_b_nt(cols, kcur, p.b + col * p.ldb + pc, p.ldb, bp + q0 * kcur * nr);
-        } else {
-          ks.pack_b_nn(cols, kcur, p.b + pc * p.ldb + col, p.ldb, bp + q0 * kcur * nr);
+      // The panel's slivers: sliver s holds B(pc + i, jc + s * nr + j) at bp[s * b_sliver + i * b_row + j].
+      const float* bp = nullptr;
+      int64_t b_row = nr, b_sliver = kcur * nr;
+      if (p.source == BSource::pack_nt || p.source == BSource::pack_nn) {
+        float* dst = p.b_panel[panel & 1];
+        bp = dst;
+        const int64_t q0 = slivers * tid / nthreads, q1 = slivers * (tid + 1) / nthreads;  // this thread's share
+        if (q1 > q0) {
+          const int64_t col = jc + q0 * nr, cols = std::min(jc + q1 * nr, jc + ncur) - col;
+          if (p.source == BSource::pack_nt) {
+            ks.pack_b_nt(cols, kcur, p.b + col * p.ldb + pc, p.ldb, dst + q0 * kcur * nr);
+          } else {
+            ks.pack_b_nn(cols, kcur, p.b + pc * p.ldb + col, p.ldb, dst + q0 * kcur * nr);
+          }
         }
+      } else if (p.source == BSource::direct_nn) {
+        bp = p.b + pc * p.ldb + jc;
+        b_row = p.ldb;
+        b_sliver = nr;
+      } else {  // prepacked: panel pc holds kcur x ldb values, its slivers one after the other
+        bp = p.b + pc * p.ldb + (p.b_col0 + jc) / nr * kcur * nr;
       }
       std::atomic<int64_t>& next = p.next_item[panel & 1];
       if (nthreads > 1) {
@@ -200,55 +241,41 @@ void run_part(Problem& p, int tid, int nthreads) {
           packed_block = rb;
         }
         const int64_t col0 = jc + u0 * nr, col1 = std::min(jc + u1 * nr, jc + ncur);
-        ks.compute(i1 - i0, col1 - col0, kcur, ap, bp + u0 * kcur * nr, p.c + i0 * p.ldc + col0, p.ldc, p.alpha,
-                   load_c);
+        ks.compute(i1 - i0, col1 - col0, kcur, ap, bp + u0 * b_sliver, b_row, b_sliver, p.c + i0 * p.ldc + col0,
+                   p.ldc, p.alpha, load_c);
       }
     }
   }
 }
 
-void gemm(bool nt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-          float* c, int64_t ldc, bool accumulate, float alpha, int threads) {
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0) {  // an empty sum
-    if (!accumulate) {
-      for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
-    }
-    return;
-  }
-  Problem p;
-  p.ks = &current_kernels();
-  p.nt = nt;
-  p.m = m;
-  p.n = n;
-  p.k = k;
-  p.a = a;
-  p.lda = lda;
-  p.b = b;
-  p.ldb = ldb;
-  p.c = c;
-  p.ldc = ldc;
-  p.accumulate = accumulate;
-  p.alpha = alpha;
+// Fills in the blocking of p (whose ks, source, sizes and operands are set), then runs it on
+// `threads` threads (0: the default, see gemm.h).
+void run(Problem& p, int threads) {
+  const KernelSet& ks = *p.ks;
+  const int64_t nr = ks.nr;
   p.next_item[0].store(0, std::memory_order_relaxed);
   p.next_item[1].store(0, std::memory_order_relaxed);
+  p.row_blocks = ceil_div(p.m, ks.mc);
+  // Packing B pays off when its slivers are read by many blocks of A; for a few rows of A (the
+  // attention's P V) a [k x n] B is read in place.
+  if (p.source == BSource::pack_nn && ks.direct_nn && p.row_blocks <= kDirectMaxRowBlocks) p.source = BSource::direct_nn;
+  if (p.source == BSource::prepacked) {
+    p.nc = ceil_div(p.n, nr) * nr;  // all columns at once: nothing to keep in cache
+  } else {
+    p.kc = panel_kc(ks, p.k);
+    p.nc = ceil_div(ceil_div(p.n, ceil_div(p.n, ks.nc)), nr) * nr;
+  }
+  p.b_panel[0] = p.b_panel[1] = nullptr;
+  if (p.source == BSource::pack_nt || p.source == BSource::pack_nn) {
+    const size_t panel_floats = (static_cast<size_t>(p.kc * p.nc) + kSlack + 15) / 16 * 16;
+    const bool one_panel = p.kc >= p.k && p.nc >= p.n;
+    float* panels = t_b_panels.reserve(one_panel ? panel_floats : 2 * panel_floats);
+    p.b_panel[0] = panels;
+    p.b_panel[1] = one_panel ? panels : panels + panel_floats;
+  }
 
-  // Panel sizes: evened out so that the last panel is not a thin remainder; kc a multiple of 16
-  // (whole vectors when packing).
-  const int64_t nr = p.ks->nr;
-  const int64_t kc = ceil_div(k, ceil_div(k, p.ks->kc));
-  p.kc = kc > 16 ? ceil_div(kc, 16) * 16 : kc;
-  p.nc = ceil_div(ceil_div(n, ceil_div(n, p.ks->nc)), nr) * nr;
-  p.row_blocks = ceil_div(m, p.ks->mc);
-  const size_t panel_floats = (static_cast<size_t>(p.kc * p.nc) + kSlack + 15) / 16 * 16;
-  const bool one_panel = p.kc >= k && p.nc >= n;
-  float* panels = t_b_panels.reserve(one_panel ? panel_floats : 2 * panel_floats);
-  p.b_panel[0] = panels;
-  p.b_panel[1] = one_panel ? panels : panels + panel_floats;
-
-  int t = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
-  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
-  t = static_cast<int>(std::max<double>(1.0, std::min<double>(t, flops / kMinFlopsPerThread)));
+  const int t =
+      thread_count(threads, 2.0 * static_cast<double>(p.m) * static_cast<double>(p.n) * static_cast<double>(p.k));
   if (t <= 1) {
     p.col_chunks = 1;
     run_part(p, 0, 1);
@@ -256,10 +283,53 @@ void gemm(bool nt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   }
   // At least two items per thread; when there are too few row blocks for that, the slivers of
   // each panel are shared out too (each chunk then packs its block of A again: a small cost).
-  const int64_t slivers = ceil_div(std::min(p.nc, n), nr);
+  const int64_t slivers = ceil_div(std::min(p.nc, p.n), nr);
   p.col_chunks = std::min(slivers, std::max<int64_t>(1, ceil_div(2 * t, p.row_blocks)));
 #pragma omp parallel num_threads(t)
   run_part(p, omp_get_thread_num(), omp_get_num_threads());
+}
+
+// C = 0 (or unchanged with accumulate): the product when k is 0.
+void empty_product(int64_t m, int64_t n, float* c, int64_t ldc, bool accumulate) {
+  if (accumulate) return;
+  for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
+}
+
+// A few rows of A against B stored [n x k]: dot products, each thread a range of columns.
+void small_m_nt(const KernelSet& ks, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                int64_t ldb, float* c, int64_t ldc, bool accumulate, float alpha, int threads) {
+  const int t = thread_count(threads, 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k));
+  if (t <= 1) return ks.small_m_nt(m, n, k, a, lda, b, ldb, c, ldc, alpha, accumulate);
+#pragma omp parallel for schedule(static) num_threads(t)
+  for (int i = 0; i < t; ++i) {
+    const int64_t j0 = n * i / t / 8 * 8, j1 = i + 1 == t ? n : n * (i + 1) / t / 8 * 8;
+    if (j1 > j0) ks.small_m_nt(m, j1 - j0, k, a, lda, b + j0 * ldb, ldb, c + j0, ldc, alpha, accumulate);
+  }
+}
+
+void gemm(bool nt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+          float* c, int64_t ldc, bool accumulate, float alpha, int threads) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) return empty_product(m, n, c, ldc, accumulate);
+  if (nt && m <= kSmallMRows) {
+    return small_m_nt(current_kernels(), m, n, k, a, lda, b, ldb, c, ldc, accumulate, alpha, threads);
+  }
+  Problem p;
+  p.ks = &current_kernels();
+  p.source = nt ? BSource::pack_nt : BSource::pack_nn;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.a = a;
+  p.lda = lda;
+  p.b = b;
+  p.ldb = ldb;
+  p.b_col0 = 0;
+  p.c = c;
+  p.ldc = ldc;
+  p.accumulate = accumulate;
+  p.alpha = alpha;
+  run(p, threads);
 }
 
 }  // namespace
@@ -272,6 +342,114 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, bool accumulate, float alpha, int threads) {
   gemm(false, m, n, k, a, lda, b, ldb, c, ldc, accumulate, alpha, threads);
+}
+
+// --- packed B --------------------------------------------------------------------------------------
+//
+// Layout: panel by panel of kc values of k (as the driver would cut them), each panel holding the
+// slivers of all n_pad = ceil(n / nr) * nr columns one after the other, so panel pc starts at
+// pc * n_pad and its sliver s at pc * n_pad + s * kcur * nr.
+
+GemmPackedB::GemmPackedB(GemmPackedB&& other) noexcept { *this = std::move(other); }
+
+GemmPackedB& GemmPackedB::operator=(GemmPackedB&& other) noexcept {
+  if (this != &other) {
+    std::free(data_);
+    kernels_ = other.kernels_;
+    n_ = other.n_;
+    k_ = other.k_;
+    kc_ = other.kc_;
+    nr_ = other.nr_;
+    n_pad_ = other.n_pad_;
+    data_ = other.data_;
+    capacity_ = other.capacity_;
+    other.data_ = nullptr;
+    other.capacity_ = 0;
+    other.n_ = other.k_ = other.n_pad_ = 0;
+  }
+  return *this;
+}
+
+GemmPackedB::~GemmPackedB() { std::free(data_); }
+
+void GemmPackedB::pack_nt(int64_t n, int64_t k, const float* b, int64_t ldb, int threads) {
+  pack(true, n, k, b, ldb, threads);
+}
+
+void GemmPackedB::pack_nn(int64_t n, int64_t k, const float* b, int64_t ldb, int threads) {
+  pack(false, n, k, b, ldb, threads);
+}
+
+void GemmPackedB::pack(bool nt, int64_t n, int64_t k, const float* b, int64_t ldb, int threads) {
+  const KernelSet& ks = current_kernels();
+  kernels_ = &ks;
+  n_ = std::max<int64_t>(n, 0);
+  k_ = std::max<int64_t>(k, 0);
+  nr_ = ks.nr;
+  n_pad_ = ceil_div(n_, nr_) * nr_;
+  kc_ = k_ > 0 ? panel_kc(ks, k_) : 1;
+  const size_t need = static_cast<size_t>(n_pad_ * k_) + kSlack;
+  if (need > capacity_) {
+    std::free(data_);
+    data_ = nullptr;
+    capacity_ = 0;
+    const size_t bytes = (need * sizeof(float) + 63) / 64 * 64;
+    data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!data_) throw std::bad_alloc();
+    capacity_ = bytes / sizeof(float);
+  }
+  if (n_ == 0 || k_ == 0) return;
+
+  // Work: (panel, group of slivers) pairs, shared out statically.
+  const int64_t slivers = n_pad_ / nr_, group = 8;
+  const int64_t groups = ceil_div(slivers, group), panels = ceil_div(k_, kc_);
+  const int64_t items = panels * groups;
+  auto pack_item = [&](int64_t item) {
+    const int64_t pc = item / groups * kc_, s0 = item % groups * group;
+    const int64_t kcur = std::min(kc_, k_ - pc);
+    const int64_t col = s0 * nr_, cols = std::min(n_ - col, group * nr_);
+    float* dst = data_ + pc * n_pad_ + s0 * kcur * nr_;
+    if (nt) {
+      ks.pack_b_nt(cols, kcur, b + col * ldb + pc, ldb, dst);
+    } else {
+      ks.pack_b_nn(cols, kcur, b + pc * ldb + col, ldb, dst);
+    }
+  };
+  int t = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
+  t = static_cast<int>(std::min<int64_t>(t, std::max<int64_t>(1, n_ * k_ / (1 << 16))));  // ~64K floats each
+  if (t <= 1) {
+    for (int64_t i = 0; i < items; ++i) pack_item(i);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(t)
+  for (int64_t i = 0; i < items; ++i) pack_item(i);
+}
+
+void gemm_packed(int64_t m, const float* a, int64_t lda, const GemmPackedB& b, int64_t j0, int64_t j1, float* c,
+                 int64_t ldc, bool accumulate, float alpha, int threads) {
+  if (j0 < 0 || j1 > b.n_ || j0 % b.nr_ != 0) {
+    fail("gemm_packed: columns [{}, {}) of a packed matrix of {} (aligned to {})", j0, j1, b.n_, b.nr_);
+  }
+  const int64_t n = j1 - j0;
+  if (m <= 0 || n <= 0) return;
+  if (b.k_ <= 0) return empty_product(m, n, c, ldc, accumulate);
+  Problem p;
+  p.ks = static_cast<const KernelSet*>(b.kernels_);
+  p.source = BSource::prepacked;
+  p.m = m;
+  p.n = n;
+  p.k = b.k_;
+  p.a = a;
+  p.lda = lda;
+  p.b = b.data_;
+  p.ldb = b.n_pad_;
+  p.b_col0 = j0;
+  p.c = c;
+  p.ldc = ldc;
+  p.accumulate = accumulate;
+  p.alpha = alpha;
+  p.kc = b.kc_;
+  run(p, threads);
 }
 
 const char* gemm_level_name(GemmLevel level) {

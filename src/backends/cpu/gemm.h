@@ -8,11 +8,17 @@
 // ldb >= k for gemm_nt, ldb >= n for gemm_nn). With `accumulate` the product is added to C,
 // otherwise C is overwritten (its old contents are never read, NaNs included).
 //
+// How: GotoBLAS/BLIS-style cache blocking, packed panels and register-tiled micro-kernels (see
+// gemm_kernels.h); gemm_nt with at most 8 rows of A (decode) uses dot products instead, reading
+// B once without packing it; gemm_nn with few rows of A (the attention's P V) reads B in place.
+// The sum of each element runs over k in an order that does not depend on the thread count.
+//
 // Threads: `threads` = 0 uses cpu::num_threads() (or 1 when called from inside an OpenMP
 // parallel region); 1 runs inline on the calling thread with no OpenMP region at all, so the
 // attention code can call it per head from inside its own parallel loop; n > 1 opens a team of
 // n. Packing buffers are thread-local and only grow: no allocation per call once warm.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace dashlm::cpu {
@@ -22,6 +28,47 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, bool accumulate = false, float alpha = 1.f, int threads = 0);
+
+// B packed once for several products with different A: e.g. the keys of one attention head,
+// multiplied by every block of queries (gemm_nt packs B on every call; for a short A, such as 32
+// queries, that packing is a good part of the work). Packed in the layout of the kernel level in
+// use at packing time; later products use that level's kernels. The storage only grows, so one
+// object can be packed again and again without allocating.
+class GemmPackedB {
+ public:
+  GemmPackedB() = default;
+  GemmPackedB(GemmPackedB&& other) noexcept;
+  GemmPackedB& operator=(GemmPackedB&& other) noexcept;
+  GemmPackedB(const GemmPackedB&) = delete;
+  GemmPackedB& operator=(const GemmPackedB&) = delete;
+  ~GemmPackedB();
+
+  // B stored [n x k] (as for gemm_nt) or [k x n] (as for gemm_nn), leading dimension ldb.
+  // threads as for gemm_nt.
+  void pack_nt(int64_t n, int64_t k, const float* b, int64_t ldb, int threads = 0);
+  void pack_nn(int64_t n, int64_t k, const float* b, int64_t ldb, int threads = 0);
+
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+  // Column ranges given to gemm_packed must start at a multiple of this (8, 16 or 32).
+  int64_t col_align() const { return nr_; }
+
+ private:
+  friend void gemm_packed(int64_t m, const float* a, int64_t lda, const GemmPackedB& b, int64_t j0, int64_t j1,
+                          float* c, int64_t ldc, bool accumulate, float alpha, int threads);
+  void pack(bool nt, int64_t n, int64_t k, const float* b, int64_t ldb, int threads);
+
+  const void* kernels_ = nullptr;  // the kernel set that packed it
+  int64_t n_ = 0, k_ = 0, kc_ = 0, nr_ = 1, n_pad_ = 0;
+  float* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// C[m x (j1 - j0)] (+)= alpha * A[m x k] * B(:, j0 .. j1-1) for a packed B: the product with
+// columns j0 .. j1-1 of B (rows j0 .. j1-1 of a B packed by pack_nt), column j0 of B landing in
+// column 0 of C. Needs 0 <= j0 <= j1 <= b.n() and j0 a multiple of b.col_align(); k = b.k().
+void gemm_packed(int64_t m, const float* a, int64_t lda, const GemmPackedB& b, int64_t j0, int64_t j1, float* c,
+                 int64_t ldc, bool accumulate = false, float alpha = 1.f, int threads = 0);
 
 // Instruction-set levels of the kernels, lowest first.
 enum class GemmLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };

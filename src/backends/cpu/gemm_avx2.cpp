@@ -1,7 +1,7 @@
 // GEMM kernels for AVX2 + FMA. This file alone is compiled with -mavx2 -mfma (see
 // CMakeLists.txt); the driver calls into it only after checking the CPU at run time. See
 // gemm_kernels.h for the packed layouts and for why nothing here may have external linkage
-// except kernels_avx2().
+// except kernels_avx2.
 #include "backends/cpu/gemm_kernels.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -110,18 +110,29 @@ void pack_b_nn(int64_t nc, int64_t kc, const float* b, int64_t ldb, float* bp) {
   }
 }
 
-// One register tile: C[H x 16] (+)= alpha * Ap[H x kc] * Bp[kc x 16]; only the first nr
-// columns of C are touched.
-template <int H>
-void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, float* c, int64_t ldc, float alpha,
-          bool load_c, int64_t nr) {
+// One register tile: C[H x 16] (+)= alpha * Ap[H x kc] * B[kc x 16]; row p of B is at
+// bp + p * b_row. Only the first nr columns of C are touched; with `partial`, only the first nr
+// columns of B are read too (for B used in place, whose last sliver may end with the matrix).
+// alpha is passed by address so that it is only read after the k loop and does not hold a vector
+// register during it (the loop needs 15 of the 16).
+template <int H, bool partial>
+void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, int64_t b_row, float* c, int64_t ldc,
+          const float* alpha, bool load_c, int64_t nr) {
   __m256 acc0[H], acc1[H];
 #pragma GCC unroll 8
   for (int r = 0; r < H; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
 #pragma GCC unroll 8
   for (int r = 0; r < H; ++r) _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+  const __m256i bm0 = lane_mask(nr), bm1 = lane_mask(nr - 8);
   for (int64_t p = 0; p < kc; ++p) {
-    const __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);
+    __m256 b0, b1;
+    if (partial) {
+      b0 = _mm256_maskload_ps(bp, bm0);
+      b1 = _mm256_maskload_ps(bp + 8, bm1);
+    } else {
+      b0 = _mm256_loadu_ps(bp);
+      b1 = _mm256_loadu_ps(bp + 8);
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < H; ++r) {
       const __m256 av = _mm256_broadcast_ss(ap + r);
@@ -129,9 +140,9 @@ void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, fl
       acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
     }
     ap += H;
-    bp += kNr;
+    bp += b_row;
   }
-  const __m256 va = _mm256_set1_ps(alpha);
+  const __m256 va = _mm256_set1_ps(*alpha);
   if (nr >= kNr) {
 #pragma GCC unroll 8
     for (int r = 0; r < H; ++r) {
@@ -145,54 +156,122 @@ void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, fl
       _mm256_storeu_ps(cr + 8, v1);
     }
   } else {
-    const __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
 #pragma GCC unroll 8
     for (int r = 0; r < H; ++r) {
       float* cr = c + r * ldc;
       __m256 v0 = _mm256_mul_ps(acc0[r], va), v1 = _mm256_mul_ps(acc1[r], va);
       if (load_c) {
-        v0 = _mm256_add_ps(v0, _mm256_maskload_ps(cr, m0));
-        v1 = _mm256_add_ps(v1, _mm256_maskload_ps(cr + 8, m1));
+        v0 = _mm256_add_ps(v0, _mm256_maskload_ps(cr, bm0));
+        v1 = _mm256_add_ps(v1, _mm256_maskload_ps(cr + 8, bm1));
       }
-      _mm256_maskstore_ps(cr, m0, v0);
-      _mm256_maskstore_ps(cr + 8, m1, v1);
+      _mm256_maskstore_ps(cr, bm0, v0);
+      _mm256_maskstore_ps(cr + 8, bm1, v1);
     }
   }
 }
 
-using TileFn = void (*)(int64_t, const float*, const float*, float*, int64_t, float, bool, int64_t);
-constexpr TileFn kTiles[kMr + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+using TileFn = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t, const float*, bool, int64_t);
+constexpr TileFn kTiles[2][kMr + 1] = {
+    {nullptr, tile<1, false>, tile<2, false>, tile<3, false>, tile<4, false>, tile<5, false>, tile<6, false>},
+    {nullptr, tile<1, true>, tile<2, true>, tile<3, true>, tile<4, true>, tile<5, true>, tile<6, true>},
+};
 
-void compute(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, float alpha,
-             bool load_c) {
+void compute(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* bp, int64_t b_row, int64_t b_sliver,
+             float* c, int64_t ldc, float alpha, bool load_c) {
   const TileSplit s = split_rows(mc, kMr);
   for (int64_t j = 0; j < nc; j += kNr) {
+    // Packed slivers are zero-padded: only B used in place needs the masked loads.
+    const int partial = nc - j < kNr && b_row != kNr ? 1 : 0;
     const float* at = ap;
     float* ct = c + j;
     for (int64_t t = 0; t < s.count; ++t) {
       const int64_t h = s.h + (t < s.taller ? 1 : 0);
-      kTiles[h](kc, at, bp, ct, ldc, alpha, load_c, nc - j);
+      kTiles[partial][h](kc, at, bp, b_row, ct, ldc, &alpha, load_c, nc - j);
       at += h * kc;
       ct += h * ldc;
     }
-    bp += kc * kNr;
+    bp += b_sliver;
+  }
+}
+
+inline float sum_lanes(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+// Dot products of M (<= 4) rows of A with 2 rows of B at a time (2 M accumulators of 8 lanes
+// along k, two independent chains per row even for M = 1), summed across lanes at the end.
+template <int M>
+void small_m_rows(int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                  int64_t ldc, float alpha, bool load_c) {
+  const __m256i tail = lane_mask(k % 8);
+  const int64_t k8 = k - k % 8;
+  for (int64_t j = 0; j < n; j += 2) {
+    const int64_t w = n - j < 2 ? n - j : 2;
+    const float* b0 = b + j * ldb;
+    const float* b1 = w > 1 ? b0 + ldb : b0;  // past the end: repeat a row
+    __m256 acc[M][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < M; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < k8; p += 8) {
+      const __m256 v0 = _mm256_loadu_ps(b0 + p), v1 = _mm256_loadu_ps(b1 + p);
+#pragma GCC unroll 4
+      for (int i = 0; i < M; ++i) {
+        const __m256 av = _mm256_loadu_ps(a + i * lda + p);
+        acc[i][0] = _mm256_fmadd_ps(av, v0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(av, v1, acc[i][1]);
+      }
+    }
+    if (k8 < k) {
+      const __m256 v0 = _mm256_maskload_ps(b0 + k8, tail), v1 = _mm256_maskload_ps(b1 + k8, tail);
+      for (int i = 0; i < M; ++i) {
+        const __m256 av = _mm256_maskload_ps(a + i * lda + k8, tail);
+        acc[i][0] = _mm256_fmadd_ps(av, v0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(av, v1, acc[i][1]);
+      }
+    }
+    for (int i = 0; i < M; ++i) {
+      for (int64_t q = 0; q < w; ++q) {
+        const float v = alpha * sum_lanes(acc[i][q]);
+        float* out = c + i * ldc + j + q;
+        *out = load_c ? *out + v : v;
+      }
+    }
+  }
+}
+
+void small_m_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                int64_t ldc, float alpha, bool load_c) {
+  for (int64_t i = 0; i < m; i += kSmallM) {
+    const int64_t rows = m - i < kSmallM ? m - i : kSmallM;
+    const float* ai = a + i * lda;
+    float* ci = c + i * ldc;
+    switch (rows) {
+      case 1: small_m_rows<1>(n, k, ai, lda, b, ldb, ci, ldc, alpha, load_c); break;
+      case 2: small_m_rows<2>(n, k, ai, lda, b, ldb, ci, ldc, alpha, load_c); break;
+      case 3: small_m_rows<3>(n, k, ai, lda, b, ldb, ci, ldc, alpha, load_c); break;
+      default: small_m_rows<4>(n, k, ai, lda, b, ldb, ci, ldc, alpha, load_c); break;
+    }
   }
 }
 
 constexpr KernelSet kSet = {
-    "avx2", kMr, kNr, /*kc=*/256, /*mc=*/kMr * 24, /*nc=*/2048, pack_a, pack_b_nt, pack_b_nn, compute,
+    "avx2", kMr, kNr, /*kc=*/768, /*mc=*/kMr * 12, /*nc=*/1024, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt,
+    /*direct_nn=*/true,
 };
 
 }  // namespace
 
-const KernelSet* kernels_avx2() { return &kSet; }
+extern const KernelSet* const kernels_avx2 = &kSet;
 
 }  // namespace dashlm::cpu::gemm_detail
 
 #else  // not compiled for AVX2
 
 namespace dashlm::cpu::gemm_detail {
-const KernelSet* kernels_avx2() { return nullptr; }
+extern const KernelSet* const kernels_avx2 = nullptr;
 }  // namespace dashlm::cpu::gemm_detail
 
 #endif

@@ -1,6 +1,6 @@
 // GEMM kernels for AVX-512F. This file alone is compiled with -mavx512f (see CMakeLists.txt);
 // the driver calls into it only after checking the CPU at run time. See gemm_kernels.h for the
-// packed layouts and for why nothing here may have external linkage except kernels_avx512().
+// packed layouts and for why nothing here may have external linkage except kernels_avx512.
 #include "backends/cpu/gemm_kernels.h"
 
 #if defined(__AVX512F__) && defined(__FMA__)
@@ -77,8 +77,9 @@ void pack_a(int64_t mc, int64_t kc, const float* a, int64_t lda, float* ap) {
   }
 }
 
-// Rows of B here are usually far apart (a weight row, or a key among all heads' keys), too far
-// for the hardware prefetchers, so the lines of the next 16 rows are requested ahead.
+// Rows of B here are usually far apart (a weight row, or a key among all heads' keys): the first
+// lines of the next 16 rows are requested ahead (the hardware prefetchers follow each row once it
+// is under way).
 void pack_b_nt(int64_t nc, int64_t kc, const float* b, int64_t ldb, float* bp) {
   for (int64_t j0 = 0; j0 < nc; j0 += kNr) {
     for (int64_t half = 0; half < 2; ++half) {
@@ -88,7 +89,11 @@ void pack_b_nt(int64_t nc, int64_t kc, const float* b, int64_t ldb, float* bp) {
       const int64_t next_rows = nc - first - 16 < 0 ? 0 : (nc - first - 16 < 16 ? nc - first - 16 : 16);
       for (int64_t i = 0; i < next_rows; ++i) {
         const char* row = reinterpret_cast<const char*>(b + (first + 16 + i) * ldb);
-        for (int64_t off = 0; off < kc * 4; off += 64) _mm_prefetch(row + off, _MM_HINT_T0);
+        for (int64_t off = 0; off < kc * 4 && off < 256; off += 64) _mm_prefetch(row + off, _MM_HINT_T0);
+      }
+      if (rows == 0) {  // past the last column: zero padding
+        for (int64_t p = 0; p < kc; ++p) _mm512_store_ps(dst + p * kNr, _mm512_setzero_ps());
+        continue;
       }
       for (int64_t p0 = 0; p0 < kc; p0 += 16) {
         const int64_t kk = kc - p0 < 16 ? kc - p0 : 16;
@@ -113,11 +118,16 @@ void pack_b_nn(int64_t nc, int64_t kc, const float* b, int64_t ldb, float* bp) {
   }
 }
 
-// One register tile: C[H x 32] (+)= alpha * Ap[H x kc] * Bp[kc x 32], columns beyond the masks
-// m0 (columns 0..15) and m1 (16..31) neither read nor written.
-template <int H>
-void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, float* c, int64_t ldc, float alpha,
-          bool load_c, __mmask16 m0, __mmask16 m1) {
+// One register tile: C[H x 32] (+)= alpha * Ap[H x kc] * B[kc x 32]. Row p of B is at
+// bp + p * b_row; columns beyond the masks m0 (columns 0..15) and m1 (16..31) are not written
+// to C, nor read from B when masked_b.
+//
+// alpha is passed by address so that it is only read after the k loop: passed by value it would
+// sit in a vector register during the loop, and the loop needs 31 of the 32 (GCC then spills a B
+// vector to the stack, a quarter of the speed gone).
+template <int H, bool masked_b>
+void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, int64_t b_row, float* c, int64_t ldc,
+          const float* alpha, bool load_c, __mmask16 m0, __mmask16 m1) {
   __m512 acc0[H], acc1[H];
 #pragma GCC unroll 16
   for (int r = 0; r < H; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
@@ -128,7 +138,14 @@ void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, fl
     _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16), _MM_HINT_T0);
   }
   for (int64_t p = 0; p < kc; ++p) {
-    const __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
+    __m512 b0, b1;
+    if (masked_b) {
+      b0 = _mm512_maskz_loadu_ps(m0, bp);
+      b1 = _mm512_maskz_loadu_ps(m1, bp + 16);
+    } else {
+      b0 = _mm512_loadu_ps(bp);
+      b1 = _mm512_loadu_ps(bp + 16);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < H; ++r) {
       const __m512 av = _mm512_set1_ps(ap[r]);
@@ -136,9 +153,9 @@ void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, fl
       acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
     }
     ap += H;
-    bp += kNr;
+    bp += b_row;
   }
-  const __m512 va = _mm512_set1_ps(alpha);
+  const __m512 va = _mm512_set1_ps(*alpha);
 #pragma GCC unroll 16
   for (int r = 0; r < H; ++r) {
     float* cr = c + r * ldc;
@@ -152,41 +169,104 @@ void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, fl
   }
 }
 
-using TileFn = void (*)(int64_t, const float*, const float*, float*, int64_t, float, bool, __mmask16, __mmask16);
-constexpr TileFn kTiles[kMr + 1] = {nullptr,  tile<1>,  tile<2>,  tile<3>,  tile<4>,  tile<5>,  tile<6>, tile<7>,
-                                    tile<8>,  tile<9>,  tile<10>, tile<11>, tile<12>, tile<13>, tile<14>};
+using TileFn = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t, const float*, bool, __mmask16,
+                        __mmask16);
+constexpr TileFn kTiles[2][kMr + 1] = {
+    {nullptr, tile<1, false>, tile<2, false>, tile<3, false>, tile<4, false>, tile<5, false>, tile<6, false>,
+     tile<7, false>, tile<8, false>, tile<9, false>, tile<10, false>, tile<11, false>, tile<12, false>, tile<13, false>,
+     tile<14, false>},
+    {nullptr, tile<1, true>, tile<2, true>, tile<3, true>, tile<4, true>, tile<5, true>, tile<6, true>, tile<7, true>,
+     tile<8, true>, tile<9, true>, tile<10, true>, tile<11, true>, tile<12, true>, tile<13, true>, tile<14, true>},
+};
 
-void compute(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, float alpha,
-             bool load_c) {
+void compute(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* bp, int64_t b_row, int64_t b_sliver,
+             float* c, int64_t ldc, float alpha, bool load_c) {
   const TileSplit s = split_rows(mc, kMr);
   for (int64_t j = 0; j < nc; j += kNr) {
     const __mmask16 m0 = low_mask(nc - j), m1 = nc - j > 16 ? low_mask(nc - j - 16) : 0;
+    // Packed slivers are zero-padded: only the last sliver of a B used in place needs masked
+    // loads (which are not free: they take a shuffle port on some CPUs).
+    const int masked = nc - j < kNr && b_row != kNr ? 1 : 0;
     const float* at = ap;
     float* ct = c + j;
     for (int64_t t = 0; t < s.count; ++t) {
       const int64_t h = s.h + (t < s.taller ? 1 : 0);
-      kTiles[h](kc, at, bp, ct, ldc, alpha, load_c, m0, m1);
+      kTiles[masked][h](kc, at, bp, b_row, ct, ldc, &alpha, load_c, m0, m1);
       at += h * kc;
       ct += h * ldc;
     }
-    bp += kc * kNr;
+    bp += b_sliver;
+  }
+}
+
+// Dot products of M (<= 4) rows of A with 4 rows of B at a time: 4 M accumulators of 16 lanes
+// along k, summed across lanes at the end.
+template <int M>
+void small_m_rows(int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                  int64_t ldc, float alpha, bool load_c) {
+  const __mmask16 tail = low_mask(k % 16);
+  const int64_t k16 = k - k % 16;
+  for (int64_t j = 0; j < n; j += 4) {
+    const int64_t w = n - j < 4 ? n - j : 4;
+    const float* bj[4];
+    for (int64_t q = 0; q < 4; ++q) bj[q] = b + (j + (q < w ? q : 0)) * ldb;  // past the end: repeat a row
+    __m512 acc[M][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < M; ++i)
+      for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_ps();
+    for (int64_t p = 0; p <= k16; p += 16) {
+      const __mmask16 m = p < k16 ? static_cast<__mmask16>(0xFFFF) : tail;
+      if (m == 0) break;
+      __m512 bv[4];
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) bv[q] = _mm512_maskz_loadu_ps(m, bj[q] + p);
+#pragma GCC unroll 4
+      for (int i = 0; i < M; ++i) {
+        const __m512 av = _mm512_maskz_loadu_ps(m, a + i * lda + p);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_fmadd_ps(av, bv[q], acc[i][q]);
+      }
+    }
+    for (int i = 0; i < M; ++i) {
+      for (int64_t q = 0; q < w; ++q) {
+        const float v = alpha * _mm512_reduce_add_ps(acc[i][q]);
+        float* out = c + i * ldc + j + q;
+        *out = load_c ? *out + v : v;
+      }
+    }
+  }
+}
+
+void small_m_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                int64_t ldc, float alpha, bool load_c) {
+  for (int64_t i = 0; i < m; i += kSmallM) {
+    const int64_t rows = m - i < kSmallM ? m - i : kSmallM;
+    const float* ai = a + i * lda;
+    float* ci = c + i * ldc;
+    switch (rows) {
+      case 1: small_m_rows<1>(n, k, ai, lda, b, ldb, ci, ldc, alpha, load_c); break;
+      case 2: small_m_rows<2>(n, k, ai, lda, b, ldb, ci, ldc, alpha, load_c); break;
+      case 3: small_m_rows<3>(n, k, ai, lda, b, ldb, ci, ldc, alpha, load_c); break;
+      default: small_m_rows<4>(n, k, ai, lda, b, ldb, ci, ldc, alpha, load_c); break;
+    }
   }
 }
 
 constexpr KernelSet kSet = {
-    "avx512", kMr, kNr, /*kc=*/256, /*mc=*/kMr * 12, /*nc=*/2048, pack_a, pack_b_nt, pack_b_nn, compute,
+    "avx512", kMr, kNr, /*kc=*/768, /*mc=*/kMr * 6, /*nc=*/1024, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt,
+    /*direct_nn=*/true,
 };
 
 }  // namespace
 
-const KernelSet* kernels_avx512() { return &kSet; }
+extern const KernelSet* const kernels_avx512 = &kSet;
 
 }  // namespace dashlm::cpu::gemm_detail
 
 #else  // not compiled for AVX-512
 
 namespace dashlm::cpu::gemm_detail {
-const KernelSet* kernels_avx512() { return nullptr; }
+extern const KernelSet* const kernels_avx512 = nullptr;
 }  // namespace dashlm::cpu::gemm_detail
 
 #endif

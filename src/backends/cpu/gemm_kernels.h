@@ -5,7 +5,8 @@
 // columns) and a block of A (mc rows by the same kc values):
 //   - B is packed into slivers of NR columns: sliver s holds, for each p in [0, kc), the NR
 //     values B(p, s*NR .. s*NR+NR-1) contiguously (zero-padded past the last column), so the
-//     micro-kernel loads NR values of B per k step with aligned vector loads.
+//     micro-kernel loads NR values of B per k step with whole vector loads. (A B stored [k x n]
+//     already has that shape, with a row stride: it can also be read in place.)
 //   - A is packed into tiles of h <= MR rows: for each p in [0, kc), the h values
 //     A(r0 .. r0+h-1, p) contiguously; the micro-kernel broadcasts them one by one. The mc rows
 //     are cut into ceil(mc / MR) tiles of balanced heights (e.g. 32 rows with MR = 14 become
@@ -16,7 +17,7 @@
 // These translation units are compiled with different instruction-set flags, so they must not
 // emit any inline function or template that another unit could also emit (the linker would keep
 // one copy, maybe the AVX-512 one, for everyone): they include no standard-library templates and
-// keep everything but their one exported function in an anonymous namespace.
+// keep everything but their one exported pointer in an anonymous namespace.
 #pragma once
 #include <cstdint>
 
@@ -39,16 +40,32 @@ struct KernelSet {
   void (*pack_b_nt)(int64_t nc, int64_t kc, const float* b, int64_t ldb, float* bp);
   // nn: B(p, j) is at b[p * ldb + j]  (B stored [k x n]).
   void (*pack_b_nn)(int64_t nc, int64_t kc, const float* b, int64_t ldb, float* bp);
-  // C[mc x nc] = alpha * Ap * Bp, or C += alpha * Ap * Bp when load_c. ap as packed by pack_a
-  // for the same mc and kc; bp: slivers as packed by pack_b_*.
-  void (*compute)(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc,
-                  float alpha, bool load_c);
+  // C[mc x nc] = alpha * Ap * B, or C += alpha * Ap * B when load_c. ap as packed by pack_a for
+  // the same mc and kc. B(p, j) is read at bp[p * b_row + (j / nr) * b_sliver + j % nr]:
+  //   packed slivers (pack_b_*):  b_row = nr,  b_sliver = kc * nr;
+  //   B used in place ([k x n] row-major, only when direct_nn):  b_row = ldb,  b_sliver = nr
+  // (then columns past nc are never read).
+  void (*compute)(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* bp, int64_t b_row,
+                  int64_t b_sliver, float* c, int64_t ldc, float alpha, bool load_c);
+  // C[m x n] = alpha * A * B^T (C += ... when load_c) for m <= kSmallM rows and B stored
+  // [n x k], by dot products along k: B is streamed once, nothing is packed (decode: one token
+  // against a weight matrix, one query against the keys).
+  void (*small_m_nt)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                     float* c, int64_t ldc, float alpha, bool load_c);
+  // Whether compute() can read a [k x n] B in place (the driver then skips packing B when it would
+  // be used only once or twice, e.g. V in the attention's P V).
+  bool direct_nn;
 };
 
-// Each returns nullptr when the build has no such kernel (e.g. not an x86-64 compiler).
-const KernelSet* kernels_scalar();
-const KernelSet* kernels_avx2();
-const KernelSet* kernels_avx512();
+// Most rows of A for small_m_nt.
+constexpr int64_t kSmallM = 4;
+
+// Each is nullptr when the build has no such kernels (e.g. not an x86-64 compiler). Constant data
+// rather than functions: no code compiled for an instruction set runs before the driver has
+// checked that the CPU has it (and none runs at program start: no dynamic initialisation).
+extern const KernelSet* const kernels_scalar;
+extern const KernelSet* const kernels_avx2;
+extern const KernelSet* const kernels_avx512;
 
 // Balanced tiling of mc rows into ceil(mc / mr) tiles: the first `taller` tiles have h + 1 rows,
 // the others h. Written out as a macro-free inline function of plain ints so that every unit

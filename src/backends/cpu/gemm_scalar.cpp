@@ -6,8 +6,8 @@
 namespace dashlm::cpu::gemm_detail {
 namespace {
 
-// Register tile: up to 4 rows x 8 columns (8 SSE registers of accumulators).
-constexpr int kMr = 4;
+// Register tile: up to 6 rows x 8 columns (12 SSE registers of accumulators, of 16).
+constexpr int kMr = 6;
 constexpr int kNr = 8;
 
 void pack_a(int64_t mc, int64_t kc, const float* a, int64_t lda, float* ap) {
@@ -50,9 +50,11 @@ void pack_b_nn(int64_t nc, int64_t kc, const float* b, int64_t ldb, float* bp) {
   }
 }
 
+// One register tile: C[H x 8] (+)= alpha * Ap[H x kc] * B[kc x 8] (row p of B at bp + p * b_row,
+// always a packed, zero-padded sliver here); only the first nr columns of C are written.
 template <int H>
-void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, float* c, int64_t ldc, float alpha,
-          bool load_c, int64_t nr) {
+void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, int64_t b_row, float* c, int64_t ldc,
+          float alpha, bool load_c, int64_t nr) {
   float acc[H][kNr] = {};
   for (int64_t p = 0; p < kc; ++p) {
     for (int r = 0; r < H; ++r) {
@@ -60,7 +62,7 @@ void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, fl
       for (int j = 0; j < kNr; ++j) acc[r][j] += av * bp[j];
     }
     ap += H;
-    bp += kNr;
+    bp += b_row;
   }
   const int64_t w = nr < kNr ? nr : kNr;
   for (int r = 0; r < H; ++r) {
@@ -73,31 +75,49 @@ void tile(int64_t kc, const float* __restrict ap, const float* __restrict bp, fl
   }
 }
 
-using TileFn = void (*)(int64_t, const float*, const float*, float*, int64_t, float, bool, int64_t);
-constexpr TileFn kTiles[kMr + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>};
+using TileFn = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t, float, bool, int64_t);
+constexpr TileFn kTiles[kMr + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
 
-void compute(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, float alpha,
-             bool load_c) {
+void compute(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* bp, int64_t b_row, int64_t b_sliver,
+             float* c, int64_t ldc, float alpha, bool load_c) {
   const TileSplit s = split_rows(mc, kMr);
   for (int64_t j = 0; j < nc; j += kNr) {
     const float* at = ap;
     float* ct = c + j;
     for (int64_t t = 0; t < s.count; ++t) {
       const int64_t h = s.h + (t < s.taller ? 1 : 0);
-      kTiles[h](kc, at, bp, ct, ldc, alpha, load_c, nc - j);
+      kTiles[h](kc, at, bp, b_row, ct, ldc, alpha, load_c, nc - j);
       at += h * kc;
       ct += h * ldc;
     }
-    bp += kc * kNr;
+    bp += b_sliver;
+  }
+}
+
+// Dot products along k, one per element of C; `omp simd` lets the compiler vectorise the sums
+// (reassociating them), as it may not do for a plain float loop.
+void small_m_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                int64_t ldc, float alpha, bool load_c) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float* bj = b + j * ldb;
+    for (int64_t i = 0; i < m; ++i) {
+      const float* ai = a + i * lda;
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t p = 0; p < k; ++p) s += ai[p] * bj[p];
+      float* out = c + i * ldc + j;
+      *out = load_c ? *out + alpha * s : alpha * s;
+    }
   }
 }
 
 constexpr KernelSet kSet = {
-    "scalar", kMr, kNr, /*kc=*/256, /*mc=*/kMr * 32, /*nc=*/1024, pack_a, pack_b_nt, pack_b_nn, compute,
+    "scalar", kMr, kNr, /*kc=*/512, /*mc=*/kMr * 16, /*nc=*/512, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt,
+    /*direct_nn=*/false,
 };
 
 }  // namespace
 
-const KernelSet* kernels_scalar() { return &kSet; }
+extern const KernelSet* const kernels_scalar = &kSet;
 
 }  // namespace dashlm::cpu::gemm_detail

@@ -1,6 +1,5 @@
 #include "backends/cpu/ops.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "backends/cpu/gemm.h"
 #include "backends/cpu/quants.h"
 #include "backends/error.h"
 
@@ -43,7 +43,6 @@ void set_num_threads(int n) {
   if (n <= 0) return;
   g_threads = n;
   omp_set_num_threads(n);
-  openblas_set_num_threads(n);
 }
 
 int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
@@ -53,9 +52,7 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, const floa
   if (m <= 0 || out <= 0) return;
   if (w.type == DType::F32) {
     // No conversion needed: one BLAS call.
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(out),
-                static_cast<int>(in), 1.f, x, static_cast<int>(in), static_cast<const float*>(w.data),
-                static_cast<int>(in), 0.f, y, static_cast<int>(out));
+    gemm_nt(m, out, in, x, in, static_cast<const float*>(w.data), in, y, out);
   } else if (m < 4) {
     // Decode-sized: stream the quantized rows once, dequantizing each into a small buffer.
 #pragma omp parallel num_threads(num_threads())
@@ -77,9 +74,7 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, const floa
       float* s = scratch.data();
 #pragma omp parallel for schedule(static) num_threads(num_threads())
       for (int64_t r = 0; r < nr; ++r) dequantize_row(w.type, row_ptr(w, r0 + r), s + r * in, in);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(nr),
-                  static_cast<int>(in), 1.f, x, static_cast<int>(in), s, static_cast<int>(in), 0.f, y + r0,
-                  static_cast<int>(out));
+      gemm_nt(m, nr, in, x, in, s, in, y + r0, out);
     }
   }
   if (bias) {
@@ -169,10 +164,8 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const float* k
         const int kvh = h / group;
         scores.resize(static_cast<size_t>(nb * nk));
         // S = Q K^T  (nb x nk)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nb), static_cast<int>(nk),
-                    static_cast<int>(hd), p.scale, q + i0 * q_stride + h * hd, static_cast<int>(q_stride),
-                    k + lo * kv_stride + kvh * hd, static_cast<int>(kv_stride), 0.f, scores.data(),
-                    static_cast<int>(nk));
+        gemm_nt(nb, nk, hd, q + i0 * q_stride + h * hd, q_stride, k + lo * kv_stride + kvh * hd, kv_stride,
+                scores.data(), nk, false, p.scale, 1);
         // Mask by position, softmax per row.
         for (int64_t i = 0; i < nb; ++i) {
           float* s = scores.data() + i * nk;
@@ -199,9 +192,7 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const float* k
           for (int64_t j = 0; j < nk; ++j) s[j] *= inv;
         }
         // O = P V  (nb x hd)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(nb), static_cast<int>(hd),
-                    static_cast<int>(nk), 1.f, scores.data(), static_cast<int>(nk), v + lo * kv_stride + kvh * hd,
-                    static_cast<int>(kv_stride), 0.f, o_base, static_cast<int>(q_stride));
+        gemm_nn(nb, hd, nk, scores.data(), nk, v + lo * kv_stride + kvh * hd, kv_stride, o_base, q_stride, false, 1.f, 1);
       }
     }
   }
