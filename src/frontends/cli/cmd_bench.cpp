@@ -117,7 +117,7 @@ int bench(const BenchOptions& o) {
   cpu::set_num_threads(threads);
   auto model = Model::load(o.model, o.tokenizer);
   const HParams& hp = model->hp();
-  const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed);
+  const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed, o.model);
   for (int64_t n : lengths) {
     if (n > hp.n_ctx_train) fail("-p {} is longer than the model's context of {} tokens", n, hp.n_ctx_train);
   }

@@ -135,7 +135,7 @@ int run(const RunOptions& o) {
     fmt::print(stderr, "warning: only {} new tokens fit the context of {}\n", n_predict, ctx_limit);
   }
 
-  const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed);
+  const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed, o.model);
   if (!hc.enabled() && !o.halting_map.empty()) fail("--halting-map needs a --halting policy");
 
   auto engine_ptr = make_engine(*model, n_prompt + n_predict, o.backend);

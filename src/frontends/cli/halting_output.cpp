@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "backends/error.h"
+#include "runtime/eval.h"
 
 namespace dashlm::cli {
 
@@ -31,7 +32,7 @@ DeltaSignal parse_delta_signal(const std::string& s) {
 
 void add_halting_flags(CLI::App* c, HaltingFlags& f) {
   HaltingConfig& h = f.cfg;
-  c->add_option("--halting", h.policy, "Halting policy: none, topk, threshold, random, attn")->capture_default_str();
+  c->add_option("--halting", h.policy, "Halting policy: none, topk, threshold, random, attn, auto (the setting saved by dashlm calibrate)")->capture_default_str();
   c->add_option("--halt-layer", h.halt_layer, "topk/random/attn: decision layer, an index or a fraction of depth")->capture_default_str();
   c->add_option("--keep", h.keep, "topk/random/attn: fraction of document tokens kept active")->capture_default_str();
   c->add_option("--min-layer", h.min_layer, "threshold: first layer whose delta counts")->capture_default_str();
@@ -44,7 +45,27 @@ void add_halting_flags(CLI::App* c, HaltingFlags& f) {
   c->add_option("--protect-last", h.protect_last, "Last document tokens that never halt (>= 1)")->capture_default_str();
 }
 
-HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed) {
+std::string calibration_path(const std::string& model_path) { return model_path + ".dash.json"; }
+
+HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed, const std::string& model_path) {
+  if (f.cfg.policy == "auto") {
+    const std::string path = calibration_path(model_path);
+    std::ifstream in(path);
+    if (!in) fail("no calibration for this model: run dashlm calibrate (looked for {})", path);
+    HaltingConfig hc;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+      hc = eval::parse_config_spec(j.at("spec").get<std::string>());
+    } catch (const nlohmann::json::exception& e) {
+      fail("{} is not a calibration file ({}): run dashlm calibrate again", path, e.what());
+    }
+    if (hc.policy == "random" && hc.seed == 0) hc.seed = seed;
+    hc.validate(n_layer);
+    fmt::print(stderr, "halting auto: {} from {} (continuation NLL {:+.4f} within a budget of {}, FLOP speedup {:.2f}x)\n",
+               hc.describe(n_layer), path, j.value("delta_nll", 0.0), j.value("budget", 0.0), j.value("flop_speedup", 1.0));
+    return hc;
+  }
   HaltingConfig hc = f.cfg;
   hc.seed = seed;
   hc.kv = parse_kv_mode(f.kv);

@@ -22,7 +22,11 @@ struct HaltingFlags {
 };
 void add_halting_flags(CLI::App* c, HaltingFlags& f);
 // The validated configuration for a model of n_layer layers (seed: for the random policy).
-HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed);
+// Policy "auto" loads the setting `dashlm calibrate` saved for the model at model_path
+// (calibration_path) and says on stderr which one it chose; an error if there is none.
+HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed, const std::string& model_path);
+// Where `dashlm calibrate` saves its choice for a model file: MODEL.dash.json beside it.
+std::string calibration_path(const std::string& model_path);
 
 KVMode parse_kv_mode(const std::string& s);
 DeltaSignal parse_delta_signal(const std::string& s);

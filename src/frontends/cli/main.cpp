@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   dashlm::cli::add_inspect_command(app, action);
   dashlm::cli::add_tokenize_command(app, action);
   dashlm::cli::add_bench_command(app, action);
+  dashlm::cli::add_eval_command(app, action);
+  dashlm::cli::add_calibrate_command(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

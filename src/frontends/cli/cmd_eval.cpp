@@ -1,0 +1,541 @@
+// dashlm eval: what halting costs in answer quality. Every halting configuration and full
+// prefill run on the same samples (needle, passkey, multi-needle retrieval, continuation NLL,
+// fidelity to full prefill) at several prompt lengths; the table reports the measured prefill
+// speedup (full prefill and each configuration alternate on every sample), the FLOP-model
+// speedup, each task's score and its change against full prefill.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "backends/error.h"
+#include "frontends/cli/commands.h"
+#include "frontends/cli/common.h"
+#include "frontends/cli/eval_cli.h"
+#include "frontends/cli/eval_plot.h"
+#include "model/chat.h"
+#include "runtime/engine_factory.h"
+#include "runtime/eval.h"
+
+namespace dashlm::cli {
+
+std::string find_dataset_dir(const std::string& given) {
+  namespace fs = std::filesystem;
+  if (!given.empty()) return given;
+  if (fs::exists(".cache/datasets/manifest.json")) return ".cache/datasets";
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path beside = exe.parent_path().parent_path() / ".cache" / "datasets";
+    if (fs::exists(beside / "manifest.json")) return beside.string();
+  }
+  return ".cache/datasets";
+}
+
+eval::SampleOptions chat_sample_options(const Model& model, const std::string& mode) {
+  if (mode != "auto" && mode != "on" && mode != "off") fail("--chat must be auto, on or off, got '{}'", mode);
+  eval::SampleOptions o;
+  const Metadata& meta = model.file().meta;
+  const ChatFormat f = chat_format_of(meta);
+  if (mode == "on" && f == ChatFormat::None) fail("--chat on: the model has no chat template that dashlm knows");
+  // auto: only models that carry a template (base models of a chat family do not).
+  o.chat = mode == "on" || (mode == "auto" && f != ChatFormat::None && meta.get_string("tokenizer.chat_template").has_value());
+  if (o.chat) {
+    const std::string marker = "\x01";
+    const std::string turn = chat_format_user_turn(f, marker, chat_default_system_prompt(meta));
+    const size_t at = turn.find(marker);
+    o.chat_before = turn.substr(0, at);
+    o.chat_after = turn.substr(at + marker.size());
+  }
+  return o;
+}
+
+namespace {
+
+struct EvalOptions {
+  std::string model, tokenizer, tasks = "needle,passkey,multi-needle,continuation,fidelity", lengths = "1k,4k";
+  std::string configs = "topk:0.4:0.33:retain,topk:0.4:0.33:drop,random:0.4:0.33:retain";
+  std::string json_path, plot_path, resume_path, dataset_dir, chat = "auto", backend = "cpu", plot_x = "measured";
+  int samples = 5, n_gen = 32, cont_tokens = 256, threads = 0;
+  uint64_t seed = 0;
+  bool quiet = false;
+};
+
+// A configuration row of the evaluation: full prefill (the reference) or a halting setting.
+struct ConfigRow {
+  std::string key;       // "full" or the canonical spec
+  std::string describe;  // for people
+  std::string policy, kv;
+  HaltingConfig hc;
+};
+
+std::string record_key(const std::string& task, int64_t length, int sample, const std::string& config) {
+  return fmt::format("{}|{}|{}|{}", task, length, sample, config);
+}
+
+std::string fmt_duration(double s) {
+  s = std::round(s);
+  if (s < 60) return fmt::format("{:.0f}s", s);
+  if (s < 3600) return fmt::format("{:.0f}m{:02.0f}s", std::floor(s / 60), std::fmod(s, 60));
+  return fmt::format("{:.0f}h{:02.0f}m", std::floor(s / 3600), std::fmod(s / 60, 60));
+}
+
+// Means over the records of one configuration, optionally at one length.
+struct Aggregate {
+  int n_runs = 0;
+  double speedup = NAN, flop_speedup = NAN;
+  // task -> metric -> (mean, mean paired change against full prefill, samples)
+  struct Stat {
+    double mean = NAN, delta = NAN;
+    int n = 0;
+  };
+  std::map<std::string, std::map<std::string, Stat>> tasks;
+};
+
+const std::vector<std::string>& task_metrics(const std::string& task) {
+  static const std::vector<std::string> retrieval = {"score", "top1_last", "kl_last"};
+  static const std::vector<std::string> cont = {"nll", "top1_last", "kl_last"};
+  static const std::vector<std::string> fid = {"top1", "kl", "greedy_match", "top1_last", "kl_last"};
+  if (eval::is_retrieval_task(task)) return retrieval;
+  return task == "continuation" ? cont : fid;
+}
+
+Aggregate aggregate(const std::vector<nlohmann::json>& records, const std::map<std::string, const nlohmann::json*>& by_key,
+                    const std::string& config, int64_t length /* 0: all */) {
+  Aggregate a;
+  double full_ms = 0, ms = 0, f_full = 0, f_done = 0;
+  std::map<std::string, std::map<std::string, std::array<double, 3>>> acc;  // sum, sum of deltas, n
+  for (const nlohmann::json& r : records) {
+    if (r["config"] != config || (length > 0 && r["length"].get<int64_t>() != length)) continue;
+    ++a.n_runs;
+    full_ms += r["full_document_ms"].get<double>();
+    ms += r["document_ms"].get<double>();
+    f_full += r["flops_full"].get<double>();
+    f_done += r["flops_done"].get<double>();
+    const std::string task = r["task"];
+    const auto ref_it = by_key.find(record_key(task, r["length"], r["sample"], "full"));
+    for (const std::string& m : task_metrics(task)) {
+      if (!r.contains(m)) continue;
+      auto& s = acc[task][m];
+      const double v = r[m].get<double>();
+      s[0] += v;
+      s[2] += 1;
+      if (ref_it != by_key.end() && ref_it->second->contains(m)) s[1] += v - (*ref_it->second)[m].get<double>();
+    }
+  }
+  if (a.n_runs > 0) {
+    a.speedup = ms > 0 ? full_ms / ms : NAN;
+    a.flop_speedup = f_done > 0 ? f_full / f_done : NAN;
+  }
+  for (auto& [task, ms_] : acc) {
+    for (auto& [m, s] : ms_) a.tasks[task][m] = {s[0] / s[2], s[1] / s[2], static_cast<int>(s[2])};
+  }
+  return a;
+}
+
+std::string cell(const Aggregate& a, const std::string& task, const std::string& metric, bool is_full, int decimals) {
+  const auto t = a.tasks.find(task);
+  if (t == a.tasks.end()) return "";
+  const auto m = t->second.find(metric);
+  if (m == t->second.end()) return "";
+  const Aggregate::Stat& s = m->second;
+  if (is_full || metric == "kl" || metric == "greedy_match") return fmt::format("{:.{}f}", s.mean, decimals);
+  return fmt::format("{:.{}f} ({:+.{}f})", s.mean, decimals, s.delta, decimals);
+}
+
+// The table's columns for the tasks asked for.
+struct Column {
+  std::string title, task, metric;
+  int decimals;
+};
+
+std::vector<Column> columns_for(const std::vector<std::string>& tasks) {
+  std::vector<Column> cols;
+  for (const std::string& t : tasks) {
+    if (eval::is_retrieval_task(t)) cols.push_back({t, t, "score", 2});
+    if (t == "continuation") cols.push_back({"continuation NLL", t, "nll", 3});
+    if (t == "fidelity") {
+      cols.push_back({"fidelity top-1", t, "top1", 3});
+      cols.push_back({"fidelity KL", t, "kl", 4});
+      cols.push_back({"greedy match /32", t, "greedy_match", 1});
+    }
+  }
+  return cols;
+}
+
+void print_table(const std::vector<ConfigRow>& rows, const std::vector<Column>& cols, const std::vector<nlohmann::json>& records,
+                 const std::map<std::string, const nlohmann::json*>& by_key, int64_t length) {
+  std::string head = "| config | speedup | FLOP speedup |", rule = "| --- | ---: | ---: |";
+  for (const Column& c : cols) {
+    head += fmt::format(" {} |", c.title);
+    rule += " ---: |";
+  }
+  fmt::print("{}\n{}\n", head, rule);
+  for (const ConfigRow& row : rows) {
+    const Aggregate a = aggregate(records, by_key, row.key, length);
+    if (a.n_runs == 0) continue;
+    const bool full = row.key == "full";
+    std::string line = fmt::format("| {} | {} | {} |", full ? "full prefill" : row.key, full ? "1.00x" : fmt::format("{:.2f}x", a.speedup),
+                                   full ? "1.00x" : fmt::format("{:.2f}x", a.flop_speedup));
+    for (const Column& c : cols) line += fmt::format(" {} |", cell(a, c.task, c.metric, full, c.decimals));
+    fmt::print("{}\n", line);
+  }
+}
+
+nlohmann::json aggregate_json(const Aggregate& a) {
+  nlohmann::json j{{"n_runs", a.n_runs}, {"speedup", a.speedup}, {"flop_speedup", a.flop_speedup}};
+  for (const auto& [task, ms] : a.tasks) {
+    for (const auto& [m, s] : ms) j["tasks"][task][m] = {{"mean", s.mean}, {"change", s.delta}, {"n", s.n}};
+  }
+  return j;
+}
+
+int eval_main(const EvalOptions& o) {
+  using Clock = std::chrono::steady_clock;
+  if (o.samples < 1) fail("--samples must be >= 1");
+  if (o.n_gen < 1) fail("--n-gen must be >= 1");
+  if (o.cont_tokens < 1) fail("--cont-tokens must be >= 1");
+  if (o.threads < 0) fail("--threads must be >= 1");
+  if (o.plot_x != "measured" && o.plot_x != "flops") fail("--plot-x must be measured or flops");
+  const auto ends_with = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
+  if (!o.plot_path.empty() && !ends_with(o.plot_path, ".png") && !ends_with(o.plot_path, ".svg")) fail("--plot: use a .png or .svg file name, got {}", o.plot_path);
+  std::vector<std::string> tasks = eval::split_list(o.tasks);
+  for (const std::string& t : tasks) {
+    if (std::find(eval::task_names().begin(), eval::task_names().end(), t) == eval::task_names().end()) {
+      fail("unknown task '{}' (needle, passkey, multi-needle, continuation, fidelity)", t);
+    }
+  }
+  if (tasks.empty()) fail("--tasks: give at least one task");
+  const std::vector<int64_t> lengths = eval::parse_lengths(o.lengths);
+  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  cpu::set_num_threads(threads);
+
+  auto model = Model::load(o.model, o.tokenizer);
+  const HParams& hp = model->hp();
+  for (int64_t n : lengths) {
+    if (n > hp.n_ctx_train) fail("length {} is longer than the model's context of {} tokens", n, hp.n_ctx_train);
+  }
+  // Configurations: full prefill first (the reference), then the ones asked for.
+  std::vector<ConfigRow> rows{{"full", "full prefill", "full", "", HaltingConfig{}}};
+  for (const std::string& spec : eval::split_list(o.configs)) {
+    HaltingConfig hc = eval::parse_config_spec(spec);
+    hc.validate(hp.n_layer);
+    const std::string key = eval::config_spec(hc);
+    if (std::any_of(rows.begin(), rows.end(), [&](const ConfigRow& r) { return r.key == key; })) fail("--configs lists {} twice", key);
+    rows.push_back({key, hc.describe(hp.n_layer), hc.policy, hc.enabled() ? kv_mode_name(hc.kv) : "", hc});
+  }
+
+  const std::string ds_dir = find_dataset_dir(o.dataset_dir);
+  const eval::Dataset ds = eval::load_dataset(ds_dir);
+  eval::SampleOptions so = chat_sample_options(*model, o.chat);
+  so.n_samples = o.samples;
+  so.n_generate = o.n_gen;
+  so.continuation_tokens = o.cont_tokens;
+  so.seed = o.seed;
+  so.role = "eval";
+  const eval::SampleBuilder builder(model->tokenizer(), ds, so);
+
+  // Results must not be mixed across settings that change the samples or the numbers.
+  std::string books;
+  for (const eval::Book& b : ds.books) books += b.id + ",";
+  const nlohmann::json settings = {{"model", model->name()}, {"n_layers", hp.n_layer}, {"backend", o.backend}, {"chat", so.chat},
+                                   {"seed", o.seed}, {"samples", o.samples}, {"n_gen", o.n_gen}, {"cont_tokens", o.cont_tokens},
+                                   {"dataset_books", books}, {"dataset_facts", ds.facts.size()}};
+  const std::string settings_id = settings.dump();
+
+  std::vector<nlohmann::json> records;
+  std::set<std::string> done;
+  if (!o.resume_path.empty() && std::filesystem::exists(o.resume_path)) {
+    std::ifstream in(o.resume_path);
+    std::string line;
+    int bad = 0;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      nlohmann::json r;
+      try {
+        r = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception&) {
+        ++bad;  // a line cut short when a run was interrupted
+        continue;
+      }
+      if (!r.contains("settings") || r["settings"].dump() != settings_id) {
+        fail("--resume {}: its results were made with other settings ({}); use another file", o.resume_path,
+             r.contains("settings") ? r["settings"].dump() : "none");
+      }
+      const std::string key = record_key(r["task"], r["length"], r["sample"], r["config"]);
+      if (done.insert(key).second) records.push_back(std::move(r));
+    }
+    if (bad > 0 && !o.quiet) fmt::print(stderr, "resume: skipped {} unreadable line(s) of {}\n", bad, o.resume_path);
+    if (!o.quiet) fmt::print(stderr, "resume: {} results already in {}\n", records.size(), o.resume_path);
+  }
+  std::ofstream resume_out;
+  if (!o.resume_path.empty()) {
+    resume_out.open(o.resume_path, std::ios::app);
+    if (!resume_out) fail("cannot write {}", o.resume_path);
+  }
+
+  // Work still to do, for progress and the time estimate.
+  // Work is counted in prompt tokens, so that the estimate holds when the lengths differ.
+  int64_t total = 0, finished = 0;
+  double work_total = 0, work_done = 0;
+  for (int64_t len : lengths)
+    for (const std::string& t : tasks)
+      for (int i = 0; i < o.samples; ++i)
+        for (const ConfigRow& r : rows) {
+          if (done.count(record_key(t, len, i, r.key))) continue;
+          ++total;
+          work_total += static_cast<double>(len);
+        }
+  const bool tty = !o.quiet && stderr_is_tty();
+  const auto t_start = Clock::now();
+  if (total > 0) {  // warm-up: first touch of the weights, thread start-up
+    auto e = make_engine(*model, 64, o.backend);
+    std::vector<int32_t> ids(32, model->tokenizer().bos() >= 0 ? model->tokenizer().bos() : 0);
+    e->prefill(ids, PrefillOptions{}, nullptr);
+  }
+  auto progress = [&](const std::string& what) {
+    if (!tty) return;
+    const double el = std::chrono::duration<double>(Clock::now() - t_start).count();
+    const std::string eta = work_done > 0 ? ", ~" + fmt_duration(el / work_done * (work_total - work_done)) + " left" : "";
+    fmt::print(stderr, "\r\033[K[{}/{} runs, {}{}] {}", finished, total, fmt_duration(el), eta, what);
+    std::fflush(stderr);
+  };
+  auto save = [&](nlohmann::json r) {
+    r["settings"] = settings;
+    if (resume_out.is_open()) {
+      resume_out << r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      resume_out.flush();
+    }
+    done.insert(record_key(r["task"], r["length"], r["sample"], r["config"]));
+    const auto len = r["length"].get<int64_t>();
+    records.push_back(std::move(r));
+    ++finished;
+    work_done += static_cast<double>(len);
+  };
+
+  for (int64_t len : lengths) {
+    for (const std::string& task : tasks) {
+      // Room for the generated tokens: at the model's full context the prompt is that much shorter.
+      const int gen = eval::is_retrieval_task(task) ? so.n_generate : task == "fidelity" ? so.fidelity_tokens : 0;
+      const int64_t prompt_len = std::min<int64_t>(len, hp.n_ctx_train - gen);
+      if (prompt_len < len && !o.quiet) fmt::print(stderr, "{}: prompts of {} tokens at length {} (room for {} generated tokens)\n", task, prompt_len, len, gen);
+      for (int i = 0; i < o.samples; ++i) {
+        std::vector<const ConfigRow*> todo;
+        for (const ConfigRow& r : rows) {
+          if (!done.count(record_key(task, len, i, r.key))) todo.push_back(&r);
+        }
+        if (todo.empty()) continue;
+        const eval::Sample s = builder.build(task, prompt_len, i);
+        // Full prefill first: the reference for fidelity and the time each configuration is
+        // compared with (alternating on every sample, so drifts in machine speed cancel).
+        progress(fmt::format("{} {} sample {}/{}: full prefill", task, len, i + 1, o.samples));
+        const eval::RunOutput ref = eval::run_sample(*model, o.backend, s, nullptr);
+        auto base_record = [&](const ConfigRow& row, const eval::RunOutput& out) {
+          nlohmann::json r = eval::score_run(s, out, ref, hp.n_vocab);
+          r["task"] = task;
+          r["length"] = len;
+          r["sample"] = i;
+          r["config"] = row.key;
+          r["describe"] = row.describe;
+          r["policy"] = row.policy;
+          r["kv"] = row.kv;
+          r["n_tokens"] = s.n_tokens();
+          r["n_document"] = s.document.size();
+          r["n_query"] = s.query.size();
+          r["book"] = s.book;
+          r["document_ms"] = out.document_ms;
+          r["query_ms"] = out.query_ms;
+          r["full_document_ms"] = ref.document_ms;
+          r["flops_full"] = out.flops_full;
+          r["flops_done"] = out.flops_done;
+          r["flop_speedup"] = out.flops_done > 0 ? out.flops_full / out.flops_done : 1.0;
+          r["active_after"] = out.active_after;
+          if (eval::is_retrieval_task(task)) {
+            r["answers"] = s.answers;
+            r["depths"] = s.depths;
+            r["question"] = s.question;
+          }
+          if (s.n_generate > 0) r["generated"] = out.text;
+          return r;
+        };
+        if (!done.count(record_key(task, len, i, "full"))) {
+          nlohmann::json r = base_record(rows[0], ref);
+          if (eval::is_retrieval_task(task)) {
+            // Control: the question without the document. Answers the model gives from what it
+            // already knows are not evidence of reading the document.
+            const std::string cb = eval::generate_text(*model, o.backend, s.closed_book, s.n_generate);
+            int found = 0;
+            for (const std::string& a : s.answers) found += eval::answer_found(cb, a) ? 1 : 0;
+            r["closed_book_generated"] = cb;
+            r["closed_book_score"] = static_cast<double>(found) / static_cast<double>(s.answers.size());
+          }
+          save(std::move(r));
+        }
+        for (const ConfigRow* row : todo) {
+          if (row->key == "full") continue;
+          progress(fmt::format("{} {} sample {}/{}: {}", task, len, i + 1, o.samples, row->key));
+          const eval::RunOutput out = eval::run_sample(*model, o.backend, s, &row->hc);
+          save(base_record(*row, out));
+        }
+        if (!tty && !o.quiet) {
+          fmt::print(stderr, "eval: {} length {} sample {}/{} done ({}/{} runs, {})\n", task, len, i + 1, o.samples, finished, total,
+                     fmt_duration(std::chrono::duration<double>(Clock::now() - t_start).count()));
+        }
+      }
+    }
+  }
+  if (tty) fmt::print(stderr, "\r\033[K");
+
+  // Only what this invocation asked for (a resume file may hold more).
+  std::vector<nlohmann::json> sel;
+  for (const nlohmann::json& r : records) {
+    const bool t_ok = std::find(tasks.begin(), tasks.end(), r["task"].get<std::string>()) != tasks.end();
+    const bool l_ok = std::find(lengths.begin(), lengths.end(), r["length"].get<int64_t>()) != lengths.end();
+    const bool c_ok = std::any_of(rows.begin(), rows.end(), [&](const ConfigRow& c) { return c.key == r["config"]; });
+    if (t_ok && l_ok && c_ok && r["sample"].get<int>() < o.samples) sel.push_back(r);
+  }
+  std::map<std::string, const nlohmann::json*> by_key;
+  for (const nlohmann::json& r : sel) by_key[record_key(r["task"], r["length"], r["sample"], r["config"])] = &r;
+
+  // The table.
+  const std::vector<Column> cols = columns_for(tasks);
+  fmt::print("# dashlm eval: {} ({} layers), backend {}, threads {}, chat {}, {} samples per task and length, seed {}\n", model->name(), hp.n_layer,
+             o.backend, threads, so.chat ? "on" : "off", o.samples, o.seed);
+  fmt::print("# speedup: measured time of the document prefill, full / config (alternating on each sample); FLOP speedup: the cost model\n");
+  fmt::print("# scores: mean (change against full prefill on the same samples); continuation NLL and KL: lower is better\n");
+  for (int64_t len : lengths) {
+    fmt::print("\n## length {}\n\n", len);
+    print_table(rows, cols, sel, by_key, len);
+  }
+  if (lengths.size() > 1) {
+    fmt::print("\n## all lengths\n\n");
+    print_table(rows, cols, sel, by_key, 0);
+  }
+  // Closed-book control.
+  std::string control;
+  nlohmann::json closed = nlohmann::json::object();
+  for (const std::string& t : tasks) {
+    if (!eval::is_retrieval_task(t)) continue;
+    double sum = 0;
+    int n = 0;
+    for (const nlohmann::json& r : sel) {
+      if (r["task"] == t && r["config"] == "full" && r.contains("closed_book_score")) {
+        sum += r["closed_book_score"].get<double>();
+        ++n;
+      }
+    }
+    if (n > 0) {
+      closed[t] = sum / n;
+      control += fmt::format("{}{} {:.2f}", control.empty() ? "" : ", ", t, sum / n);
+    }
+  }
+  if (!control.empty()) {
+    fmt::print("\nclosed-book control (the question without the document, full prefill): {}\n", control);
+    fmt::print("(answers the model knows without reading; retrieval scores above this level measure reading)\n");
+  }
+
+  if (!o.json_path.empty()) {
+    nlohmann::json j;
+    j["model"] = model->name();
+    j["model_path"] = o.model;
+    j["settings"] = settings;
+    j["threads"] = threads;
+    j["tasks"] = tasks;
+    j["lengths"] = lengths;
+    for (const ConfigRow& r : rows) j["configs"].push_back({{"config", r.key}, {"describe", r.describe}, {"policy", r.policy}, {"kv", r.kv}});
+    for (const ConfigRow& r : rows) {
+      for (int64_t len : lengths) {
+        nlohmann::json a = aggregate_json(aggregate(sel, by_key, r.key, len));
+        a["config"] = r.key;
+        a["length"] = len;
+        j["summary"].push_back(a);
+      }
+      nlohmann::json a = aggregate_json(aggregate(sel, by_key, r.key, 0));
+      a["config"] = r.key;
+      a["length"] = "all";
+      j["summary"].push_back(a);
+    }
+    j["closed_book"] = closed;
+    j["records"] = sel;
+    std::ofstream out(o.json_path);
+    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    if (!out) fail("cannot write {}", o.json_path);
+  }
+
+  if (!o.plot_path.empty()) {
+    std::vector<PlotPanel> panels;
+    for (const std::string& t : tasks) {
+      const std::string metric = eval::primary_metric(t);
+      PlotPanel p;
+      p.title = t == "continuation" ? "continuation: NLL change" : t == "fidelity" ? "fidelity: top-1 change" : t + ": score change";
+      p.points.push_back({1.0, 0.0, "full", "", 0, "full prefill"});
+      for (const ConfigRow& r : rows) {
+        if (r.key == "full") continue;
+        for (size_t li = 0; li < lengths.size(); ++li) {
+          const Aggregate a = aggregate(sel, by_key, r.key, lengths[li]);
+          const auto it = a.tasks.find(t);
+          if (it == a.tasks.end() || !it->second.count(metric)) continue;
+          const double x = o.plot_x == "flops" ? a.flop_speedup : a.speedup;
+          p.points.push_back({x, it->second.at(metric).delta, r.policy, r.kv, static_cast<int>(li), fmt::format("{} @ {}", r.key, lengths[li])});
+        }
+      }
+      panels.push_back(std::move(p));
+    }
+    write_eval_plot(o.plot_path, panels, o.plot_x == "flops" ? "FLOP speedup" : "measured speedup",
+                    fmt::format("{}: quality change vs speedup", model->name()));
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_eval_command(CLI::App& app, Action& action) {
+  auto o = std::make_shared<EvalOptions>();
+  CLI::App* c = app.add_subcommand("eval", "Measure what halting costs in answer quality, against full prefill");
+  c->footer(
+      "Tasks: needle (a fact from the quiz tables planted at depths 0..100% of book text, question with an exact answer),\n"
+      "passkey (a 5-7 digit number in long text), multi-needle (four facts, a question needing two of them),\n"
+      "continuation (mean NLL of the next --cont-tokens tokens of a book, teacher-forced after the prefilled document),\n"
+      "fidelity (top-1 agreement and KL of the next-token distributions at the query positions, and greedy tokens\n"
+      "matching full prefill over the first 32).\n"
+      "Configs (comma-separated): none | topk:L:KEEP:KV | random:L:KEEP:KV | attn:L:KEEP:KV |\n"
+      "threshold:MIN:TAU:PATIENCE:SIGNAL:KV, with L a layer index or a fraction of depth, KEEP the fraction of\n"
+      "document tokens kept, KV retain|drop, SIGNAL abs|rel|block; optional :pf=N (protect first N), :pl=N,\n"
+      ":delta=abs|rel|block, :q=N (attn), :seed=N (random). Full prefill always runs as the reference; 'none'\n"
+      "runs it again as a row (timing noise; its score change must be 0).\n"
+      "Example: dashlm eval -m MODEL --lengths 1k,4k --configs topk:0.4:0.33:retain,threshold:2:0.5:2:rel:retain --json r.json --plot r.png");
+  c->add_option("-m,--model", o->model, "Model file")->required();
+  c->add_option("--tokenizer", o->tokenizer, "Tokenizer file (for llama2.c checkpoints)");
+  c->add_option("--tasks", o->tasks, "Tasks, comma-separated")->capture_default_str();
+  c->add_option("--lengths", o->lengths, "Prompt lengths in the model's tokens, comma-separated (k = 1024)")->capture_default_str();
+  c->add_option("--configs", o->configs, "Halting configurations, comma-separated (see below)")->capture_default_str();
+  c->add_option("--samples", o->samples, "Samples per task and length")->capture_default_str();
+  c->add_option("--json", o->json_path, "Write the summary and every result as JSON");
+  c->add_option("--plot", o->plot_path, "Draw quality change against speedup (.png or .svg)");
+  c->add_option("--plot-x", o->plot_x, "Speedup on the plot's x axis: measured or flops")->capture_default_str();
+  c->add_option("--resume", o->resume_path, "JSON-lines file of finished results: appended as they finish, skipped on rerun");
+  c->add_option("--dataset-dir", o->dataset_dir, "Datasets from scripts/build-datasets (default: .cache/datasets)");
+  c->add_option("--chat", o->chat, "Wrap prompts in the model's chat turn: auto, on or off")->capture_default_str();
+  c->add_option("--n-gen", o->n_gen, "Greedy tokens generated for retrieval answers")->capture_default_str();
+  c->add_option("--cont-tokens", o->cont_tokens, "Continuation: teacher-forced tokens (at most half the length)")->capture_default_str();
+  c->add_option("--seed", o->seed, "Seed of the samples")->capture_default_str();
+  c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
+  c->add_flag("-q,--quiet", o->quiet, "No progress on stderr");
+  c->callback([o, &action] { action = [o] { return eval_main(*o); }; });
+}
+
+}  // namespace dashlm::cli

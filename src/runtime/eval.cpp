@@ -1,0 +1,752 @@
+#include "runtime/eval.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "backends/error.h"
+#include "runtime/engine.h"
+#include "runtime/engine_factory.h"
+
+namespace dashlm::eval {
+
+// ---- metrics ---------------------------------------------------------------------------------
+
+namespace {
+
+// log sum exp of the logits, in double precision.
+double log_sum_exp(std::span<const float> logits) {
+  double mx = -INFINITY;
+  for (float v : logits) mx = std::max(mx, static_cast<double>(v));
+  double s = 0;
+  for (float v : logits) s += std::exp(static_cast<double>(v) - mx);
+  return mx + std::log(s);
+}
+
+}  // namespace
+
+double log_prob(std::span<const float> logits, int32_t token) {
+  if (token < 0 || static_cast<size_t>(token) >= logits.size()) fail("log_prob: token {} outside the vocabulary", token);
+  return static_cast<double>(logits[static_cast<size_t>(token)]) - log_sum_exp(logits);
+}
+
+double mean_nll(std::span<const float> rows, int64_t n_vocab, std::span<const int32_t> targets) {
+  if (targets.empty()) return 0.0;
+  if (rows.size() != targets.size() * static_cast<size_t>(n_vocab)) fail("mean_nll: {} logits for {} targets", rows.size(), targets.size());
+  double s = 0;
+  for (size_t i = 0; i < targets.size(); ++i) s -= log_prob(rows.subspan(i * static_cast<size_t>(n_vocab), static_cast<size_t>(n_vocab)), targets[i]);
+  return s / static_cast<double>(targets.size());
+}
+
+double kl_divergence(std::span<const float> p_logits, std::span<const float> q_logits) {
+  if (p_logits.size() != q_logits.size() || p_logits.empty()) fail("kl_divergence: logits of different sizes");
+  const double lp = log_sum_exp(p_logits), lq = log_sum_exp(q_logits);
+  double kl = 0;
+  for (size_t i = 0; i < p_logits.size(); ++i) {
+    const double log_p = static_cast<double>(p_logits[i]) - lp;
+    const double log_q = static_cast<double>(q_logits[i]) - lq;
+    const double p = std::exp(log_p);
+    if (p > 0) kl += p * (log_p - log_q);
+  }
+  return std::max(0.0, kl);  // rounding can make a zero divergence slightly negative
+}
+
+int32_t argmax(std::span<const float> logits) {
+  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+int64_t common_prefix(std::span<const int32_t> a, std::span<const int32_t> b) {
+  const size_t n = std::min(a.size(), b.size());
+  size_t i = 0;
+  while (i < n && a[i] == b[i]) ++i;
+  return static_cast<int64_t>(i);
+}
+
+std::string normalize_answer(std::string_view s) {
+  std::string out;
+  bool space = false;
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+      space = !out.empty();
+      continue;
+    }
+    if (space) out += ' ';
+    space = false;
+    out += (u >= 'A' && u <= 'Z') ? static_cast<char>(u - 'A' + 'a') : c;
+  }
+  return out;
+}
+
+bool answer_found(std::string_view generated, std::string_view expected) {
+  const std::string e = normalize_answer(expected);
+  return !e.empty() && normalize_answer(generated).find(e) != std::string::npos;
+}
+
+// ---- configuration specs -------------------------------------------------------------------
+
+std::vector<std::string> split_list(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, sep)) {
+    const size_t a = item.find_first_not_of(" \t");
+    if (a == std::string::npos) continue;
+    out.push_back(item.substr(a, item.find_last_not_of(" \t") - a + 1));
+  }
+  return out;
+}
+
+namespace {
+
+constexpr const char* kSpecSyntax =
+    "none | topk:L:KEEP:KV | random:L:KEEP:KV | attn:L:KEEP:KV | threshold:MIN:TAU:PATIENCE:SIGNAL:KV "
+    "(KV retain|drop, SIGNAL abs|rel|block, optional :pf=N :pl=N :delta=S :q=N :seed=N)";
+
+double spec_number(const std::string& spec, const std::string& field, const char* what) {
+  char* end = nullptr;
+  const double v = std::strtod(field.c_str(), &end);
+  if (field.empty() || *end != '\0' || !std::isfinite(v)) fail("config '{}': {} '{}' is not a number; syntax: {}", spec, what, field, kSpecSyntax);
+  return v;
+}
+
+int spec_int(const std::string& spec, const std::string& field, const char* what) {
+  const double v = spec_number(spec, field, what);
+  if (v != std::floor(v) || std::fabs(v) > 1e9) fail("config '{}': {} '{}' is not a whole number", spec, what, field);
+  return static_cast<int>(v);
+}
+
+KVMode spec_kv(const std::string& spec, const std::string& f) {
+  if (f == "retain") return KVMode::Retain;
+  if (f == "drop") return KVMode::Drop;
+  fail("config '{}': KV mode '{}' must be retain or drop", spec, f);
+}
+
+DeltaSignal spec_signal(const std::string& spec, const std::string& f) {
+  if (f == "abs") return DeltaSignal::Abs;
+  if (f == "rel") return DeltaSignal::Rel;
+  if (f == "block") return DeltaSignal::Block;
+  fail("config '{}': delta signal '{}' must be abs, rel or block", spec, f);
+}
+
+}  // namespace
+
+HaltingConfig parse_config_spec(const std::string& spec) {
+  std::vector<std::string> fields;
+  {
+    std::stringstream ss(spec);
+    std::string f;
+    while (std::getline(ss, f, ':')) fields.push_back(f);
+  }
+  if (fields.empty() || fields[0].empty()) fail("empty config; syntax: {}", kSpecSyntax);
+  // Positional fields first, then name=value fields.
+  std::vector<std::string> pos, named;
+  for (size_t i = 1; i < fields.size(); ++i) (fields[i].find('=') == std::string::npos && named.empty() ? pos : named).push_back(fields[i]);
+  HaltingConfig hc;
+  const std::string& p = fields[0];
+  if (p == "none" || p == "full") {
+    if (!pos.empty() || !named.empty()) fail("config '{}': 'none' takes no parameters", spec);
+    hc.policy = "none";
+    return hc;
+  }
+  if (p == "topk" || p == "random" || p == "attn") {
+    if (pos.size() < 2 || pos.size() > 3) fail("config '{}': {} needs LAYER:KEEP[:KV]; syntax: {}", spec, p, kSpecSyntax);
+    hc.policy = p;
+    hc.halt_layer = spec_number(spec, pos[0], "layer");
+    hc.keep = spec_number(spec, pos[1], "keep");
+    if (pos.size() == 3) hc.kv = spec_kv(spec, pos[2]);
+  } else if (p == "threshold") {
+    if (pos.size() < 3 || pos.size() > 5) fail("config '{}': threshold needs MIN:TAU:PATIENCE[:SIGNAL[:KV]]; syntax: {}", spec, kSpecSyntax);
+    hc.policy = p;
+    hc.min_layer = spec_int(spec, pos[0], "min layer");
+    hc.tau = spec_number(spec, pos[1], "tau");
+    hc.patience = spec_int(spec, pos[2], "patience");
+    if (pos.size() >= 4) hc.signal = spec_signal(spec, pos[3]);
+    if (pos.size() == 5) hc.kv = spec_kv(spec, pos[4]);
+  } else {
+    fail("config '{}': unknown policy '{}'; syntax: {}", spec, p, kSpecSyntax);
+  }
+  for (const std::string& f : named) {
+    const size_t eq = f.find('=');
+    const std::string k = f.substr(0, eq), v = eq == std::string::npos ? "" : f.substr(eq + 1);
+    if (k == "pf") hc.protect_first = spec_int(spec, v, "pf");
+    else if (k == "pl") hc.protect_last = spec_int(spec, v, "pl");
+    else if (k == "delta") hc.signal = spec_signal(spec, v);
+    else if (k == "q") hc.attn_queries = spec_int(spec, v, "q");
+    else if (k == "seed") hc.seed = static_cast<uint64_t>(spec_int(spec, v, "seed"));
+    else fail("config '{}': unknown field '{}' (pf, pl, delta, q, seed)", spec, f);
+  }
+  return hc;
+}
+
+std::string config_spec(const HaltingConfig& hc) {
+  if (!hc.enabled()) return "none";
+  std::string s;
+  if (hc.policy == "threshold") {
+    s = fmt::format("threshold:{}:{}:{}:{}:{}", hc.min_layer, hc.tau, hc.patience, delta_signal_name(hc.signal), kv_mode_name(hc.kv));
+  } else {
+    s = fmt::format("{}:{}:{}:{}", hc.policy, hc.halt_layer, hc.keep, kv_mode_name(hc.kv));
+    if (hc.signal != DeltaSignal::Abs) s += fmt::format(":delta={}", delta_signal_name(hc.signal));
+  }
+  if (hc.protect_first != 0) s += fmt::format(":pf={}", hc.protect_first);
+  if (hc.protect_last != 1) s += fmt::format(":pl={}", hc.protect_last);
+  if (hc.policy == "attn" && hc.attn_queries != HaltingConfig{}.attn_queries) s += fmt::format(":q={}", hc.attn_queries);
+  if (hc.policy == "random" && hc.seed != 0) s += fmt::format(":seed={}", hc.seed);
+  return s;
+}
+
+std::vector<int64_t> parse_lengths(const std::string& s) {
+  std::vector<int64_t> out;
+  for (std::string item : split_list(s)) {
+    double mult = 1;
+    if (item.back() == 'k' || item.back() == 'K') {
+      mult = 1024;
+      item.pop_back();
+    }
+    char* end = nullptr;
+    const double v = std::strtod(item.c_str(), &end);
+    const auto n = static_cast<int64_t>(std::llround(v * mult));
+    if (item.empty() || *end != '\0' || !(v > 0) || n <= 0 || n > (int64_t{1} << 30)) fail("'{}' is not a positive token count", item);
+    out.push_back(n);
+  }
+  if (out.empty()) fail("give at least one length");
+  return out;
+}
+
+// ---- random numbers ---------------------------------------------------------------------------
+
+uint64_t Rng::next() {  // SplitMix64
+  uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+uint64_t Rng::below(uint64_t n) {
+  if (n == 0) fail("Rng::below(0)");
+  // Rejection sampling: no modulo bias.
+  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+  uint64_t x;
+  do x = next();
+  while (x >= limit);
+  return x % n;
+}
+
+double Rng::uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+
+uint64_t sample_seed(uint64_t seed, std::string_view task, int64_t length, int index) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over the task name, then mixed with the numbers
+  for (char c : task) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+  Rng r(h ^ seed);
+  r.next();
+  Rng r2(r.next() ^ static_cast<uint64_t>(length) * 0x9E3779B97F4A7C15ull);
+  r2.next();
+  return r2.next() ^ static_cast<uint64_t>(index) * 0xD1B54A32D192ED03ull;
+}
+
+// ---- datasets -----------------------------------------------------------------------------
+
+std::vector<const Book*> Dataset::with_role(const std::string& role) const {
+  std::vector<const Book*> out;
+  for (const Book& b : books) {
+    if (b.role == role) out.push_back(&b);
+  }
+  return out;
+}
+
+namespace {
+
+std::vector<std::string> read_lines(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read {}", path);
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) lines.push_back(line);
+  }
+  return lines;
+}
+
+}  // namespace
+
+Dataset load_dataset(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const std::string hint = "run scripts/build-datasets (or give --dataset-dir)";
+  if (!fs::is_directory(dir)) fail("no datasets in {}: {}", dir, hint);
+  const fs::path manifest = fs::path(dir) / "manifest.json";
+  if (!fs::exists(manifest)) fail("{} is missing: {}", manifest.string(), hint);
+  Dataset ds;
+  ds.dir = dir;
+  nlohmann::json m;
+  try {
+    std::ifstream in(manifest);
+    m = nlohmann::json::parse(in);
+    ds.minimal = m.value("minimal", false);
+    for (const auto& b : m.at("books")) {
+      Book book;
+      book.id = b.at("id").get<std::string>();
+      book.title = b.value("title", book.id);
+      book.role = b.value("role", "eval");
+      book.group = b.value("group", book.id);
+      const fs::path p = fs::path(dir) / "books" / (book.id + ".txt");
+      if (!fs::exists(p)) fail("{} is missing: {}", p.string(), hint);
+      book.paragraphs = read_lines(p.string());
+      if (!book.paragraphs.empty()) ds.books.push_back(std::move(book));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail("{} is not a dataset manifest ({}): {}", manifest.string(), e.what(), hint);
+  }
+  std::sort(ds.books.begin(), ds.books.end(), [](const Book& a, const Book& b) { return a.id < b.id; });
+  const fs::path facts = fs::path(dir) / "facts.jsonl";
+  if (!fs::exists(facts)) fail("{} is missing: {}", facts.string(), hint);
+  for (const std::string& line : read_lines(facts.string())) {
+    try {
+      const auto j = nlohmann::json::parse(line);
+      ds.facts.push_back({j.value("table", ""), j.at("key").get<std::string>(), j.at("statement").get<std::string>(),
+                          j.at("question").get<std::string>(), j.at("answer").get<std::string>()});
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: a line is not a fact ({}): {}", facts.string(), e.what(), hint);
+    }
+  }
+  if (ds.books.empty()) fail("{} lists no books: {}", manifest.string(), hint);
+  return ds;
+}
+
+Dataset dataset_from_text(const std::string& path, const std::string& text) {
+  Dataset ds;
+  ds.dir = path;
+  Book b;
+  b.id = std::filesystem::path(path).filename().string();
+  b.title = b.id;
+  b.role = "heldout";
+  b.group = b.id;
+  // Paragraphs: blank-line separated blocks, hard-wrapped lines joined with spaces.
+  std::stringstream ss(text);
+  std::string line, cur;
+  auto flush = [&] {
+    if (!cur.empty()) b.paragraphs.push_back(cur);
+    cur.clear();
+  };
+  while (std::getline(ss, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const size_t a = line.find_first_not_of(" \t");
+    if (a == std::string::npos) {
+      flush();
+      continue;
+    }
+    const std::string t = line.substr(a, line.find_last_not_of(" \t") - a + 1);
+    cur += cur.empty() ? t : " " + t;
+  }
+  flush();
+  if (b.paragraphs.empty()) fail("{} has no text", path);
+  ds.books.push_back(std::move(b));
+  return ds;
+}
+
+std::vector<std::string> split_sentences(const std::string& paragraph) {
+  std::vector<std::string> out;
+  size_t begin = 0;
+  const size_t n = paragraph.size();
+  for (size_t i = 0; i < n; ++i) {
+    const char c = paragraph[i];
+    if (c != '.' && c != '!' && c != '?' && c != ';') continue;
+    size_t j = i + 1;
+    while (j < n && (paragraph[j] == '"' || paragraph[j] == '\'' || paragraph[j] == ')' || paragraph[j] == ']')) ++j;
+    if (j < n && paragraph[j] == ' ' && j > begin) {
+      out.push_back(paragraph.substr(begin, j - begin));
+      while (j < n && paragraph[j] == ' ') ++j;
+      begin = j;
+      i = j - 1;
+    }
+  }
+  if (begin < n) out.push_back(paragraph.substr(begin));
+  // Very long units (lists, verse without stops) are cut at a space so that needles can be placed
+  // with a useful resolution.
+  std::vector<std::string> cut;
+  for (std::string& s : out) {
+    while (s.size() > 600) {
+      size_t at = s.rfind(' ', 400);
+      if (at == std::string::npos || at == 0) break;
+      cut.push_back(s.substr(0, at));
+      s.erase(0, at + 1);
+    }
+    cut.push_back(std::move(s));
+  }
+  return cut;
+}
+
+// ---- samples ------------------------------------------------------------------------------
+
+const std::vector<std::string>& task_names() {
+  static const std::vector<std::string> names = {"needle", "passkey", "multi-needle", "continuation", "fidelity"};
+  return names;
+}
+
+bool is_retrieval_task(const std::string& task) { return task == "needle" || task == "passkey" || task == "multi-needle"; }
+
+Planted plant_needles(const Haystack& hay, const std::vector<std::vector<int32_t>>& needles, const std::vector<double>& depths) {
+  if (needles.size() != depths.size()) fail("plant_needles: {} needles, {} depths", needles.size(), depths.size());
+  const auto h = static_cast<int64_t>(hay.ids.size());
+  // The boundary nearest to each depth.
+  std::vector<int64_t> at(needles.size());
+  for (size_t i = 0; i < needles.size(); ++i) {
+    const double target = std::clamp(depths[i], 0.0, 1.0) * static_cast<double>(h);
+    int64_t best = 0;
+    double best_d = INFINITY;
+    for (int64_t b : hay.boundaries) {
+      const double d = std::fabs(static_cast<double>(b) - target);
+      if (d < best_d) {
+        best_d = d;
+        best = b;
+      }
+    }
+    at[i] = best;
+  }
+  std::vector<size_t> order(needles.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return depths[a] < depths[b]; });
+  Planted p;
+  p.starts.assign(needles.size(), 0);
+  int64_t copied = 0;
+  for (size_t i : order) {
+    const int64_t b = std::max(at[i], copied);
+    p.ids.insert(p.ids.end(), hay.ids.begin() + copied, hay.ids.begin() + b);
+    copied = b;
+    p.starts[i] = static_cast<int64_t>(p.ids.size());
+    p.ids.insert(p.ids.end(), needles[i].begin(), needles[i].end());
+  }
+  p.ids.insert(p.ids.end(), hay.ids.begin() + copied, hay.ids.end());
+  return p;
+}
+
+SampleBuilder::SampleBuilder(const Tokenizer& tok, const Dataset& ds, SampleOptions opt) : tok_(tok), ds_(ds), opt_(std::move(opt)) {
+  books_ = ds_.with_role(opt_.role);
+  if (books_.empty()) fail("the dataset {} has no books of role '{}'", ds_.dir, opt_.role);
+  if (opt_.n_samples < 1) fail("--samples must be >= 1");
+}
+
+std::vector<int32_t> SampleBuilder::encode_unit(const std::string& text, const std::string& sep) const {
+  // SentencePiece vocabularies with a space prefix put the space before every encoded text
+  // themselves: a unit that follows a space is encoded without it.
+  if (tok_.add_space_prefix() && tok_.model_name() == "llama" && sep != "\n") return tok_.encode(text, false, false);
+  return tok_.encode(sep + text, false, false);
+}
+
+Haystack SampleBuilder::haystack(const Book& book, size_t start, int64_t n) const {
+  Haystack h;
+  h.boundaries.push_back(0);
+  if (n <= 0) return h;
+  const size_t np = book.paragraphs.size();
+  bool first = true;
+  size_t empty_run = 0;
+  for (size_t k = 0; static_cast<int64_t>(h.ids.size()) < n; ++k) {
+    const std::string& para = book.paragraphs[(start + k) % np];
+    bool para_start = true;
+    const size_t before = h.ids.size();
+    for (const std::string& unit : split_sentences(para)) {
+      const std::string sep = first ? "" : para_start ? "\n" : " ";
+      const std::vector<int32_t> ids = encode_unit(unit, sep);
+      h.ids.insert(h.ids.end(), ids.begin(), ids.end());
+      first = para_start = false;
+      if (static_cast<int64_t>(h.ids.size()) >= n) break;
+      h.boundaries.push_back(static_cast<int64_t>(h.ids.size()));
+    }
+    empty_run = h.ids.size() == before ? empty_run + 1 : 0;
+    if (empty_run > np) fail("book {} has no text to tokenize", book.id);
+  }
+  h.ids.resize(static_cast<size_t>(n));
+  h.boundaries.push_back(n);
+  return h;
+}
+
+const Book& SampleBuilder::pick_book(Rng& rng, int64_t n_tokens, size_t* start) const {
+  // A group (an author) first, then one of its books, so that no author dominates.
+  std::vector<std::string> groups;
+  for (const Book* bk : books_) {
+    if (std::find(groups.begin(), groups.end(), bk->group) == groups.end()) groups.push_back(bk->group);
+  }
+  const std::string& group = groups[rng.below(groups.size())];
+  std::vector<const Book*> in_group;
+  for (const Book* bk : books_) {
+    if (bk->group == group) in_group.push_back(bk);
+  }
+  const Book& b = *in_group[rng.below(in_group.size())];
+  // Start at a paragraph from which the text lasts for the tokens wanted (about 4 bytes a
+  // token, with a margin), so that a sample rarely wraps around to the book's beginning.
+  std::vector<size_t> offsets(b.paragraphs.size() + 1, 0);
+  for (size_t i = 0; i < b.paragraphs.size(); ++i) offsets[i + 1] = offsets[i] + b.paragraphs[i].size() + 1;
+  const auto need = static_cast<size_t>(n_tokens) * 6;
+  size_t last = 0;
+  while (last + 1 < b.paragraphs.size() && offsets.back() - offsets[last + 1] >= need) ++last;
+  *start = static_cast<size_t>(rng.below(last + 1));
+  return b;
+}
+
+std::vector<int32_t> SampleBuilder::prefix() const {
+  std::vector<int32_t> ids;
+  if (tok_.add_bos_default() && tok_.bos() >= 0) ids.push_back(tok_.bos());
+  if (opt_.chat && !opt_.chat_before.empty()) {
+    const auto t = tok_.encode(opt_.chat_before, false, true);
+    ids.insert(ids.end(), t.begin(), t.end());
+  }
+  return ids;
+}
+
+std::vector<int32_t> SampleBuilder::query_tokens(const std::string& text) const {
+  return tok_.encode(text + (opt_.chat ? opt_.chat_after : ""), false, opt_.chat);
+}
+
+Sample SampleBuilder::build(const std::string& task, int64_t length, int index) const {
+  if (length <= 0) fail("length must be positive");
+  if (is_retrieval_task(task)) return retrieval(task, length, index);
+  if (task == "continuation") return continuation(length, index);
+  if (task == "fidelity") return fidelity(length, index);
+  fail("unknown task '{}' (needle, passkey, multi-needle, continuation, fidelity)", task);
+}
+
+namespace {
+
+// The depth of sample `index` of n: evenly from 0 (start of the document) to 1 (its end).
+double spread_depth(int index, int n) {
+  if (n <= 1) return 0.5;
+  return static_cast<double>(index % n) / static_cast<double>(n - 1);
+}
+
+}  // namespace
+
+Sample SampleBuilder::retrieval(const std::string& task, int64_t length, int index) const {
+  Rng rng(sample_seed(opt_.seed, task, 0, index));
+  Sample s;
+  s.task = task;
+  s.length = length;
+  s.index = index;
+  s.n_generate = opt_.n_generate;
+  std::vector<double> depths;
+  std::string query_text;
+  if (task == "passkey") {
+    const int digits = 5 + static_cast<int>(rng.below(3));
+    uint64_t lo = 1;
+    for (int i = 1; i < digits; ++i) lo *= 10;
+    const std::string key = std::to_string(lo + rng.below(9 * lo));
+    s.needles = {fmt::format("The pass key is {}. Remember it.", key)};
+    s.answers = {key};
+    s.question = "What is the pass key?";
+    depths = {spread_depth(index, opt_.n_samples)};
+    query_text = opt_.chat ? "\n\nWhat is the pass key? Answer with the number only." : "\n\nWhat is the pass key? The pass key is";
+  } else {
+    if (ds_.facts.empty()) fail("the dataset {} has no facts (facts.jsonl): run scripts/build-datasets", ds_.dir);
+    if (task == "needle") {
+      const Fact& f = ds_.facts[rng.below(ds_.facts.size())];
+      s.needles = {f.statement};
+      s.answers = {f.answer};
+      s.question = f.question;
+      depths = {spread_depth(index, opt_.n_samples)};
+      query_text = opt_.chat ? fmt::format("\n\nAnswer the question using the text above.\nQuestion: {}", f.question)
+                             : fmt::format("\n\nQuestion: {}\nAnswer:", f.question);
+    } else {  // multi-needle: four facts at random depths; the question needs two of them
+      const size_t n_facts = std::min<size_t>(4, ds_.facts.size());
+      std::vector<size_t> picked;
+      for (int tries = 0; picked.size() < n_facts && tries < 1000; ++tries) {
+        const size_t c = rng.below(ds_.facts.size());
+        const bool clash = std::any_of(picked.begin(), picked.end(), [&](size_t p) {
+          return ds_.facts[p].key == ds_.facts[c].key || ds_.facts[p].answer == ds_.facts[c].answer;
+        });
+        if (!clash) picked.push_back(c);
+      }
+      if (picked.size() < 2) fail("multi-needle needs at least two distinct facts in the dataset");
+      for (size_t p : picked) {
+        s.needles.push_back(ds_.facts[p].statement);
+        depths.push_back(rng.uniform());
+      }
+      const size_t a = rng.below(picked.size());
+      size_t b = rng.below(picked.size() - 1);
+      if (b >= a) ++b;
+      const Fact& fa = ds_.facts[picked[a]];
+      const Fact& fb = ds_.facts[picked[b]];
+      s.answers = {fa.answer, fb.answer};
+      s.question = fa.question + " " + fb.question;
+      query_text = opt_.chat ? fmt::format("\n\nAnswer both questions using the text above.\n1. {}\n2. {}", fa.question, fb.question)
+                             : fmt::format("\n\nQuestions:\n1. {}\n2. {}\nAnswers:\n1.", fa.question, fb.question);
+    }
+  }
+  const std::vector<int32_t> pre = prefix();
+  s.query = query_tokens(query_text);
+  std::vector<std::vector<int32_t>> needle_ids;
+  int64_t fixed = static_cast<int64_t>(pre.size() + s.query.size());
+  for (const std::string& n : s.needles) {
+    needle_ids.push_back(encode_unit(n, " "));
+    fixed += static_cast<int64_t>(needle_ids.back().size());
+  }
+  const int64_t h = length - fixed;
+  if (h < 16) fail("length {} is too short for the {} task: its question and planted text take {} tokens", length, task, fixed);
+  size_t start = 0;
+  const Book& book = pick_book(rng, h, &start);
+  s.book = book.id;
+  const Haystack hay = haystack(book, start, h);
+  const Planted planted = plant_needles(hay, needle_ids, depths);
+  s.document = pre;
+  s.document.insert(s.document.end(), planted.ids.begin(), planted.ids.end());
+  // Where each needle landed: the haystack before it, as a fraction of the haystack.
+  for (size_t i = 0; i < planted.starts.size(); ++i) {
+    int64_t needles_before = 0;
+    for (size_t j = 0; j < planted.starts.size(); ++j) {
+      if (planted.starts[j] < planted.starts[i]) needles_before += static_cast<int64_t>(needle_ids[j].size());
+    }
+    s.needle_offsets.push_back(static_cast<int64_t>(pre.size()) + planted.starts[i]);
+    s.depths.push_back(static_cast<double>(planted.starts[i] - needles_before) / static_cast<double>(h));
+  }
+  s.closed_book = pre;
+  s.closed_book.insert(s.closed_book.end(), s.query.begin(), s.query.end());
+  return s;
+}
+
+Sample SampleBuilder::continuation(int64_t length, int index) const {
+  Rng rng(sample_seed(opt_.seed, "continuation", 0, index));
+  Sample s;
+  s.task = "continuation";
+  s.length = length;
+  s.index = index;
+  // Raw text, no chat turn: the model continues a book.
+  std::vector<int32_t> pre;
+  if (tok_.add_bos_default() && tok_.bos() >= 0) pre.push_back(tok_.bos());
+  const int64_t n_cont = std::min<int64_t>(opt_.continuation_tokens, length / 2);
+  const int64_t n_text = length - static_cast<int64_t>(pre.size());
+  if (n_cont < 1 || n_text - n_cont < 8) fail("length {} is too short for the continuation task", length);
+  size_t start = 0;
+  const Book& book = pick_book(rng, n_text, &start);
+  s.book = book.id;
+  const Haystack hay = haystack(book, start, n_text);
+  s.document = pre;
+  s.document.insert(s.document.end(), hay.ids.begin(), hay.ids.end() - n_cont);
+  s.query.assign(hay.ids.end() - n_cont, hay.ids.end());
+  return s;
+}
+
+Sample SampleBuilder::fidelity(int64_t length, int index) const {
+  Rng rng(sample_seed(opt_.seed, "fidelity", 0, index));
+  Sample s;
+  s.task = "fidelity";
+  s.length = length;
+  s.index = index;
+  s.n_generate = opt_.fidelity_tokens;
+  s.ignore_eos = true;
+  s.question = opt_.chat ? "Summarize the text above in one sentence." : "In one sentence, the text above is about";
+  const std::vector<int32_t> pre = prefix();
+  s.query = query_tokens("\n\n" + s.question);
+  const int64_t h = length - static_cast<int64_t>(pre.size() + s.query.size());
+  if (h < 16) fail("length {} is too short for the fidelity task", length);
+  size_t start = 0;
+  const Book& book = pick_book(rng, h, &start);
+  s.book = book.id;
+  const Haystack hay = haystack(book, start, h);
+  s.document = pre;
+  s.document.insert(s.document.end(), hay.ids.begin(), hay.ids.end());
+  return s;
+}
+
+// ---- running ------------------------------------------------------------------------------
+
+namespace {
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+bool wants_query_logits(const Sample& s) { return s.task == "continuation" || s.task == "fidelity"; }
+
+}  // namespace
+
+RunOutput run_sample(const Model& model, const std::string& backend, const Sample& s, const HaltingConfig* hc) {
+  if (s.document.empty() || s.query.empty()) fail("sample without document or query");
+  auto engine = make_engine(model, s.n_tokens() + s.n_generate, backend);
+  RunOutput out;
+  HaltingTrace& trace = out.trace;
+  PrefillOptions po;
+  po.halting = hc;
+  po.trace = &trace;
+  auto t0 = std::chrono::steady_clock::now();
+  out.document_last = engine->prefill(s.document, po, nullptr);
+  out.document_ms = ms_since(t0);
+  out.flops_full = trace.flops_full;
+  out.flops_done = trace.flops_done;
+  out.active_after = trace.active_per_layer.empty() ? 0 : trace.active_per_layer.back();
+  PrefillOptions qo;
+  qo.logits_all = wants_query_logits(s) ? &out.query_logits : nullptr;
+  t0 = std::chrono::steady_clock::now();
+  std::vector<float> logits = engine->prefill(s.query, qo, nullptr);
+  out.query_ms = ms_since(t0);
+  if (!wants_query_logits(s)) out.query_logits = logits;  // the last position only
+  const Tokenizer& tok = model.tokenizer();
+  for (int i = 0; i < s.n_generate; ++i) {
+    const int32_t id = argmax(logits);
+    if (!s.ignore_eos && tok.is_end_of_generation(id)) break;
+    out.generated.push_back(id);
+    if (i + 1 < s.n_generate) logits = engine->decode(id);
+  }
+  out.text = tok.decode(out.generated);
+  return out;
+}
+
+std::string generate_text(const Model& model, const std::string& backend, const std::vector<int32_t>& prompt, int n) {
+  auto engine = make_engine(model, static_cast<int64_t>(prompt.size()) + n, backend);
+  std::vector<float> logits = engine->prefill(prompt, PrefillOptions{}, nullptr);
+  std::vector<int32_t> ids;
+  for (int i = 0; i < n; ++i) {
+    const int32_t id = argmax(logits);
+    if (model.tokenizer().is_end_of_generation(id)) break;
+    ids.push_back(id);
+    if (i + 1 < n) logits = engine->decode(id);
+  }
+  return model.tokenizer().decode(ids);
+}
+
+nlohmann::json score_run(const Sample& s, const RunOutput& out, const RunOutput& ref, int64_t n_vocab) {
+  nlohmann::json j;
+  const auto v = static_cast<size_t>(n_vocab);
+  auto last_row = [&](const RunOutput& r) { return std::span<const float>(r.query_logits).subspan(r.query_logits.size() - v, v); };
+  j["top1_last"] = argmax(last_row(out)) == argmax(last_row(ref)) ? 1.0 : 0.0;
+  j["kl_last"] = kl_divergence(last_row(ref), last_row(out));
+  if (is_retrieval_task(s.task)) {
+    std::vector<bool> found;
+    for (const std::string& a : s.answers) found.push_back(answer_found(out.text, a));
+    j["found"] = found;
+    j["score"] = found.empty() ? 0.0 : static_cast<double>(std::count(found.begin(), found.end(), true)) / static_cast<double>(found.size());
+  } else if (s.task == "continuation") {
+    // Token 0 of the continuation is predicted at the last document position, token i at query
+    // position i - 1.
+    std::vector<float> rows(out.document_last);
+    rows.insert(rows.end(), out.query_logits.begin(), out.query_logits.end() - static_cast<std::ptrdiff_t>(v));
+    j["nll"] = mean_nll(rows, n_vocab, s.query);
+  } else if (s.task == "fidelity") {
+    const size_t n = out.query_logits.size() / v;
+    double top1 = 0, kl = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const auto a = std::span<const float>(ref.query_logits).subspan(i * v, v);
+      const auto b = std::span<const float>(out.query_logits).subspan(i * v, v);
+      top1 += argmax(a) == argmax(b) ? 1.0 : 0.0;
+      kl += kl_divergence(a, b);
+    }
+    j["top1"] = top1 / static_cast<double>(n);
+    j["kl"] = kl / static_cast<double>(n);
+    j["greedy_match"] = common_prefix(out.generated, ref.generated);
+  }
+  return j;
+}
+
+const char* primary_metric(const std::string& task) {
+  if (is_retrieval_task(task)) return "score";
+  if (task == "continuation") return "nll";
+  return "top1";
+}
+
+bool higher_is_better(const std::string& metric) { return metric != "nll" && metric != "kl" && metric != "kl_last"; }
+
+}  // namespace dashlm::eval
