@@ -333,9 +333,10 @@ std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const Prefil
   const auto tlog = Clock::now();
   std::vector<float> last(static_cast<size_t>(hp.n_vocab));
   if (opt.logits_all) {
-    opt.logits_all->resize(static_cast<size_t>(n * hp.n_vocab));
-    logits(x.data(), n, opt.logits_all->data());
-    std::copy_n(opt.logits_all->data() + (n - 1) * hp.n_vocab, hp.n_vocab, last.data());
+    const int64_t first = std::clamp<int64_t>(opt.logits_first, 0, n - 1);
+    opt.logits_all->resize(static_cast<size_t>((n - first) * hp.n_vocab));
+    logits(x.data() + first * d, n - first, opt.logits_all->data());
+    std::copy_n(opt.logits_all->data() + (n - 1 - first) * hp.n_vocab, hp.n_vocab, last.data());
   } else {
     logits(x.data() + (n - 1) * d, 1, last.data());
   }

@@ -51,7 +51,8 @@ struct PrefillOptions {
   const HaltingConfig* halting = nullptr;  // null or "none": full prefill
   HaltingTrace* trace = nullptr;           // filled when given (deltas recorded for every layer)
   std::function<void(int layers_done, int n_layers)> progress;
-  std::vector<float>* logits_all = nullptr;  // T x n_vocab logits of every token
+  std::vector<float>* logits_all = nullptr;  // (T - logits_first) x n_vocab logits of the tokens
+  int64_t logits_first = 0;                  // from this token of the segment on
   // Tests: hidden states of every token after each layer ((n_layer + 1) x T x n_embd, entry 0 =
   // embeddings).
   std::vector<float>* hidden_per_layer = nullptr;

@@ -565,9 +565,10 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
   const auto tlog = Clock::now();
   std::vector<float> last(static_cast<size_t>(hp.n_vocab));
   if (opt.logits_all) {
-    opt.logits_all->resize(static_cast<size_t>(n * hp.n_vocab));
-    m.compute_logits(x, n, opt.logits_all->data());
-    std::copy_n(opt.logits_all->data() + (n - 1) * hp.n_vocab, hp.n_vocab, last.data());
+    const int64_t first = std::clamp<int64_t>(opt.logits_first, 0, n - 1);
+    opt.logits_all->resize(static_cast<size_t>((n - first) * hp.n_vocab));
+    m.compute_logits(x + static_cast<size_t>(first * d), n - first, opt.logits_all->data());
+    std::copy_n(opt.logits_all->data() + (n - 1 - first) * hp.n_vocab, hp.n_vocab, last.data());
   } else {
     m.compute_logits(x + static_cast<size_t>((n - 1) * d), 1, last.data());
   }

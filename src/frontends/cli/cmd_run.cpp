@@ -27,6 +27,7 @@ namespace {
 struct RunOptions {
   std::string model, tokenizer, prompt, prompt_file, prompt_ids, query, json_path, logits_path;
   int n_predict = 128;
+  int64_t logits_last = 0;  // --save-logits: only the last N prompt positions (0: all)
   float temperature = 0.f;
   int top_k = 40;
   float top_p = 0.95f;
@@ -147,16 +148,20 @@ int run(const RunOptions& o) {
   PrefillOptions po;
   if (show_progress) po.progress = [](int d, int t) { progress_bar("prefill", d, t); };
   po.logits_all = o.logits_path.empty() ? nullptr : &all_logits;
+  const bool split = hc.enabled() && !pt.query.empty();
+  const auto n_first_seg = static_cast<int64_t>(split ? pt.document.size() : prompt.size());
+  const int64_t n_second_seg = split ? static_cast<int64_t>(pt.query.size()) : 0;
+  if (o.logits_last > 0) po.logits_first = std::max<int64_t>(0, n_first_seg - std::max<int64_t>(0, o.logits_last - n_second_seg));
   po.halting = &hc;
   po.trace = hc.enabled() || !o.dump_deltas.empty() ? &trace : nullptr;
   // The document with halting; the query after it in full, attending to whatever the document
   // left in the cache (as the KVPress harness does).
-  const bool split = hc.enabled() && !pt.query.empty();
   std::vector<float> logits = engine.prefill(split ? std::span<const int32_t>(pt.document) : std::span<const int32_t>(prompt), po, &pst);
   if (split) {
     PrefillOptions qo;
     std::vector<float> query_logits;
     qo.logits_all = o.logits_path.empty() ? nullptr : &query_logits;
+    if (o.logits_last > 0) qo.logits_first = std::max<int64_t>(0, n_second_seg - o.logits_last);
     logits = engine.prefill(pt.query, qo, &qst);
     all_logits.insert(all_logits.end(), query_logits.begin(), query_logits.end());
     pst.total_ms += qst.total_ms;
@@ -267,6 +272,7 @@ void add_run_command(CLI::App& app, Action& action) {
   c->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
   c->add_option("--json", o->json_path, "Write a JSON summary to this file");
   c->add_option("--save-logits", o->logits_path, "Write the logits of every prompt position (float32, tokens x vocab)");
+  c->add_option("--save-logits-last", o->logits_last, "With --save-logits: only the last N prompt positions");
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   add_halting_flags(c, o->halting);
   c->add_option("--halting-map", o->halting_map, "Draw where tokens halted and their deltas (.png or .svg)");
