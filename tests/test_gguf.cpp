@@ -1,6 +1,8 @@
 // GGUF reader: round trips of every metadata type, tensor layout and alignment, and corrupt
 // files that must fail with a one-line dashlm::Error (never crash, hang or allocate wildly).
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <cmath>
@@ -16,22 +18,13 @@ namespace dashlm {
 namespace {
 
 namespace fs = std::filesystem;
+using test::expect_error;
+using test::TempDir;
 using test::GgufWriter;
 
 std::unique_ptr<ModelFile> parse(const std::vector<uint8_t>& b) { return parse_gguf(b.data(), b.size(), "test.gguf"); }
 
 // Runs fn, which must throw dashlm::Error whose one-line message contains `part`.
-void expect_error(const std::function<void()>& fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(part), std::string::npos) << "message: " << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message is not one line: " << msg;
-  }
-}
-
 template <typename T>
 void patch(std::vector<uint8_t>& b, size_t pos, T v) {
   ASSERT_LE(pos + sizeof(T), b.size());
@@ -43,19 +36,6 @@ std::vector<uint8_t> f32_bytes(const std::vector<float>& v) {
   std::memcpy(b.data(), v.data(), b.size());
   return b;
 }
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("dashlm_test_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 // A small valid file: a few keys and three tensors, the last one ending the file.
 GgufWriter small_writer() {

@@ -1,6 +1,8 @@
 // llama2.c checkpoints and tokenizers, on the real stories260K fixture and on small
 // synthetic files.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <cstring>
@@ -16,33 +18,11 @@ namespace dashlm {
 namespace {
 
 namespace fs = std::filesystem;
+using test::expect_error;
+using test::TempDir;
 
 const std::string kModel = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/stories260K.bin";
 const std::string kTok = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/tok512.bin";
-
-void expect_error(const std::function<void()>& fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(part), std::string::npos) << "message: " << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message is not one line: " << msg;
-  }
-}
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("dashlm_test_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 std::vector<uint8_t> read_all(const std::string& p) {
   std::ifstream in(p, std::ios::binary);

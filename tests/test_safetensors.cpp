@@ -2,6 +2,8 @@
 // q/k row order, F32/F16/BF16, one file or two shards) must load to exactly the tensors of the
 // llama2.c loader; plus Gemma 3 / Qwen2 specifics, tokenizer.json, and malformed inputs.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <unistd.h>
 
 #include <bit>
@@ -19,35 +21,12 @@ namespace dashlm {
 namespace {
 
 namespace fs = std::filesystem;
+using test::expect_error;
+using test::TempDir;
 using json = nlohmann::json;
 
 const std::string kModel = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/stories260K.bin";
 const std::string kTok = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/tok512.bin";
-
-void expect_error(const std::function<void()>& fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(part), std::string::npos) << "message: " << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message is not one line: " << msg;
-  }
-}
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("dashlm_test_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string str(const std::string& name) const { return (path / name).string(); }
-};
 
 void write_bytes(const fs::path& p, const std::vector<uint8_t>& b) {
   std::ofstream out(p, std::ios::binary);

@@ -188,8 +188,6 @@ void Engine::logits(const float* x, int64_t n, float* out) {
   cpu::matmul(model_.output(), xn.data(), n, out);
 }
 
-namespace {
-
 // Sum over query rows of the keys each can see (slots lo..pos that hold a valid key).
 double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* valid, std::vector<int64_t>& prefix) {
   double keys = 0;
@@ -209,8 +207,6 @@ double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* va
   }
   return keys;
 }
-
-}  // namespace
 
 std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const PrefillOptions& opt, ForwardStats* stats) {
   const HParams& hp = model_.hp();

@@ -108,4 +108,8 @@ class Engine final : public InferenceEngine {
 // K/V projections for n_kv_only rows (retained halted tokens).
 double layer_flops(const HParams& hp, int64_t n_q, double keys, int64_t n_kv_only);
 
+// Sum over query rows (positions pos, ascending) of the keys each can see: slots lo..pos, within
+// the sliding window, that hold a valid key (valid may be null: all valid). prefix is scratch.
+double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* valid, std::vector<int64_t>& prefix);
+
 }  // namespace dashlm

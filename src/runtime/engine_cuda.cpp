@@ -57,26 +57,6 @@ DBuf<float> upload_f32(const float* p, int64_t n) {
   return b;
 }
 
-// Sum over query rows of the keys each can see (slots lo..pos that hold a valid key): the same
-// count as the CPU engine's, so the FLOP model agrees.
-double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* valid, std::vector<int64_t>& prefix) {
-  double keys = 0;
-  if (!valid) {
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t lo = window > 0 ? std::max<int64_t>(0, pos[i] - window + 1) : 0;
-      keys += static_cast<double>(pos[i] - lo + 1);
-    }
-    return keys;
-  }
-  const int64_t n_kv = pos[n - 1] + 1;
-  prefix.assign(static_cast<size_t>(n_kv + 1), 0);
-  for (int64_t j = 0; j < n_kv; ++j) prefix[static_cast<size_t>(j + 1)] = prefix[static_cast<size_t>(j)] + valid[j];
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t lo = window > 0 ? std::max<int64_t>(0, pos[i] - window + 1) : 0;
-    keys += static_cast<double>(prefix[static_cast<size_t>(pos[i] + 1)] - prefix[static_cast<size_t>(lo)]);
-  }
-  return keys;
-}
 
 constexpr int64_t kMlpChunk = 8192;  // MLP rows per GEMM pair: bounds the gate/up scratch
 
