@@ -451,8 +451,13 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
   std::vector<float> delta(want_delta ? static_cast<size_t>(n) : 0);
   std::vector<float> recv_slots, recv_tokens;
 
-  std::vector<int32_t> active(static_cast<size_t>(n)), halted, pos_active, pos_halted, newly, rest;
-  std::iota(active.begin(), active.end(), 0);
+  TokenSets sets;
+  sets.reset(n);
+  std::vector<int32_t>& active = sets.active;
+  const std::vector<int32_t>& halted = sets.halted;
+  const std::vector<int32_t>& pos_active = sets.pos_active;
+  const std::vector<int32_t>& pos_halted = sets.pos_halted;
+  std::vector<int32_t> newly;
   std::vector<int64_t> prefix;
   if (stats) stats->layer_ms.assign(static_cast<size_t>(L), 0.0);
 
@@ -515,19 +520,8 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
       }
       newly = policy->observe(il, active, std::span<const float>(delta.data(), static_cast<size_t>(na)), recv_tokens);
       if (!newly.empty()) {
-        rest.clear();
-        std::set_difference(active.begin(), active.end(), newly.begin(), newly.end(), std::back_inserter(rest));
-        if (rest.size() + newly.size() != active.size()) fail("halting policy returned tokens that are not active");
-        active.swap(rest);
-        std::vector<int32_t> merged;
-        std::merge(halted.begin(), halted.end(), newly.begin(), newly.end(), std::back_inserter(merged));
-        halted.swap(merged);
+        sets.halt(newly, pos);
         if (tr) for (int32_t t : newly) tr->halted_after[static_cast<size_t>(t)] = il;
-        if (active.empty() || active.back() != n - 1) fail("halting policy halted the last token");
-        pos_active.resize(active.size());
-        for (size_t i = 0; i < active.size(); ++i) pos_active[i] = pos[static_cast<size_t>(active[i])];
-        pos_halted.resize(halted.size());
-        for (size_t i = 0; i < halted.size(); ++i) pos_halted[i] = pos[static_cast<size_t>(halted[i])];
         m.idx_active.upload(active.data(), active.size());
         m.pos_active.upload(pos_active.data(), pos_active.size());
         m.idx_halted.upload(halted.data(), halted.size());

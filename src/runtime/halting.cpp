@@ -145,6 +145,30 @@ class ThresholdPolicy : public HaltingPolicy {
 
 }  // namespace
 
+void TokenSets::reset(int64_t n_tokens) {
+  active.resize(static_cast<size_t>(n_tokens));
+  std::iota(active.begin(), active.end(), 0);
+  halted.clear();
+  pos_active.clear();
+  pos_halted.clear();
+}
+
+void TokenSets::halt(const std::vector<int32_t>& newly, std::span<const int32_t> pos) {
+  if (newly.empty()) return;
+  const auto n = static_cast<int32_t>(pos.size());
+  std::vector<int32_t> rest, merged;
+  std::set_difference(active.begin(), active.end(), newly.begin(), newly.end(), std::back_inserter(rest));
+  if (rest.size() + newly.size() != active.size()) fail("halting policy returned tokens that are not active");
+  if (rest.empty() || rest.back() != n - 1) fail("halting policy halted the last token");
+  active.swap(rest);
+  std::merge(halted.begin(), halted.end(), newly.begin(), newly.end(), std::back_inserter(merged));
+  halted.swap(merged);
+  pos_active.resize(active.size());
+  for (size_t i = 0; i < active.size(); ++i) pos_active[i] = pos[static_cast<size_t>(active[i])];
+  pos_halted.resize(halted.size());
+  for (size_t i = 0; i < halted.size(); ++i) pos_halted[i] = pos[static_cast<size_t>(halted[i])];
+}
+
 std::unique_ptr<HaltingPolicy> make_halting_policy(const HaltingConfig& cfg, int n_layer) {
   cfg.validate(n_layer);
   if (cfg.policy == "none") return nullptr;

@@ -66,6 +66,16 @@ class HaltingPolicy {
   std::vector<uint8_t> eligible_;
 };
 
+// Which tokens of a segment still run each layer (active) and which have halted, both ascending,
+// with their positions: the bookkeeping every engine shares.
+struct TokenSets {
+  std::vector<int32_t> active, halted, pos_active, pos_halted;
+  void reset(int64_t n_tokens);  // every token active
+  // Moves `newly` (ascending, a subset of active) to halted; pos[t] is token t's position.
+  // Throws if a token is not active or if the segment's last token would halt.
+  void halt(const std::vector<int32_t>& newly, std::span<const int32_t> pos);
+};
+
 // Builds the policy named in the config (after validate()).
 std::unique_ptr<HaltingPolicy> make_halting_policy(const HaltingConfig& cfg, int n_layer);
 
