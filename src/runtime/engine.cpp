@@ -25,6 +25,15 @@ void KVCache::init(int n_layer, int64_t n_ctx_, int64_t kv_dim_) {
   has_holes.assign(L, 0);
 }
 
+void HaltingTrace::reset(int64_t n, int layers) {
+  n_tokens = n;
+  n_layer = layers;
+  halted_after.assign(static_cast<size_t>(n), layers);
+  active_per_layer.assign(static_cast<size_t>(layers), 0);
+  delta.assign(static_cast<size_t>(n * layers), std::numeric_limits<float>::quiet_NaN());
+  flops_full = flops_done = 0;
+}
+
 size_t KVCache::bytes() const { return 2 * k.size() * static_cast<size_t>(n_ctx * kv_dim) * sizeof(float); }
 
 void Engine::Scratch::reserve(const HParams& hp, int64_t n) {
@@ -232,14 +241,7 @@ std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const Prefil
   std::unique_ptr<HaltingPolicy> policy = hc ? make_halting_policy(*hc, L) : nullptr;
   if (policy) policy->begin(n, halting_eligibility(*hc, n));
   HaltingTrace* tr = opt.trace;
-  if (tr) {
-    tr->n_tokens = n;
-    tr->n_layer = L;
-    tr->halted_after.assign(static_cast<size_t>(n), L);
-    tr->active_per_layer.assign(static_cast<size_t>(L), 0);
-    tr->delta.assign(static_cast<size_t>(n * L), std::numeric_limits<float>::quiet_NaN());
-    tr->flops_full = tr->flops_done = 0;
-  }
+  if (tr) tr->reset(n, L);
   const bool want_delta = policy || tr;
   const DeltaSignal signal = hc ? hc->signal : DeltaSignal::Abs;
   std::vector<float> delta(want_delta ? static_cast<size_t>(n) : 0);

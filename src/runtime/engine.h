@@ -45,6 +45,9 @@ struct HaltingTrace {
   std::vector<float> delta;               // n_tokens x n_layer; NaN where the token did not run
   double flops_full = 0;                  // GEMM and attention FLOPs of a full prefill
   double flops_done = 0;                  // the same, counting only what ran
+
+  // Empty trace of a segment: nobody halted, no delta yet (NaN), no FLOPs.
+  void reset(int64_t n, int layers);
 };
 
 struct PrefillOptions {

@@ -439,14 +439,7 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
   std::unique_ptr<HaltingPolicy> policy = hc ? make_halting_policy(*hc, L) : nullptr;
   if (policy) policy->begin(n, halting_eligibility(*hc, n));
   HaltingTrace* tr = opt.trace;
-  if (tr) {
-    tr->n_tokens = n;
-    tr->n_layer = L;
-    tr->halted_after.assign(static_cast<size_t>(n), L);
-    tr->active_per_layer.assign(static_cast<size_t>(L), 0);
-    tr->delta.assign(static_cast<size_t>(n * L), std::numeric_limits<float>::quiet_NaN());
-    tr->flops_full = tr->flops_done = 0;
-  }
+  if (tr) tr->reset(n, L);
   const bool want_delta = policy || tr;
   std::vector<float> delta(want_delta ? static_cast<size_t>(n) : 0);
   std::vector<float> recv_slots, recv_tokens;
