@@ -323,7 +323,8 @@ TEST(EvalRun, TeacherForcedNllMatchesOnePass) {
   const Model& m = stories();
   const eval::SampleBuilder builder(m.tokenizer(), small_dataset(), options());
   const eval::Sample s = builder.build("continuation", 300, 1);
-  const eval::RunOutput out = eval::run_sample(m, "cpu", s, nullptr);
+  eval::EngineSlot slot(m, "cpu");
+  const eval::RunOutput out = eval::run_sample(slot, s, nullptr);
   const double nll = eval::score_run(s, out, out, m.hp().n_vocab)["nll"].get<double>();
 
   std::vector<int32_t> all = s.document;
@@ -346,10 +347,11 @@ TEST(EvalRun, KeepOneEqualsFullPrefill) {
   const eval::SampleBuilder builder(m.tokenizer(), small_dataset(), options());
   const HaltingConfig keep_all = eval::parse_config_spec("topk:0.4:1.0:retain");
   const HaltingConfig third = eval::parse_config_spec("topk:0.4:0.33:drop");
+  eval::EngineSlot slot(m, "cpu");
   for (const std::string task : {"fidelity", "continuation", "needle"}) {
     const eval::Sample s = builder.build(task, 256, 0);
-    const eval::RunOutput ref = eval::run_sample(m, "cpu", s, nullptr);
-    const eval::RunOutput same = eval::run_sample(m, "cpu", s, &keep_all);
+    const eval::RunOutput ref = eval::run_sample(slot, s, nullptr);
+    const eval::RunOutput same = eval::run_sample(slot, s, &keep_all);
     const auto j = eval::score_run(s, same, ref, m.hp().n_vocab);
     EXPECT_EQ(same.query_logits, ref.query_logits) << task;
     EXPECT_EQ(same.generated, ref.generated) << task;
@@ -361,9 +363,31 @@ TEST(EvalRun, KeepOneEqualsFullPrefill) {
       EXPECT_EQ(j["greedy_match"].get<int64_t>(), 8);
     }
     // A real halting setting computes less and changes the distribution.
-    const eval::RunOutput less = eval::run_sample(m, "cpu", s, &third);
+    const eval::RunOutput less = eval::run_sample(slot, s, &third);
     EXPECT_LT(less.flops_done, less.flops_full);
     EXPECT_EQ(less.flops_full, ref.flops_full);
     EXPECT_GT(eval::score_run(s, less, ref, m.hp().n_vocab)["kl_last"].get<double>(), 0.0) << task;
   }
+}
+
+// The engine an evaluation reuses forgets everything between runs: after a drop-mode run (which
+// leaves invalid cache slots) and a longer one, a full prefill on the reused engine is bit-identical
+// to one on a fresh engine.
+TEST(EvalRun, ReusedEngineEqualsFreshEngine) {
+  const Model& m = stories();
+  const eval::SampleBuilder builder(m.tokenizer(), small_dataset(), options());
+  const HaltingConfig third = eval::parse_config_spec("topk:0.4:0.33:drop");
+  const eval::Sample s = builder.build("fidelity", 200, 0);
+  const eval::Sample longer = builder.build("continuation", 300, 0);
+  eval::EngineSlot reused(m, "cpu");
+  const InferenceEngine* first = &reused.get(longer.n_tokens() + longer.n_generate);
+  (void)eval::run_sample(reused, longer, nullptr);
+  (void)eval::run_sample(reused, s, &third);
+  const eval::RunOutput again = eval::run_sample(reused, s, nullptr);
+  EXPECT_EQ(&reused.get(1), first) << "a smaller run must not recreate the engine";
+  eval::EngineSlot fresh(m, "cpu");
+  const eval::RunOutput ref = eval::run_sample(fresh, s, nullptr);
+  EXPECT_EQ(again.query_logits, ref.query_logits);
+  EXPECT_EQ(again.document_last, ref.document_last);
+  EXPECT_EQ(again.generated, ref.generated);
 }

@@ -25,6 +25,13 @@ void KVCache::init(int n_layer, int64_t n_ctx_, int64_t kv_dim_) {
   has_holes.assign(L, 0);
 }
 
+void KVCache::clear_holes() {
+  for (size_t il = 0; il < valid.size(); ++il) {
+    if (has_holes[il]) std::fill(valid[il].begin(), valid[il].end(), uint8_t{1});
+    has_holes[il] = 0;
+  }
+}
+
 void HaltingTrace::reset(int64_t n, int layers) {
   n_tokens = n;
   n_layer = layers;

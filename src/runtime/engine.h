@@ -23,6 +23,7 @@ struct KVCache {
   std::vector<uint8_t> has_holes;           // per layer: any slot invalid?
 
   void init(int n_layer, int64_t n_ctx_, int64_t kv_dim_);
+  void clear_holes();  // every slot valid again
   float* k_row(int il, int64_t pos) { return k[static_cast<size_t>(il)].data() + pos * kv_dim; }
   float* v_row(int il, int64_t pos) { return v[static_cast<size_t>(il)].data() + pos * kv_dim; }
   const uint8_t* valid_mask(int il) const { return has_holes[static_cast<size_t>(il)] ? valid[static_cast<size_t>(il)].data() : nullptr; }
@@ -74,6 +75,10 @@ class Engine final : public InferenceEngine {
 
   int64_t n_past() const override { return n_past_; }
   int64_t n_ctx() const override { return cache_.n_ctx; }
+  void reset() override {
+    n_past_ = 0;
+    cache_.clear_holes();
+  }
   const KVCache& cache() const { return cache_; }
   const Model& model() const { return model_; }
 

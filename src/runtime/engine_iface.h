@@ -20,6 +20,9 @@ class InferenceEngine {
   virtual std::vector<float> decode(int32_t token) = 0;
   virtual int64_t n_past() const = 0;
   virtual int64_t n_ctx() const = 0;
+  // Forgets the cache contents (n_past() = 0, every slot valid again) so that one engine, its
+  // weights and its cache allocation serve many prompts in turn.
+  virtual void reset() = 0;
 };
 
 }  // namespace dashlm

@@ -664,9 +664,20 @@ bool wants_query_logits(const Sample& s) { return s.task == "continuation" || s.
 
 }  // namespace
 
-RunOutput run_sample(const Model& model, const std::string& backend, const Sample& s, const HaltingConfig* hc) {
+InferenceEngine& EngineSlot::get(int64_t n_ctx) {
+  if (engine_ && engine_->n_ctx() >= n_ctx) {
+    engine_->reset();
+  } else {
+    engine_.reset();  // free the old cache before allocating the larger one
+    engine_ = make_engine(model_, n_ctx, backend_);
+  }
+  return *engine_;
+}
+
+RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc) {
   if (s.document.empty() || s.query.empty()) fail("sample without document or query");
-  auto engine = make_engine(model, s.n_tokens() + s.n_generate, backend);
+  InferenceEngine* engine = &slot.get(s.n_tokens() + s.n_generate);
+  const Model& model = slot.model();
   RunOutput out;
   HaltingTrace& trace = out.trace;
   PrefillOptions po;
@@ -695,8 +706,9 @@ RunOutput run_sample(const Model& model, const std::string& backend, const Sampl
   return out;
 }
 
-std::string generate_text(const Model& model, const std::string& backend, const std::vector<int32_t>& prompt, int n) {
-  auto engine = make_engine(model, static_cast<int64_t>(prompt.size()) + n, backend);
+std::string generate_text(EngineSlot& slot, const std::vector<int32_t>& prompt, int n) {
+  InferenceEngine* engine = &slot.get(static_cast<int64_t>(prompt.size()) + n);
+  const Model& model = slot.model();
   std::vector<float> logits = engine->prefill(prompt, PrefillOptions{}, nullptr);
   std::vector<int32_t> ids;
   for (int i = 0; i < n; ++i) {

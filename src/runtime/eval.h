@@ -5,6 +5,7 @@
 // Used by `dashlm eval` and `dashlm calibrate`.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -14,6 +15,7 @@
 
 #include "model/model.h"
 #include "runtime/engine.h"
+#include "runtime/engine_iface.h"
 #include "runtime/halting.h"
 
 namespace dashlm::eval {
@@ -178,11 +180,27 @@ struct RunOutput {
   std::vector<int32_t> generated;
   std::string text;
 };
+// One engine serving every run of an evaluation: created on first use, recreated only when a run
+// needs a larger cache, reset between runs. Weights are loaded (on the GPU: converted and uploaded)
+// once, not once per run.
+class EngineSlot {
+ public:
+  EngineSlot(const Model& model, std::string backend) : model_(model), backend_(std::move(backend)) {}
+  // An engine with an empty cache of at least n_ctx slots.
+  InferenceEngine& get(int64_t n_ctx);
+  const Model& model() const { return model_; }
+
+ private:
+  const Model& model_;
+  std::string backend_;
+  std::unique_ptr<InferenceEngine> engine_;
+};
+
 // Prefills the sample's document (with halting when hc is given and enabled), then its query in
-// full, then generates greedily. backend: "cpu" or "cuda".
-RunOutput run_sample(const Model& model, const std::string& backend, const Sample& s, const HaltingConfig* hc);
+// full, then generates greedily.
+RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc);
 // Greedy generation of a prompt prefilled in full (closed-book control).
-std::string generate_text(const Model& model, const std::string& backend, const std::vector<int32_t>& prompt, int n);
+std::string generate_text(EngineSlot& slot, const std::vector<int32_t>& prompt, int n);
 
 // The metrics of one run, as JSON fields: retrieval "score" (fraction of answers found) and
 // "found"; continuation "nll"; fidelity "top1", "kl", "greedy_match"; every task "top1_last" and

@@ -111,11 +111,12 @@ int calibrate(const CalibrateOptions& o) {
   probe.signal = parse_delta_signal(o.delta);
   const bool tty = !o.quiet && stderr_is_tty();
   const auto t0 = Clock::now();
+  eval::EngineSlot slot(*model, o.backend);
   std::vector<eval::RunOutput> refs;
   double nll_full = 0;
   for (const eval::Sample& s : samples) {
     if (tty) fmt::print(stderr, "\r\033[Kfull prefill, sample {}/{}", refs.size() + 1, samples.size());
-    refs.push_back(eval::run_sample(*model, o.backend, s, &probe));
+    refs.push_back(eval::run_sample(slot, s, &probe));
     nll_full += eval::score_run(s, refs.back(), refs.back(), hp.n_vocab)["nll"].get<double>();
   }
   nll_full /= static_cast<double>(samples.size());
@@ -166,7 +167,7 @@ int calibrate(const CalibrateOptions& o) {
         const double el = std::chrono::duration<double>(Clock::now() - t0).count();
         fmt::print(stderr, "\r\033[K[{}/{}] {} sample {}/{} ({:.0f}s)", gi + 1, grid.size(), c.spec, i + 1, samples.size(), el);
       }
-      const eval::RunOutput out = eval::run_sample(*model, o.backend, samples[i], &c.hc);
+      const eval::RunOutput out = eval::run_sample(slot, samples[i], &c.hc);
       nll += eval::score_run(samples[i], out, refs[i], hp.n_vocab)["nll"].get<double>();
       ff += out.flops_full;
       fd += out.flops_done;

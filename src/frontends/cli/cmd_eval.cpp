@@ -301,10 +301,14 @@ int eval_main(const EvalOptions& o) {
         }
   const bool tty = !o.quiet && stderr_is_tty();
   const auto t_start = Clock::now();
+  // One engine for every run, its cache sized for the longest prompt plus its generated tokens.
+  eval::EngineSlot slot(*model, o.backend);
   if (total > 0) {  // warm-up: first touch of the weights, thread start-up
-    auto e = make_engine(*model, 64, o.backend);
+    const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+    const int64_t room = std::max<int64_t>({so.n_generate, so.fidelity_tokens, 64});
+    InferenceEngine& e = slot.get(std::min<int64_t>(longest + room, hp.n_ctx_train));
     std::vector<int32_t> ids(32, model->tokenizer().bos() >= 0 ? model->tokenizer().bos() : 0);
-    e->prefill(ids, PrefillOptions{}, nullptr);
+    e.prefill(ids, PrefillOptions{}, nullptr);
   }
   auto progress = [&](const std::string& what) {
     if (!tty) return;
@@ -342,7 +346,7 @@ int eval_main(const EvalOptions& o) {
         // Full prefill first: the reference for fidelity and the time each configuration is
         // compared with (alternating on every sample, so drifts in machine speed cancel).
         progress(fmt::format("{} {} sample {}/{}: full prefill", task, len, i + 1, o.samples));
-        const eval::RunOutput ref = eval::run_sample(*model, o.backend, s, nullptr);
+        const eval::RunOutput ref = eval::run_sample(slot, s, nullptr);
         auto base_record = [&](const ConfigRow& row, const eval::RunOutput& out) {
           nlohmann::json r = eval::score_run(s, out, ref, hp.n_vocab);
           r["task"] = task;
@@ -376,7 +380,7 @@ int eval_main(const EvalOptions& o) {
           if (eval::is_retrieval_task(task)) {
             // Control: the question without the document. Answers the model gives from what it
             // already knows are not evidence of reading the document.
-            const std::string cb = eval::generate_text(*model, o.backend, s.closed_book, s.n_generate);
+            const std::string cb = eval::generate_text(slot, s.closed_book, s.n_generate);
             int found = 0;
             for (const std::string& a : s.answers) found += eval::answer_found(cb, a) ? 1 : 0;
             r["closed_book_generated"] = cb;
@@ -387,7 +391,7 @@ int eval_main(const EvalOptions& o) {
         for (const ConfigRow* row : todo) {
           if (row->key == "full") continue;
           progress(fmt::format("{} {} sample {}/{}: {}", task, len, i + 1, o.samples, row->key));
-          const eval::RunOutput out = eval::run_sample(*model, o.backend, s, &row->hc);
+          const eval::RunOutput out = eval::run_sample(slot, s, &row->hc);
           save(base_record(*row, out));
         }
         if (!tty && !o.quiet) {
@@ -404,7 +408,7 @@ int eval_main(const EvalOptions& o) {
   for (const nlohmann::json& r : records) {
     const bool t_ok = std::find(tasks.begin(), tasks.end(), r["task"].get<std::string>()) != tasks.end();
     const bool l_ok = std::find(lengths.begin(), lengths.end(), r["length"].get<int64_t>()) != lengths.end();
-    const bool c_ok = std::any_of(rows.begin(), rows.end(), [&](const ConfigRow& c) { return c.key == r["config"]; });
+    const bool c_ok = std::any_of(rows.begin(), rows.end(), [&](const ConfigRow& c) { return c.key == r["config"].get<std::string>(); });
     if (t_ok && l_ok && c_ok && r["sample"].get<int>() < o.samples) sel.push_back(r);
   }
   std::map<std::string, const nlohmann::json*> by_key;
