@@ -190,9 +190,9 @@ std::string config_spec(const HaltingConfig& hc) {
   if (!hc.enabled()) return "none";
   std::string s;
   if (hc.policy == "threshold") {
-    s = fmt::format("threshold:{}:{}:{}:{}:{}", hc.min_layer, hc.tau, hc.patience, delta_signal_name(hc.signal), kv_mode_name(hc.kv));
+    s = fmt::format("threshold:{}:{:.6g}:{}:{}:{}", hc.min_layer, hc.tau, hc.patience, delta_signal_name(hc.signal), kv_mode_name(hc.kv));
   } else {
-    s = fmt::format("{}:{}:{}:{}", hc.policy, hc.halt_layer, hc.keep, kv_mode_name(hc.kv));
+    s = fmt::format("{}:{}:{:.6g}:{}", hc.policy, hc.halt_layer, hc.keep, kv_mode_name(hc.kv));
     if (hc.signal != DeltaSignal::Abs) s += fmt::format(":delta={}", delta_signal_name(hc.signal));
   }
   if (hc.protect_first != 0) s += fmt::format(":pf={}", hc.protect_first);

@@ -91,6 +91,22 @@ try:
     assert again == table, "a resumed run must report the same results"
     assert len(open(resume).read().splitlines()) == n_lines
     assert open(svg).read().startswith("<svg")
+    # Report only: the same table from the resume file, nothing run; with results missing it averages
+    # the samples every configuration finished, and says how many.
+    report = run(dashlm, *base, "--report-only").stdout.decode()
+    assert report.splitlines()[0].startswith("# report only: samples finished by every configuration: needle 256: 2"), report
+    assert "\n".join(report.splitlines()[1:]) == table.rstrip("\n"), "--report-only must print the finished run's table"
+    assert len(open(resume).read().splitlines()) == n_lines
+    partial = os.path.join(tmp, "partial.jsonl")
+    with open(partial, "w") as f:  # sample 1 of passkey at 256 lost for one configuration
+        for line in open(resume):
+            r = json.loads(line)
+            if not (r["task"] == "passkey" and r["length"] == 256 and r["sample"] == 1 and r["config"] == "random:0.4:0.33:retain"):
+                f.write(line)
+    pbase = [a if a != resume else partial for a in base]
+    part = run(dashlm, *pbase, "--report-only").stdout.decode()
+    assert "passkey 256: 1," in part.splitlines()[0] and "needle 256: 2," in part.splitlines()[0], part.splitlines()[0]
+    expect_error(dashlm, *[a if a != resume else os.path.join(tmp, "none.jsonl") for a in base], "--report-only", contains="--resume")
     # A resume file made with other settings is refused.
     expect_error(dashlm, *base, "--seed", "5", contains="other settings")
 

@@ -64,8 +64,8 @@ std::vector<double> delta_quantiles(const std::vector<eval::RunOutput>& refs, in
 // Rounds a threshold to 3 significant digits, so that the saved spec is short and exact.
 double round_sig(double x) {
   if (x <= 0) return x;
-  const double m = std::pow(10.0, std::floor(std::log10(x)) - 2);
-  return std::round(x / m) * m;
+  // Through its decimal text, so that the value prints as 28.2 rather than 28.200000000000003.
+  return std::stod(fmt::format("{:.3g}", x));
 }
 
 int calibrate(const CalibrateOptions& o) {

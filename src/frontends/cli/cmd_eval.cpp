@@ -72,6 +72,7 @@ struct EvalOptions {
   int samples = 5, n_gen = 32, cont_tokens = 256, threads = 0;
   uint64_t seed = 0;
   bool quiet = false;
+  bool report_only = false;
 };
 
 // A configuration row of the evaluation: full prefill (the reference) or a halting setting.
@@ -258,6 +259,9 @@ int eval_main(const EvalOptions& o) {
 
   std::vector<nlohmann::json> records;
   std::set<std::string> done;
+  if (o.report_only && (o.resume_path.empty() || !std::filesystem::exists(o.resume_path))) {
+    fail("--report-only needs the --resume file of an earlier run");
+  }
   if (!o.resume_path.empty() && std::filesystem::exists(o.resume_path)) {
     std::ifstream in(o.resume_path);
     std::string line;
@@ -295,7 +299,7 @@ int eval_main(const EvalOptions& o) {
     for (const std::string& t : tasks)
       for (int i = 0; i < o.samples; ++i)
         for (const ConfigRow& r : rows) {
-          if (done.count(record_key(t, len, i, r.key))) continue;
+          if (o.report_only || done.count(record_key(t, len, i, r.key))) continue;
           ++total;
           work_total += static_cast<double>(len);
         }
@@ -330,7 +334,7 @@ int eval_main(const EvalOptions& o) {
     work_done += static_cast<double>(len);
   };
 
-  for (int64_t len : lengths) {
+  for (int64_t len : o.report_only ? std::vector<int64_t>{} : lengths) {
     for (const std::string& task : tasks) {
       // Room for the generated tokens: at the model's full context the prompt is that much shorter.
       const int gen = eval::is_retrieval_task(task) ? so.n_generate : task == "fidelity" ? so.fidelity_tokens : 0;
@@ -413,6 +417,26 @@ int eval_main(const EvalOptions& o) {
   }
   std::map<std::string, const nlohmann::json*> by_key;
   for (const nlohmann::json& r : sel) by_key[record_key(r["task"], r["length"], r["sample"], r["config"])] = &r;
+  if (o.report_only) {
+    // Partial results: keep the samples that every configuration finished, so that each row
+    // averages the same samples.
+    std::vector<nlohmann::json> complete;
+    std::map<std::string, int> n_complete;  // task@length -> samples
+    for (const nlohmann::json& r : sel) {
+      const bool all = std::all_of(rows.begin(), rows.end(),
+                                   [&](const ConfigRow& c) { return by_key.count(record_key(r["task"], r["length"], r["sample"], c.key)) > 0; });
+      if (!all) continue;
+      complete.push_back(r);
+      if (r["config"] == "full") ++n_complete[fmt::format("{}@{}", r["task"].get<std::string>(), r["length"].get<int64_t>())];
+    }
+    sel = std::move(complete);
+    by_key.clear();
+    for (const nlohmann::json& r : sel) by_key[record_key(r["task"], r["length"], r["sample"], r["config"])] = &r;
+    std::string counts;
+    for (int64_t len : lengths)
+      for (const std::string& t : tasks) counts += fmt::format("{}{} {}: {}", counts.empty() ? "" : ", ", t, len, n_complete[fmt::format("{}@{}", t, len)]);
+    fmt::print("# report only: samples finished by every configuration: {}\n", counts);
+  }
 
   // The table.
   const std::vector<Column> cols = columns_for(tasks);
@@ -539,6 +563,8 @@ void add_eval_command(CLI::App& app, Action& action) {
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   c->add_flag("-q,--quiet", o->quiet, "No progress on stderr");
+  c->add_flag("--report-only", o->report_only,
+              "Run nothing: report the --resume file's results, over the samples every configuration finished");
   c->callback([o, &action] { action = [o] { return eval_main(*o); }; });
 }
 
