@@ -81,6 +81,40 @@ TEST(Halting, KeepAllAndTauZeroAreBitIdenticalToFullPrefill) {
   }
 }
 
+TEST(Halting, ChunkedLayersEqualOneChunk) {
+  // The layers run their rows in chunks. With 7 rows per chunk the prompt crosses many chunk
+  // boundaries, gathered active rows and retained halted rows straddle them, and the last 8
+  // tokens (whose attention the attn policy records) span two chunks: everything equals the
+  // single-chunk run to float rounding, and the same tokens halt.
+  const Model& m = stories();
+  const auto n = static_cast<int64_t>(prompt_tokens().size());
+  ASSERT_GT(n, 30);
+  HaltingConfig none, attn = topk(1.0 / 3.0), rel = topk(0.5, KVMode::Drop);
+  attn.policy = "attn";
+  rel.signal = DeltaSignal::Rel;
+  HaltingConfig block = topk(0.5);
+  block.signal = DeltaSignal::Block;
+  for (const HaltingConfig& hc : {none, topk(1.0 / 3.0), topk(1.0 / 3.0, KVMode::Drop), attn, rel, block}) {
+    Engine one(m, n + 8), many(m, n + 8);
+    many.set_chunk_rows(7);
+    const PrefillRun a = prefill(hc, &one), b = prefill(hc, &many);
+    EXPECT_EQ(a.trace.halted_after, b.trace.halted_after) << hc.policy;
+    ASSERT_EQ(a.logits.size(), b.logits.size());
+    float mx = 1.f, diff = 0.f;
+    for (size_t i = 0; i < a.logits.size(); ++i) {
+      mx = std::max(mx, std::abs(a.logits[i]));
+      diff = std::max(diff, std::abs(a.logits[i] - b.logits[i]));
+    }
+    EXPECT_LE(diff, 1e-5f * mx) << hc.policy;
+    for (int il = 0; il < m.hp().n_layer; ++il) {
+      const auto& ka = one.cache().k[static_cast<size_t>(il)];
+      const auto& kb = many.cache().k[static_cast<size_t>(il)];
+      for (size_t j = 0; j < ka.size(); ++j) ASSERT_NEAR(ka[j], kb[j], 1e-4f) << hc.policy << " layer " << il;
+      EXPECT_EQ(one.cache().valid[static_cast<size_t>(il)], many.cache().valid[static_cast<size_t>(il)]);
+    }
+  }
+}
+
 TEST(Halting, TopkKeepsExactlyCeilKeepTimesEligible) {
   for (double keep : {0.1, 1.0 / 3.0, 0.5, 0.9}) {
     HaltingConfig hc = topk(keep);

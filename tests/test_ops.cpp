@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "backends/cpu/gemm.h"
 #include "backends/cpu/ops.h"
 #include "backends/cpu/quants.h"
 
@@ -168,4 +169,38 @@ TEST(Ops, Activations) {
     const double ge = 0.5 * x * (1 + std::tanh(0.7978845608 * (x + 0.044715 * x * x * x)));
     EXPECT_NEAR(g2[static_cast<size_t>(i)], ge * u[static_cast<size_t>(i)], 1e-6);
   }
+}
+
+TEST(Ops, FlashAttentionAwkwardSizesAtEveryLevel) {
+  // Keys in several tiles and a partial one (600 slots), a subset of query positions in blocks
+  // that straddle tiles, sliding windows narrower and wider than a tile, invalid slots (scattered
+  // and a whole run), GQA 6:2 with head size 24, at every kernel level this CPU can run.
+  const GemmLevel saved = gemm_level();
+  const int64_t n_kv = 600;
+  std::vector<int32_t> pos;
+  for (int32_t p = 0; p < n_kv; p += 1 + (p * 7) % 11) pos.push_back(p);
+  pos.push_back(n_kv - 1);
+  const auto nq = static_cast<int64_t>(pos.size());
+  auto q = randn(static_cast<size_t>(nq * 6 * 24), 21), k = randn(static_cast<size_t>(n_kv * 2 * 24), 22),
+       v = randn(static_cast<size_t>(n_kv * 2 * 24), 23);
+  std::vector<uint8_t> valid(n_kv, 1);
+  for (int64_t j = 5; j < n_kv; j += 7) valid[static_cast<size_t>(j)] = 0;
+  for (int64_t j = 260; j < 520; ++j) valid[static_cast<size_t>(j)] = 0;  // more than a tile of holes
+  for (int level = 0; level <= static_cast<int>(gemm_max_level()); ++level) {
+    gemm_set_level(static_cast<GemmLevel>(level));
+    for (int window : {0, 3, 100, 300}) {
+      const std::vector<uint8_t>* masks[] = {nullptr, &valid};
+      for (const std::vector<uint8_t>* mask : masks) {
+        AttentionParams p{6, 2, 24, 0.4f, window};
+        std::vector<float> out(q.size(), 123.f);
+        attention(q.data(), pos.data(), nq, k.data(), v.data(), n_kv, mask ? mask->data() : nullptr, p, out.data());
+        const auto ref = attention_ref(q, pos, k, v, n_kv, mask, p);
+        for (size_t i = 0; i < out.size(); ++i) {
+          ASSERT_NEAR(out[i], ref[i], 2e-5f) << gemm_level_name(static_cast<GemmLevel>(level)) << " window " << window
+                                             << (mask ? " holes" : "") << " at " << i;
+        }
+      }
+    }
+  }
+  gemm_set_level(saved);
 }

@@ -97,11 +97,17 @@ HParams read_hparams(const ModelFile& f) {
 
 }  // namespace
 
-std::unique_ptr<Model> Model::load(const std::string& path, const std::string& tokenizer_path) {
+std::unique_ptr<Model> Model::load(const std::string& path, const std::string& tokenizer_path, bool keep_vocab_metadata) {
   auto model = std::unique_ptr<Model>(new Model());
   model->file_ = open_model_file(path, tokenizer_path);
   model->hp_ = read_hparams(*model->file_);
   model->tok_ = Tokenizer::from_metadata(model->file_->meta);
+  model->chat_format_ = chat_format_of(model->file_->meta);
+  if (!keep_vocab_metadata) {
+    for (const char* key : {"tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"}) {
+      model->file_->meta.erase(key);
+    }
+  }
   model->bind_weights();
   return model;
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backends/cpu/ops.h"
+#include "model/chat.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
 
@@ -65,11 +66,17 @@ class Model {
  public:
   // Loads and validates: every tensor the architecture needs must exist with the shape the
   // hyperparameters imply, in a type dashlm can compute with; errors name the tensor.
-  static std::unique_ptr<Model> load(const std::string& path, const std::string& tokenizer_path = "");
+  // Once the tokenizer is built it holds the vocabulary, so the metadata's copies of it
+  // (tokenizer.ggml.tokens, .scores, .token_type, .merges: tens of MB for a 262k vocabulary)
+  // are released, unless keep_vocab_metadata (for inspect, which shows them).
+  static std::unique_ptr<Model> load(const std::string& path, const std::string& tokenizer_path = "",
+                                     bool keep_vocab_metadata = false);
 
   const HParams& hp() const { return hp_; }
   const ModelFile& file() const { return *file_; }
   const Tokenizer& tokenizer() const { return *tok_; }
+  // chat_format_of(metadata), decided at load time while the vocabulary was still there.
+  ChatFormat chat_format() const { return chat_format_; }
   const LayerWeights& layer(int il) const { return layers_[static_cast<size_t>(il)]; }
   const cpu::WeightView& tok_embd() const { return tok_embd_; }
   const cpu::WeightView& output() const { return output_; }
@@ -86,6 +93,7 @@ class Model {
   std::unique_ptr<ModelFile> file_;
   std::unique_ptr<Tokenizer> tok_;
   HParams hp_;
+  ChatFormat chat_format_ = ChatFormat::None;
   std::vector<LayerWeights> layers_;
   cpu::WeightView tok_embd_, output_;
   const float* output_norm_ = nullptr;

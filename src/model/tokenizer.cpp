@@ -125,9 +125,14 @@ void Tokenizer::init_common(const Metadata& meta) {
     }
   }
 
-  token_to_id_.clear();
-  token_to_id_.reserve(n);
-  for (size_t i = 0; i < n; ++i) token_to_id_[tokens_[i]] = static_cast<int32_t>(i);  // last one wins
+  size_t slots = 16;
+  while (slots < 2 * n) slots *= 2;
+  token_index_.assign(slots, -1);
+  for (size_t i = 0; i < n; ++i) {  // a text that appears twice maps to its last id
+    size_t h = std::hash<std::string_view>{}(tokens_[i]) & (slots - 1);
+    while (token_index_[h] >= 0 && tokens_[static_cast<size_t>(token_index_[h])] != tokens_[i]) h = (h + 1) & (slots - 1);
+    token_index_[h] = static_cast<int32_t>(i);
+  }
 
   // Special ids: the subclass's defaults, then the keys (ignored when out of range).
   auto valid = [&](int64_t id) { return id >= 0 && static_cast<size_t>(id) < n; };
@@ -197,8 +202,12 @@ void Tokenizer::init_common(const Metadata& meta) {
 TokenType Tokenizer::token_type(int32_t id) const { return types_.at(static_cast<size_t>(id)); }
 
 int32_t Tokenizer::find_token(std::string_view text) const {
-  auto it = token_to_id_.find(text);
-  return it == token_to_id_.end() ? -1 : it->second;
+  if (token_index_.empty()) return -1;
+  const size_t mask = token_index_.size() - 1;
+  for (size_t h = std::hash<std::string_view>{}(text) & mask;; h = (h + 1) & mask) {
+    const int32_t id = token_index_[h];
+    if (id < 0 || tokens_[static_cast<size_t>(id)] == text) return id;
+  }
 }
 
 bool Tokenizer::is_end_of_generation(int32_t id) const {

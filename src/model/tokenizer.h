@@ -76,18 +76,21 @@ class Tokenizer {
   };
   uint32_t attr(int32_t id) const { return attrs_[static_cast<size_t>(id)]; }
 
-  struct StringHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  using TokenMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
 
   std::string model_, pre_;
   std::vector<std::string> tokens_;
   std::vector<TokenType> types_;
   std::vector<float> scores_;
   std::vector<uint32_t> attrs_;
-  TokenMap token_to_id_;
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  using TokenMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
+  // Text -> id (find_token): open addressing over tokens_, each slot an id (-1: empty), a power
+  // of two at least twice the vocabulary; 4 bytes per slot rather than a hash node per token.
+  std::vector<int32_t> token_index_;
   int32_t bos_ = -1, eos_ = -1, unk_ = -1;
   bool add_bos_ = false, add_eos_ = false, add_space_prefix_ = false;
   std::vector<int32_t> eog_ids_;  // sorted

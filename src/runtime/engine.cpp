@@ -43,22 +43,43 @@ void HaltingTrace::reset(int64_t n, int layers) {
 
 size_t KVCache::bytes() const { return 2 * k.size() * static_cast<size_t>(n_ctx * kv_dim) * sizeof(float); }
 
-void Engine::Scratch::reserve(const HParams& hp, int64_t n) {
+void Engine::Buffer::reserve(size_t n) {
   if (n <= cap) return;
+  p.reset(new float[n]);  // not value-initialised: no page is touched before it is used
   cap = n;
-  const auto sz = [n](int64_t w) { return static_cast<size_t>(n * w); };
-  x_act.resize(sz(hp.n_embd));
-  xn.resize(sz(hp.n_embd));
-  q.resize(sz(hp.q_dim()));
-  k.resize(sz(hp.kv_dim()));
-  v.resize(sz(hp.kv_dim()));
-  attn.resize(sz(hp.q_dim()));
-  u.resize(sz(hp.n_embd));
-  gate.resize(sz(hp.n_ff));
-  up.resize(sz(hp.n_ff));
-  x_in.resize(sz(hp.n_embd));
-  norms.resize(sz(1));
 }
+
+void Engine::Scratch::reserve(const HParams& hp, int64_t r) {
+  if (r <= rows) return;
+  rows = r;
+  const auto sz = [r](int64_t w) { return static_cast<size_t>(r * w); };
+  xc.reserve(sz(hp.n_embd));
+  xn.reserve(sz(hp.n_embd));
+  q.reserve(sz(hp.q_dim()));
+  k.reserve(sz(hp.kv_dim()));
+  v.reserve(sz(hp.kv_dim()));
+  attn.reserve(sz(hp.q_dim()));
+  u.reserve(sz(hp.n_embd));
+  gate.reserve(sz(hp.n_ff));
+  up.reserve(sz(hp.n_ff));
+  x_in.reserve(sz(hp.n_embd));
+  norms.reserve(sz(1));
+}
+
+namespace {
+
+// n rows cut into the fewest chunks of at most max_rows, of balanced sizes (so that no chunk is
+// a thin remainder): chunk c is rows begin(c) .. begin(c + 1) - 1.
+struct Chunks {
+  int64_t n, count;
+  int64_t begin(int64_t c) const { return n * c / count; }
+};
+Chunks chunks_of(int64_t n, int64_t max_rows) { return {n, std::max<int64_t>(1, (n + max_rows - 1) / max_rows)}; }
+
+// Whether n ascending distinct values are consecutive.
+bool consecutive(const int32_t* v, int64_t n) { return n > 0 && static_cast<int64_t>(v[n - 1]) - v[0] == n - 1; }
+
+}  // namespace
 
 Engine::Engine(const Model& model, int64_t n_ctx) : model_(model) {
   if (n_ctx <= 0) fail("context size must be positive");
@@ -97,111 +118,150 @@ cpu::AttentionParams Engine::attention_params(int il) const {
   return ap;
 }
 
-void Engine::write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n, bool contiguous) {
+void Engine::write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n, bool in_cache) {
   const HParams& hp = model_.hp();
   const LayerWeights& L = model_.layer(il);
   if (L.k_norm) cpu::rmsnorm_heads(k, L.k_norm, n * hp.n_head_kv, hp.head_dim, hp.norm_eps);
   cpu::rope(k, n, hp.n_head_kv, hp.kv_dim(), pos, rope_params(il));
-  if (!contiguous) {
+  if (!in_cache) {
     cpu::scatter_rows(k, pos, n, hp.kv_dim(), cache_.k[static_cast<size_t>(il)].data());
     cpu::scatter_rows(v, pos, n, hp.kv_dim(), cache_.v[static_cast<size_t>(il)].data());
   }
 }
 
-void Engine::project_kv(int il, const float* x, const int32_t* pos, int64_t n) {
+void Engine::project_kv(int il, float* x, const int32_t* rows, const int32_t* pos, int64_t n) {
   const HParams& hp = model_.hp();
   const LayerWeights& L = model_.layer(il);
-  cpu::rmsnorm(x, L.attn_norm, s_.xn.data(), n, hp.n_embd, hp.norm_eps);
-  cpu::matmul(L.wk, s_.xn.data(), n, s_.k.data(), L.bk);
-  cpu::matmul(L.wv, s_.xn.data(), n, s_.v.data(), L.bv);
-  write_kv(il, s_.k.data(), s_.v.data(), pos, n, false);
+  const int64_t d = hp.n_embd;
+  const Chunks ch = chunks_of(n, chunk_rows_);
+  for (int64_t c = 0; c < ch.count; ++c) {
+    const int64_t i0 = ch.begin(c), m = ch.begin(c + 1) - i0;
+    const float* xr = x + (rows ? rows[i0] : i0) * d;
+    if (rows && !consecutive(rows + i0, m)) {
+      cpu::gather_rows(x, rows + i0, m, d, s_.xc.data());
+      xr = s_.xc.data();
+    }
+    cpu::rmsnorm(xr, L.attn_norm, s_.xn.data(), m, d, hp.norm_eps);
+    // Consecutive positions write K and V straight into their cache slots.
+    const bool in_cache = consecutive(pos + i0, m);
+    float* k = in_cache ? cache_.k_row(il, pos[i0]) : s_.k.data();
+    float* v = in_cache ? cache_.v_row(il, pos[i0]) : s_.v.data();
+    cpu::matmul(L.wk, s_.xn.data(), m, k, L.bk);
+    cpu::matmul(L.wv, s_.xn.data(), m, v, L.bv);
+    write_kv(il, k, v, pos + i0, m, in_cache);
+  }
 }
 
 void Engine::forward_layer(int il, const LayerIO& io) {
   const HParams& hp = model_.hp();
   const LayerWeights& L = model_.layer(il);
-  const int64_t d = hp.n_embd, n = io.n;
-  float* x = io.x;
-  float* xn = s_.xn.data();
-  float* q = s_.q.data();
+  const int64_t d = hp.n_embd, qd = hp.q_dim(), n = io.n;
 
-  // Attention branch: U = Wo Attn(RoPE(Wq Norm(x)), RoPE(Wk Norm(x)), Wv Norm(x)).
-  cpu::rmsnorm(x, L.attn_norm, xn, n, d, hp.norm_eps);
-  cpu::matmul(L.wq, xn, n, q, L.bq);
-  // Consecutive positions write K and V straight into their cache slots.
-  float* k = io.contiguous ? cache_.k_row(il, io.pos[0]) : s_.k.data();
-  float* v = io.contiguous ? cache_.v_row(il, io.pos[0]) : s_.v.data();
-  cpu::matmul(L.wk, xn, n, k, L.bk);
-  cpu::matmul(L.wv, xn, n, v, L.bv);
-  if (L.q_norm) cpu::rmsnorm_heads(q, L.q_norm, n * hp.n_head, hp.head_dim, hp.norm_eps);
-  cpu::rope(q, n, hp.n_head, hp.q_dim(), io.pos, rope_params(il));
-  write_kv(il, k, v, io.pos, n, io.contiguous);
+  // Keys and values of every row first, so that each chunk's queries below find all the keys up
+  // to their positions in the cache.
+  project_kv(il, io.x, io.rows, io.pos, n);
 
   const cpu::AttentionParams ap = attention_params(il);
-  const int64_t n_kv = io.pos[n - 1] + 1;
+  const cpu::RopeParams rp = rope_params(il);
   const float* kc = cache_.k[static_cast<size_t>(il)].data();
   const float* vc = cache_.v[static_cast<size_t>(il)].data();
-  cpu::attention(q, io.pos, n, kc, vc, n_kv, cache_.valid_mask(il), ap, s_.attn.data());
-  if (io.attn_rows > 0) {
-    const int64_t r = std::min<int64_t>(io.attn_rows, n);
-    cpu::attention_received(q + (n - r) * hp.q_dim(), io.pos + (n - r), r, kc, n_kv, cache_.valid_mask(il), ap,
-                            io.attn_received);
-  }
+  const uint8_t* valid = cache_.valid_mask(il);
+  // Rows from tail0 on are the last attn_rows, whose attention received is recorded.
+  const int64_t tail0 = io.attn_rows > 0 ? n - std::min<int64_t>(io.attn_rows, n) : n;
+  float* xn = s_.xn.data();
+  float* q = s_.q.data();
+  float* attn = s_.attn.data();
   float* u = s_.u.data();
-  cpu::matmul(L.wo, s_.attn.data(), n, u);
-  if (L.post_attn_norm) cpu::rmsnorm(u, L.post_attn_norm, u, n, d, hp.norm_eps);
+  float* gate = s_.gate.data();
+  float* up = s_.up.data();
 
-  // The halting signal, from the update before it joins the residual stream.
-  if (io.delta) {
-    switch (io.signal) {
-      case DeltaSignal::Abs:
-        cpu::row_l2_norms(u, n, d, io.delta);
-        break;
-      case DeltaSignal::Rel:
-        cpu::row_l2_norms(u, n, d, io.delta);
-        cpu::row_l2_norms(x, n, d, s_.norms.data());
-        for (int64_t i = 0; i < n; ++i) io.delta[i] /= std::max(s_.norms[static_cast<size_t>(i)], 1e-30f);
-        break;
-      case DeltaSignal::Block:
-        std::copy_n(x, n * d, s_.x_in.data());
-        break;
+  const Chunks ch = chunks_of(n, chunk_rows_);
+  for (int64_t c = 0; c < ch.count; ++c) {
+    const int64_t i0 = ch.begin(c), m = ch.begin(c + 1) - i0;
+    const int32_t* pos = io.pos + i0;
+    // The chunk's rows of x: used in place when consecutive, else gathered and scattered back.
+    const bool gathered = io.rows && !consecutive(io.rows + i0, m);
+    float* x = io.x + (io.rows ? io.rows[i0] : i0) * d;
+    if (gathered) {
+      cpu::gather_rows(io.x, io.rows + i0, m, d, s_.xc.data());
+      x = s_.xc.data();
     }
-  }
-  cpu::add_inplace(x, u, n * d);
 
-  // MLP branch: x += Wdown (act(Wgate Norm(x)) * Wup Norm(x)).
-  cpu::rmsnorm(x, L.ffn_norm, xn, n, d, hp.norm_eps);
-  cpu::matmul(L.w_gate, xn, n, s_.gate.data());
-  cpu::matmul(L.w_up, xn, n, s_.up.data());
-  if (hp.act == Activation::GeluTanh) {
-    cpu::gelu_tanh_mul(s_.gate.data(), s_.up.data(), n * hp.n_ff);
-  } else {
-    cpu::silu_mul(s_.gate.data(), s_.up.data(), n * hp.n_ff);
-  }
-  cpu::matmul(L.w_down, s_.gate.data(), n, u);
-  if (L.post_ffn_norm) cpu::rmsnorm(u, L.post_ffn_norm, u, n, d, hp.norm_eps);
-  cpu::add_inplace(x, u, n * d);
+    // Attention branch: U = Wo Attn(RoPE(Wq Norm(x)), K, V).
+    cpu::rmsnorm(x, L.attn_norm, xn, m, d, hp.norm_eps);
+    cpu::matmul(L.wq, xn, m, q, L.bq);
+    if (L.q_norm) cpu::rmsnorm_heads(q, L.q_norm, m * hp.n_head, hp.head_dim, hp.norm_eps);
+    cpu::rope(q, m, hp.n_head, qd, pos, rp);
+    cpu::attention(q, pos, m, kc, vc, pos[m - 1] + 1, valid, ap, attn);
+    if (i0 + m > tail0) {
+      const int64_t a = std::max(i0, tail0);
+      std::copy_n(q + (a - i0) * qd, (i0 + m - a) * qd, io.q_tail + (a - tail0) * qd);
+    }
+    cpu::matmul(L.wo, attn, m, u);
+    if (L.post_attn_norm) cpu::rmsnorm(u, L.post_attn_norm, u, m, d, hp.norm_eps);
 
-  if (io.delta && io.signal == DeltaSignal::Block) {
-    for (int64_t i = 0; i < n; ++i) {
-      const float* a = s_.x_in.data() + i * d;
-      const float* b = x + i * d;
-      double ab = 0, aa = 0, bb = 0;
-      for (int64_t j = 0; j < d; ++j) {
-        ab += static_cast<double>(a[j]) * b[j];
-        aa += static_cast<double>(a[j]) * a[j];
-        bb += static_cast<double>(b[j]) * b[j];
+    // The halting signal, from the update before it joins the residual stream.
+    float* delta = io.delta ? io.delta + i0 : nullptr;
+    if (delta) {
+      switch (io.signal) {
+        case DeltaSignal::Abs:
+          cpu::row_l2_norms(u, m, d, delta);
+          break;
+        case DeltaSignal::Rel:
+          cpu::row_l2_norms(u, m, d, delta);
+          cpu::row_l2_norms(x, m, d, s_.norms.data());
+          for (int64_t i = 0; i < m; ++i) delta[i] /= std::max(s_.norms.data()[i], 1e-30f);
+          break;
+        case DeltaSignal::Block:
+          std::copy_n(x, m * d, s_.x_in.data());
+          break;
       }
-      io.delta[i] = static_cast<float>(1.0 - ab / std::max(std::sqrt(aa * bb), 1e-30));
     }
+    cpu::add_inplace(x, u, m * d);
+
+    // MLP branch: x += Wdown (act(Wgate Norm(x)) * Wup Norm(x)).
+    cpu::rmsnorm(x, L.ffn_norm, xn, m, d, hp.norm_eps);
+    cpu::matmul(L.w_gate, xn, m, gate);
+    cpu::matmul(L.w_up, xn, m, up);
+    if (hp.act == Activation::GeluTanh) {
+      cpu::gelu_tanh_mul(gate, up, m * hp.n_ff);
+    } else {
+      cpu::silu_mul(gate, up, m * hp.n_ff);
+    }
+    cpu::matmul(L.w_down, gate, m, u);
+    if (L.post_ffn_norm) cpu::rmsnorm(u, L.post_ffn_norm, u, m, d, hp.norm_eps);
+    cpu::add_inplace(x, u, m * d);
+
+    if (delta && io.signal == DeltaSignal::Block) {
+      for (int64_t i = 0; i < m; ++i) {
+        const float* a = s_.x_in.data() + i * d;
+        const float* b = x + i * d;
+        double ab = 0, aa = 0, bb = 0;
+        for (int64_t j = 0; j < d; ++j) {
+          ab += static_cast<double>(a[j]) * b[j];
+          aa += static_cast<double>(a[j]) * a[j];
+          bb += static_cast<double>(b[j]) * b[j];
+        }
+        delta[i] = static_cast<float>(1.0 - ab / std::max(std::sqrt(aa * bb), 1e-30));
+      }
+    }
+    if (gathered) cpu::scatter_rows(x, io.rows + i0, m, d, io.x);
+  }
+
+  if (tail0 < n) {
+    cpu::attention_received(io.q_tail, io.pos + tail0, n - tail0, kc, io.pos[n - 1] + 1, valid, ap, io.attn_received);
   }
 }
 
 void Engine::logits(const float* x, int64_t n, float* out) {
   const HParams& hp = model_.hp();
-  std::vector<float> xn(static_cast<size_t>(n * hp.n_embd));
-  cpu::rmsnorm(x, model_.output_norm(), xn.data(), n, hp.n_embd, hp.norm_eps);
-  cpu::matmul(model_.output(), xn.data(), n, out);
+  s_.reserve(hp, std::min(n, chunk_rows_));
+  const Chunks ch = chunks_of(n, chunk_rows_);
+  for (int64_t c = 0; c < ch.count; ++c) {
+    const int64_t i0 = ch.begin(c), m = ch.begin(c + 1) - i0;
+    cpu::rmsnorm(x + i0 * hp.n_embd, model_.output_norm(), s_.xn.data(), m, hp.n_embd, hp.norm_eps);
+    cpu::matmul(model_.output(), s_.xn.data(), m, out + i0 * hp.n_vocab);
+  }
 }
 
 // Sum over query rows of the keys each can see (slots lo..pos that hold a valid key).
@@ -232,7 +292,7 @@ std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const Prefil
   if (n == 0) fail("nothing to process: no tokens");
   if (n_past_ + n > cache_.n_ctx) fail("{} tokens do not fit the context: {} already used of {}", n, n_past_, cache_.n_ctx);
   const auto t0 = Clock::now();
-  s_.reserve(hp, n);
+  s_.reserve(hp, std::min(n, chunk_rows_));
 
   std::vector<int32_t> pos(static_cast<size_t>(n));
   std::iota(pos.begin(), pos.end(), static_cast<int32_t>(n_past_));
@@ -253,6 +313,7 @@ std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const Prefil
   const DeltaSignal signal = hc ? hc->signal : DeltaSignal::Abs;
   std::vector<float> delta(want_delta ? static_cast<size_t>(n) : 0);
   std::vector<float> recv_slots, recv_tokens;  // attention received (attn baseline)
+  std::vector<float> q_tail(hc && hc->attn_queries > 0 ? static_cast<size_t>(hc->attn_queries * hp.q_dim()) : 0);
 
   // Active tokens (indices into this segment) and halted ones, both ascending.
   TokenSets sets;
@@ -273,35 +334,32 @@ std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const Prefil
     if (want_attn) recv_slots.assign(static_cast<size_t>(cache_.n_ctx), 0.f);
 
     LayerIO io{};
+    io.x = x.data();
     io.signal = signal;
     io.delta = want_delta ? delta.data() : nullptr;
     io.attn_rows = want_attn ? hc->attn_queries : 0;
     io.attn_received = want_attn ? recv_slots.data() : nullptr;
+    io.q_tail = q_tail.data();
     if (all) {
-      io.x = x.data();
+      io.rows = nullptr;
       io.pos = pos.data();
       io.n = n;
-      io.contiguous = true;
-      forward_layer(il, io);
     } else {
       // Halted tokens: keys and values from their frozen states (retain), or none (drop).
       const auto nh = static_cast<int64_t>(halted.size());
       if (nh > 0 && hc->kv == KVMode::Retain) {
-        cpu::gather_rows(x.data(), halted.data(), nh, d, s_.x_act.data());
-        project_kv(il, s_.x_act.data(), pos_halted.data(), nh);
+        project_kv(il, x.data(), halted.data(), pos_halted.data(), nh);
       } else if (nh > 0) {
         for (int32_t p : pos_halted) cache_.valid[static_cast<size_t>(il)][static_cast<size_t>(p)] = 0;
         cache_.has_holes[static_cast<size_t>(il)] = 1;
       }
-      // Active tokens: gathered into a dense batch, computed, written back.
-      cpu::gather_rows(x.data(), active.data(), na, d, s_.x_act.data());
-      io.x = s_.x_act.data();
+      // Active tokens: the layer computes their rows only (gathered chunk by chunk into a dense
+      // batch and scattered back).
+      io.rows = active.data();
       io.pos = pos_active.data();
       io.n = na;
-      io.contiguous = pos_active.back() - pos_active.front() == na - 1;
-      forward_layer(il, io);
-      cpu::scatter_rows(s_.x_act.data(), active.data(), na, d, x.data());
     }
+    forward_layer(il, io);
 
     if (tr) {
       const cpu::AttentionParams ap = attention_params(il);

@@ -4,8 +4,10 @@
 // into contiguous buffers and each later layer runs dense GEMMs and attention on that smaller
 // batch, each token keeping its original position for RoPE and the causal mask.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -81,27 +83,47 @@ class Engine final : public InferenceEngine {
   }
   const KVCache& cache() const { return cache_; }
   const Model& model() const { return model_; }
+  // Most rows a layer computes at once (default kChunkRows); tests set small values to cross
+  // chunk boundaries with short prompts.
+  void set_chunk_rows(int64_t rows) { chunk_rows_ = std::max<int64_t>(1, rows); }
+
+  // Rows per chunk: prompt rows are processed in balanced chunks of at most this many.
+  static constexpr int64_t kChunkRows = 512;
 
  private:
+  // Float storage that is not zeroed (pages the engine never writes stay unmapped) and only
+  // grows.
+  struct Buffer {
+    std::unique_ptr<float[]> p;
+    size_t cap = 0;
+    float* data() { return p.get(); }
+    void reserve(size_t n);
+  };
+  // Scratch of the layer loop, sized for one chunk of rows (at most kChunkRows), not for the
+  // prompt: the layers run the rows in chunks, so no array of prompt length times n_ff (or
+  // n_embd) exists besides the hidden states. Reserved once per prefill, before the layer loop.
   struct Scratch {
-    int64_t cap = 0;
-    std::vector<float> x_act, xn, q, k, v, attn, u, gate, up, x_in, norms;
-    void reserve(const HParams& hp, int64_t n);
+    int64_t rows = 0;  // capacity in rows
+    Buffer xc, xn, q, k, v, attn, u, gate, up, x_in, norms;
+    void reserve(const HParams& hp, int64_t rows);
   };
   struct LayerIO {
-    float* x;               // n rows of n_embd, updated in place
-    const int32_t* pos;     // their positions
+    float* x;                  // the hidden states of the segment (rows of n_embd), updated in place
+    const int32_t* rows;       // the n rows of x this layer computes, ascending (null: 0 .. n-1)
+    const int32_t* pos;        // their positions, ascending
     int64_t n;
-    bool contiguous;        // positions are pos[0], pos[0]+1, ...: K/V go straight to the cache
     DeltaSignal signal = DeltaSignal::Abs;
     float* delta = nullptr;           // n values, when wanted
     int attn_rows = 0;                // > 0: attention received from the last attn_rows rows...
     float* attn_received = nullptr;   // ... per cache slot (n_ctx values)
+    float* q_tail = nullptr;          // scratch for those rows' queries (attn_rows x q_dim)
   };
   void forward_layer(int il, const LayerIO& io);
-  // K and V of tokens that do not run the layer, from their (frozen) hidden states.
-  void project_kv(int il, const float* x, const int32_t* pos, int64_t n);
-  void write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n, bool contiguous);
+  // K and V of n rows of x (rows: indices into x, null for 0 .. n-1) at positions pos, into the
+  // cache: from the hidden states of the tokens that run the layer, or the frozen states of
+  // retained halted tokens.
+  void project_kv(int il, float* x, const int32_t* rows, const int32_t* pos, int64_t n);
+  void write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n, bool in_cache);
   void logits(const float* x, int64_t n, float* out);
   cpu::RopeParams rope_params(int il) const;
   cpu::AttentionParams attention_params(int il) const;
@@ -110,6 +132,7 @@ class Engine final : public InferenceEngine {
   KVCache cache_;
   Scratch s_;
   int64_t n_past_ = 0;
+  int64_t chunk_rows_ = kChunkRows;
 };
 
 // FLOPs of one layer's GEMMs and attention for n_q query rows that see `keys` keys in total, plus

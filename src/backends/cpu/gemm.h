@@ -70,6 +70,14 @@ class GemmPackedB {
 void gemm_packed(int64_t m, const float* a, int64_t lda, const GemmPackedB& b, int64_t j0, int64_t j1, float* c,
                  int64_t ldc, bool accumulate = false, float alpha = 1.f, int threads = 0);
 
+// One key tile of an online softmax, with the kernels of the level in use (see flash attention
+// in ops.cpp). s: nb rows of nt scores (row stride lds), masked keys -inf; m, l: each row's
+// running maximum and sum, -inf and 0 before the first tile. Each row's scores become
+// exp(s - m'), m' = max(m, the row's scores); corr[i] = exp(m - m') is the factor the output
+// accumulated so far must be multiplied by (1 for a row that still sees nothing, 0 when m was
+// -inf); l = l * corr + the row's new sum; m = m'.
+void softmax_tile(int64_t nb, int64_t nt, float* s, int64_t lds, float* m, float* l, float* corr);
+
 // Instruction-set levels of the kernels, lowest first.
 enum class GemmLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };
 

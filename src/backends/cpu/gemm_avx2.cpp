@@ -257,8 +257,10 @@ void small_m_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
   }
 }
 
+#include "backends/cpu/softmax_tile.inc"
+
 constexpr KernelSet kSet = {
-    "avx2", kMr, kNr, /*kc=*/768, /*mc=*/kMr * 12, /*nc=*/1024, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt,
+    "avx2", kMr, kNr, /*kc=*/768, /*mc=*/kMr * 12, /*nc=*/1024, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt, softmax_tile,
     /*direct_nn=*/true,
 };
 

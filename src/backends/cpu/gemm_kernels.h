@@ -52,6 +52,12 @@ struct KernelSet {
   // against a weight matrix, one query against the keys).
   void (*small_m_nt)(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                      float* c, int64_t ldc, float alpha, bool load_c);
+  // One key tile of an online softmax (flash attention). s: nb rows of nt scores (row stride
+  // lds), masked keys -inf; m, l: each row's running maximum and sum (start: -inf and 0). For
+  // each row: m' = max(m, max_j s_j); s_j becomes exp(s_j - m') (0 where s_j = -inf);
+  // corr = exp(m - m') (0 while m was -inf; 1 for a row that still sees nothing), the factor the
+  // caller applies to its accumulated output; l = l * corr + sum_j s_j; m = m'.
+  void (*softmax_tile)(int64_t nb, int64_t nt, float* s, int64_t lds, float* m, float* l, float* corr);
   // Whether compute() can read a [k x n] B in place (the driver then skips packing B when it would
   // be used only once or twice, e.g. V in the attention's P V).
   bool direct_nn;

@@ -111,8 +111,10 @@ void small_m_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
   }
 }
 
+#include "backends/cpu/softmax_tile.inc"
+
 constexpr KernelSet kSet = {
-    "scalar", kMr, kNr, /*kc=*/512, /*mc=*/kMr * 16, /*nc=*/512, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt,
+    "scalar", kMr, kNr, /*kc=*/512, /*mc=*/kMr * 16, /*nc=*/512, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt, softmax_tile,
     /*direct_nn=*/false,
 };
 

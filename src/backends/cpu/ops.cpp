@@ -31,10 +31,20 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// Rows per dequantized block for the BLAS path: about 4M floats (16 MB) of scratch at most.
+// Rows per dequantized block for the GEMM path: about 256K floats (1 MB) of scratch at most, so
+// that the block and the GEMM's packed panels of it stay small (the GEMM packs A once per block:
+// m x in floats against 2 x m x in x rows of work, nothing to notice).
 int64_t block_rows(const WeightView& w) {
-  const int64_t max_elems = int64_t{1} << 22;
+  const int64_t max_elems = int64_t{1} << 18;
   return std::max<int64_t>(1, std::min<int64_t>(w.out_features, max_elems / std::max<int64_t>(1, w.in_features)));
+}
+
+// This thread's attention scratch: grows to the largest size asked for, never shrinks, so the
+// attention allocates nothing once warm.
+float* attention_scratch(size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
 }
 
 }  // namespace
@@ -134,9 +144,16 @@ void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_
   }
 }
 
+// Flash attention: per block of kBlock queries and head, the visible keys in tiles of kTile;
+// per tile one GEMM for the scores (scaled), the mask where the tile crosses a query's causal
+// or window edge or holds invalid slots, an online-softmax step (running maximum and sum per
+// row; the output so far is rescaled when the maximum grows) and one GEMM adding P V to the
+// output rows, which serve as the accumulator; at the end each row is divided by its sum.
+// Scratch: kBlock x kTile scores per thread, whatever the number of keys.
 void attention(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, const float* v, int64_t n_kv,
                const uint8_t* kv_valid, const AttentionParams& p, float* out) {
-  constexpr int64_t kBlock = 32;  // queries per block: one GEMM for scores, one for the output
+  constexpr int64_t kBlock = 32;
+  constexpr int64_t kTile = 256;
   const int64_t hd = p.head_dim;
   const int64_t q_stride = static_cast<int64_t>(p.n_head) * hd;
   const int64_t kv_stride = static_cast<int64_t>(p.n_head_kv) * hd;
@@ -146,53 +163,61 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const float* k
 
 #pragma omp parallel num_threads(num_threads())
   {
-    std::vector<float> scores;
+    float* s = attention_scratch(static_cast<size_t>(kBlock * kTile));
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t b = 0; b < n_blocks; ++b) {
       for (int h = 0; h < p.n_head; ++h) {
         const int64_t i0 = b * kBlock, nb = std::min(kBlock, n_q - i0);
+        const int64_t p_first = q_pos[i0], p_last = q_pos[i0 + nb - 1];
         // Keys this block can see: slots [lo, hi].
-        int64_t hi = std::min<int64_t>(q_pos[i0 + nb - 1], n_kv - 1);
-        int64_t lo = 0;
-        if (p.window > 0) lo = std::max<int64_t>(0, q_pos[i0] - p.window + 1);
-        const int64_t nk = hi - lo + 1;
-        float* o_base = out + i0 * q_stride + h * hd;
-        if (nk <= 0) {
-          for (int64_t i = 0; i < nb; ++i) std::fill(o_base + i * q_stride, o_base + i * q_stride + hd, 0.f);
-          continue;
-        }
+        const int64_t hi = std::min<int64_t>(p_last, n_kv - 1);
+        const int64_t lo = p.window > 0 ? std::max<int64_t>(0, p_first - p.window + 1) : 0;
+        float* o = out + i0 * q_stride + h * hd;
+        const float* qb = q + i0 * q_stride + h * hd;
         const int kvh = h / group;
-        scores.resize(static_cast<size_t>(nb * nk));
-        // S = Q K^T  (nb x nk)
-        gemm_nt(nb, nk, hd, q + i0 * q_stride + h * hd, q_stride, k + lo * kv_stride + kvh * hd, kv_stride,
-                scores.data(), nk, false, p.scale, 1);
-        // Mask by position, softmax per row.
-        for (int64_t i = 0; i < nb; ++i) {
-          float* s = scores.data() + i * nk;
-          const int64_t qp = q_pos[i0 + i];
-          const int64_t j_hi = std::min<int64_t>(qp, hi) - lo;  // last visible key index in s
-          const int64_t j_lo = p.window > 0 ? std::max<int64_t>(0, qp - p.window + 1 - lo) : 0;
-          float mx = neg_inf;
-          for (int64_t j = 0; j < nk; ++j) {
-            const bool vis = j >= j_lo && j <= j_hi && (!kv_valid || kv_valid[lo + j]);
-            if (!vis) s[j] = neg_inf;
-            mx = std::max(mx, s[j]);
+        float m[kBlock], l[kBlock], corr[kBlock];
+        std::fill(m, m + nb, neg_inf);
+        std::fill(l, l + nb, 0.f);
+        bool first = true;
+        for (int64_t j0 = lo; j0 <= hi; j0 += kTile) {
+          const int64_t nt = std::min(kTile, hi - j0 + 1);
+          gemm_nt(nb, nt, hd, qb, q_stride, k + j0 * kv_stride + kvh * hd, kv_stride, s, kTile, false, p.scale, 1);
+          // The mask, where some key of the tile is hidden from some query of the block.
+          bool holes = false;
+          if (kv_valid) {
+            for (int64_t j = 0; j < nt && !holes; ++j) holes = !kv_valid[j0 + j];
           }
-          if (mx == neg_inf) {  // nothing visible: a zero output
-            std::fill(s, s + nk, 0.f);
-            continue;
+          const bool causal_edge = j0 + nt - 1 > p_first;
+          const bool window_edge = p.window > 0 && j0 < p_last - p.window + 1;
+          if (holes || causal_edge || window_edge) {
+            for (int64_t i = 0; i < nb; ++i) {
+              float* row = s + i * kTile;
+              const int64_t qp = q_pos[i0 + i];
+              const int64_t j_lo = p.window > 0 ? qp - p.window + 1 - j0 : 0;  // first visible index
+              const int64_t j_hi = qp - j0;                                     // last visible index
+              for (int64_t j = 0; j < nt; ++j) {
+                if (j < j_lo || j > j_hi || (holes && !kv_valid[j0 + j])) row[j] = neg_inf;
+              }
+            }
           }
-          float sum = 0.f;
-          for (int64_t j = 0; j < nk; ++j) {
-            const float e = s[j] == neg_inf ? 0.f : std::exp(s[j] - mx);
-            s[j] = e;
-            sum += e;
+          softmax_tile(nb, nt, s, kTile, m, l, corr);
+          if (!first) {
+            for (int64_t i = 0; i < nb; ++i) {
+              if (corr[i] != 1.f) scale_inplace(o + i * q_stride, corr[i], hd);
+            }
           }
-          const float inv = 1.f / sum;
-          for (int64_t j = 0; j < nk; ++j) s[j] *= inv;
+          // O (+)= P V
+          gemm_nn(nb, hd, nt, s, kTile, v + j0 * kv_stride + kvh * hd, kv_stride, o, q_stride, !first, 1.f, 1);
+          first = false;
         }
-        // O = P V  (nb x hd)
-        gemm_nn(nb, hd, nk, scores.data(), nk, v + lo * kv_stride + kvh * hd, kv_stride, o_base, q_stride, false, 1.f, 1);
+        for (int64_t i = 0; i < nb; ++i) {
+          float* orow = o + i * q_stride;
+          if (first || !(l[i] > 0.f)) {  // no visible key: a zero output
+            std::fill(orow, orow + hd, 0.f);
+          } else {
+            scale_inplace(orow, 1.f / l[i], hd);
+          }
+        }
       }
     }
   }

@@ -1,10 +1,12 @@
 // dashlm bench: prompt-processing and generation speed in the style of llama-bench, with DASH
 // rows measured side by side with full prefill (alternating repetitions).
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -61,11 +63,37 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-double peak_rss_mib() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / 1024.0;
-}
+// Peak resident memory of each prompt length on its own, in one process: before a length, the
+// heap's free memory goes back to the system (malloc_trim) and the kernel's high-water mark is
+// reset to the current resident set (writing 5 to /proc/self/clear_refs, Linux 4.0+); after it,
+// VmHWM of /proc/self/status is the peak while that length ran, model pages and all. Where the
+// reset is not possible, getrusage's ru_maxrss (the process's peak so far) is reported instead,
+// which is per length only for lengths given in ascending order.
+class PeakRss {
+ public:
+  void start() {
+    malloc_trim(0);
+    std::ofstream f("/proc/self/clear_refs");
+    f << "5";
+    f.flush();
+    reset_ok_ = static_cast<bool>(f);
+  }
+  double mib() const {
+    if (reset_ok_) {
+      std::ifstream f("/proc/self/status");
+      std::string line;
+      while (std::getline(f, line)) {
+        if (line.rfind("VmHWM:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024.0;  // kB
+      }
+    }
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return static_cast<double>(ru.ru_maxrss) / 1024.0;
+  }
+
+ private:
+  bool reset_ok_ = false;
+};
 
 std::vector<int64_t> parse_lengths(const std::string& s) {
   std::vector<int64_t> out;
@@ -147,6 +175,8 @@ int bench(const BenchOptions& o) {
     const auto ids = bench_tokens(*model, text_ids, n, o.seed);
     Row full(fmt::format("pp{}", n), n);
     Row dash(fmt::format("pp{}+dash({})", n, hc.describe(hp.n_layer)), n);
+    PeakRss rss;
+    rss.start();
     for (int r = 0; r < o.reps; ++r) {
       if (tty) fmt::print(stderr, "\rpp{} rep {}/{}   ", n, r + 1, o.reps);
       full.ms.push_back(timed_prefill(ids, nullptr, nullptr));
@@ -156,16 +186,18 @@ int bench(const BenchOptions& o) {
         dash.flop_speedup = tr.flops_done > 0 ? tr.flops_full / tr.flops_done : 1.0;
       }
     }
-    full.peak_rss_mib = peak_rss_mib();
+    full.peak_rss_mib = rss.mib();  // full and DASH repetitions alternate: the peak of both
     rows.push_back(full);
     if (hc.enabled()) {
       dash.speedup = median(full.ms) / median(dash.ms);
-      dash.peak_rss_mib = peak_rss_mib();
+      dash.peak_rss_mib = full.peak_rss_mib;
       rows.push_back(dash);
     }
   }
   if (o.n_gen > 0) {
     Row tg(fmt::format("tg{}", o.n_gen), o.n_gen);
+    PeakRss rss;
+    rss.start();
     for (int r = 0; r < o.reps; ++r) {
       if (tty) fmt::print(stderr, "\rtg{} rep {}/{}   ", o.n_gen, r + 1, o.reps);
       auto e = make_engine(*model, o.n_gen + 1, o.backend);
@@ -179,7 +211,7 @@ int bench(const BenchOptions& o) {
       }
       tg.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
-    tg.peak_rss_mib = peak_rss_mib();
+    tg.peak_rss_mib = rss.mib();
     rows.push_back(tg);
   }
   if (tty) fmt::print(stderr, "\r{:<40}\r", "");

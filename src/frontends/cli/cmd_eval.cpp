@@ -49,7 +49,7 @@ eval::SampleOptions chat_sample_options(const Model& model, const std::string& m
   if (mode != "auto" && mode != "on" && mode != "off") fail("--chat must be auto, on or off, got '{}'", mode);
   eval::SampleOptions o;
   const Metadata& meta = model.file().meta;
-  const ChatFormat f = chat_format_of(meta);
+  const ChatFormat f = model.chat_format();
   if (mode == "on" && f == ChatFormat::None) fail("--chat on: the model has no chat template that dashlm knows");
   // auto: only models that carry a template (base models of a chat family do not).
   o.chat = mode == "on" || (mode == "auto" && f != ChatFormat::None && meta.get_string("tokenizer.chat_template").has_value());

@@ -45,7 +45,7 @@ nlohmann::json hparams_json(const HParams& hp) {
 }
 
 int inspect(const InspectOptions& o) {
-  auto model = Model::load(o.model, o.tokenizer);
+  auto model = Model::load(o.model, o.tokenizer, /*keep_vocab_metadata=*/true);
   const ModelFile& f = model->file();
   const HParams& hp = model->hp();
   const Tokenizer& tok = model->tokenizer();

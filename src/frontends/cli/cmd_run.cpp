@@ -58,7 +58,7 @@ PromptTokens tokenize_prompt(const Model& model, const std::string& text, const 
   std::string before, after;
   bool special = false;
   if (chat) {
-    const ChatFormat f = chat_format_of(model.file().meta);
+    const ChatFormat f = model.chat_format();
     if (f == ChatFormat::None) fail("--chat: the model has no chat template that dashlm knows");
     // Split the formatted turn around a marker to get the text before and after the message.
     const std::string marker = "\x01";
