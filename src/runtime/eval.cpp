@@ -195,7 +195,7 @@ std::string config_spec(const HaltingConfig& hc) {
     s = fmt::format("{}:{}:{:.6g}:{}", hc.policy, hc.halt_layer, hc.keep, kv_mode_name(hc.kv));
     if (hc.signal != DeltaSignal::Abs) s += fmt::format(":delta={}", delta_signal_name(hc.signal));
   }
-  if (hc.protect_first != 0) s += fmt::format(":pf={}", hc.protect_first);
+  if (hc.protect_first != HaltingConfig{}.protect_first) s += fmt::format(":pf={}", hc.protect_first);
   if (hc.protect_last != 1) s += fmt::format(":pl={}", hc.protect_last);
   if (hc.policy == "attn" && hc.attn_queries != HaltingConfig{}.attn_queries) s += fmt::format(":q={}", hc.attn_queries);
   if (hc.policy == "random" && hc.seed != 0) s += fmt::format(":seed={}", hc.seed);

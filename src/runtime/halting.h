@@ -36,7 +36,9 @@ struct HaltingConfig {
   int attn_queries = 8;         // attn: the last prompt tokens whose attention ranks the others
   KVMode kv = KVMode::Retain;
   DeltaSignal signal = DeltaSignal::Abs;
-  int protect_first = 0;        // attention sinks that never halt
+  // The first tokens never halt: they are attention sinks, and dropping or freezing them costs far
+  // more than their share (docs/RESULTS.md measures 0 against 4).
+  int protect_first = 4;
   int protect_last = 1;         // the last prompt tokens never halt (at least the last one)
 
   bool enabled() const { return policy != "none"; }

@@ -541,7 +541,7 @@ void add_eval_command(CLI::App& app, Action& action) {
       "matching full prefill over the first 32).\n"
       "Configs (comma-separated): none | topk:L:KEEP:KV | random:L:KEEP:KV | attn:L:KEEP:KV |\n"
       "threshold:MIN:TAU:PATIENCE:SIGNAL:KV, with L a layer index or a fraction of depth, KEEP the fraction of\n"
-      "document tokens kept, KV retain|drop, SIGNAL abs|rel|block; optional :pf=N (protect first N), :pl=N,\n"
+      "document tokens kept, KV retain|drop, SIGNAL abs|rel|block; optional :pf=N (protect first N, default 4), :pl=N,\n"
       ":delta=abs|rel|block, :q=N (attn), :seed=N (random). Full prefill always runs as the reference; 'none'\n"
       "runs it again as a row (timing noise; its score change must be 0).\n"
       "Example: dashlm eval -m MODEL --lengths 1k,4k --configs topk:0.4:0.33:retain,threshold:2:0.5:2:rel:retain --json r.json --plot r.png");
