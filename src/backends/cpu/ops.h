@@ -25,6 +25,16 @@ int num_threads();
 // calls the BLAS.
 void matmul(const WeightView& w, const float* x, int64_t m, float* y, const float* bias = nullptr);
 
+// y[m x out] (+)= x[m x (k1 - k0)] * W[:, k0 .. k1-1]^T: the product with input features k0 .. k1-1
+// of W only (x has row stride ldx); with `accumulate` it is added to y. k0 and k1 must be
+// multiples of the type's block size (k1 may be in_features). Lets a caller split a long inner
+// dimension (the MLP's n_ff) into slices whose partial products add up.
+void matmul_cols(const WeightView& w, int64_t k0, int64_t k1, const float* x, int64_t ldx, int64_t m, float* y,
+                 bool accumulate);
+
+// Rows r0 .. r0+n-1 of W (output features) as a weight of their own.
+WeightView weight_rows(const WeightView& w, int64_t r0, int64_t n);
+
 // Rows `rows[i]` of W (e.g. token embeddings) as float32 into out[i * in_features].
 void get_rows(const WeightView& w, const int32_t* rows, int64_t n, float* out);
 
