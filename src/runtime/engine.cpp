@@ -58,8 +58,9 @@ void Engine::Scratch::reserve(const HParams& hp, int64_t r, int64_t ff_slice) {
   q.reserve(sz(std::max(hp.q_dim(), hp.n_embd)));
   k.reserve(sz(hp.kv_dim()));
   v.reserve(sz(hp.kv_dim()));
-  gate.reserve(sz(ff_slice));
-  up.reserve(sz(ff_slice));
+  // Fewer than 4 rows (decode) take the MLP in one slice: n_ff floats a row.
+  gate.reserve(std::max(sz(ff_slice), static_cast<size_t>(std::min<int64_t>(r, 3) * hp.n_ff)));
+  up.reserve(std::max(sz(ff_slice), static_cast<size_t>(std::min<int64_t>(r, 3) * hp.n_ff)));
   x_in.reserve(sz(hp.n_embd));
   norms.reserve(sz(1));
 }
@@ -83,6 +84,15 @@ Engine::Engine(const Model& model, int64_t n_ctx) : model_(model) {
   if (n_ctx <= 0) fail("context size must be positive");
   cache_.init(model.hp().n_layer, n_ctx, model.hp().kv_dim());
   for (int il = 0; il < model.hp().n_layer; ++il) ff_slice_max_ = std::max(ff_slice_max_, ff_slice(il));
+  const auto half = static_cast<size_t>(std::max(0, model.hp().n_rot / 2));
+  rope_freq_global_.resize(half);
+  rope_freq_local_.resize(half);
+  for (int il = 0; il < model.hp().n_layer; ++il) {
+    std::vector<double>& f = model.hp().layer_is_swa(il) ? rope_freq_local_ : rope_freq_global_;
+    cpu::RopeParams rp = rope_params(il);
+    rp.inv_freq = nullptr;
+    cpu::rope_frequencies(rp, f.data());
+  }
 }
 
 int64_t Engine::ff_slice(int il) const {
@@ -113,6 +123,9 @@ cpu::RopeParams Engine::rope_params(int il) const {
   rp.freq_base = swa ? hp.rope_base_local : hp.rope_base;
   rp.freq_scale = swa ? 1.f : hp.rope_freq_scale;
   rp.freq_factors = swa ? nullptr : model_.rope_freq_factors();
+  // Filled in by the constructor (which calls this before they exist: then null).
+  const std::vector<double>& f = swa ? rope_freq_local_ : rope_freq_global_;
+  rp.inv_freq = f.size() == static_cast<size_t>(rp.n_rot / 2) && !f.empty() ? f.data() : nullptr;
   return rp;
 }
 
@@ -183,7 +196,7 @@ void Engine::forward_layer(int il, const LayerIO& io) {
   float* u = s_.q.data();      // the updates, once the queries are used
   float* gate = s_.gate.data();
   float* up = s_.up.data();
-  const int64_t n_ff = hp.n_ff, fs = ff_slice(il);
+  const int64_t n_ff = hp.n_ff;
 
   const Chunks ch = chunks_of(n, chunk_rows_);
   for (int64_t c = 0; c < ch.count; ++c) {
@@ -231,7 +244,10 @@ void Engine::forward_layer(int il, const LayerIO& io) {
 
     // MLP branch: x += Wdown (act(Wgate Norm(x)) * Wup Norm(x)).
     cpu::rmsnorm(x, L.ffn_norm, xn, m, d, hp.norm_eps);
-    // In slices of n_ff: a slice of gate and up rows, then the matching columns of down, added up.
+    // In slices of n_ff: a slice of gate and up rows, then the matching columns of down, added up
+    // (decode-sized chunks in one slice: their arrays are small, and each slice costs a few
+    // thread fork/joins).
+    const int64_t fs = m < 4 ? n_ff : ff_slice(il);
     for (int64_t f0 = 0; f0 < n_ff; f0 += fs) {
       const int64_t nf = std::min(fs, n_ff - f0);
       cpu::matmul(cpu::weight_rows(L.w_gate, f0, nf), xn, m, gate);

@@ -143,6 +143,8 @@ class Engine final : public InferenceEngine {
   int64_t n_past_ = 0;
   int64_t chunk_rows_ = kChunkRows;
   int64_t ff_slice_max_ = 0;  // the widest of ff_slice() over the layers
+  // RoPE frequencies of the global and the sliding-window layers, computed once.
+  std::vector<double> rope_freq_global_, rope_freq_local_;
 };
 
 // FLOPs of one layer's GEMMs and attention for n_q query rows that see `keys` keys in total, plus

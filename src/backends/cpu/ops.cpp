@@ -17,6 +17,10 @@ namespace {
 
 int g_threads = 0;  // 0: not set yet, use the OpenMP default
 
+// Elements per piece of a row dequantized at once by the decode-sized matmul (a multiple of
+// every block size, 32 and 256).
+constexpr int64_t kDecodePiece = 1024;
+
 // Bytes of one row of W.
 size_t row_bytes(const WeightView& w) { return dtype_row_bytes(w.type, w.in_features); }
 
@@ -71,18 +75,21 @@ void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, in
     // No conversion needed: one GEMM.
     gemm_nt(m, out, kw, x, ldx, static_cast<const float*>(w.data) + k0, in, y, out, accumulate);
   } else if (m < 4) {
-    // Decode-sized: stream the quantized rows once, dequantizing each into a small buffer.
-#pragma omp parallel num_threads(num_threads())
-    {
-      std::vector<float> row(static_cast<size_t>(kw));
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < out; ++r) {
-        dequantize_row(w.type, row_ptr(w, r) + col_offset, row.data(), kw);
-        for (int64_t i = 0; i < m; ++i) {
-          const float v = dot(row.data(), x + i * ldx, kw);
-          y[i * out + r] = accumulate ? y[i * out + r] + v : v;
-        }
+    // Decode-sized: stream the quantized rows once, a piece of whole blocks at a time
+    // dequantized into a buffer on the stack (no allocation) and dotted with each row of x.
+    const int64_t bs = dtype_traits(w.type).block_size;
+    const int64_t piece = std::max<int64_t>(1, kDecodePiece / bs) * bs;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t r = 0; r < out; ++r) {
+      alignas(64) float buf[kDecodePiece + 256];  // piece <= kDecodePiece rounded to blocks of <= 256
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      const uint8_t* src = row_ptr(w, r) + col_offset;
+      for (int64_t k = 0; k < kw; k += piece) {
+        const int64_t len = std::min(piece, kw - k);
+        dequantize_row(w.type, src + dtype_row_bytes(w.type, k), buf, len);
+        for (int64_t i = 0; i < m; ++i) acc[i] += dot(buf, x + i * ldx + k, len);
       }
+      for (int64_t i = 0; i < m; ++i) y[i * out + r] = accumulate ? y[i * out + r] + acc[i] : acc[i];
     }
   } else {
     // Prefill-sized: dequantize a block of rows to float32, then one GEMM per block.
@@ -157,20 +164,35 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t dim, f
   }
 }
 
-void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_t* pos, const RopeParams& p) {
-  const int half = p.n_rot / 2;
-  // Frequencies once per call: theta_i = base^(-2i/n_rot) (/ factor_i).
-  std::vector<double> inv_freq(static_cast<size_t>(half));
-  for (int i = 0; i < half; ++i) {
+void rope_frequencies(const RopeParams& p, double* out) {
+  for (int i = 0; i < p.n_rot / 2; ++i) {
     double f = std::pow(static_cast<double>(p.freq_base), -2.0 * i / p.n_rot);
     if (p.freq_factors) f /= p.freq_factors[i];
-    inv_freq[static_cast<size_t>(i)] = f;
+    out[i] = f;
+  }
+}
+
+void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_t* pos, const RopeParams& p) {
+  const int half = p.n_rot / 2;
+  // Frequencies: precomputed by the caller, else once per call (on the stack when they fit).
+  constexpr int kStackPairs = 512;
+  double stack_freq[kStackPairs];
+  std::vector<double> heap_freq;
+  const double* inv_freq = p.inv_freq;
+  if (!inv_freq) {
+    double* f = stack_freq;
+    if (half > kStackPairs) {
+      heap_freq.resize(static_cast<size_t>(half));
+      f = heap_freq.data();
+    }
+    rope_frequencies(p, f);
+    inv_freq = f;
   }
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_tok > 16)
   for (int64_t t = 0; t < n_tok; ++t) {
     const double ppos = static_cast<double>(pos[t]) * p.freq_scale;
     for (int i = 0; i < half; ++i) {
-      const double ang = ppos * inv_freq[static_cast<size_t>(i)];
+      const double ang = ppos * inv_freq[i];
       const float c = static_cast<float>(std::cos(ang)), s = static_cast<float>(std::sin(ang));
       for (int h = 0; h < n_heads; ++h) {
         float* v = x + t * row_stride + static_cast<int64_t>(h) * p.head_dim;

@@ -53,7 +53,12 @@ struct RopeParams {
   float freq_scale = 1.f;     // positions are multiplied by this (linear scaling: 1/factor)
   bool neox = false;          // pairs (i, i + n_rot/2) instead of (2i, 2i+1)
   const float* freq_factors = nullptr;  // optional per-pair divisor of the frequency (n_rot/2)
+  // Optional: the n_rot/2 frequencies rope_frequencies() computes for these parameters, so that
+  // rope() does not compute them on every call.
+  const double* inv_freq = nullptr;
 };
+// The frequencies of p (n_rot/2 values): theta_i = base^(-2i/n_rot), divided by freq_factors[i].
+void rope_frequencies(const RopeParams& p, double* out);
 // Rotates n_tok rows of n_heads * head_dim values (row stride = row_stride floats) in place,
 // row t at position pos[t].
 void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_t* pos, const RopeParams& p);
