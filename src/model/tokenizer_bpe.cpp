@@ -7,7 +7,9 @@
 //   - every symbol left is looked up in the vocabulary.
 // A priority queue of candidate pairs keeps long words O(n log n); words seen before in the same
 // call reuse their ids.
+#include <functional>
 #include <queue>
+#include <string_view>
 #include <unordered_map>
 
 #include "backends/error.h"
@@ -20,6 +22,64 @@ namespace {
 
 // Joins the two sides of a merge into one map key. 0xFF never occurs in UTF-8 text.
 constexpr char k_merge_sep = '\xff';
+
+// Merge key -> rank, compact: the keys one after the other in one string, and an
+// open-addressing table of key indices (a power of two at least twice the key count). About
+// 12 bytes per merge plus its text, against about 70 for a node-based hash map of strings.
+class RankTable {
+ public:
+  void reserve(size_t n) {
+    size_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    slots_.assign(cap, -1);
+    offsets_.reserve(n + 1);
+    ranks_.reserve(n);
+    if (offsets_.empty()) offsets_.push_back(0);
+  }
+  // Adds key -> rank unless the key is already there (the first one wins).
+  void insert(std::string_view key, int32_t rank) {
+    if (offsets_.empty() || 2 * (ranks_.size() + 1) > slots_.size()) grow();
+    size_t i = slot_of(key);
+    if (slots_[i] >= 0) return;
+    slots_[i] = static_cast<int32_t>(ranks_.size());
+    text_.append(key);
+    offsets_.push_back(static_cast<uint32_t>(text_.size()));
+    ranks_.push_back(rank);
+  }
+  int32_t find(std::string_view key) const {
+    if (slots_.empty()) return -1;
+    const int32_t k = slots_[slot_of(key)];
+    return k < 0 ? -1 : ranks_[static_cast<size_t>(k)];
+  }
+
+ private:
+  std::string_view key_at(int32_t k) const {
+    const auto b = offsets_[static_cast<size_t>(k)], e = offsets_[static_cast<size_t>(k) + 1];
+    return std::string_view(text_).substr(b, e - b);
+  }
+  // The slot holding key, or the empty slot where it would go.
+  size_t slot_of(std::string_view key) const {
+    const size_t mask = slots_.size() - 1;
+    for (size_t i = std::hash<std::string_view>{}(key) & mask;; i = (i + 1) & mask) {
+      const int32_t k = slots_[i];
+      if (k < 0 || key_at(k) == key) return i;
+    }
+  }
+  void grow() {
+    reserve(std::max<size_t>(16, 2 * ranks_.size() + 2));
+    const size_t mask = slots_.size() - 1;
+    for (int32_t k = 0; k < static_cast<int32_t>(ranks_.size()); ++k) {
+      size_t i = std::hash<std::string_view>{}(key_at(k)) & mask;
+      while (slots_[i] >= 0) i = (i + 1) & mask;
+      slots_[i] = k;
+    }
+  }
+
+  std::string text_;
+  std::vector<uint32_t> offsets_;  // key k is text_[offsets_[k], offsets_[k + 1])
+  std::vector<int32_t> ranks_;
+  std::vector<int32_t> slots_;     // key index, -1: empty
+};
 
 class BpeTokenizer final : public Tokenizer {
  public:
@@ -50,7 +110,7 @@ class BpeTokenizer final : public Tokenizer {
       } else {
         key += k_merge_sep;
       }
-      ranks_.emplace(key, static_cast<int32_t>(i));  // the first of duplicate merges wins
+      ranks_.insert(key, static_cast<int32_t>(i));  // the first of duplicate merges wins
     }
   }
 
@@ -128,8 +188,7 @@ class BpeTokenizer final : public Tokenizer {
     key.assign(left);
     key += k_merge_sep;
     key.append(right);
-    auto it = ranks_.find(std::string_view(key));
-    return it == ranks_.end() ? -1 : it->second;
+    return ranks_.find(key);
   }
 
   void encode_word(const std::string& word, std::vector<int32_t>& out) const {
@@ -194,7 +253,7 @@ class BpeTokenizer final : public Tokenizer {
 
   PreTokenizer pre_type_ = PreTokenizer::Default;
   bool ignore_merges_ = false;
-  TokenMap ranks_;  // "left\xffright" -> rank
+  RankTable ranks_;  // "left\xffright" -> rank
 };
 
 }  // namespace

@@ -49,19 +49,18 @@ void Engine::Buffer::reserve(size_t n) {
   cap = n;
 }
 
-void Engine::Scratch::reserve(const HParams& hp, int64_t r) {
+void Engine::Scratch::reserve(const HParams& hp, int64_t r, int64_t ff_slice) {
   if (r <= rows) return;
   rows = r;
   const auto sz = [r](int64_t w) { return static_cast<size_t>(r * w); };
   xc.reserve(sz(hp.n_embd));
-  xn.reserve(sz(hp.n_embd));
-  q.reserve(sz(hp.q_dim()));
+  xn.reserve(sz(std::max(hp.q_dim(), hp.n_embd)));
+  q.reserve(sz(std::max(hp.q_dim(), hp.n_embd)));
   k.reserve(sz(hp.kv_dim()));
   v.reserve(sz(hp.kv_dim()));
-  attn.reserve(sz(hp.q_dim()));
-  u.reserve(sz(hp.n_embd));
-  gate.reserve(sz(hp.n_ff));
-  up.reserve(sz(hp.n_ff));
+  // Fewer than 4 rows (decode) take the MLP in one slice: n_ff floats a row.
+  gate.reserve(std::max(sz(ff_slice), static_cast<size_t>(std::min<int64_t>(r, 3) * hp.n_ff)));
+  up.reserve(std::max(sz(ff_slice), static_cast<size_t>(std::min<int64_t>(r, 3) * hp.n_ff)));
   x_in.reserve(sz(hp.n_embd));
   norms.reserve(sz(1));
 }
@@ -84,6 +83,26 @@ bool consecutive(const int32_t* v, int64_t n) { return n > 0 && static_cast<int6
 Engine::Engine(const Model& model, int64_t n_ctx) : model_(model) {
   if (n_ctx <= 0) fail("context size must be positive");
   cache_.init(model.hp().n_layer, n_ctx, model.hp().kv_dim());
+  for (int il = 0; il < model.hp().n_layer; ++il) ff_slice_max_ = std::max(ff_slice_max_, ff_slice(il));
+  const auto half = static_cast<size_t>(std::max(0, model.hp().n_rot / 2));
+  rope_freq_global_.resize(half);
+  rope_freq_local_.resize(half);
+  for (int il = 0; il < model.hp().n_layer; ++il) {
+    std::vector<double>& f = model.hp().layer_is_swa(il) ? rope_freq_local_ : rope_freq_global_;
+    cpu::RopeParams rp = rope_params(il);
+    rp.inv_freq = nullptr;
+    cpu::rope_frequencies(rp, f.data());
+  }
+}
+
+int64_t Engine::ff_slice(int il) const {
+  const int64_t n_ff = model_.hp().n_ff;
+  // Slices start on whole blocks of down's quantization.
+  const int64_t bs = dtype_traits(model_.layer(il).w_down.type).block_size;
+  if (n_ff % bs != 0) return n_ff;
+  const int64_t count = (n_ff + kFfSlice - 1) / kFfSlice;
+  const int64_t width = (n_ff + count - 1) / count;
+  return std::min(n_ff, (width + bs - 1) / bs * bs);
 }
 
 double layer_flops(const HParams& hp, int64_t n_q, double keys, int64_t n_kv_only) {
@@ -104,6 +123,9 @@ cpu::RopeParams Engine::rope_params(int il) const {
   rp.freq_base = swa ? hp.rope_base_local : hp.rope_base;
   rp.freq_scale = swa ? 1.f : hp.rope_freq_scale;
   rp.freq_factors = swa ? nullptr : model_.rope_freq_factors();
+  // Filled in by the constructor (which calls this before they exist: then null).
+  const std::vector<double>& f = swa ? rope_freq_local_ : rope_freq_global_;
+  rp.inv_freq = f.size() == static_cast<size_t>(rp.n_rot / 2) && !f.empty() ? f.data() : nullptr;
   return rp;
 }
 
@@ -170,10 +192,11 @@ void Engine::forward_layer(int il, const LayerIO& io) {
   const int64_t tail0 = io.attn_rows > 0 ? n - std::min<int64_t>(io.attn_rows, n) : n;
   float* xn = s_.xn.data();
   float* q = s_.q.data();
-  float* attn = s_.attn.data();
-  float* u = s_.u.data();
+  float* attn = s_.xn.data();  // the attention's output, once the normed rows are used
+  float* u = s_.q.data();      // the updates, once the queries are used
   float* gate = s_.gate.data();
   float* up = s_.up.data();
+  const int64_t n_ff = hp.n_ff;
 
   const Chunks ch = chunks_of(n, chunk_rows_);
   for (int64_t c = 0; c < ch.count; ++c) {
@@ -221,14 +244,21 @@ void Engine::forward_layer(int il, const LayerIO& io) {
 
     // MLP branch: x += Wdown (act(Wgate Norm(x)) * Wup Norm(x)).
     cpu::rmsnorm(x, L.ffn_norm, xn, m, d, hp.norm_eps);
-    cpu::matmul(L.w_gate, xn, m, gate);
-    cpu::matmul(L.w_up, xn, m, up);
-    if (hp.act == Activation::GeluTanh) {
-      cpu::gelu_tanh_mul(gate, up, m * hp.n_ff);
-    } else {
-      cpu::silu_mul(gate, up, m * hp.n_ff);
+    // In slices of n_ff: a slice of gate and up rows, then the matching columns of down, added up
+    // (decode-sized chunks in one slice: their arrays are small, and each slice costs a few
+    // thread fork/joins).
+    const int64_t fs = m < 4 ? n_ff : ff_slice(il);
+    for (int64_t f0 = 0; f0 < n_ff; f0 += fs) {
+      const int64_t nf = std::min(fs, n_ff - f0);
+      cpu::matmul(cpu::weight_rows(L.w_gate, f0, nf), xn, m, gate);
+      cpu::matmul(cpu::weight_rows(L.w_up, f0, nf), xn, m, up);
+      if (hp.act == Activation::GeluTanh) {
+        cpu::gelu_tanh_mul(gate, up, m * nf);
+      } else {
+        cpu::silu_mul(gate, up, m * nf);
+      }
+      cpu::matmul_cols(L.w_down, f0, f0 + nf, gate, nf, m, u, f0 > 0);
     }
-    cpu::matmul(L.w_down, gate, m, u);
     if (L.post_ffn_norm) cpu::rmsnorm(u, L.post_ffn_norm, u, m, d, hp.norm_eps);
     cpu::add_inplace(x, u, m * d);
 
@@ -255,7 +285,7 @@ void Engine::forward_layer(int il, const LayerIO& io) {
 
 void Engine::logits(const float* x, int64_t n, float* out) {
   const HParams& hp = model_.hp();
-  s_.reserve(hp, std::min(n, chunk_rows_));
+  s_.reserve(hp, std::min(n, chunk_rows_), ff_slice_max_);
   const Chunks ch = chunks_of(n, chunk_rows_);
   for (int64_t c = 0; c < ch.count; ++c) {
     const int64_t i0 = ch.begin(c), m = ch.begin(c + 1) - i0;
@@ -292,7 +322,7 @@ std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const Prefil
   if (n == 0) fail("nothing to process: no tokens");
   if (n_past_ + n > cache_.n_ctx) fail("{} tokens do not fit the context: {} already used of {}", n, n_past_, cache_.n_ctx);
   const auto t0 = Clock::now();
-  s_.reserve(hp, std::min(n, chunk_rows_));
+  s_.reserve(hp, std::min(n, chunk_rows_), ff_slice_max_);
 
   std::vector<int32_t> pos(static_cast<size_t>(n));
   std::iota(pos.begin(), pos.end(), static_cast<int32_t>(n_past_));

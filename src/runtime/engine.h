@@ -89,6 +89,8 @@ class Engine final : public InferenceEngine {
 
   // Rows per chunk: prompt rows are processed in balanced chunks of at most this many.
   static constexpr int64_t kChunkRows = 512;
+  // Target width of the MLP's slices of n_ff (see Scratch).
+  static constexpr int64_t kFfSlice = 256;
 
  private:
   // Float storage that is not zeroed (pages the engine never writes stay unmapped) and only
@@ -102,10 +104,15 @@ class Engine final : public InferenceEngine {
   // Scratch of the layer loop, sized for one chunk of rows (at most kChunkRows), not for the
   // prompt: the layers run the rows in chunks, so no array of prompt length times n_ff (or
   // n_embd) exists besides the hidden states. Reserved once per prefill, before the layer loop.
+  // The MLP runs in slices of about kFfSlice of its n_ff columns (gate and up rows, the matching
+  // input columns of down, whose partial products add up), so that no chunk x n_ff array exists.
   struct Scratch {
     int64_t rows = 0;  // capacity in rows
-    Buffer xc, xn, q, k, v, attn, u, gate, up, x_in, norms;
-    void reserve(const HParams& hp, int64_t rows);
+    // Buffers are reused once their contents are used: xn (normed rows) also holds the
+    // attention's output, q the attention's and the MLP's updates; gate and up hold one slice
+    // of the MLP.
+    Buffer xc, xn, q, k, v, gate, up, x_in, norms;
+    void reserve(const HParams& hp, int64_t rows, int64_t ff_slice);
   };
   struct LayerIO {
     float* x;                  // the hidden states of the segment (rows of n_embd), updated in place
@@ -127,12 +134,17 @@ class Engine final : public InferenceEngine {
   void logits(const float* x, int64_t n, float* out);
   cpu::RopeParams rope_params(int il) const;
   cpu::AttentionParams attention_params(int il) const;
+  // Width of layer il's MLP slices (the last one may be narrower).
+  int64_t ff_slice(int il) const;
 
   const Model& model_;
   KVCache cache_;
   Scratch s_;
   int64_t n_past_ = 0;
   int64_t chunk_rows_ = kChunkRows;
+  int64_t ff_slice_max_ = 0;  // the widest of ff_slice() over the layers
+  // RoPE frequencies of the global and the sliding-window layers, computed once.
+  std::vector<double> rope_freq_global_, rope_freq_local_;
 };
 
 // FLOPs of one layer's GEMMs and attention for n_q query rows that see `keys` keys in total, plus

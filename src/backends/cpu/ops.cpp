@@ -17,6 +17,10 @@ namespace {
 
 int g_threads = 0;  // 0: not set yet, use the OpenMP default
 
+// Elements per piece of a row dequantized at once by the decode-sized matmul (a multiple of
+// every block size, 32 and 256).
+constexpr int64_t kDecodePiece = 1024;
+
 // Bytes of one row of W.
 size_t row_bytes(const WeightView& w) { return dtype_row_bytes(w.type, w.in_features); }
 
@@ -34,9 +38,11 @@ float dot(const float* a, const float* b, int64_t n) {
 // Rows per dequantized block for the GEMM path: about 256K floats (1 MB) of scratch at most, so
 // that the block and the GEMM's packed panels of it stay small (the GEMM packs A once per block:
 // m x in floats against 2 x m x in x rows of work, nothing to notice).
-int64_t block_rows(const WeightView& w) {
+int64_t block_rows(int64_t out_features, int64_t in_features) {
   const int64_t max_elems = int64_t{1} << 18;
-  return std::max<int64_t>(1, std::min<int64_t>(w.out_features, max_elems / std::max<int64_t>(1, w.in_features)));
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(out_features, max_elems / std::max<int64_t>(1, in_features)));
+  const int64_t blocks = (out_features + most - 1) / most;
+  return (out_features + blocks - 1) / blocks;  // balanced: no thin last block, less scratch
 }
 
 // This thread's attention scratch: grows to the largest size asked for, never shrinks, so the
@@ -57,40 +63,81 @@ void set_num_threads(int n) {
 
 int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 
-void matmul(const WeightView& w, const float* x, int64_t m, float* y, const float* bias) {
-  const int64_t in = w.in_features, out = w.out_features;
+namespace {
+
+// The product of matmul / matmul_cols: input features k0 .. k1-1 of W against x (row stride ldx).
+void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, int64_t ldx, int64_t m, float* y,
+                 bool accumulate) {
+  const int64_t in = w.in_features, out = w.out_features, kw = k1 - k0;
   if (m <= 0 || out <= 0) return;
+  const size_t col_offset = k0 > 0 ? dtype_row_bytes(w.type, k0) : 0;
   if (w.type == DType::F32) {
-    // No conversion needed: one BLAS call.
-    gemm_nt(m, out, in, x, in, static_cast<const float*>(w.data), in, y, out);
+    // No conversion needed: one GEMM.
+    gemm_nt(m, out, kw, x, ldx, static_cast<const float*>(w.data) + k0, in, y, out, accumulate);
   } else if (m < 4) {
-    // Decode-sized: stream the quantized rows once, dequantizing each into a small buffer.
-#pragma omp parallel num_threads(num_threads())
-    {
-      std::vector<float> row(static_cast<size_t>(in));
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < out; ++r) {
-        dequantize_row(w.type, row_ptr(w, r), row.data(), in);
-        for (int64_t i = 0; i < m; ++i) y[i * out + r] = dot(row.data(), x + i * in, in);
+    // Decode-sized: stream the quantized rows once, a piece of whole blocks at a time
+    // dequantized into a buffer on the stack (no allocation) and dotted with each row of x.
+    const int64_t bs = dtype_traits(w.type).block_size;
+    const int64_t piece = std::max<int64_t>(1, kDecodePiece / bs) * bs;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t r = 0; r < out; ++r) {
+      alignas(64) float buf[kDecodePiece + 256];  // piece <= kDecodePiece rounded to blocks of <= 256
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      const uint8_t* src = row_ptr(w, r) + col_offset;
+      for (int64_t k = 0; k < kw; k += piece) {
+        const int64_t len = std::min(piece, kw - k);
+        dequantize_row(w.type, src + dtype_row_bytes(w.type, k), buf, len);
+        for (int64_t i = 0; i < m; ++i) acc[i] += dot(buf, x + i * ldx + k, len);
       }
+      for (int64_t i = 0; i < m; ++i) y[i * out + r] = accumulate ? y[i * out + r] + acc[i] : acc[i];
     }
   } else {
     // Prefill-sized: dequantize a block of rows to float32, then one GEMM per block.
-    const int64_t br = block_rows(w);
+    const int64_t br = block_rows(w.out_features, kw);
     thread_local std::vector<float> scratch;
-    scratch.resize(static_cast<size_t>(br * in));
+    scratch.resize(static_cast<size_t>(br * kw));
     for (int64_t r0 = 0; r0 < out; r0 += br) {
       const int64_t nr = std::min(br, out - r0);
       float* s = scratch.data();
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-      for (int64_t r = 0; r < nr; ++r) dequantize_row(w.type, row_ptr(w, r0 + r), s + r * in, in);
-      gemm_nt(m, nr, in, x, in, s, in, y + r0, out);
+      for (int64_t r = 0; r < nr; ++r) dequantize_row(w.type, row_ptr(w, r0 + r) + col_offset, s + r * kw, kw);
+      gemm_nt(m, nr, kw, x, ldx, s, kw, y + r0, out, accumulate);
     }
   }
+}
+
+}  // namespace
+
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, const float* bias) {
+  const int64_t out = w.out_features;
+  if (m <= 0 || out <= 0) return;
+  matmul_part(w, 0, w.in_features, x, w.in_features, m, y, false);
   if (bias) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
     for (int64_t i = 0; i < m; ++i) add_inplace(y + i * out, bias, out);
   }
+}
+
+void matmul_cols(const WeightView& w, int64_t k0, int64_t k1, const float* x, int64_t ldx, int64_t m, float* y,
+                 bool accumulate) {
+  const int64_t bs = dtype_traits(w.type).block_size;
+  if (k0 < 0 || k1 > w.in_features || k0 > k1 || k0 % bs != 0 || (k1 % bs != 0 && k1 != w.in_features)) {
+    fail("matmul_cols: features [{}, {}) of {} in blocks of {}", k0, k1, w.in_features, bs);
+  }
+  if (k1 == k0) {
+    if (!accumulate) {
+      for (int64_t i = 0; i < m; ++i) std::fill(y + i * w.out_features, y + (i + 1) * w.out_features, 0.f);
+    }
+    return;
+  }
+  matmul_part(w, k0, k1, x, ldx, m, y, accumulate);
+}
+
+WeightView weight_rows(const WeightView& w, int64_t r0, int64_t n) {
+  WeightView v = w;
+  v.data = row_ptr(w, r0);
+  v.out_features = n;
+  return v;
 }
 
 void get_rows(const WeightView& w, const int32_t* rows, int64_t n, float* out) {
@@ -117,20 +164,35 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t dim, f
   }
 }
 
-void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_t* pos, const RopeParams& p) {
-  const int half = p.n_rot / 2;
-  // Frequencies once per call: theta_i = base^(-2i/n_rot) (/ factor_i).
-  std::vector<double> inv_freq(static_cast<size_t>(half));
-  for (int i = 0; i < half; ++i) {
+void rope_frequencies(const RopeParams& p, double* out) {
+  for (int i = 0; i < p.n_rot / 2; ++i) {
     double f = std::pow(static_cast<double>(p.freq_base), -2.0 * i / p.n_rot);
     if (p.freq_factors) f /= p.freq_factors[i];
-    inv_freq[static_cast<size_t>(i)] = f;
+    out[i] = f;
+  }
+}
+
+void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_t* pos, const RopeParams& p) {
+  const int half = p.n_rot / 2;
+  // Frequencies: precomputed by the caller, else once per call (on the stack when they fit).
+  constexpr int kStackPairs = 512;
+  double stack_freq[kStackPairs];
+  std::vector<double> heap_freq;
+  const double* inv_freq = p.inv_freq;
+  if (!inv_freq) {
+    double* f = stack_freq;
+    if (half > kStackPairs) {
+      heap_freq.resize(static_cast<size_t>(half));
+      f = heap_freq.data();
+    }
+    rope_frequencies(p, f);
+    inv_freq = f;
   }
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n_tok > 16)
   for (int64_t t = 0; t < n_tok; ++t) {
     const double ppos = static_cast<double>(pos[t]) * p.freq_scale;
     for (int i = 0; i < half; ++i) {
-      const double ang = ppos * inv_freq[static_cast<size_t>(i)];
+      const double ang = ppos * inv_freq[i];
       const float c = static_cast<float>(std::cos(ang)), s = static_cast<float>(std::sin(ang));
       for (int h = 0; h < n_heads; ++h) {
         float* v = x + t * row_stride + static_cast<int64_t>(h) * p.head_dim;

@@ -25,6 +25,16 @@ int num_threads();
 // calls the BLAS.
 void matmul(const WeightView& w, const float* x, int64_t m, float* y, const float* bias = nullptr);
 
+// y[m x out] (+)= x[m x (k1 - k0)] * W[:, k0 .. k1-1]^T: the product with input features k0 .. k1-1
+// of W only (x has row stride ldx); with `accumulate` it is added to y. k0 and k1 must be
+// multiples of the type's block size (k1 may be in_features). Lets a caller split a long inner
+// dimension (the MLP's n_ff) into slices whose partial products add up.
+void matmul_cols(const WeightView& w, int64_t k0, int64_t k1, const float* x, int64_t ldx, int64_t m, float* y,
+                 bool accumulate);
+
+// Rows r0 .. r0+n-1 of W (output features) as a weight of their own.
+WeightView weight_rows(const WeightView& w, int64_t r0, int64_t n);
+
 // Rows `rows[i]` of W (e.g. token embeddings) as float32 into out[i * in_features].
 void get_rows(const WeightView& w, const int32_t* rows, int64_t n, float* out);
 
@@ -43,7 +53,12 @@ struct RopeParams {
   float freq_scale = 1.f;     // positions are multiplied by this (linear scaling: 1/factor)
   bool neox = false;          // pairs (i, i + n_rot/2) instead of (2i, 2i+1)
   const float* freq_factors = nullptr;  // optional per-pair divisor of the frequency (n_rot/2)
+  // Optional: the n_rot/2 frequencies rope_frequencies() computes for these parameters, so that
+  // rope() does not compute them on every call.
+  const double* inv_freq = nullptr;
 };
+// The frequencies of p (n_rot/2 values): theta_i = base^(-2i/n_rot), divided by freq_factors[i].
+void rope_frequencies(const RopeParams& p, double* out);
 // Rotates n_tok rows of n_heads * head_dim values (row stride = row_stride floats) in place,
 // row t at position pos[t].
 void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_t* pos, const RopeParams& p);
