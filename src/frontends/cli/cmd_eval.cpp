@@ -295,11 +295,13 @@ int eval_main(const EvalOptions& o) {
   // Work is counted in prompt tokens, so that the estimate holds when the lengths differ.
   int64_t total = 0, finished = 0;
   double work_total = 0, work_done = 0;
-  for (int64_t len : lengths)
+  // --report-only runs nothing, not even what the resume file lacks.
+  const std::vector<int64_t> run_lengths = o.report_only ? std::vector<int64_t>{} : lengths;
+  for (int64_t len : run_lengths)
     for (const std::string& t : tasks)
       for (int i = 0; i < o.samples; ++i)
         for (const ConfigRow& r : rows) {
-          if (o.report_only || done.count(record_key(t, len, i, r.key))) continue;
+          if (done.count(record_key(t, len, i, r.key))) continue;
           ++total;
           work_total += static_cast<double>(len);
         }
@@ -334,7 +336,7 @@ int eval_main(const EvalOptions& o) {
     work_done += static_cast<double>(len);
   };
 
-  for (int64_t len : o.report_only ? std::vector<int64_t>{} : lengths) {
+  for (int64_t len : run_lengths) {
     for (const std::string& task : tasks) {
       // Room for the generated tokens: at the model's full context the prompt is that much shorter.
       const int gen = eval::is_retrieval_task(task) ? so.n_generate : task == "fidelity" ? so.fidelity_tokens : 0;
@@ -416,25 +418,28 @@ int eval_main(const EvalOptions& o) {
     if (t_ok && l_ok && c_ok && r["sample"].get<int>() < o.samples) sel.push_back(r);
   }
   std::map<std::string, const nlohmann::json*> by_key;
-  for (const nlohmann::json& r : sel) by_key[record_key(r["task"], r["length"], r["sample"], r["config"])] = &r;
+  auto index = [&] {
+    by_key.clear();
+    for (const nlohmann::json& r : sel) by_key[record_key(r["task"], r["length"], r["sample"], r["config"])] = &r;
+  };
+  index();
   if (o.report_only) {
     // Partial results: keep the samples that every configuration finished, so that each row
     // averages the same samples.
     std::vector<nlohmann::json> complete;
-    std::map<std::string, int> n_complete;  // task@length -> samples
+    std::map<std::pair<std::string, int64_t>, int> n_complete;  // (task, length) -> samples
     for (const nlohmann::json& r : sel) {
       const bool all = std::all_of(rows.begin(), rows.end(),
                                    [&](const ConfigRow& c) { return by_key.count(record_key(r["task"], r["length"], r["sample"], c.key)) > 0; });
       if (!all) continue;
       complete.push_back(r);
-      if (r["config"] == "full") ++n_complete[fmt::format("{}@{}", r["task"].get<std::string>(), r["length"].get<int64_t>())];
+      if (r["config"] == "full") ++n_complete[{r["task"].get<std::string>(), r["length"].get<int64_t>()}];
     }
     sel = std::move(complete);
-    by_key.clear();
-    for (const nlohmann::json& r : sel) by_key[record_key(r["task"], r["length"], r["sample"], r["config"])] = &r;
+    index();
     std::string counts;
     for (int64_t len : lengths)
-      for (const std::string& t : tasks) counts += fmt::format("{}{} {}: {}", counts.empty() ? "" : ", ", t, len, n_complete[fmt::format("{}@{}", t, len)]);
+      for (const std::string& t : tasks) counts += fmt::format("{}{} {}: {}", counts.empty() ? "" : ", ", t, len, n_complete[{t, len}]);
     fmt::print("# report only: samples finished by every configuration: {}\n", counts);
   }
 
