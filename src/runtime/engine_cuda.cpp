@@ -87,6 +87,9 @@ struct CudaEngine::Impl {
   int64_t cap = 0;
   DBuf<float> x, x_act, qkv, u, x_in, d_delta, d_norm_x, recv;
   DBuf<bf16> xn, q, attn, gu, h;
+  DBuf<bf16> k_dense, v_dense;  // drop mode: the valid cache slots packed, for the dense attention
+  DBuf<int32_t> dense_slots;
+  std::vector<int32_t> dense_slots_host;
   DBuf<int32_t> tokens, pos_all, pos_active, idx_active, pos_halted, idx_halted;
   DBuf<float> logits;
 
@@ -182,12 +185,44 @@ struct CudaEngine::Impl {
     float* x;             // n rows of n_embd (device), updated in place
     const int32_t* pos;   // device positions
     int32_t pos_last;     // host copy of the last position
+    const int32_t* pos_host = nullptr;  // host copy of all n positions
     int64_t n;
     DeltaSignal signal = DeltaSignal::Abs;
     float* delta = nullptr;        // host: n values, when wanted
     int attn_rows = 0;             // > 0: attention received from the last attn_rows rows...
     float* attn_received = nullptr;  // ... per cache slot (host, n_ctx values)
   };
+
+  // Attention through cuDNN when it is there, false otherwise (our own kernel then runs it).
+  // Dense case (cu::attention_dense): every query sees all earlier valid slots, so when the
+  // queries are the last io.n valid slots of the layer and there is no sliding window, causal by
+  // position is causal by index over the valid slots. Full prefill reads the cache as it is; drop
+  // mode packs the valid slots first (the halted tokens' slots are the holes). Retain mode after
+  // halting (a subset of the queries against every slot): cu::attention_subset.
+  static constexpr int64_t kCudnnMinRows = 16;
+  bool attend_cudnn(int il, const LayerIO& io, int64_t n_kv, const cu::AttentionParams& ap) {
+    const int64_t n = io.n;
+    if (n < kCudnnMinRows || ap.window > 0 || !io.pos_host) return false;
+    const int64_t kvd = hp.kv_dim();
+    if (!valid_mask(il)) {
+      if (io.pos_host[0] != n_kv - n)  // not the last n slots
+        return cu::attention_subset(q.get(), io.pos, io.pos_host, n, k_layer(il), v_layer(il), n_kv, ap, attn.get());
+      return cu::attention_dense(q.get(), n, k_layer(il), v_layer(il), n_kv, ap, attn.get());
+    }
+    const std::vector<uint8_t>& vh = valid_host[static_cast<size_t>(il)];
+    dense_slots_host.clear();
+    for (int64_t s = 0; s < n_kv; ++s)
+      if (vh[static_cast<size_t>(s)]) dense_slots_host.push_back(static_cast<int32_t>(s));
+    const auto nc = static_cast<int64_t>(dense_slots_host.size());
+    if (nc < n || !std::equal(io.pos_host, io.pos_host + n, dense_slots_host.end() - n)) return false;
+    dense_slots.reserve(static_cast<size_t>(n_ctx));
+    k_dense.reserve(static_cast<size_t>(n_ctx * kvd));
+    v_dense.reserve(static_cast<size_t>(n_ctx * kvd));
+    dense_slots.upload(dense_slots_host.data(), static_cast<size_t>(nc));
+    cu::gather_rows(k_layer(il), dense_slots.get(), nc, kvd, k_dense.get());
+    cu::gather_rows(v_layer(il), dense_slots.get(), nc, kvd, v_dense.get());
+    return cu::attention_dense(q.get(), n, k_dense.get(), v_dense.get(), nc, ap, attn.get());
+  }
 
   void forward_layer(int il, const LayerIO& io) {
     const Layer& L = layers[static_cast<size_t>(il)];
@@ -203,7 +238,8 @@ struct CudaEngine::Impl {
 
     const cu::AttentionParams ap = attention_params(il);
     const int64_t n_kv = static_cast<int64_t>(io.pos_last) + 1;
-    cu::attention(q.get(), io.pos, n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get());
+    if (!attend_cudnn(il, io, n_kv, ap))
+      cu::attention(q.get(), io.pos, n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get());
     if (io.attn_rows > 0) {
       const int64_t r = std::min<int64_t>(io.attn_rows, n);
       recv.reserve(static_cast<size_t>(n_ctx));
@@ -212,18 +248,25 @@ struct CudaEngine::Impl {
       std::fill(io.attn_received, io.attn_received + n_ctx, 0.f);
       recv.download(io.attn_received, static_cast<size_t>(n_kv));
     }
-    cu::gemm(attn.get(), L.wo.get(), n, d, qd, u.get());
-    if (L.post_attn_norm.size()) cu::rmsnorm(u.get(), L.post_attn_norm.get(), u.get(), n, d, hp.norm_eps);
-
-    // The halting signal from the update before it joins the residual stream, fused with the
-    // residual add and the MLP's input norm.
     const bool want = io.delta != nullptr;
     if (want && io.signal == DeltaSignal::Block) cu::copy_on_device(x_in.get(), xp, static_cast<size_t>(n * d) * sizeof(float));
-    cu::add_residual(xp, u.get(), n, d, want && io.signal != DeltaSignal::Block ? d_delta.get() : nullptr,
-                     want && io.signal == DeltaSignal::Rel ? d_norm_x.get() : nullptr, L.ffn_norm.get(), xn.get(),
-                     hp.norm_eps);
+    if (!L.post_attn_norm.size() && (!want || io.signal == DeltaSignal::Block)) {
+      // Nothing needs the update on its own: the GEMM adds it to the residual stream.
+      cu::gemm_accumulate(attn.get(), L.wo.get(), n, d, qd, xp);
+      cu::rmsnorm(xp, L.ffn_norm.get(), xn.get(), n, d, hp.norm_eps);
+    } else {
+      cu::gemm(attn.get(), L.wo.get(), n, d, qd, u.get());
+      if (L.post_attn_norm.size()) cu::rmsnorm(u.get(), L.post_attn_norm.get(), u.get(), n, d, hp.norm_eps);
+      // The halting signal from the update before it joins the residual stream, fused with the
+      // residual add and the MLP's input norm.
+      cu::add_residual(xp, u.get(), n, d, want && io.signal != DeltaSignal::Block ? d_delta.get() : nullptr,
+                       want && io.signal == DeltaSignal::Rel ? d_norm_x.get() : nullptr, L.ffn_norm.get(), xn.get(),
+                       hp.norm_eps);
+    }
 
-    // MLP branch: x += Wdown (act(Wgate Norm(x)) * Wup Norm(x)), in row chunks.
+    // MLP branch: x += Wdown (act(Wgate Norm(x)) * Wup Norm(x)), in row chunks; without a
+    // post-MLP norm the down GEMM adds into x itself.
+    const bool post_ffn = L.post_ffn_norm.size() > 0;
     for (int64_t r0 = 0; r0 < n; r0 += kMlpChunk) {
       const int64_t c = std::min(kMlpChunk, n - r0);
       cu::gemm(xn.get() + static_cast<size_t>(r0 * d), L.w_gu.get(), c, 2 * hp.n_ff, d, gu.get());
@@ -232,10 +275,16 @@ struct CudaEngine::Impl {
       } else {
         cu::swiglu(gu.get(), h.get(), c, hp.n_ff);
       }
-      cu::gemm(h.get(), L.w_down.get(), c, d, hp.n_ff, u.get() + static_cast<size_t>(r0 * d));
+      if (post_ffn) {
+        cu::gemm(h.get(), L.w_down.get(), c, d, hp.n_ff, u.get() + static_cast<size_t>(r0 * d));
+      } else {
+        cu::gemm_accumulate(h.get(), L.w_down.get(), c, d, hp.n_ff, xp + static_cast<size_t>(r0 * d));
+      }
     }
-    if (L.post_ffn_norm.size()) cu::rmsnorm(u.get(), L.post_ffn_norm.get(), u.get(), n, d, hp.norm_eps);
-    cu::add_residual(xp, u.get(), n, d, nullptr, nullptr, nullptr, nullptr, hp.norm_eps);
+    if (post_ffn) {
+      cu::rmsnorm(u.get(), L.post_ffn_norm.get(), u.get(), n, d, hp.norm_eps);
+      cu::add_residual(xp, u.get(), n, d, nullptr, nullptr, nullptr, nullptr, hp.norm_eps);
+    }
 
     if (want) {
       if (io.signal == DeltaSignal::Block) cu::block_delta(x_in.get(), xp, n, d, d_delta.get());
@@ -470,6 +519,7 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
       io.x = x;
       io.pos = m.pos_all.get();
       io.pos_last = pos.back();
+      io.pos_host = pos.data();
       io.n = n;
       m.forward_layer(il, io);
     } else {
@@ -489,6 +539,7 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
       io.x = m.x_act.get();
       io.pos = m.pos_active.get();
       io.pos_last = pos_active.back();
+      io.pos_host = pos_active.data();
       io.n = na;
       m.forward_layer(il, io);
       cu::scatter_rows(m.x_act.get(), m.idx_active.get(), na, d, x);

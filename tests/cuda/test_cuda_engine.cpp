@@ -215,6 +215,20 @@ TEST(CudaEngine, RandomLlamaMatchesCpu) {
   compare_engines(*model, random_tokens(150, s.vocab, 1), 2e-2);
 }
 
+// The same with cuDNN's attention switched off: our own kernel on every layer (the other tests
+// use cuDNN for the dense layers when it is found, and our kernel for the rest).
+TEST(CudaEngine, RandomLlamaMatchesCpuOwnAttention) {
+  DASHLM_REQUIRE_CUDA();
+  struct Restore {
+    ~Restore() { cuda::set_dense_attention_enabled(true); }
+  } restore;
+  cuda::set_dense_attention_enabled(false);
+  Shape s;
+  s.arch = "llama";
+  auto model = Model::load(write_random_model(s, 100));
+  compare_engines(*model, random_tokens(150, s.vocab, 1), 2e-2);
+}
+
 TEST(CudaEngine, RandomQwen2MatchesCpu) {
   DASHLM_REQUIRE_CUDA();
   Shape s;

@@ -37,6 +37,11 @@ struct FlashArgs {
   float scale_log2;  // softmax scale * log2(e)
   int window;
   int64_t q_stride, kv_stride;
+  // Split mode (attention_tail): keys below the position of the first row of the row's block of
+  // `split` rows are left out, and each row's log-sum-exp (natural log, scaled scores) is written
+  // to lse[row * n_head + head] (-inf for a row that saw no key).
+  int split = 0;
+  float* lse = nullptr;
 };
 
 __device__ __forceinline__ int64_t dmin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -103,7 +108,8 @@ __global__ void __launch_bounds__(NW * 32) k_flash(FlashArgs a) {
 
   const int64_t pos_min = a.q_pos[row0], pos_max = a.q_pos[row0 + rows_in - 1];
   const int64_t kv_hi = dmin(pos_max, a.n_kv - 1);
-  const int64_t kv_lo = a.window > 0 ? dmax(0, pos_min - a.window + 1) : 0;
+  const int64_t kv_begin = a.split > 0 ? a.q_pos[(row0 / a.split) * a.split] : 0;  // split mode's first key
+  const int64_t kv_lo = dmax(kv_begin, a.window > 0 ? dmax(0, pos_min - a.window + 1) : 0);
 
   // This thread's two rows (fragment rows g and g + 8 of its warp) and their positions.
   const int g = lane >> 2, c4 = lane & 3;
@@ -199,7 +205,7 @@ __global__ void __launch_bounds__(NW * 32) k_flash(FlashArgs a) {
       // Scale (log2 domain) and mask.
       const int64_t key0 = t * BN;
       const bool full = key0 + BN - 1 <= pos_min && key0 + BN - 1 < a.n_kv && !a.valid &&
-                        (a.window <= 0 || key0 > pos_max - a.window);
+                        (a.window <= 0 || key0 > pos_max - a.window) && key0 >= kv_begin;
 #pragma unroll
       for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
@@ -208,7 +214,8 @@ __global__ void __launch_bounds__(NW * 32) k_flash(FlashArgs a) {
           if (!full) {
             const int64_t key = key0 + nb * 8 + c4 * 2 + (e & 1);
             const int64_t p = e < 2 ? p_lo : p_hi;
-            const bool vis = key <= p && key < a.n_kv && (a.window <= 0 || p - key < a.window) && (!a.valid || a.valid[key]);
+            const bool vis = key <= p && key >= kv_begin && key < a.n_kv && (a.window <= 0 || p - key < a.window) &&
+                             (!a.valid || a.valid[key]);
             if (!vis) x = -INFINITY;
           }
           s[nb][e] = x;
@@ -277,6 +284,11 @@ __global__ void __launch_bounds__(NW * 32) k_flash(FlashArgs a) {
   l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
   l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
   const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+  if (a.lse && c4 == 0) {  // natural log of sum(exp(scaled score)) = (m + log2 l) ln 2
+    constexpr float kLn2 = 0.6931471805599453f;
+    if (r_lo < rows_in) a.lse[(row0 + r_lo) * a.n_head + h] = l_lo > 0.f ? (m_lo + __log2f(l_lo)) * kLn2 : -INFINITY;
+    if (r_hi < rows_in) a.lse[(row0 + r_hi) * a.n_head + h] = l_hi > 0.f ? (m_hi + __log2f(l_hi)) * kLn2 : -INFINITY;
+  }
   if (r_lo < rows_in) {
     nvbf16* dst = a.out + (row0 + r_lo) * a.q_stride + static_cast<int64_t>(h) * HD + c4 * 2;
 #pragma unroll
@@ -400,6 +412,28 @@ __global__ void k_attn_received(FlashArgs a, int hd, float* out) {
     if (!a.valid || a.valid[j]) atomicAdd(out + j, __expf(score(j) - mx) * inv);
 }
 
+// out = softmax-weighted merge of two partial attentions over disjoint key sets: out (with lse,
+// [row][head]) and part (with lse_part, [block][head][row in block], as cuDNN writes its stats).
+// Rows of a block whose first position is 0 have no part (its key set is empty).
+__global__ void k_merge(nvbf16* out, const float* lse, const nvbf16* part, const float* lse_part, const int32_t* q_pos,
+                        int64_t n_q, int n_head, int hd, int block) {
+  const int64_t i = blockIdx.x;
+  const int h = blockIdx.y;
+  const int64_t b = i / block, r = i % block;
+  const float la = lse[i * n_head + h];
+  const float lb = q_pos[b * block] > 0 ? lse_part[(b * n_head + h) * block + r] : -INFINITY;
+  const float m = fmaxf(la, lb);
+  const float wa = la == -INFINITY ? 0.f : __expf(la - m), wb = lb == -INFINITY ? 0.f : __expf(lb - m);
+  const float inv = wa + wb > 0.f ? 1.f / (wa + wb) : 0.f;
+  nvbf16* o = out + (i * n_head + h) * hd;
+  const nvbf16* p = part + (i * n_head + h) * hd;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    const float x = wa > 0.f ? __bfloat162float(o[d]) * wa : 0.f;
+    const float y = wb > 0.f ? __bfloat162float(p[d]) * wb : 0.f;
+    o[d] = __float2bfloat16_rn((x + y) * inv);
+  }
+}
+
 FlashArgs make_args(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
                     const uint8_t* kv_valid, const AttentionParams& p, bf16* out) {
   if (p.n_head <= 0 || p.n_head_kv <= 0 || p.n_head % p.n_head_kv) detail::raise_error("CUDA attention: bad head counts");
@@ -436,6 +470,29 @@ void attention(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, 
   if (blocks > 0x7fffffffLL) detail::raise_error("CUDA attention: too many query rows");
   k_attn_simple<<<static_cast<unsigned>(blocks), 128, 0, stream()>>>(a, p.head_dim);
   DASHLM_CUDA_LAUNCHED("attention (simple)");
+}
+
+void attention_tail(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
+                    const AttentionParams& p, int block, bf16* out, float* lse) {
+  if (n_q <= 0) return;
+  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256) detail::raise_error("attention_tail: head dim must be 64, 128 or 256");
+  if (block <= 0 || block % 64 != 0) detail::raise_error("attention_tail: block must be a multiple of 64");
+  FlashArgs a = make_args(q, q_pos, n_q, k, v, n_kv, nullptr, p, out);
+  a.split = block;
+  a.lse = lse;
+  if (p.head_dim == 64) return launch_flash<64, 64, 4>(a);
+  if (p.head_dim == 128) return launch_flash<128, 64, 4>(a);
+  return launch_flash<256, 32, 4>(a);
+}
+
+void attention_merge(bf16* out, const float* lse, const bf16* part, const float* lse_part, const int32_t* q_pos, int64_t n_q,
+                     int n_head, int head_dim, int block) {
+  if (n_q <= 0) return;
+  if (n_q > 0x7fffffffLL) detail::raise_error("attention_merge: too many rows");
+  dim3 grid(static_cast<unsigned>(n_q), static_cast<unsigned>(n_head));
+  k_merge<<<grid, 64, 0, stream()>>>(reinterpret_cast<nvbf16*>(out), lse, reinterpret_cast<const nvbf16*>(part), lse_part,
+                                     q_pos, n_q, n_head, head_dim, block);
+  DASHLM_CUDA_LAUNCHED("attention_merge");
 }
 
 void attention_received(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, int64_t n_kv,

@@ -113,6 +113,7 @@ void embed_rows(const bf16* table, int64_t n_rows_table, const int32_t* tokens, 
                 float scale, float* x);
 // dst[i] = src[idx[i]] and dst[idx[i]] = src[i], rows of width floats.
 void gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst);
+void gather_rows(const bf16* src, const int32_t* idx, int64_t n, int64_t width, bf16* dst);
 void scatter_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst);
 // dst[i] = v for the n slots listed (validity masks).
 void set_bytes_at(uint8_t* dst, const int32_t* idx, int64_t n, uint8_t v);
@@ -158,6 +159,39 @@ struct AttentionParams {
 void attention(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
                const uint8_t* kv_valid, const AttentionParams& p, bf16* out, bool force_simple = false);
 
+// The dense case through cuDNN's fused flash attention (the field's tuned Hopper kernel, opened
+// at run time): n_q queries that are the last n_q of n_kv consecutive key slots (query i sees keys
+// 0 .. n_kv - n_q + i), no sliding window, no invalid slots; same layouts and result as
+// attention(). Returns false, doing nothing, when cuDNN is not there, is switched off, or
+// rejects the shape: the caller then runs attention().
+bool attention_dense(const bf16* q, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv, const AttentionParams& p,
+                     bf16* out);
+// DASH's retain case through cuDNN: n_q queries at ascending positions (q_pos on the device,
+// q_pos_host the same on the host) against every one of n_kv key slots (all valid, no window),
+// causal by position. The queries are cut into blocks of 128 rows; cuDNN attends each block to
+// the keys before its first position (no mask inside: a padded batch of blocks sharing K and V),
+// attention_tail the rest (each row's keys from its block's first position to its own), and
+// attention_merge joins the two by their log-sum-exp. Same result as attention(); false, doing
+// nothing, when cuDNN is not there or rejects the shape.
+bool attention_subset(const bf16* q, const int32_t* q_pos, const int32_t* q_pos_host, int64_t n_q, const bf16* k,
+                      const bf16* v, int64_t n_kv, const AttentionParams& p, bf16* out);
+// The pieces of attention_subset. attention_tail: our flash kernel in split mode, each row against
+// the keys from the position of the first row of its block of `block` rows (a multiple of 64) to
+// its own position; writes each row's log-sum-exp (natural log of the sum of exp(scaled score),
+// -inf when it saw no key) to lse[row * n_head + head]. Head dims 64, 128, 256.
+void attention_tail(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
+                    const AttentionParams& p, int block, bf16* out, float* lse);
+// out = the softmax-weighted merge of out (log-sum-exp lse, [row][head]) and part (lse_part,
+// [block][head][row in block]); rows of a block whose first position is 0 keep out.
+void attention_merge(bf16* out, const float* lse, const bf16* part, const float* lse_part, const int32_t* q_pos, int64_t n_q,
+                     int n_head, int head_dim, int block);
+// Whether attention_dense can run (cuDNN found and loaded), else false with the reason.
+bool dense_attention_available(std::string* why);
+// Off: attention_dense always returns false (benchmarks and tests of our own kernel).
+void set_dense_attention_enabled(bool on);
+// One line: cuDNN's version, execution plans built so far and the time spent building them.
+std::string dense_attention_stats();
+
 // For each key slot, the attention it receives from the n_q query rows, summed over rows and heads
 // (softmax probabilities). out: n_kv floats (device), overwritten.
 void attention_received(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, int64_t n_kv,
@@ -169,5 +203,7 @@ void attention_received(const bf16* q, const int32_t* q_pos, int64_t n_q, const 
 // accumulate; y in float32 or bf16. ldy: row stride of y in elements (0: n).
 void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y, int64_t ldy = 0);
 void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, bf16* y, int64_t ldy = 0);
+// y[m x n] += x[m x k] * W^T (float32 y; the residual add done by the GEMM's epilogue).
+void gemm_accumulate(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y);
 
 }  // namespace dashlm::cuda

@@ -88,7 +88,8 @@ Plan make_plan(State& st, int64_t m, int64_t n, int64_t k, int64_t ldy, cudaData
   return p;
 }
 
-void gemm_any(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, void* y, int64_t ldy, cudaDataType_t ty) {
+void gemm_any(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, void* y, int64_t ldy, cudaDataType_t ty,
+              float beta = 0.f) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) detail::raise_error("CUDA gemm: k must be positive");
   if (ldy == 0) ldy = n;
@@ -101,7 +102,7 @@ void gemm_any(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, voi
   auto it = st.plans.find(key);
   if (it == st.plans.end()) it = st.plans.emplace(key, make_plan(st, m, n, k, ldy, ty, align)).first;
   const Plan& p = it->second;
-  const float alpha = 1.f, beta = 0.f;
+  const float alpha = 1.f;
   if (p.lt) {
     DASHLM_BLAS_CHECK(cublasLtMatmul(st.lt, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo, st.workspace,
                                      kWorkspaceBytes, detail::stream()));
@@ -121,6 +122,9 @@ void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* 
 }
 void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, bf16* y, int64_t ldy) {
   gemm_any(x, w, m, n, k, y, ldy, CUDA_R_16BF);
+}
+void gemm_accumulate(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y) {
+  gemm_any(x, w, m, n, k, y, 0, CUDA_R_32F, 1.f);
 }
 
 }  // namespace dashlm::cuda
