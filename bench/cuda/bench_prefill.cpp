@@ -5,7 +5,10 @@
 // writes JSON.
 //
 //   dashlm_cuda_bench [--models llama8b,qwen7b] [--lengths 4096,8192,...] [--reps 3] [--json FILE]
-//                     [--no-dash] [--no-kernels]
+//                     [--no-dash] [--no-kernels] [--own-attention] [--stages T]
+//
+// The models' dense attention runs through cuDNN when it is found (cu::attention_dense), else,
+// or with --own-attention, through dashlm's own kernel; the kernel table times both.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -76,6 +79,12 @@ HParams qwen7b() {
   return hp;
 }
 
+std::string fmt_num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.0f", v);
+  return b;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
@@ -116,13 +125,85 @@ double full_flops(const HParams& hp, int64_t n) {
   return hp.n_layer * layer_flops(hp, n, keys, 0);
 }
 
+// One layer's stages timed alone at T tokens (full prefill, the engine's own calls and buffer
+// shapes), each against its floor: FLOPs at the measured GEMM rate, bytes at the H200's HBM
+// bandwidth (4.8 TB/s). The sum times n_layer is what a full prefill costs without launch gaps.
+json stage_breakdown(const HParams& hp, int64_t T, double gemm_tflops) {
+  const int64_t d = hp.n_embd, qd = hp.q_dim(), kvd = hp.kv_dim(), ff = hp.n_ff, qkvw = qd + 2 * kvd;
+  const int64_t chunk = std::min<int64_t>(T, 8192);
+  const auto sz = [](int64_t a, int64_t b) { return static_cast<size_t>(a * b); };
+  cu::DeviceBuffer<float> x(sz(T, d)), qkv(sz(T, qkvw)), norm(static_cast<size_t>(d));
+  cu::DeviceBuffer<cu::bf16> xn(sz(T, d)), q(sz(T, qd)), kc(sz(T, kvd)), vc(sz(T, kvd)), attn(sz(T, qd)),
+      gu(sz(chunk, 2 * ff)), h(sz(chunk, ff)), w_qkv(sz(qkvw, d)), wo(sz(d, qd)), w_gu(sz(2 * ff, d)), w_down(sz(d, ff));
+  cu::DeviceBuffer<int32_t> pos(static_cast<size_t>(T));
+  std::vector<int32_t> ph(static_cast<size_t>(T));
+  std::iota(ph.begin(), ph.end(), 0);
+  pos.upload(ph.data(), ph.size());
+  cu::fill_random_f32(x.get(), T * d, 0, 1, 11);
+  cu::fill_random_f32(norm.get(), d, 1, 0.1f, 12);
+  for (auto* w : {&w_qkv, &wo, &w_gu, &w_down}) cu::fill_random_bf16(w->get(), static_cast<int64_t>(w->size()), 0, 0.02f, 13);
+  cu::gemm(xn.get(), w_qkv.get(), T, qkvw, d, qkv.get());  // realistic values for the later stages
+  cu::RopeParams rp;
+  rp.head_dim = hp.head_dim;
+  rp.n_rot = hp.n_rot;
+  rp.freq_base = hp.rope_base;
+  rp.neox = hp.rope_neox;
+  cu::RopeParams none;
+  none.head_dim = hp.head_dim;
+  cu::AttentionParams ap;
+  ap.n_head = hp.n_head;
+  ap.n_head_kv = hp.n_head_kv;
+  ap.head_dim = hp.head_dim;
+  ap.scale = hp.attn_scale;
+  const double bw = 4.8e12;
+  json rows = json::array();
+  double total = 0, total_floor = 0;
+  std::printf("| stage (one layer, T = %ld) | ms | rate | floor ms | x floor |\n|---|---|---|---|---|\n", static_cast<long>(T));
+  auto stage = [&](const char* name, double flops, double bytes, auto&& fn) {
+    const double ms = time_ms(5, true, fn);
+    const double floor = flops > 0 ? flops / (gemm_tflops * 1e12) * 1e3 : bytes / bw * 1e3;
+    const std::string rate = flops > 0 ? fmt_num(flops / (ms * 1e-3) / 1e12) + " TFLOP/s" : fmt_num(bytes / (ms * 1e-3) / 1e9) + " GB/s";
+    std::printf("| %s | %.3f | %s | %.3f | %.2f |\n", name, ms, rate.c_str(), floor, ms / floor);
+    rows.push_back({{"stage", name}, {"ms", ms}, {"floor_ms", floor}, {"flops", flops}, {"bytes", bytes}});
+    total += ms;
+    total_floor += floor;
+  };
+  const double Td = static_cast<double>(T);
+  stage("attention norm", 0, Td * d * 6, [&] { cu::rmsnorm(x.get(), norm.get(), xn.get(), T, d, hp.norm_eps); });
+  stage("QKV GEMM (f32 out)", 2 * Td * d * qkvw, 0, [&] { cu::gemm(xn.get(), w_qkv.get(), T, qkvw, d, qkv.get()); });
+  stage("heads: RoPE, bf16, K/V into the cache", 0, Td * qkvw * 6, [&] {
+    cu::prep_heads(qkv.get(), qkvw, T, hp.n_head, nullptr, nullptr, hp.norm_eps, rp, pos.get(), q.get(), qd, nullptr);
+    cu::prep_heads(qkv.get() + qd, qkvw, T, hp.n_head_kv, nullptr, nullptr, hp.norm_eps, rp, pos.get(), kc.get(), kvd, pos.get());
+    cu::prep_heads(qkv.get() + qd + kvd, qkvw, T, hp.n_head_kv, nullptr, nullptr, hp.norm_eps, none, nullptr, vc.get(), kvd, pos.get());
+  });
+  stage("attention (cuDNN, causal)", 2 * Td * (Td + 1) * hp.head_dim * hp.n_head, 0, [&] {
+    if (!cu::attention_dense(q.get(), T, kc.get(), vc.get(), T, ap, attn.get()))
+      cu::attention(q.get(), pos.get(), T, kc.get(), vc.get(), T, nullptr, ap, attn.get());
+  });
+  stage("output GEMM, adds into x", 2 * Td * qd * d, 0, [&] { cu::gemm_accumulate(attn.get(), wo.get(), T, d, qd, x.get()); });
+  stage("MLP norm", 0, Td * d * 6, [&] { cu::rmsnorm(x.get(), norm.get(), xn.get(), T, d, hp.norm_eps); });
+  stage("gate/up GEMM (bf16 out)", 2 * Td * d * 2 * ff, 0, [&] {
+    for (int64_t r0 = 0; r0 < T; r0 += chunk) cu::gemm(xn.get() + r0 * d, w_gu.get(), std::min(chunk, T - r0), 2 * ff, d, gu.get());
+  });
+  stage("SwiGLU", 0, Td * ff * 6, [&] {
+    for (int64_t r0 = 0; r0 < T; r0 += chunk) cu::swiglu(gu.get(), h.get(), std::min(chunk, T - r0), ff);
+  });
+  stage("down GEMM, adds into x", 2 * Td * ff * d, 0, [&] {
+    for (int64_t r0 = 0; r0 < T; r0 += chunk) cu::gemm_accumulate(h.get(), w_down.get(), std::min(chunk, T - r0), d, ff, x.get() + r0 * d);
+  });
+  std::printf("| **layer** | %.3f | | %.3f | %.2f |\n", total, total_floor, total / total_floor);
+  std::printf("| **x %d layers** | %.1f | | %.1f | |\n\n", hp.n_layer, total * hp.n_layer, total_floor * hp.n_layer);
+  return {{"T", T}, {"stages", rows}, {"layer_ms", total}, {"layer_floor_ms", total_floor}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string models = "llama8b,qwen7b", json_path = "cuda_bench.json";
   std::vector<int64_t> lengths = {4096, 8192, 16384, 32768, 65536, 131072};
   int reps = 3;
-  bool dash = true, kernels = true;
+  bool dash = true, kernels = true, own_attention = false;
+  int64_t stages_T = 32768;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -138,8 +219,10 @@ int main(int argc, char** argv) {
     else if (a == "--json") json_path = next();
     else if (a == "--no-dash") dash = false;
     else if (a == "--no-kernels") kernels = false;
+    else if (a == "--own-attention") own_attention = true;
+    else if (a == "--stages") stages_T = std::stoll(next());
     else {
-      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)]\n", argv[0]);
       return 2;
     }
   }
@@ -151,6 +234,10 @@ int main(int argc, char** argv) {
   json out;
   out["device"] = cu::device_name();
   std::printf("# dashlm CUDA prefill benchmark on %s\n\n", cu::device_name().c_str());
+  std::string no_cudnn;
+  const bool cudnn = cu::dense_attention_available(&no_cudnn);
+  std::printf("cuDNN attention: %s\n", cudnn ? "available" : no_cudnn.c_str());
+  out["cudnn"] = cudnn;
 
   // --- reference rate: a large bf16 GEMM ---------------------------------------------------------
   double gemm_tflops = 0;
@@ -167,7 +254,7 @@ int main(int argc, char** argv) {
 
   // --- the attention kernel alone ------------------------------------------------------------------
   if (kernels) {
-    std::printf("| attention (hd 128, 32 heads, 8 KV heads) | T | queries | ms | TFLOP/s |\n|---|---|---|---|---|\n");
+    std::printf("| attention (hd 128, 32 heads, 8 KV heads) | kernel | T | queries | ms | TFLOP/s |\n|---|---|---|---|---|---|\n");
     json ja = json::array();
     for (int64_t T : {8192L, 16384L, 32768L}) {
       const int H = 32, HKV = 8, HD = 128;
@@ -195,20 +282,46 @@ int main(int argc, char** argv) {
         cu::DeviceBuffer<int32_t> dpos(pos.size());
         dpos.upload(pos.data(), pos.size());
         const auto nq = static_cast<int64_t>(pos.size());
+        double keys = 0;
+        for (int32_t p : pos) keys += p + 1;
+        auto report = [&](const char* what, const char* kernel, int64_t n_q, double n_keys, double ms) {
+          const double tf = 4.0 * HD * H * n_keys / (ms * 1e-3) / 1e12;
+          std::printf("| %s | %s | %ld | %ld | %.3f | %.1f |\n", what, kernel, static_cast<long>(T), static_cast<long>(n_q), ms, tf);
+          ja.push_back({{"T", T}, {"case", what}, {"kernel", kernel}, {"n_q", n_q}, {"ms", ms}, {"tflops", tf}});
+        };
         const double ms = time_ms(5, true, [&] {
           cu::attention(q.get(), dpos.get(), nq, k.get(), v.get(), T, nullptr, ap, o.get());
         });
-        double keys = 0;
-        for (int32_t p : pos) keys += p + 1;
-        const double tf = 4.0 * HD * H * keys / (ms * 1e-3) / 1e12;
-        std::printf("| %s | %ld | %ld | %.3f | %.1f |\n", subset ? "DASH subset (1/3)" : "causal", static_cast<long>(T),
-                    static_cast<long>(nq), ms, tf);
-        ja.push_back({{"T", T}, {"subset", subset}, {"n_q", nq}, {"ms", ms}, {"tflops", tf}});
+        report(subset ? "DASH retain: 1/3 of the queries, all keys" : "causal", "dashlm", nq, keys, ms);
+        if (cudnn && subset) {
+          // Retain through cuDNN (blocks of queries against the keys before them) + our split kernel.
+          cu::attention_subset(q.get(), dpos.get(), pos.data(), nq, k.get(), v.get(), T, ap, o.get());  // plan build
+          const double ms_s = time_ms(5, true, [&] {
+            cu::attention_subset(q.get(), dpos.get(), pos.data(), nq, k.get(), v.get(), T, ap, o.get());
+          });
+          report("DASH retain: 1/3 of the queries, all keys", "cuDNN blocks + dashlm tail", nq, keys, ms_s);
+        }
+        if (cudnn) {
+          // cuDNN: the full causal case, and drop mode's case (the active third, compacted).
+          const int64_t n = subset ? nq : T;
+          // The first call at a new shape builds cuDNN's execution plan: timed on its own.
+          const double cold = time_ms(1, false, [&] { cu::attention_dense(q.get(), n, k.get(), v.get(), n, ap, o.get()); });
+          std::printf("| (first call, plan build included) | cuDNN | %ld | %ld | %.3f | |\n", static_cast<long>(T),
+                      static_cast<long>(n), cold);
+          ja.push_back({{"T", T}, {"case", subset ? "drop first call" : "causal first call"}, {"kernel", "cuDNN"}, {"ms", cold}});
+          const double ms_c = time_ms(5, true, [&] { cu::attention_dense(q.get(), n, k.get(), v.get(), n, ap, o.get()); });
+          report(subset ? "DASH drop: the active third, compacted" : "causal", "cuDNN", n,
+                 static_cast<double>(n) * static_cast<double>(n + 1) / 2, ms_c);
+        }
       }
     }
     out["attention"] = ja;
-    std::printf("\n");
+    std::printf("\n%s\n\n", cu::dense_attention_stats().c_str());
   }
+
+  if (own_attention) cu::set_dense_attention_enabled(false);
+  std::printf("models' dense attention: %s\n\n", cudnn && !own_attention ? "cuDNN" : "dashlm's kernel");
+  out["model_attention"] = cudnn && !own_attention ? "cudnn" : "dashlm";
 
   // --- models ----------------------------------------------------------------------------------------
   json jm = json::array();
@@ -223,12 +336,16 @@ int main(int argc, char** argv) {
       return 2;
     }
     const int64_t max_len = *std::max_element(lengths.begin(), lengths.end());
+    if (stages_T > 0) {
+      std::printf("## %s shape: one layer's stages alone\n\n", name.c_str());
+      out["stages_" + name] = stage_breakdown(hp, stages_T, gemm_tflops);
+    }
     CudaEngine e(hp, max_len, 42);
     std::printf("## %s shape (%d layers, d %ld, %d/%d heads, ff %ld, vocab %ld), random bf16 weights\n\n", name.c_str(),
                 hp.n_layer, static_cast<long>(hp.n_embd), hp.n_head, hp.n_head_kv, static_cast<long>(hp.n_ff),
                 static_cast<long>(hp.n_vocab));
-    std::printf("| T | full ms | full TFLOP/s | tok/s | DASH retain ms | speedup | DASH drop ms | speedup | FLOP-model speedup (drop) |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|\n");
+    std::printf("| T | full ms | full TFLOP/s | tok/s | DASH retain ms | speedup | DASH drop ms | speedup | FLOP-model speedup (drop) | first call full / retain / drop ms |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
     bool warmed = false;
     for (int64_t T : lengths) {
       std::mt19937 rng(static_cast<uint32_t>(T));
@@ -237,8 +354,14 @@ int main(int argc, char** argv) {
       const int r = T >= 65536 ? 1 : reps;
       json row;
       row["T"] = T;
-      double full_ms = 0;
+      double full_ms = 0, full_cold_ms = 0;
       try {
+        // The first prefill at a length (new attention shapes: cuDNN plans are built) on its own,
+        // then the median of warm runs.
+        full_cold_ms = time_ms(1, false, [&] {
+          e.reset();
+          e.prefill(toks);
+        });
         full_ms = time_ms(r, !warmed, [&] {
           e.reset();
           e.prefill(toks);
@@ -252,6 +375,7 @@ int main(int argc, char** argv) {
       warmed = true;
       const double fl = full_flops(hp, T);
       row["full_ms"] = full_ms;
+      row["full_first_ms"] = full_cold_ms;
       row["full_tflops"] = fl / (full_ms * 1e-3) / 1e12;
       double ret_ms = 0, drop_ms = 0, model_speedup = 0;
       if (dash) {
@@ -265,12 +389,17 @@ int main(int argc, char** argv) {
           PrefillOptions po;
           po.halting = &hc;
           po.trace = &tr;
+          const double cold = time_ms(1, false, [&] {
+            e.reset();
+            e.prefill(toks, po);
+          });
           const double ms = time_ms(r, false, [&] {
             e.reset();
             e.prefill(toks, po);
           });
           (kv == KVMode::Retain ? ret_ms : drop_ms) = ms;
           const std::string key = kv == KVMode::Retain ? "retain" : "drop";
+          row[key + "_first_ms"] = cold;
           row[key + "_ms"] = ms;
           row[key + "_speedup"] = full_ms / ms;
           row[key + "_flop_speedup"] = tr.flops_full / tr.flops_done;
@@ -278,13 +407,14 @@ int main(int argc, char** argv) {
           if (kv == KVMode::Drop) model_speedup = tr.flops_full / tr.flops_done;
         }
       }
-      std::printf("| %ld | %.1f | %.1f | %.0f | %.1f | %.2fx | %.1f | %.2fx | %.2fx |\n", static_cast<long>(T), full_ms,
-                  fl / (full_ms * 1e-3) / 1e12, static_cast<double>(T) / (full_ms * 1e-3), ret_ms,
-                  ret_ms > 0 ? full_ms / ret_ms : 0.0, drop_ms, drop_ms > 0 ? full_ms / drop_ms : 0.0, model_speedup);
+      std::printf("| %ld | %.1f | %.1f | %.0f | %.1f | %.2fx | %.1f | %.2fx | %.2fx | %.1f / %.1f / %.1f |\n", static_cast<long>(T),
+                  full_ms, fl / (full_ms * 1e-3) / 1e12, static_cast<double>(T) / (full_ms * 1e-3), ret_ms,
+                  ret_ms > 0 ? full_ms / ret_ms : 0.0, drop_ms, drop_ms > 0 ? full_ms / drop_ms : 0.0, model_speedup,
+                  full_cold_ms, row.value("retain_first_ms", 0.0), row.value("drop_first_ms", 0.0));
       std::fflush(stdout);
       jm.push_back({{"model", name}, {"row", row}});
     }
-    std::printf("\n");
+    std::printf("\n%s\n\n", cu::dense_attention_stats().c_str());
   }
   out["models"] = jm;
   std::ofstream f(json_path);
