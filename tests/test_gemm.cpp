@@ -14,28 +14,13 @@
 #include <vector>
 
 #include "backends/cpu/gemm.h"
+#include "gemm_levels.h"
 
 using namespace dashlm::cpu;
+using dashlm::test::LevelGuard;
+using dashlm::test::runnable_levels;
 
 namespace {
-
-std::vector<GemmLevel> runnable_levels() {
-  std::vector<GemmLevel> out;
-  for (GemmLevel l : {GemmLevel::scalar, GemmLevel::avx2, GemmLevel::avx512}) {
-    if (l <= gemm_max_level()) out.push_back(l);
-  }
-  return out;
-}
-
-// Sets a level for the scope of a test and restores the previous one.
-class LevelGuard {
- public:
-  explicit LevelGuard(GemmLevel l) : saved_(gemm_level()) { EXPECT_EQ(gemm_set_level(l), l); }
-  ~LevelGuard() { gemm_set_level(saved_); }
-
- private:
-  GemmLevel saved_;
-};
 
 struct Case {
   int64_t m, n, k;

@@ -18,9 +18,11 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/gemm.h"
 #include "backends/cpu/quants.h"
 #include "backends/dtype.h"
 #include "backends/error.h"
+#include "gemm_levels.h"
 
 using namespace dashlm;
 using cpu::bf16_to_fp32;
@@ -146,6 +148,39 @@ TEST(Quants, DequantizesBlockByBlock) {
     }
     EXPECT_EQ(std::memcmp(whole.data(), pieces.data(), rec.n * sizeof(float)), 0) << rec.label;
   }
+}
+
+// The decode path's dot products (dequantization and dot in the kernel level's vector width)
+// against float64 dot products with gguf's dequantized values, at every level this CPU runs.
+TEST(Quants, DecodeDotsMatchAtEveryLevel) {
+  int checked = 0;
+  for (const Record& rec : load_vectors()) {
+    bool finite = true;
+    for (float v : rec.expected) finite = finite && std::isfinite(v);
+    if (!finite) continue;  // the fp16 specials records
+    const auto& t = dtype_traits(static_cast<DType>(rec.type));
+    const int64_t n = rec.n, m = 3;
+    std::vector<float> x(static_cast<size_t>(m * n));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(std::sin(0.37 * static_cast<double>(i) + 1.0));
+    for (const cpu::GemmLevel level : test::runnable_levels()) {
+      test::LevelGuard guard(level);
+      float acc[4] = {-1.f, -1.f, -1.f, -1.f};
+      ASSERT_TRUE(cpu::quant_row_dots(rec.type, rec.data.data(), n, t.block_size, static_cast<int64_t>(t.block_bytes),
+                                      x.data(), n, m, acc))
+          << rec.label;
+      for (int64_t i = 0; i < m; ++i) {
+        double ref = 0, mag = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          ref += static_cast<double>(rec.expected[static_cast<size_t>(j)]) * x[static_cast<size_t>(i * n + j)];
+          mag += std::abs(static_cast<double>(rec.expected[static_cast<size_t>(j)]) * x[static_cast<size_t>(i * n + j)]);
+        }
+        EXPECT_NEAR(acc[i], ref, 1e-5 * mag + 1e-30) << rec.label << " row " << i << " at level "
+                                                     << cpu::gemm_level_name(level);
+      }
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 10);
 }
 
 TEST(Quants, UnsupportedTypesThrow) {

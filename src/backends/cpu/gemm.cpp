@@ -348,6 +348,12 @@ void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
   gemm(false, m, n, k, a, lda, b, ldb, c, ldc, accumulate, alpha, threads);
 }
 
+bool quant_row_dots(uint32_t type, const uint8_t* row, int64_t k, int64_t block_size, int64_t block_bytes, const float* x,
+                    int64_t ldx, int64_t m, float* acc) {
+  if (m < 0 || m > gemm_detail::kSmallM || block_size <= 0) return false;
+  return current_kernels().quant_row_dots(type, row, k, block_size, block_bytes, x, ldx, m, acc);
+}
+
 // --- packed B --------------------------------------------------------------------------------------
 //
 // Layout: panel by panel of kc values of k (as the driver would cut them), each panel holding the

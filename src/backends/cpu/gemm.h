@@ -29,6 +29,13 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, bool accumulate = false, float alpha = 1.f, int threads = 0);
 
+// Decode-sized products with quantized weights, with the kernel level's vector width for both
+// the dequantization and the dot products: acc[i] = x_i . w for m <= 4 rows of x (row stride
+// ldx) and one weight row w of k elements of `type` (a DType value, whole blocks of block_size
+// elements taking block_bytes bytes each). False for a type without a block dequantizer.
+bool quant_row_dots(uint32_t type, const uint8_t* row, int64_t k, int64_t block_size, int64_t block_bytes, const float* x,
+                    int64_t ldx, int64_t m, float* acc);
+
 // B packed once for several products with different A: e.g. the keys of one attention head,
 // multiplied by every block of queries (gemm_nt packs B on every call; for a short A, such as 32
 // queries, that packing is a good part of the work). Packed in the layout of the kernel level in

@@ -4,6 +4,10 @@
 // except kernels_avx2.
 #include "backends/cpu/gemm_kernels.h"
 
+#include <cstring>
+
+#include "backends/dtype.h"
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
@@ -258,9 +262,12 @@ void small_m_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
 }
 
 #include "backends/cpu/softmax_tile.inc"
+#include "backends/cpu/dequant_blocks.inc"
+#include "backends/cpu/quant_dots.inc"
 
 constexpr KernelSet kSet = {
     "avx2", kMr, kNr, /*kc=*/768, /*mc=*/kMr * 12, /*nc=*/1024, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt, softmax_tile,
+    quant_row_dots,
     /*direct_nn=*/true,
 };
 

@@ -3,6 +3,10 @@
 // packed layouts and for why nothing here may have external linkage except kernels_avx512.
 #include "backends/cpu/gemm_kernels.h"
 
+#include <cstring>
+
+#include "backends/dtype.h"
+
 #if defined(__AVX512F__) && defined(__FMA__)
 // GCC 12 warns about its own AVX-512 intrinsics (their "undefined" pass-through operands, GCC bug
 // 105593); the warning points into the header, so it is silenced for it here.
@@ -253,9 +257,12 @@ void small_m_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
 }
 
 #include "backends/cpu/softmax_tile.inc"
+#include "backends/cpu/dequant_blocks.inc"
+#include "backends/cpu/quant_dots.inc"
 
 constexpr KernelSet kSet = {
     "avx512", kMr, kNr, /*kc=*/768, /*mc=*/kMr * 6, /*nc=*/1024, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt, softmax_tile,
+    quant_row_dots,
     /*direct_nn=*/true,
 };
 

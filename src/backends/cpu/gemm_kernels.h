@@ -58,6 +58,11 @@ struct KernelSet {
   // corr = exp(m - m') (0 while m was -inf; 1 for a row that still sees nothing), the factor the
   // caller applies to its accumulated output; l = l * corr + sum_j s_j; m = m'.
   void (*softmax_tile)(int64_t nb, int64_t nt, float* s, int64_t lds, float* m, float* l, float* corr);
+  // Decode: acc[i] = x_i . w for m <= kSmallM rows of x (row stride ldx) and one row w of k
+  // elements of a quantized type (a DType value; whole blocks of bs elements of bbytes bytes),
+  // dequantized piece by piece on the stack (quant_dots.inc). False for a type it does not know.
+  bool (*quant_row_dots)(uint32_t type, const uint8_t* row, int64_t k, int64_t bs, int64_t bbytes, const float* x,
+                         int64_t ldx, int64_t m, float* acc);
   // Whether compute() can read a [k x n] B in place (the driver then skips packing B when it would
   // be used only once or twice, e.g. V in the attention's P V).
   bool direct_nn;

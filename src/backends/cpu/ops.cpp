@@ -17,10 +17,6 @@ namespace {
 
 int g_threads = 0;  // 0: not set yet, use the OpenMP default
 
-// Elements per piece of a row dequantized at once by the decode-sized matmul (a multiple of
-// every block size, 32 and 256).
-constexpr int64_t kDecodePiece = 1024;
-
 // Bytes of one row of W.
 size_t row_bytes(const WeightView& w) { return dtype_row_bytes(w.type, w.in_features); }
 
@@ -75,20 +71,17 @@ void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, in
     // No conversion needed: one GEMM.
     gemm_nt(m, out, kw, x, ldx, static_cast<const float*>(w.data) + k0, in, y, out, accumulate);
   } else if (m < 4) {
-    // Decode-sized: stream the quantized rows once, a piece of whole blocks at a time
-    // dequantized into a buffer on the stack (no allocation) and dotted with each row of x.
-    const int64_t bs = dtype_traits(w.type).block_size;
-    const int64_t piece = std::max<int64_t>(1, kDecodePiece / bs) * bs;
+    // Decode-sized: stream the quantized rows once; each row is dequantized a piece at a time
+    // into a buffer on the stack and dotted with each row of x, with the kernel level's vector
+    // width for both (cpu::quant_row_dots).
+    const DTypeTraits tr = dtype_traits(w.type);
+    if (!tr.dequantizable) fail("cannot dequantize tensor type {}", tr.name);
+    const auto type = static_cast<uint32_t>(w.type);
+    const auto bb = static_cast<int64_t>(tr.block_bytes);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
     for (int64_t r = 0; r < out; ++r) {
-      alignas(64) float buf[kDecodePiece + 256];  // piece <= kDecodePiece rounded to blocks of <= 256
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
-      const uint8_t* src = row_ptr(w, r) + col_offset;
-      for (int64_t k = 0; k < kw; k += piece) {
-        const int64_t len = std::min(piece, kw - k);
-        dequantize_row(w.type, src + dtype_row_bytes(w.type, k), buf, len);
-        for (int64_t i = 0; i < m; ++i) acc[i] += dot(buf, x + i * ldx + k, len);
-      }
+      (void)quant_row_dots(type, row_ptr(w, r) + col_offset, kw, tr.block_size, bb, x, ldx, m, acc);  // every dequantizable type
       for (int64_t i = 0; i < m; ++i) y[i * out + r] = accumulate ? y[i * out + r] + acc[i] : acc[i];
     }
   } else {
