@@ -6,6 +6,7 @@
 #include <limits>
 #include <numeric>
 
+#include "backends/cpu/gemm.h"
 #include "backends/error.h"
 
 namespace dashlm {
@@ -312,6 +313,11 @@ double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* va
     keys += static_cast<double>(prefix[static_cast<size_t>(pos[i] + 1)] - prefix[static_cast<size_t>(lo)]);
   }
   return keys;
+}
+
+std::string Engine::kernels() const {
+  return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", float32 activations and cache, " +
+         std::to_string(cpu::num_threads()) + " threads";
 }
 
 std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const PrefillOptions& opt, ForwardStats* stats) {

@@ -81,6 +81,7 @@ class Engine final : public InferenceEngine {
     n_past_ = 0;
     cache_.clear_holes();
   }
+  std::string kernels() const override;
   const KVCache& cache() const { return cache_; }
   const Model& model() const { return model_; }
   // Most rows a layer computes at once (default kChunkRows); tests set small values to cross

@@ -425,6 +425,14 @@ void CudaEngine::reset() {
   impl_->reset_valid();
 }
 
+std::string CudaEngine::kernels() const {
+  std::string why;
+  const std::string attention = cu::dense_attention_available(&why)
+                                    ? "attention: cuDNN for dense causal and DASH query subsets, dashlm's kernel otherwise"
+                                    : "attention: dashlm's kernel (" + why + ")";
+  return "cuda " + cu::device_name() + ", bf16 weights, cuBLASLt GEMMs, " + attention;
+}
+
 void CudaEngine::read_cache(int il, std::vector<float>* k, std::vector<float>* v, std::vector<uint8_t>* valid) const {
   const Impl& m = *impl_;
   if (il < 0 || il >= hp_.n_layer) fail("read_cache: no layer {}", il);

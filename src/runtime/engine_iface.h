@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace dashlm {
@@ -23,6 +24,9 @@ class InferenceEngine {
   // Forgets the cache contents (n_past() = 0, every slot valid again) so that one engine, its
   // weights and its cache allocation serve many prompts in turn.
   virtual void reset() = 0;
+  // One line on the kernels this engine runs (instruction set, device, attention route), for
+  // the CLI's report and JSON.
+  virtual std::string kernels() const = 0;
 };
 
 }  // namespace dashlm

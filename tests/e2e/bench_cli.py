@@ -15,6 +15,7 @@ assert [r["test"] for r in rows] == ["pp64", "pp64+dash(topk(l=2,keep=0.33,drop)
                                       "pp128+dash(topk(l=2,keep=0.33,drop))", "tg8"], [r["test"] for r in rows]
 for r in rows:
     assert r["avg_ts"] > 0 and len(r["ms"]) == 2 and r["peak_rss_mib"] > 0 and r["threads"] >= 1
+    assert r["kernels"].startswith("cpu "), r["kernels"]
     if "dash" in r["test"]:
         assert r["flop_speedup"] > 1.0 and r["speedup"] > 0
 

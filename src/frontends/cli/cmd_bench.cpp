@@ -156,8 +156,10 @@ int bench(const BenchOptions& o) {
   }
   const bool tty = stderr_is_tty();
   using Clock = std::chrono::steady_clock;
+  std::string kernels;  // the first engine's description
   auto timed_prefill = [&](const std::vector<int32_t>& ids, const HaltingConfig* h, HaltingTrace* tr) {
     auto e = make_engine(*model, static_cast<int64_t>(ids.size()), o.backend);
+    if (kernels.empty()) kernels = e->kernels();
     PrefillOptions po;
     po.halting = h;
     po.trace = tr;
@@ -201,6 +203,7 @@ int bench(const BenchOptions& o) {
     for (int r = 0; r < o.reps; ++r) {
       if (tty) fmt::print(stderr, "\rtg{} rep {}/{}   ", o.n_gen, r + 1, o.reps);
       auto e = make_engine(*model, o.n_gen + 1, o.backend);
+      if (kernels.empty()) kernels = e->kernels();
       const auto first = bench_tokens(*model, text_ids, 1, o.seed);
       std::vector<float> l = e->prefill(first, {}, nullptr);
       const auto t0 = Clock::now();
@@ -226,7 +229,8 @@ int bench(const BenchOptions& o) {
     for (const Row& r : rows) {
       nlohmann::json j{{"model", model->name()}, {"arch", hp.arch_str}, {"backend", o.backend}, {"size_mib", size_mib}, {"threads", threads},
                        {"test", r.test}, {"n_tokens", r.n_tokens}, {"reps", r.ms.size()}, {"ms", r.ms},
-                       {"avg_ts", r.mean_tps()}, {"stddev_ts", r.std_tps()}, {"peak_rss_mib", r.peak_rss_mib}};
+                       {"avg_ts", r.mean_tps()}, {"stddev_ts", r.std_tps()}, {"peak_rss_mib", r.peak_rss_mib},
+                       {"kernels", kernels}};
       if (r.test.find("dash") != std::string::npos) {
         j["speedup"] = r.speedup;
         j["flop_speedup"] = r.flop_speedup;
@@ -249,6 +253,7 @@ int bench(const BenchOptions& o) {
                  r.mean_tps(), r.std_tps(), d ? fmt::format("{:.2f}x", r.speedup) : "", d ? fmt::format("{:.2f}x", r.flop_speedup) : "",
                  r.peak_rss_mib);
     }
+    if (!kernels.empty()) fmt::print("\nkernels: {}\n", kernels);
   }
   return 0;
 }

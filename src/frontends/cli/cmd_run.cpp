@@ -212,6 +212,7 @@ int run(const RunOptions& o) {
                pt.query.size(), load_ms);
     fmt::print(stderr, "prefill: {:.1f} ms, {:.1f} tokens/s | decode: {} tokens, {:.1f} tokens/s | threads {}\n",
                pst.total_ms, prefill_tps, generated.size(), decode_tps, threads);
+    fmt::print(stderr, "kernels: {}\n", engine.kernels());
     if (hc.enabled()) {
       fmt::print(stderr, "halting: {} | {} of {} document tokens active after the decision | FLOP speedup {:.2f}x\n",
                  hc.describe(hp.n_layer), trace.active_per_layer.back(), trace.n_tokens,
@@ -227,6 +228,7 @@ int run(const RunOptions& o) {
     j["n_layers"] = hp.n_layer;
     j["n_ctx"] = engine.n_ctx();
     j["backend"] = o.backend;
+    j["kernels"] = engine.kernels();
     j["threads"] = threads;
     j["n_prompt_tokens"] = n_prompt;
     j["n_document_tokens"] = pt.document.size();
