@@ -142,7 +142,9 @@ json stage_breakdown(const HParams& hp, int64_t T, double gemm_tflops) {
   cu::fill_random_f32(x.get(), T * d, 0, 1, 11);
   cu::fill_random_f32(norm.get(), d, 1, 0.1f, 12);
   for (auto* w : {&w_qkv, &wo, &w_gu, &w_down}) cu::fill_random_bf16(w->get(), static_cast<int64_t>(w->size()), 0, 0.02f, 13);
-  cu::gemm(xn.get(), w_qkv.get(), T, qkvw, d, qkv.get());  // realistic values for the later stages
+  // Realistic values for the later stages: the normed input, then its projections.
+  cu::rmsnorm(x.get(), norm.get(), xn.get(), T, d, hp.norm_eps);
+  cu::gemm(xn.get(), w_qkv.get(), T, qkvw, d, qkv.get());
   cu::RopeParams rp;
   rp.head_dim = hp.head_dim;
   rp.n_rot = hp.n_rot;
@@ -176,7 +178,7 @@ json stage_breakdown(const HParams& hp, int64_t T, double gemm_tflops) {
     cu::prep_heads(qkv.get() + qd, qkvw, T, hp.n_head_kv, nullptr, nullptr, hp.norm_eps, rp, pos.get(), kc.get(), kvd, pos.get());
     cu::prep_heads(qkv.get() + qd + kvd, qkvw, T, hp.n_head_kv, nullptr, nullptr, hp.norm_eps, none, nullptr, vc.get(), kvd, pos.get());
   });
-  stage("attention (cuDNN, causal)", 2 * Td * (Td + 1) * hp.head_dim * hp.n_head, 0, [&] {
+  stage(cu::dense_attention_available(nullptr) ? "attention (cuDNN, causal)" : "attention (dashlm kernel, causal)", 2 * Td * (Td + 1) * hp.head_dim * hp.n_head, 0, [&] {
     if (!cu::attention_dense(q.get(), T, kc.get(), vc.get(), T, ap, attn.get()))
       cu::attention(q.get(), pos.get(), T, kc.get(), vc.get(), T, nullptr, ap, attn.get());
   });

@@ -184,8 +184,7 @@ struct CudaEngine::Impl {
   struct LayerIO {
     float* x;             // n rows of n_embd (device), updated in place
     const int32_t* pos;   // device positions
-    int32_t pos_last;     // host copy of the last position
-    const int32_t* pos_host = nullptr;  // host copy of all n positions
+    const int32_t* pos_host;  // host copy of the n positions
     int64_t n;
     DeltaSignal signal = DeltaSignal::Abs;
     float* delta = nullptr;        // host: n values, when wanted
@@ -202,7 +201,7 @@ struct CudaEngine::Impl {
   static constexpr int64_t kCudnnMinRows = 16;
   bool attend_cudnn(int il, const LayerIO& io, int64_t n_kv, const cu::AttentionParams& ap) {
     const int64_t n = io.n;
-    if (n < kCudnnMinRows || ap.window > 0 || !io.pos_host) return false;
+    if (n < kCudnnMinRows || ap.window > 0) return false;
     const int64_t kvd = hp.kv_dim();
     if (!valid_mask(il)) {
       if (io.pos_host[0] != n_kv - n)  // not the last n slots
@@ -237,7 +236,7 @@ struct CudaEngine::Impl {
     write_kv(il, qkv.get() + qd, qkvw, io.pos, n);
 
     const cu::AttentionParams ap = attention_params(il);
-    const int64_t n_kv = static_cast<int64_t>(io.pos_last) + 1;
+    const int64_t n_kv = static_cast<int64_t>(io.pos_host[n - 1]) + 1;
     if (!attend_cudnn(il, io, n_kv, ap))
       cu::attention(q.get(), io.pos, n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get());
     if (io.attn_rows > 0) {
@@ -526,7 +525,6 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
     if (all) {
       io.x = x;
       io.pos = m.pos_all.get();
-      io.pos_last = pos.back();
       io.pos_host = pos.data();
       io.n = n;
       m.forward_layer(il, io);
@@ -546,7 +544,6 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
       cu::gather_rows(x, m.idx_active.get(), na, d, m.x_act.get());
       io.x = m.x_act.get();
       io.pos = m.pos_active.get();
-      io.pos_last = pos_active.back();
       io.pos_host = pos_active.data();
       io.n = na;
       m.forward_layer(il, io);

@@ -48,21 +48,6 @@ namespace fe = cudnn_frontend;
 using Key = std::tuple<int64_t, int64_t, int, int, int, uint32_t>;
 constexpr int kBlock = 128;  // query rows per block in attention_subset
 
-// A device scratch buffer that only grows.
-template <typename T>
-struct Scratch {
-  T* p = nullptr;
-  size_t n = 0;
-  T* get(size_t want) {
-    if (want > n) {
-      device_free(p);
-      p = static_cast<T*>(device_alloc(want * sizeof(T)));
-      n = want;
-    }
-    return p;
-  }
-};
-
 struct State {
   std::mutex mu;
   bool tried = false;
@@ -76,32 +61,21 @@ struct State {
   double build_ms = 0;
   std::map<Key, std::shared_ptr<fe::graph::Graph>> graphs;
   std::set<std::tuple<int, int, int, uint32_t>> rejected;  // head counts, head dim, scale: not retried
-  void* workspace = nullptr;
-  int64_t workspace_bytes = 0;
-  Scratch<bf16> q_pad, part;
-  Scratch<float> lse, lse_part;
-  Scratch<int32_t> seq;
+  // Scratch that only grows (DeviceBuffer::reserve).
+  DeviceBuffer<uint8_t> workspace;
+  DeviceBuffer<bf16> q_pad, part;
+  DeviceBuffer<float> lse, lse_part;
+  DeviceBuffer<int32_t> seq;
   std::vector<int32_t> seq_host;
-
-  void* workspace_for(fe::graph::Graph* g) {
-    int64_t ws = 0;
-    if (!g->get_workspace_size(ws).is_good()) return nullptr;
-    if (ws > workspace_bytes) {
-      device_free(workspace);
-      workspace = device_alloc(static_cast<size_t>(std::max<int64_t>(ws, 1)));
-      workspace_bytes = ws;
-    }
-    return workspace ? workspace : reinterpret_cast<void*>(1);  // non-null: success (ws may be 0)
-  }
 
   bool init() {
     if (tried) return ok;
     tried = true;
-    if (const char* e = std::getenv("DASHLM_CUDNN"); e && (std::strcmp(e, "0") == 0 || std::strcmp(e, "off") == 0)) {
-      why = "cuDNN attention disabled by DASHLM_CUDNN=" + std::string(e);
+    const char* named = std::getenv("DASHLM_CUDNN");
+    if (named && (std::strcmp(named, "0") == 0 || std::strcmp(named, "off") == 0)) {
+      why = "cuDNN attention disabled by DASHLM_CUDNN=" + std::string(named);
       return false;
     }
-    const char* named = std::getenv("DASHLM_CUDNN");
     std::string tried_names;
     for (const char* name : {named, "libcudnn.so.9", "libcudnn.so"}) {
       if (!name || !*name) continue;
@@ -142,25 +116,21 @@ struct State {
         .set_intermediate_data_type(fe::DataType_t::FLOAT)
         .set_compute_data_type(fe::DataType_t::FLOAT);
     if (dyn) g->set_dynamic_shape_enabled(true).set_kernel_cache(kernels);
-    auto tensor = [&](const char* name, int64_t uid, int64_t heads, int64_t seq) {
+    // [batch, heads, seq, d] over token-major rows of heads x d; batch_stride 0: shared by the batch.
+    auto tensor = [&](const char* name, int64_t uid, int64_t batch, int64_t heads, int64_t seq, int64_t batch_stride) {
       return g->tensor(fe::graph::Tensor_attributes()
                            .set_name(name)
                            .set_uid(uid)
-                           .set_dim({1, heads, seq, d})
-                           .set_stride({seq * heads * d, d, heads * d, 1}));
+                           .set_dim({batch, heads, seq, d})
+                           .set_stride({batch_stride, d, heads * d, 1}));
     };
     if (s_q < 0) {
       // The subset graph: -s_q blocks of kBlock query rows (a padded batch), each against the
       // first seq_kv[b] keys of one shared K/V (batch stride 0), no mask but the padding; with
       // the log-sum-exp of every row.
       const int64_t nb = -s_q, bq = kBlock;
-      auto Q = g->tensor(fe::graph::Tensor_attributes().set_name("Q").set_uid(1).set_dim({nb, h, bq, d}).set_stride(
-          {bq * h * d, d, h * d, 1}));
-      auto kv = [&](const char* name, int64_t uid) {
-        return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim({nb, hkv, s_kv, d}).set_stride(
-            {0, d, hkv * d, 1}));
-      };
-      auto K = kv("K", 2), V = kv("V", 3);
+      auto Q = tensor("Q", 1, nb, h, bq, bq * h * d);
+      auto K = tensor("K", 2, nb, hkv, s_kv, 0), V = tensor("V", 3, nb, hkv, s_kv, 0);
       auto seq = [&](const char* name, int64_t uid) {
         return g->tensor(fe::graph::Tensor_attributes()
                              .set_name(name)
@@ -181,9 +151,8 @@ struct State {
       stats->set_output(true).set_uid(5).set_data_type(fe::DataType_t::FLOAT).set_dim({nb, h, bq, 1}).set_stride(
           {h * bq, bq, 1, 1});
     } else {
-      auto Q = tensor("Q", 1, h, s_q);
-      auto K = tensor("K", 2, hkv, s_kv);
-      auto V = tensor("V", 3, hkv, s_kv);
+      auto Q = tensor("Q", 1, 1, h, s_q, s_q * h * d);
+      auto K = tensor("K", 2, 1, hkv, s_kv, s_kv * hkv * d), V = tensor("V", 3, 1, hkv, s_kv, s_kv * hkv * d);
       auto attr = fe::graph::SDPA_attributes().set_name("attention").set_generate_stats(false).set_attn_scale(scale);
       if (s_q == s_kv) {
         attr.set_causal_mask(true);
@@ -225,11 +194,27 @@ struct State {
     build_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return g.get();
   }
+
+  // The plan for s_q query rows (negative: that many blocks of the subset graph) against s_kv
+  // keys, with the workspace it needs; null when cuDNN is off, missing or rejects the shape.
+  // Called with mu held.
+  fe::graph::Graph* plan(int64_t s_q, int64_t s_kv, const AttentionParams& p) {
+    if (!enabled || !init()) return nullptr;
+    uint32_t scale_bits;
+    std::memcpy(&scale_bits, &p.scale, sizeof scale_bits);
+    fe::graph::Graph* g = graph(Key{s_q, s_kv, p.n_head, p.n_head_kv, p.head_dim, scale_bits});
+    int64_t ws = 0;
+    if (!g || !g->get_workspace_size(ws).is_good()) return nullptr;
+    workspace.reserve(static_cast<size_t>(std::max<int64_t>(ws, 1)));
+    return g;
+  }
 };
 
 State& state() {
-  static State s;  // never destroyed explicitly: the process exit releases the device
-  return s;
+  // Never destroyed: cuDNN's descriptors and the device buffers must not be released after the
+  // CUDA runtime has been torn down at exit; the process exit releases the device.
+  static State* s = new State;
+  return *s;
 }
 
 }  // namespace
@@ -263,15 +248,11 @@ bool attention_dense(const bf16* q, int64_t n_q, const bf16* k, const bf16* v, i
   if (p.head_dim % 8 != 0 || p.head_dim > 256 || p.n_head_kv <= 0 || p.n_head % p.n_head_kv != 0) return false;
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mu);
-  if (!st.enabled || !st.init()) return false;
-  uint32_t scale_bits;
-  std::memcpy(&scale_bits, &p.scale, sizeof scale_bits);
-  fe::graph::Graph* g = st.graph(Key{n_q, n_kv, p.n_head, p.n_head_kv, p.head_dim, scale_bits});
+  fe::graph::Graph* g = st.plan(n_q, n_kv, p);
   if (!g) return false;
-  if (!st.workspace_for(g)) return false;
   std::unordered_map<int64_t, void*> pack = {{1, const_cast<bf16*>(q)}, {2, const_cast<bf16*>(k)},
                                              {3, const_cast<bf16*>(v)}, {4, out}};
-  auto e = g->execute(st.handle, pack, st.workspace);
+  auto e = g->execute(st.handle, pack, st.workspace.get());
   if (!e.is_good()) detail::raise_error("cuDNN attention failed: " + e.get_message());
   return true;
 }
@@ -282,12 +263,9 @@ bool attention_subset(const bf16* q, const int32_t* q_pos, const int32_t* q_pos_
   if (p.n_head_kv <= 0 || p.n_head % p.n_head_kv != 0) return false;
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mu);
-  if (!st.enabled || !st.init()) return false;
   const int64_t nb = (n_q + kBlock - 1) / kBlock, rows = nb * kBlock;
-  uint32_t scale_bits;
-  std::memcpy(&scale_bits, &p.scale, sizeof scale_bits);
-  fe::graph::Graph* g = st.graph(Key{-nb, n_kv, p.n_head, p.n_head_kv, p.head_dim, scale_bits});
-  if (!g || !st.workspace_for(g)) return false;
+  fe::graph::Graph* g = st.plan(-nb, n_kv, p);
+  if (!g) return false;
   const int64_t qd = static_cast<int64_t>(p.n_head) * p.head_dim;
   // Per block: its rows, and the keys before its first position (at least 1 for cuDNN; a block
   // starting at position 0 has none, and attention_merge ignores its part).
@@ -296,16 +274,19 @@ bool attention_subset(const bf16* q, const int32_t* q_pos, const int32_t* q_pos_
     st.seq_host[static_cast<size_t>(b)] = static_cast<int32_t>(std::min<int64_t>(kBlock, n_q - b * kBlock));
     st.seq_host[static_cast<size_t>(nb + b)] = std::max<int32_t>(1, q_pos_host[b * kBlock]);
   }
-  int32_t* seq = st.seq.get(static_cast<size_t>(2 * nb));
-  copy_to_device(seq, st.seq_host.data(), st.seq_host.size() * sizeof(int32_t));
-  bf16* qp = st.q_pad.get(static_cast<size_t>(rows * qd));  // whole blocks of rows: cuDNN may read the padding
-  copy_on_device(qp, q, static_cast<size_t>(n_q * qd) * sizeof(bf16));
-  bf16* part = st.part.get(static_cast<size_t>(rows * qd));
-  float* lse_part = st.lse_part.get(static_cast<size_t>(rows * p.n_head));
-  float* lse = st.lse.get(static_cast<size_t>(n_q * p.n_head));
-  std::unordered_map<int64_t, void*> pack = {{1, qp}, {2, const_cast<bf16*>(k)}, {3, const_cast<bf16*>(v)}, {4, part},
-                                             {5, lse_part}, {6, seq}, {7, seq + nb}};
-  auto e = g->execute(st.handle, pack, st.workspace);
+  st.seq.reserve(st.seq_host.size());
+  st.seq.upload(st.seq_host.data(), st.seq_host.size());
+  st.q_pad.reserve(static_cast<size_t>(rows * qd));  // whole blocks of rows: cuDNN may read the padding
+  copy_on_device(st.q_pad.get(), q, static_cast<size_t>(n_q * qd) * sizeof(bf16));
+  st.part.reserve(static_cast<size_t>(rows * qd));
+  st.lse_part.reserve(static_cast<size_t>(rows * p.n_head));
+  st.lse.reserve(static_cast<size_t>(n_q * p.n_head));
+  bf16* part = st.part.get();
+  float *lse_part = st.lse_part.get(), *lse = st.lse.get();
+  int32_t* seq = st.seq.get();
+  std::unordered_map<int64_t, void*> pack = {{1, st.q_pad.get()}, {2, const_cast<bf16*>(k)}, {3, const_cast<bf16*>(v)},
+                                             {4, part}, {5, lse_part}, {6, seq}, {7, seq + nb}};
+  auto e = g->execute(st.handle, pack, st.workspace.get());
   if (!e.is_good()) detail::raise_error("cuDNN attention (query blocks) failed: " + e.get_message());
   attention_tail(q, q_pos, n_q, k, v, n_kv, p, kBlock, out, lse);
   attention_merge(out, lse, part, lse_part, q_pos, n_q, p.n_head, p.head_dim, kBlock);

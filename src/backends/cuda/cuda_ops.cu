@@ -330,7 +330,17 @@ __global__ void k_set_bytes(uint8_t* dst, const int32_t* idx, int64_t n, uint8_t
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-bool glu_vectorizable(const void* gu, const void* h, int64_t n_ff) { return n_ff % 8 == 0 && aligned16(gu) && aligned16(h); }
+
+// Gated activation: 8 columns per thread where n_ff and the pointers allow, else one.
+template <bool kGelu>
+void launch_glu(const bf16* gate_up, bf16* h, int64_t n, int64_t n_ff) {
+  if (n_ff % 8 == 0 && aligned16(gate_up) && aligned16(h)) {
+    k_glu_vec<kGelu><<<blocks_for(n * n_ff / 8, 256), 256, 0, stream()>>>(reinterpret_cast<const uint4*>(gate_up),
+                                                                          reinterpret_cast<uint4*>(h), n, n_ff / 8);
+  } else {
+    k_glu<kGelu><<<blocks_for(n * n_ff, 256), 256, 0, stream()>>>(as_nv(gate_up), as_nv(h), n, n_ff);
+  }
+}
 
 // rmsnorm: the register-resident float4 kernel where the row fits (dim % 4 == 0, up to 8192
 // values with 256 threads), else the plain one.
@@ -350,6 +360,14 @@ void launch_rmsnorm(const float* x, const float* w, OutT* y, int64_t n, int64_t 
 // Rows are launched one per block; grids have at most 2^31-1 blocks in x, far beyond any n here.
 void check_rows(int64_t n) {
   if (n > 0x7fffffffLL) detail::raise_error("CUDA: too many rows for one launch");
+}
+
+template <typename T>
+void gather_any(const T* src, const int32_t* idx, int64_t n, int64_t width, T* dst) {
+  if (n <= 0) return;
+  check_rows(n);
+  k_gather<<<static_cast<unsigned>(n), row_threads(width), 0, stream()>>>(src, idx, width, dst);
+  DASHLM_CUDA_LAUNCHED("gather_rows");
 }
 
 }  // namespace
@@ -388,22 +406,12 @@ void row_l2_norms(const float* x, int64_t n, int64_t dim, float* out) {
 }
 void swiglu(const bf16* gate_up, bf16* h, int64_t n, int64_t n_ff) {
   if (n <= 0) return;
-  if (glu_vectorizable(gate_up, h, n_ff)) {
-    k_glu_vec<false><<<blocks_for(n * n_ff / 8, 256), 256, 0, stream()>>>(reinterpret_cast<const uint4*>(gate_up),
-                                                                          reinterpret_cast<uint4*>(h), n, n_ff / 8);
-  } else {
-    k_glu<false><<<blocks_for(n * n_ff, 256), 256, 0, stream()>>>(as_nv(gate_up), as_nv(h), n, n_ff);
-  }
+  launch_glu<false>(gate_up, h, n, n_ff);
   DASHLM_CUDA_LAUNCHED("swiglu");
 }
 void geglu_tanh(const bf16* gate_up, bf16* h, int64_t n, int64_t n_ff) {
   if (n <= 0) return;
-  if (glu_vectorizable(gate_up, h, n_ff)) {
-    k_glu_vec<true><<<blocks_for(n * n_ff / 8, 256), 256, 0, stream()>>>(reinterpret_cast<const uint4*>(gate_up),
-                                                                         reinterpret_cast<uint4*>(h), n, n_ff / 8);
-  } else {
-    k_glu<true><<<blocks_for(n * n_ff, 256), 256, 0, stream()>>>(as_nv(gate_up), as_nv(h), n, n_ff);
-  }
+  launch_glu<true>(gate_up, h, n, n_ff);
   DASHLM_CUDA_LAUNCHED("geglu_tanh");
 }
 void silu_mul(float* g, const float* u, int64_t n) {
@@ -433,16 +441,10 @@ void embed_rows(const bf16* table, int64_t n_rows_table, const int32_t* tokens, 
   DASHLM_CUDA_LAUNCHED("embed_rows");
 }
 void gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst) {
-  if (n <= 0) return;
-  check_rows(n);
-  k_gather<<<static_cast<unsigned>(n), row_threads(width), 0, stream()>>>(src, idx, width, dst);
-  DASHLM_CUDA_LAUNCHED("gather_rows");
+  gather_any(src, idx, n, width, dst);
 }
 void gather_rows(const bf16* src, const int32_t* idx, int64_t n, int64_t width, bf16* dst) {
-  if (n <= 0) return;
-  check_rows(n);
-  k_gather<<<static_cast<unsigned>(n), row_threads(width), 0, stream()>>>(src, idx, width, dst);
-  DASHLM_CUDA_LAUNCHED("gather_rows (bf16)");
+  gather_any(src, idx, n, width, dst);
 }
 void scatter_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst) {
   if (n <= 0) return;
