@@ -83,6 +83,11 @@ class SingleShotPolicy : public HaltingPolicy {
   SingleShotPolicy(const HaltingConfig& cfg, int n_layer) : cfg_(cfg), layer_(cfg.decision_layer(n_layer)) {}
 
   bool wants_attention(int layer) const override { return cfg_.policy == "attn" && layer == layer_; }
+  bool wants_signal(int layer) const override { return cfg_.policy == "topk" && layer == layer_; }
+  std::optional<TopK> topk_rule() const override {
+    if (cfg_.policy != "topk") return std::nullopt;
+    return TopK{layer_, cfg_.keep};
+  }
 
   std::vector<int32_t> observe(int layer, std::span<const int32_t> active, std::span<const float> signal,
                                std::span<const float> attention_received) override {
@@ -120,6 +125,7 @@ class SingleShotPolicy : public HaltingPolicy {
 class ThresholdPolicy : public HaltingPolicy {
  public:
   explicit ThresholdPolicy(const HaltingConfig& cfg) : cfg_(cfg) {}
+  bool wants_signal(int layer) const override { return layer >= cfg_.min_layer; }
 
   void begin(int64_t n_tokens, std::span<const uint8_t> eligible) override {
     HaltingPolicy::begin(n_tokens, eligible);

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -58,6 +59,18 @@ class HaltingPolicy {
   // True if observe() at this layer needs, for every token, the attention it receives from the
   // last prompt tokens (the attn baseline).
   virtual bool wants_attention(int layer) const { return false; }
+  // True if observe() at this layer reads the signal: engines skip computing and copying it
+  // otherwise (unless a trace asks for every layer's).
+  virtual bool wants_signal(int layer) const { return true; }
+  // The topk rule, for engines that decide where the signals are (on the GPU): after `layer`,
+  // of the active eligible tokens the halting_keep_count(keep, their number) with the largest
+  // signal stay (ties to the earlier token) and the other eligible ones halt, which is exactly
+  // what observe() returns. Empty for every other policy.
+  struct TopK {
+    int layer;
+    double keep;
+  };
+  virtual std::optional<TopK> topk_rule() const { return std::nullopt; }
   // After layer `layer`: active[i] is a token (index in the segment) that ran this layer and
   // signal[i] its delta. attention_received (when asked for) has one value per token of the
   // segment. Returns the tokens that halt now: a subset of active, never a protected token.

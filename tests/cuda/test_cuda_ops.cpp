@@ -7,6 +7,7 @@
 #include <random>
 
 #include "backends/cpu/ops.h"
+#include "runtime/halting.h"
 #include "cuda/cuda_test_util.h"
 
 using namespace dashlm;
@@ -477,4 +478,42 @@ TEST(CudaAttention, TailAndMerge) {
   const auto before = to_host_bf16(out, ref.size());
   cu::attention_merge(out.get(), lse.get(), part.get(), lse_part.get(), dpos.get(), n_q, H, HD, block);
   EXPECT_EQ(to_host_bf16(out, ref.size()), before);
+}
+
+// DASH's topk decision on the device against the host policy on the same scores: many ties
+// (scores from a few values), protected tokens, keep fractions that round.
+TEST(CudaOps, TopkHaltFlagsMatchHostPolicy) {
+  DASHLM_REQUIRE_CUDA();
+  for (int64_t n : {1L, 7L, 300L, 4099L, 70000L}) {
+    for (double keep : {1.0 / 3.0, 0.5, 1.0}) {
+      SCOPED_TRACE("n " + std::to_string(n) + " keep " + std::to_string(keep));
+      std::mt19937 rng(static_cast<uint32_t>(n * 7 + static_cast<int64_t>(keep * 100)));
+      std::vector<float> score(static_cast<size_t>(n));
+      for (float& s : score) s = static_cast<float>(rng() % 17) * 0.25f;
+      HaltingConfig hc;
+      hc.policy = "topk";
+      hc.halt_layer = 1;
+      hc.keep = keep;
+      const std::vector<uint8_t> eligible = halting_eligibility(hc, n);
+      auto policy = make_halting_policy(hc, 4);
+      policy->begin(n, eligible);
+      std::vector<int32_t> active(static_cast<size_t>(n));
+      std::iota(active.begin(), active.end(), 0);
+      const std::vector<int32_t> want = policy->observe(1, active, score, {});
+
+      auto d_score = to_device(score);
+      auto d_elig = to_device(eligible);
+      auto d_halt = poisoned<uint8_t>(static_cast<size_t>(n));
+      int64_t n_elig = 0;
+      for (uint8_t e : eligible) n_elig += e;
+      cu::topk_halt_flags(d_score.get(), d_elig.get(), n, halting_keep_count(keep, n_elig), d_halt.get());
+      const auto halt = to_host(d_halt, static_cast<size_t>(n));
+      std::vector<int32_t> got;
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_LE(halt[static_cast<size_t>(i)], 1);
+        if (halt[static_cast<size_t>(i)]) got.push_back(static_cast<int32_t>(i));
+      }
+      EXPECT_EQ(got, want);
+    }
+  }
 }
