@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <iterator>
 #include <limits>
 #include <numeric>
+#include <optional>
 
 #include "backends/cpu/quants.h"
 #include "backends/cuda/cuda_ops.h"
@@ -58,7 +60,10 @@ DBuf<float> upload_f32(const float* p, int64_t n) {
 }
 
 
-constexpr int64_t kMlpChunk = 8192;  // MLP rows per GEMM pair: bounds the gate/up scratch
+// MLP rows per GEMM pair: bounds the gate/up scratch (32768 rows of a 14336-wide MLP: 1.9 GB + 0.9
+// GB). Smaller chunks cost time: at 8192 rows the Llama-3.1-8B shape's gate/up GEMMs took 11.0 ms
+// per layer at 32k tokens against 10.0 ms in one piece (kernel timeline, docs/PERFORMANCE.md).
+constexpr int64_t kMlpChunk = 32768;
 
 }  // namespace
 
@@ -89,7 +94,8 @@ struct CudaEngine::Impl {
   DBuf<bf16> xn, q, attn, gu, h;
   DBuf<bf16> k_dense, v_dense;  // drop mode: the valid cache slots packed, for the dense attention
   DBuf<int32_t> dense_slots;
-  std::vector<int32_t> dense_slots_host;
+  std::vector<int32_t> dense_slots_host, slots_now;  // the list on the device, and this layer's
+  DBuf<uint8_t> select_bytes;  // the device topk's eligibility and halt flags
   DBuf<int32_t> tokens, pos_all, pos_active, idx_active, pos_halted, idx_halted;
   DBuf<float> logits;
 
@@ -98,6 +104,14 @@ struct CudaEngine::Impl {
   bf16* v_layer(int il) const { return v_cache.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx * hp.kv_dim()); }
   const uint8_t* valid_mask(int il) const {
     return has_holes[static_cast<size_t>(il)] ? valid.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx) : nullptr;
+  }
+
+  void init_graphs() {
+    const char* env = std::getenv("DASHLM_CUDA_GRAPHS");
+    if (env && std::string(env) == "0") {
+      graphs_on = false;
+      graphs_off_why = "DASHLM_CUDA_GRAPHS=0";
+    }
   }
 
   void init_cache() {
@@ -184,10 +198,12 @@ struct CudaEngine::Impl {
   struct LayerIO {
     float* x;             // n rows of n_embd (device), updated in place
     const int32_t* pos;   // device positions
-    const int32_t* pos_host;  // host copy of the n positions
+    const int32_t* pos_host;  // host copy of the n positions (null: only pos, and n_kv given)
     int64_t n;
+    int64_t n_kv = 0;     // key slots the attention may read (0: the last position + 1)
     DeltaSignal signal = DeltaSignal::Abs;
-    float* delta = nullptr;        // host: n values, when wanted
+    bool want_signal = false;      // the halting signal into d_delta (device, n values)...
+    float* delta = nullptr;        // ... and copied here (host), when given
     int attn_rows = 0;             // > 0: attention received from the last attn_rows rows...
     float* attn_received = nullptr;  // ... per cache slot (host, n_ctx values)
   };
@@ -201,7 +217,7 @@ struct CudaEngine::Impl {
   static constexpr int64_t kCudnnMinRows = 16;
   bool attend_cudnn(int il, const LayerIO& io, int64_t n_kv, const cu::AttentionParams& ap) {
     const int64_t n = io.n;
-    if (n < kCudnnMinRows || ap.window > 0) return false;
+    if (n < kCudnnMinRows || ap.window > 0 || !io.pos_host) return false;
     const int64_t kvd = hp.kv_dim();
     if (!valid_mask(il)) {
       if (io.pos_host[0] != n_kv - n)  // not the last n slots
@@ -209,15 +225,19 @@ struct CudaEngine::Impl {
       return cu::attention_dense(q.get(), n, k_layer(il), v_layer(il), n_kv, ap, attn.get());
     }
     const std::vector<uint8_t>& vh = valid_host[static_cast<size_t>(il)];
-    dense_slots_host.clear();
+    slots_now.clear();
     for (int64_t s = 0; s < n_kv; ++s)
-      if (vh[static_cast<size_t>(s)]) dense_slots_host.push_back(static_cast<int32_t>(s));
-    const auto nc = static_cast<int64_t>(dense_slots_host.size());
-    if (nc < n || !std::equal(io.pos_host, io.pos_host + n, dense_slots_host.end() - n)) return false;
+      if (vh[static_cast<size_t>(s)]) slots_now.push_back(static_cast<int32_t>(s));
+    const auto nc = static_cast<int64_t>(slots_now.size());
+    if (nc < n || !std::equal(io.pos_host, io.pos_host + n, slots_now.end() - n)) return false;
     dense_slots.reserve(static_cast<size_t>(n_ctx));
     k_dense.reserve(static_cast<size_t>(n_ctx * kvd));
     v_dense.reserve(static_cast<size_t>(n_ctx * kvd));
-    dense_slots.upload(dense_slots_host.data(), static_cast<size_t>(nc));
+    // The list changes only when tokens halt: uploaded (a synchronising copy) only then.
+    if (slots_now != dense_slots_host) {
+      dense_slots_host.swap(slots_now);
+      dense_slots.upload(dense_slots_host.data(), static_cast<size_t>(nc));
+    }
     cu::gather_rows(k_layer(il), dense_slots.get(), nc, kvd, k_dense.get());
     cu::gather_rows(v_layer(il), dense_slots.get(), nc, kvd, v_dense.get());
     return cu::attention_dense(q.get(), n, k_dense.get(), v_dense.get(), nc, ap, attn.get());
@@ -236,7 +256,7 @@ struct CudaEngine::Impl {
     write_kv(il, qkv.get() + qd, qkvw, io.pos, n);
 
     const cu::AttentionParams ap = attention_params(il);
-    const int64_t n_kv = static_cast<int64_t>(io.pos_host[n - 1]) + 1;
+    const int64_t n_kv = io.n_kv > 0 ? io.n_kv : static_cast<int64_t>(io.pos_host[n - 1]) + 1;
     if (!attend_cudnn(il, io, n_kv, ap))
       cu::attention(q.get(), io.pos, n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get());
     if (io.attn_rows > 0) {
@@ -247,7 +267,7 @@ struct CudaEngine::Impl {
       std::fill(io.attn_received, io.attn_received + n_ctx, 0.f);
       recv.download(io.attn_received, static_cast<size_t>(n_kv));
     }
-    const bool want = io.delta != nullptr;
+    const bool want = io.want_signal;
     if (want && io.signal == DeltaSignal::Block) cu::copy_on_device(x_in.get(), xp, static_cast<size_t>(n * d) * sizeof(float));
     if (!L.post_attn_norm.size() && (!want || io.signal == DeltaSignal::Block)) {
       // Nothing needs the update on its own: the GEMM adds it to the residual stream.
@@ -285,8 +305,8 @@ struct CudaEngine::Impl {
       cu::add_residual(xp, u.get(), n, d, nullptr, nullptr, nullptr, nullptr, hp.norm_eps);
     }
 
-    if (want) {
-      if (io.signal == DeltaSignal::Block) cu::block_delta(x_in.get(), xp, n, d, d_delta.get());
+    if (want && io.signal == DeltaSignal::Block) cu::block_delta(x_in.get(), xp, n, d, d_delta.get());
+    if (io.delta) {
       d_delta.download(io.delta, static_cast<size_t>(n));
       if (io.signal == DeltaSignal::Rel) {
         std::vector<float> nx(static_cast<size_t>(n));
@@ -295,6 +315,55 @@ struct CudaEngine::Impl {
       }
     }
     (void)kvd;
+  }
+
+  // The topk decision from the deltas in d_delta (one per active token): the tokens that halt,
+  // ascending (HaltingPolicy::topk_rule says why this equals the policy's observe()).
+  std::vector<int32_t> topk_on_device(const std::vector<int32_t>& active, const std::vector<uint8_t>& eligible, double keep) {
+    const auto na = static_cast<int64_t>(active.size());
+    std::vector<uint8_t> flags(active.size());
+    int64_t n_eligible = 0;
+    for (size_t i = 0; i < active.size(); ++i) {
+      flags[i] = eligible[static_cast<size_t>(active[i])];
+      n_eligible += flags[i];
+    }
+    select_bytes.reserve(2 * active.size());
+    select_bytes.upload(flags.data(), flags.size());
+    uint8_t* halt = select_bytes.get() + active.size();
+    cu::topk_halt_flags(d_delta.get(), select_bytes.get(), na, halting_keep_count(keep, n_eligible), halt);
+    cu::copy_to_host(flags.data(), halt, flags.size());
+    std::vector<int32_t> out;
+    for (size_t i = 0; i < active.size(); ++i)
+      if (flags[i]) out.push_back(active[i]);
+    return out;
+  }
+
+  // One decode step for the token and position already in tokens[0] and pos_all[0], queued
+  // without any host copy, so that it can be recorded into decode_graph: the attention reads its
+  // key range from the position on the device (n_kv is the whole cache), the logits stay in
+  // `logits`.
+  void decode_step() {
+    const int64_t d = hp.n_embd;
+    cu::embed_rows(tok_embd.get(), hp.n_vocab, tokens.get(), 1, d, hp.embed_scale, x.get());
+    for (int il = 0; il < hp.n_layer; ++il) {
+      LayerIO io{};
+      io.x = x.get();
+      io.pos = pos_all.get();
+      io.pos_host = nullptr;
+      io.n = 1;
+      io.n_kv = n_ctx;
+      forward_layer(il, io);
+    }
+    cu::rmsnorm(x.get(), output_norm.get(), xn.get(), 1, d, hp.norm_eps);
+    cu::gemm(xn.get(), output, 1, hp.n_vocab, d, logits.get());
+  }
+  cu::Graph decode_graph;
+  bool graphs_on = true;
+  std::string graphs_off_why;
+  int eager_decodes = 0;  // decode steps run without the graph since it was last dropped
+  void drop_graph() {
+    decode_graph.reset();
+    eager_decodes = 0;
   }
 
   // Logits of n rows of hidden state at xp (device) into out (host, n x n_vocab).
@@ -360,6 +429,7 @@ CudaEngine::CudaEngine(const Model& model, int64_t n_ctx) : impl_(std::make_uniq
   m.output_norm = upload_f32(model.output_norm(), d);
   m.rope_ff = upload_f32(model.rope_freq_factors(), hp.n_rot / 2);
   m.init_cache();
+  m.init_graphs();
   cu::synchronize();
 }
 
@@ -414,6 +484,7 @@ CudaEngine::CudaEngine(const HParams& hp_in, int64_t n_ctx, uint64_t seed) : imp
   }
   m.output_norm = vec(d, 1.f, 0.f);
   m.init_cache();
+  m.init_graphs();
   cu::synchronize();
 }
 
@@ -422,6 +493,51 @@ CudaEngine::~CudaEngine() = default;
 void CudaEngine::reset() {
   n_past_ = 0;
   impl_->reset_valid();
+  impl_->drop_graph();
+}
+
+void CudaEngine::set_cuda_graphs(bool on) {
+  impl_->graphs_on = on;
+  impl_->graphs_off_why = on ? "" : "switched off";
+  impl_->drop_graph();
+}
+
+std::vector<float> CudaEngine::decode(int32_t token) {
+  Impl& m = *impl_;
+  if (!m.graphs_on) return prefill(std::span<const int32_t>(&token, 1));
+  if (token < 0 || token >= hp_.n_vocab) fail("token id {} is outside the vocabulary (0..{})", token, hp_.n_vocab - 1);
+  if (n_past_ + 1 > n_ctx_) fail("1 token does not fit the context: {} already used of {}", n_past_, n_ctx_);
+  // Buffers first (a reallocation would move what a recorded graph points at: prefill() and
+  // reset() drop the graph, and only a first decode before any prefill grows these).
+  if (m.cap < 1 || m.logits.size() < static_cast<size_t>(hp_.n_vocab)) m.drop_graph();
+  m.reserve(1, false);
+  m.logits.reserve(static_cast<size_t>(hp_.n_vocab));
+  const auto pos = static_cast<int32_t>(n_past_);
+  m.tokens.upload(&token, 1);
+  m.pos_all.upload(&pos, 1);
+  // The first step after a change runs as it is (GEMM plans, kernel attributes set up), the
+  // second is recorded, every later one replays the recording.
+  if (!m.decode_graph.ready() && m.eager_decodes > 0) {
+    try {
+      m.decode_graph.begin_capture();
+      m.decode_step();
+      m.decode_graph.end_capture();
+    } catch (const std::exception& e) {
+      m.decode_graph.abort_capture();
+      m.graphs_on = false;
+      m.graphs_off_why = std::string("recording failed: ") + e.what();
+    }
+  }
+  if (m.decode_graph.ready()) {
+    m.decode_graph.launch();
+  } else {
+    m.decode_step();
+    ++m.eager_decodes;
+  }
+  std::vector<float> out(static_cast<size_t>(hp_.n_vocab));
+  m.logits.download(out.data(), out.size());
+  ++n_past_;
+  return out;
 }
 
 std::string CudaEngine::kernels() const {
@@ -429,7 +545,8 @@ std::string CudaEngine::kernels() const {
   const std::string attention = cu::dense_attention_available(&why)
                                     ? "attention: cuDNN for dense causal and DASH query subsets, dashlm's kernel otherwise"
                                     : "attention: dashlm's kernel (" + why + ")";
-  return "cuda " + cu::device_name() + ", bf16 weights, cuBLASLt GEMMs, " + attention;
+  const std::string graphs = impl_->graphs_on ? "CUDA graphs for decode" : "no CUDA graphs (" + impl_->graphs_off_why + ")";
+  return "cuda " + cu::device_name() + ", bf16 weights, cuBLASLt GEMMs, " + attention + ", " + graphs;
 }
 
 void CudaEngine::read_cache(int il, std::vector<float>* k, std::vector<float>* v, std::vector<uint8_t>* valid) const {
@@ -476,6 +593,7 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
       fail("token id {} is outside the vocabulary (0..{})", tokens[static_cast<size_t>(i)], hp.n_vocab - 1);
   }
   const auto t0 = Clock::now();
+  m.drop_graph();  // scratch may move and layers may gain holes: the decode graph is recorded anew
   const HaltingConfig* hc = opt.halting && opt.halting->enabled() ? opt.halting : nullptr;
   const DeltaSignal signal = hc ? hc->signal : DeltaSignal::Abs;
   m.reserve(n, signal == DeltaSignal::Block);
@@ -493,11 +611,14 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
   }
 
   std::unique_ptr<HaltingPolicy> policy = hc ? make_halting_policy(*hc, L) : nullptr;
-  if (policy) policy->begin(n, halting_eligibility(*hc, n));
+  const std::vector<uint8_t> eligible = hc ? halting_eligibility(*hc, n) : std::vector<uint8_t>{};
+  if (policy) policy->begin(n, eligible);
   HaltingTrace* tr = opt.trace;
   if (tr) tr->reset(n, L);
   const bool want_delta = policy || tr;
   std::vector<float> delta(want_delta ? static_cast<size_t>(n) : 0);
+  // topk decides on the device from the deltas there (relative deltas are divided on the host).
+  const std::optional<HaltingPolicy::TopK> topk = policy && signal != DeltaSignal::Rel ? policy->topk_rule() : std::nullopt;
   std::vector<float> recv_slots, recv_tokens;
 
   TokenSets sets;
@@ -517,9 +638,11 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
     const bool want_attn = policy && policy->wants_attention(il);
     if (want_attn) recv_slots.assign(static_cast<size_t>(n_ctx_), 0.f);
 
+    const bool device_topk = topk && topk->layer == il && il + 1 < L;
     Impl::LayerIO io{};
     io.signal = signal;
-    io.delta = want_delta ? delta.data() : nullptr;
+    io.want_signal = tr || (policy && policy->wants_signal(il));
+    io.delta = io.want_signal && (tr || !device_topk) ? delta.data() : nullptr;
     io.attn_rows = want_attn ? hc->attn_queries : 0;
     io.attn_received = want_attn ? recv_slots.data() : nullptr;
     if (all) {
@@ -567,7 +690,8 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
         recv_tokens.resize(static_cast<size_t>(n));
         for (int64_t t = 0; t < n; ++t) recv_tokens[static_cast<size_t>(t)] = recv_slots[static_cast<size_t>(pos[static_cast<size_t>(t)])];
       }
-      newly = policy->observe(il, active, std::span<const float>(delta.data(), static_cast<size_t>(na)), recv_tokens);
+      newly = device_topk ? m.topk_on_device(active, eligible, topk->keep)
+                          : policy->observe(il, active, std::span<const float>(delta.data(), static_cast<size_t>(na)), recv_tokens);
       if (!newly.empty()) {
         sets.halt(newly, pos);
         if (tr) for (int32_t t : newly) tr->halted_after[static_cast<size_t>(t)] = il;

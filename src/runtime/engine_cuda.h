@@ -1,12 +1,13 @@
 // The forward pass on an NVIDIA GPU (Hopper), with the same interface and the same semantics as
 // the CPU Engine (engine.h): batched prefill over a list of token rows with their positions,
-// halting policies deciding on the host after each layer from the deltas copied back (one float
-// per active token), active tokens gathered into a dense batch, retained or dropped K/V of halted
+// halting policies deciding on the host from the deltas copied back (one float per active token,
+// only at the layers the policy reads; topk decides on the device instead), active tokens gathered into a dense batch, retained or dropped K/V of halted
 // tokens, HaltingTrace / ForwardStats / hidden_per_layer / logits_all filled the same way.
 //
 // Weights live on the device in bf16 (dequantized from the model file at load by the CPU
 // dequantizer; norm weights and biases in float32); the residual stream is float32, GEMMs run on
-// cuBLASLt (bf16 in, fp32 accumulate), attention on dashlm's flash kernel, the KV cache is bf16.
+// cuBLASLt (bf16 in, fp32 accumulate), attention through cuDNN or dashlm's flash kernel, the KV
+// cache is bf16. A decode step is replayed from a CUDA graph.
 // Compiled only with DASHLM_CUDA (DASHLM_HAVE_CUDA is defined then).
 #pragma once
 #include <cstdint>
@@ -38,7 +39,11 @@ class CudaEngine final : public InferenceEngine {
 
   std::vector<float> prefill(std::span<const int32_t> tokens, const PrefillOptions& opt = {},
                              ForwardStats* stats = nullptr) override;
-  std::vector<float> decode(int32_t token) override { return prefill(std::span<const int32_t>(&token, 1)); }
+  // One token after the cache: recorded into a CUDA graph on the second step after a prefill
+  // and replayed from then on (DASHLM_CUDA_GRAPHS=0 or set_cuda_graphs(false): plain launches
+  // through prefill()).
+  std::vector<float> decode(int32_t token) override;
+  void set_cuda_graphs(bool on);
   int64_t n_past() const override { return n_past_; }
   int64_t n_ctx() const override { return n_ctx_; }
   const HParams& hp() const { return hp_; }

@@ -37,6 +37,7 @@ namespace dashlm::cuda {
 
 namespace detail {
 [[noreturn]] void raise_error(const std::string& msg);
+cudaStream_t stream();  // common.cuh (not includable here: it holds device code)
 }
 
 #if DASHLM_HAVE_CUDNN
@@ -66,7 +67,7 @@ struct State {
   DeviceBuffer<bf16> q_pad, part;
   DeviceBuffer<float> lse, lse_part;
   DeviceBuffer<int32_t> seq;
-  std::vector<int32_t> seq_host;
+  std::vector<int32_t> seq_host, seq_now;  // what st.seq holds, and this call's
 
   bool init() {
     if (tried) return ok;
@@ -97,7 +98,7 @@ struct State {
         why = "cudnnCreate failed";
         return false;
       }
-      fe::detail::set_stream(handle, nullptr);  // the legacy default stream, like every other op
+      fe::detail::set_stream(handle, detail::stream());  // the stream every other op runs on
     } catch (const std::exception& e) {
       why = std::string("cuDNN: ") + e.what();
       return false;
@@ -269,13 +270,18 @@ bool attention_subset(const bf16* q, const int32_t* q_pos, const int32_t* q_pos_
   const int64_t qd = static_cast<int64_t>(p.n_head) * p.head_dim;
   // Per block: its rows, and the keys before its first position (at least 1 for cuDNN; a block
   // starting at position 0 has none, and attention_merge ignores its part).
-  st.seq_host.resize(static_cast<size_t>(2 * nb));
+  st.seq_now.resize(static_cast<size_t>(2 * nb));
   for (int64_t b = 0; b < nb; ++b) {
-    st.seq_host[static_cast<size_t>(b)] = static_cast<int32_t>(std::min<int64_t>(kBlock, n_q - b * kBlock));
-    st.seq_host[static_cast<size_t>(nb + b)] = std::max<int32_t>(1, q_pos_host[b * kBlock]);
+    st.seq_now[static_cast<size_t>(b)] = static_cast<int32_t>(std::min<int64_t>(kBlock, n_q - b * kBlock));
+    st.seq_now[static_cast<size_t>(nb + b)] = std::max<int32_t>(1, q_pos_host[b * kBlock]);
   }
-  st.seq.reserve(st.seq_host.size());
-  st.seq.upload(st.seq_host.data(), st.seq_host.size());
+  // The same for every layer after a halting decision: uploaded (a synchronising copy) only when
+  // it changes.
+  if (st.seq_now != st.seq_host) {
+    st.seq_host.swap(st.seq_now);
+    st.seq.reserve(st.seq_host.size());
+    st.seq.upload(st.seq_host.data(), st.seq_host.size());
+  }
   st.q_pad.reserve(static_cast<size_t>(rows * qd));  // whole blocks of rows: cuDNN may read the padding
   copy_on_device(st.q_pad.get(), q, static_cast<size_t>(n_q * qd) * sizeof(bf16));
   st.part.reserve(static_cast<size_t>(rows * qd));

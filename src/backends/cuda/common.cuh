@@ -17,8 +17,10 @@ inline void check(cudaError_t e, const char* what, const char* file, int line) {
   }
 }
 
-// The stream every op is queued on (the legacy default stream: ordered with all other work).
-inline cudaStream_t stream() { return 0; }
+// The stream every op is queued on: one per process, created on first use. It is a blocking
+// stream (ordered with the legacy default stream too), and not the legacy stream itself because
+// CUDA graphs can only be captured from a created stream (cuda_ops.cu).
+cudaStream_t stream();
 
 inline unsigned blocks_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {
   int64_t b = (n + threads - 1) / threads;

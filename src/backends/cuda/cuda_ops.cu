@@ -17,6 +17,15 @@ nvbf16* as_nv(bf16* p) { return reinterpret_cast<nvbf16*>(p); }
 
 // --- device, memory --------------------------------------------------------------------------
 
+cudaStream_t detail::stream() {
+  static const cudaStream_t s = [] {
+    cudaStream_t t = nullptr;
+    DASHLM_CUDA_CHECK(cudaStreamCreate(&t));
+    return t;
+  }();
+  return s;
+}
+
 bool device_available(std::string* why) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
@@ -65,10 +74,14 @@ void device_free(void* p) noexcept {
 }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {
-  if (bytes) DASHLM_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  if (!bytes) return;
+  DASHLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
+  DASHLM_CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 void copy_to_host(void* dst, const void* src, size_t bytes) {
-  if (bytes) DASHLM_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+  if (!bytes) return;
+  DASHLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
+  DASHLM_CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 void copy_on_device(void* dst, const void* src, size_t bytes) {
   if (bytes) DASHLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
@@ -81,6 +94,39 @@ size_t device_free_memory() {
   size_t free_b = 0, total = 0;
   DASHLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
   return free_b;
+}
+
+// --- CUDA graphs -------------------------------------------------------------------------------
+
+void Graph::begin_capture() {
+  reset();
+  DASHLM_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal));
+}
+void Graph::end_capture() {
+  cudaGraph_t g = nullptr;
+  DASHLM_CUDA_CHECK(cudaStreamEndCapture(stream(), &g));
+  graph_ = g;
+  cudaGraphExec_t e = nullptr;
+  DASHLM_CUDA_CHECK(cudaGraphInstantiate(&e, g, 0));
+  exec_ = e;
+}
+void Graph::abort_capture() noexcept {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream(), &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+    cudaGraph_t g = nullptr;
+    if (cudaStreamEndCapture(stream(), &g) == cudaSuccess && g) cudaGraphDestroy(g);
+  }
+  cudaGetLastError();
+  reset();
+}
+void Graph::launch() const {
+  if (!exec_) detail::raise_error("CUDA graph: launched before it was recorded");
+  DASHLM_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream()));
+}
+void Graph::reset() noexcept {
+  if (exec_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (graph_) cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+  exec_ = graph_ = nullptr;
 }
 
 // --- conversions, random ---------------------------------------------------------------------

@@ -3,8 +3,9 @@
 // for GEMM operands, attention inputs and the KV cache, float32 for the residual stream and norm
 // weights; every op accumulates in float32. Row-major throughout, like the CPU ops.
 //
-// All work is queued on one CUDA stream per process (the legacy default stream), so ops run in
-// the order they are called; copies to the host synchronise. Errors throw dashlm::Error with
+// All work is queued on one CUDA stream per process (created on first use), so ops run in the
+// order they are called; copies to and from the host synchronise. A sequence of ops can be
+// recorded once into a CUDA graph and replayed with one launch (Graph below). Errors throw dashlm::Error with
 // the failing call named.
 #pragma once
 #include <cstddef>
@@ -69,6 +70,33 @@ class DeviceBuffer {
  private:
   T* p_ = nullptr;
   size_t n_ = 0;
+};
+
+// --- CUDA graphs -------------------------------------------------------------------------------
+
+// A sequence of ops recorded once and replayed with one launch (the decode step: hundreds of small
+// kernels whose launch cost would otherwise show). Between begin_capture() and end_capture() the
+// ops below are recorded, not run, and nothing may copy between host and device; a replay reuses
+// the recorded pointers and scalar arguments, so whatever changes between replays must be read
+// by the kernels from device memory.
+class Graph {
+ public:
+  Graph() = default;
+  ~Graph() { reset(); }
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  void begin_capture();
+  // Ends the recording and instantiates it; throws if an op could not be recorded.
+  void end_capture();
+  // After an exception between begin_capture() and end_capture(): leaves capture mode.
+  void abort_capture() noexcept;
+  void launch() const;  // queued like any op
+  bool ready() const { return exec_ != nullptr; }
+  void reset() noexcept;  // forgets the recording
+
+ private:
+  void* graph_ = nullptr;  // cudaGraph_t
+  void* exec_ = nullptr;   // cudaGraphExec_t
 };
 
 // --- conversions, random weights ---------------------------------------------------------------
@@ -185,6 +213,12 @@ void attention_tail(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16
 // [block][head][row in block]); rows of a block whose first position is 0 keep out.
 void attention_merge(bf16* out, const float* lse, const bf16* part, const float* lse_part, const int32_t* q_pos, int64_t n_q,
                      int n_head, int head_dim, int block);
+// DASH's topk decision on the device: of n rows with scores (largest first, ties to the earlier
+// row), the n_keep best eligible ones stay; halt[i] = 1 for every other eligible row, 0 for the
+// rest. eligible: n bytes on the device (null: all rows). The same choice as the host policy
+// (runtime/halting.cpp) makes from the same scores.
+void topk_halt_flags(const float* score, const uint8_t* eligible, int64_t n, int64_t n_keep, uint8_t* halt);
+
 // Whether attention_dense can run (cuDNN found and loaded), else false with the reason.
 bool dense_attention_available(std::string* why);
 // Off: attention_dense always returns false (benchmarks and tests of our own kernel).

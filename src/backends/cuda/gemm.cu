@@ -42,6 +42,9 @@ struct State {
     DASHLM_BLAS_CHECK(cublasCreate(&blas));
     DASHLM_BLAS_CHECK(cublasSetStream(blas, detail::stream()));
     workspace = device_alloc(kWorkspaceBytes);
+    // The fallback's workspace given, not allocated by cuBLAS: GEMMs can then be recorded in a
+    // CUDA graph. Both handles run on one stream, so they can share it.
+    DASHLM_BLAS_CHECK(cublasSetWorkspace(blas, workspace, kWorkspaceBytes));
   }
 };
 
