@@ -12,10 +12,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -26,6 +28,9 @@
 
 #include "backends/cuda/cuda_ops.h"
 #include "runtime/engine_cuda.h"
+#if DASHLM_HAVE_CUPTI
+#include "kernel_trace.h"
+#endif
 
 using namespace dashlm;
 namespace cu = dashlm::cuda;
@@ -198,6 +203,145 @@ json stage_breakdown(const HParams& hp, int64_t T, double gemm_tflops) {
   return {{"T", T}, {"stages", rows}, {"layer_ms", total}, {"layer_floor_ms", total_floor}};
 }
 
+// Decoding after a prompt of T tokens, n steps, with plain launches and replaying the CUDA graph:
+// median of three timed passes each.
+json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n) {
+  std::mt19937 rng(7);
+  std::vector<int32_t> toks(static_cast<size_t>(T));
+  for (auto& t : toks) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(hp.n_vocab));
+  const double weight_bytes = 2.0 * static_cast<double>(hp.n_layer) *
+                                  static_cast<double>(hp.n_embd * (hp.q_dim() + 2 * hp.kv_dim()) + hp.n_embd * hp.q_dim() +
+                                                      3 * hp.n_embd * hp.n_ff) +
+                              2.0 * static_cast<double>(hp.n_vocab * hp.n_embd);
+  json j;
+  j["T"] = T;
+  j["steps"] = n;
+  std::printf("| decode after %ld tokens, %d steps | ms/token | tok/s | weights GB/s |\n|---|---|---|---|\n", static_cast<long>(T), n);
+  for (bool graphs : {false, true}) {
+    e.set_cuda_graphs(graphs);
+    std::vector<double> per;
+    for (int pass = 0; pass < 3; ++pass) {
+      e.reset();
+      e.prefill(toks);
+      e.decode(1);
+      e.decode(2);  // the graph is recorded here
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < n; ++i) e.decode(static_cast<int32_t>(3 + i));
+      per.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
+    }
+    std::sort(per.begin(), per.end());
+    const double ms = per[1];
+    std::printf("| %s | %.3f | %.1f | %.0f |\n", graphs ? "CUDA graph" : "plain launches", ms, 1e3 / ms, weight_bytes / (ms * 1e-3) / 1e9);
+    j[graphs ? "graph_ms" : "plain_ms"] = ms;
+  }
+  std::printf("\n");
+  e.set_cuda_graphs(true);
+  return j;
+}
+
+#if DASHLM_HAVE_CUPTI
+// "void dashlm::cuda::(anonymous namespace)::k_rmsnorm<4>(float const*, ...)" -> "k_rmsnorm<4>".
+std::string short_kernel_name(std::string s) {
+  if (s.rfind("void ", 0) == 0) s = s.substr(5);
+  for (const std::string anon = "(anonymous namespace)::"; s.find(anon) != std::string::npos;) s.erase(s.find(anon), anon.size());
+  int depth = 0;
+  size_t cut = s.size();
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '<') ++depth;
+    if (s[i] == '>') --depth;
+    if (s[i] == '(' && depth == 0 && i > 0) {
+      cut = i;
+      break;
+    }
+  }
+  s = s.substr(0, cut);
+  size_t last_ns = std::string::npos;
+  depth = 0;
+  for (size_t i = 0; i + 1 < s.size(); ++i) {
+    if (s[i] == '<') ++depth;
+    if (s[i] == '>') --depth;
+    if (depth == 0 && s[i] == ':' && s[i + 1] == ':') last_ns = i + 1;
+  }
+  if (last_ns != std::string::npos) s = s.substr(last_ns + 1);
+  return s.size() > 90 ? s.substr(0, 87) + "..." : s;
+}
+
+// One prefill of T tokens on the GPU's timeline: its span, how much of it no kernel or copy
+// ran (gaps between them), and the kernels that took the time, grouped by name.
+json kernel_timeline(CudaEngine& e, const HParams& hp, int64_t T, const HaltingConfig* hc, const char* label) {
+  std::mt19937 rng(static_cast<uint32_t>(T));
+  std::vector<int32_t> toks(static_cast<size_t>(T));
+  for (auto& t : toks) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(hp.n_vocab));
+  PrefillOptions po;
+  po.halting = hc;
+  e.reset();
+  e.prefill(toks, po);  // plans built outside the trace
+  cu::synchronize();
+  bench::GpuTrace tr;
+  std::string why;
+  double wall = 0;
+  const bool ok = bench::trace_gpu(
+      [&] {
+        e.reset();
+        cu::synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        e.prefill(toks, po);
+        wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      },
+      &tr, &why);
+  json j;
+  if (!ok || tr.items.empty()) {
+    std::printf("kernel trace unavailable: %s\n\n", ok ? "no activity recorded" : why.c_str());
+    j["error"] = ok ? "no activity recorded" : why;
+    return j;
+  }
+  std::sort(tr.items.begin(), tr.items.end(), [](const auto& a, const auto& b) { return a.start < b.start; });
+  const uint64_t first = tr.items.front().start;
+  uint64_t last = first, busy = 0, cur_s = first, cur_e = first, gaps_over_10us = 0, n_gaps_over_10us = 0, max_gap = 0;
+  std::map<std::string, std::pair<int, double>> by_name;
+  double kernel_sum = 0;
+  for (const auto& it : tr.items) {
+    last = std::max(last, it.end);
+    auto& g = by_name[short_kernel_name(it.name)];
+    g.first += 1;
+    g.second += static_cast<double>(it.end - it.start) * 1e-6;
+    kernel_sum += static_cast<double>(it.end - it.start) * 1e-6;
+    if (it.start > cur_e) {
+      busy += cur_e - cur_s;
+      const uint64_t gap = it.start - cur_e;
+      max_gap = std::max(max_gap, gap);
+      if (gap > 10000) {
+        gaps_over_10us += gap;
+        ++n_gaps_over_10us;
+      }
+      cur_s = it.start;
+    }
+    cur_e = std::max(cur_e, it.end);
+  }
+  busy += cur_e - cur_s;
+  const double span = static_cast<double>(last - first) * 1e-6;
+  const double idle = span - static_cast<double>(busy) * 1e-6;
+  std::printf("### %s, T %ld: GPU timeline of one prefill\n\n", label, static_cast<long>(T));
+  std::printf("host wall %.1f ms; GPU span %.1f ms (first to last activity); %zu kernels/copies summing to %.1f ms; "
+              "idle %.2f ms (%.1f%% of the span): %lu gaps over 10 us summing to %.2f ms, largest %.3f ms\n\n",
+              wall, span, tr.items.size(), kernel_sum, idle, 100.0 * idle / span, static_cast<unsigned long>(n_gaps_over_10us),
+              static_cast<double>(gaps_over_10us) * 1e-6, static_cast<double>(max_gap) * 1e-6);
+  std::vector<std::pair<std::string, std::pair<int, double>>> rows(by_name.begin(), by_name.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.second > b.second.second; });
+  std::printf("| kernel | calls | ms | share of span |\n|---|---|---|---|\n");
+  json jk = json::array();
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& [name, v] = rows[i];
+    if (i < 25) std::printf("| %s | %d | %.2f | %.1f%% |\n", name.c_str(), v.first, v.second, 100.0 * v.second / span);
+    jk.push_back({{"name", name}, {"calls", v.first}, {"ms", v.second}});
+  }
+  std::printf("\n");
+  j = {{"T", T}, {"case", label}, {"wall_ms", wall}, {"span_ms", span}, {"kernel_sum_ms", kernel_sum}, {"idle_ms", idle},
+       {"gaps_over_10us_ms", static_cast<double>(gaps_over_10us) * 1e-6}, {"kernels", jk}};
+  return j;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -206,6 +350,8 @@ int main(int argc, char** argv) {
   int reps = 3;
   bool dash = true, kernels = true, own_attention = false;
   int64_t stages_T = 32768;
+  int decode_n = 32;
+  int64_t trace_T = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -223,8 +369,10 @@ int main(int argc, char** argv) {
     else if (a == "--no-kernels") kernels = false;
     else if (a == "--own-attention") own_attention = true;
     else if (a == "--stages") stages_T = std::stoll(next());
+    else if (a == "--decode") decode_n = std::stoi(next());
+    else if (a == "--kernel-trace") trace_T = std::stoll(next());
     else {
-      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)] [--decode N (0: off)] [--kernel-trace T]\n", argv[0]);
       return 2;
     }
   }
@@ -250,8 +398,18 @@ int main(int argc, char** argv) {
     cu::fill_random_bf16(w.get(), N * N, 0, 1, 2);
     const double ms = time_ms(10, true, [&] { cu::gemm(x.get(), w.get(), N, N, N, y.get()); });
     gemm_tflops = 2.0 * N * N * N / (ms * 1e-3) / 1e12;
-    std::printf("cuBLASLt bf16 GEMM 8192^3: %.3f ms, %.1f TFLOP/s\n\n", ms, gemm_tflops);
+    // The same GEMM back to back for about a second, as long as a 32k prefill runs: the rate the
+    // GPU holds under sustained load (clocks drop when it draws its full power), against the
+    // burst rate above that the floors use.
+    const int sustained_reps = std::max(1, static_cast<int>(1000.0 / ms));
+    const double ms_sustained = time_ms(1, false, [&] {
+      for (int i = 0; i < sustained_reps; ++i) cu::gemm(x.get(), w.get(), N, N, N, y.get());
+    }) / sustained_reps;
+    const double sustained_tflops = 2.0 * N * N * N / (ms_sustained * 1e-3) / 1e12;
+    std::printf("cuBLASLt bf16 GEMM 8192^3: %.3f ms, %.1f TFLOP/s (median of 10 calls); %.1f TFLOP/s sustained over %d calls back to back (%.0f ms)\n\n",
+                ms, gemm_tflops, sustained_tflops, sustained_reps, ms_sustained * sustained_reps);
     out["gemm_8192_tflops"] = gemm_tflops;
+    out["gemm_8192_sustained_tflops"] = sustained_tflops;
   }
 
   // --- the attention kernel alone ------------------------------------------------------------------
@@ -342,7 +500,7 @@ int main(int argc, char** argv) {
       std::printf("## %s shape: one layer's stages alone\n\n", name.c_str());
       out["stages_" + name] = stage_breakdown(hp, stages_T, gemm_tflops);
     }
-    CudaEngine e(hp, max_len, 42);
+    CudaEngine e(hp, max_len + decode_n + 8, 42);
     std::printf("## %s shape (%d layers, d %ld, %d/%d heads, ff %ld, vocab %ld), random bf16 weights\n\n", name.c_str(),
                 hp.n_layer, static_cast<long>(hp.n_embd), hp.n_head, hp.n_head_kv, static_cast<long>(hp.n_ff),
                 static_cast<long>(hp.n_vocab));
@@ -388,13 +546,17 @@ int main(int argc, char** argv) {
           hc.keep = 1.0 / 3.0;
           hc.kv = kv;
           HaltingTrace tr;
-          PrefillOptions po;
-          po.halting = &hc;
-          po.trace = &tr;
+          PrefillOptions po, traced;
+          po.halting = traced.halting = &hc;
+          traced.trace = &tr;
           const double cold = time_ms(1, false, [&] {
             e.reset();
             e.prefill(toks, po);
           });
+          // The FLOP count from one traced run (a trace copies every layer's deltas to the host:
+          // not part of the timed runs).
+          e.reset();
+          e.prefill(toks, traced);
           const double ms = time_ms(r, false, [&] {
             e.reset();
             e.prefill(toks, po);
@@ -417,6 +579,25 @@ int main(int argc, char** argv) {
       jm.push_back({{"model", name}, {"row", row}});
     }
     std::printf("\n%s\n\n", cu::dense_attention_stats().c_str());
+    if (decode_n > 0) out["decode_" + name] = decode_speed(e, hp, lengths.front(), decode_n);
+    if (trace_T > 0 && trace_T <= max_len) {
+#if DASHLM_HAVE_CUPTI
+      HaltingConfig drop;
+      drop.policy = "topk";
+      drop.halt_layer = 0.4;
+      drop.keep = 1.0 / 3.0;
+      drop.kv = KVMode::Drop;
+      HaltingConfig retain = drop;
+      retain.kv = KVMode::Retain;
+      json jt = json::array();
+      jt.push_back(kernel_timeline(e, hp, trace_T, nullptr, (name + " full prefill").c_str()));
+      jt.push_back(kernel_timeline(e, hp, trace_T, &drop, (name + " DASH topk drop").c_str()));
+      jt.push_back(kernel_timeline(e, hp, trace_T, &retain, (name + " DASH topk retain").c_str()));
+      out["timeline_" + name] = jt;
+#else
+      std::printf("--kernel-trace: built without CUPTI\n\n");
+#endif
+    }
   }
   out["models"] = jm;
   std::ofstream f(json_path);
