@@ -287,3 +287,50 @@ TEST(Halting, BadSettingsAreClearErrors) {
   hc.tau = 0.3;  // tau belongs to threshold
   EXPECT_THROW(hc.validate(L), Error);
 }
+
+// Engines compute and copy deltas only where the policy reads them; topk exposes its rule for
+// engines that decide on the GPU.
+TEST(Halting, PoliciesSayWhichLayersTheyRead) {
+  const int L = 10;
+  auto tk = make_halting_policy(topk(0.3), L);
+  const int l = topk(0.3).decision_layer(L);
+  for (int il = 0; il < L; ++il) EXPECT_EQ(tk->wants_signal(il), il == l) << il;
+  ASSERT_TRUE(tk->topk_rule().has_value());
+  EXPECT_EQ(tk->topk_rule()->layer, l);
+  EXPECT_DOUBLE_EQ(tk->topk_rule()->keep, 0.3);
+
+  HaltingConfig th;
+  th.policy = "threshold";
+  th.min_layer = 3;
+  th.tau = 0.1;
+  th.patience = 2;
+  auto tp = make_halting_policy(th, L);
+  for (int il = 0; il < L; ++il) EXPECT_EQ(tp->wants_signal(il), il >= 3) << il;
+  EXPECT_FALSE(tp->topk_rule().has_value());
+
+  for (const char* name : {"random", "attn"}) {
+    HaltingConfig hc = topk(0.3);
+    hc.policy = name;
+    auto p = make_halting_policy(hc, L);
+    for (int il = 0; il < L; ++il) EXPECT_FALSE(p->wants_signal(il)) << name << " " << il;
+    EXPECT_FALSE(p->topk_rule().has_value()) << name;
+  }
+}
+
+// Without a trace the engine computes the delta at the decision layer only; the result is the
+// same as with one (the deltas do not feed back into the hidden states).
+TEST(Halting, PrefillWithoutTraceEqualsPrefillWithTrace) {
+  const Model& m = stories();
+  const auto toks = prompt_tokens();
+  for (KVMode kv : {KVMode::Retain, KVMode::Drop}) {
+    const HaltingConfig hc = topk(0.4, kv);
+    Engine a(m, static_cast<int64_t>(toks.size()) + 8), b(m, static_cast<int64_t>(toks.size()) + 8);
+    HaltingTrace tr;
+    PrefillOptions traced, plain;
+    traced.halting = plain.halting = &hc;
+    traced.trace = &tr;
+    EXPECT_EQ(a.prefill(toks, traced), b.prefill(toks, plain)) << kv_mode_name(kv);
+    EXPECT_LT(tr.active_per_layer.back(), static_cast<int64_t>(toks.size()));
+    EXPECT_EQ(a.cache().valid, b.cache().valid) << kv_mode_name(kv);
+  }
+}
