@@ -195,6 +195,21 @@ void compare_engines(const Model& model, const std::vector<int32_t>& toks, doubl
   }
 }
 
+// Hyperparameters of a small random-weight model: head dim 64, two KV heads.
+HParams small_hparams(Arch arch, int64_t vocab, int64_t d, int layers, int heads, int64_t ff) {
+  HParams hp;
+  hp.arch = arch;
+  hp.n_vocab = vocab;
+  hp.n_embd = d;
+  hp.n_layer = layers;
+  hp.n_head = heads;
+  hp.n_head_kv = 2;
+  hp.head_dim = 64;
+  hp.n_ff = ff;
+  hp.attn_scale = 0.125f;
+  return hp;
+}
+
 }  // namespace
 
 TEST(CudaEngine, Stories260KMatchesCpu) {
@@ -258,18 +273,9 @@ TEST(CudaEngine, RandomGemma3MatchesCpu) {
 
 TEST(CudaEngine, RandomWeightsOnDeviceRun) {
   DASHLM_REQUIRE_CUDA();
-  HParams hp;
-  hp.arch = Arch::Qwen2;
-  hp.n_vocab = 1000;
-  hp.n_embd = 512;
-  hp.n_layer = 3;
-  hp.n_head = 8;
-  hp.n_head_kv = 2;
-  hp.head_dim = 64;
-  hp.n_ff = 1024;
+  HParams hp = small_hparams(Arch::Qwen2, 1000, 512, 3, 8, 1024);
   hp.rope_base = 1e6f;
   hp.rope_neox = true;
-  hp.attn_scale = 0.125f;
   CudaEngine e(hp, 600, 7);
   const auto toks = random_tokens(500, hp.n_vocab, 4);
   HaltingConfig hc = topk(KVMode::Drop);
@@ -296,16 +302,7 @@ TEST(CudaEngine, RandomWeightsOnDeviceRun) {
 // GEMM from adding into the residual stream itself, so the logits round differently).
 TEST(CudaEngine, DecodeGraphEqualsPlainLaunches) {
   DASHLM_REQUIRE_CUDA();
-  HParams hp;
-  hp.arch = Arch::Llama;
-  hp.n_vocab = 700;
-  hp.n_embd = 256;
-  hp.n_layer = 4;
-  hp.n_head = 4;
-  hp.n_head_kv = 2;
-  hp.head_dim = 64;
-  hp.n_ff = 512;
-  hp.attn_scale = 0.125f;
+  const HParams hp = small_hparams(Arch::Llama, 700, 256, 4, 4, 512);
   CudaEngine graphs(hp, 400, 11), plain(hp, 400, 11);
   plain.set_cuda_graphs(false);
   EXPECT_NE(graphs.kernels().find("CUDA graphs for decode"), std::string::npos) << graphs.kernels();
