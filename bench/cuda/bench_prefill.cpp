@@ -554,7 +554,9 @@ int main(int argc, char** argv) {
             e.prefill(toks, po);
           });
           // The FLOP count from one traced run (a trace copies every layer's deltas to the host:
-          // not part of the timed runs).
+          // not part of the timed runs; it also keeps the output GEMM from adding into the
+          // residual stream, so a near tie could decide differently: the count is the traced
+          // run's, the same number of tokens halts).
           e.reset();
           e.prefill(toks, traced);
           const double ms = time_ms(r, false, [&] {

@@ -5,6 +5,7 @@
 #include <cxxabi.h>
 
 #include <cstdlib>
+#include <iterator>
 #include <memory>
 #include <mutex>
 
@@ -64,18 +65,26 @@ bool trace_gpu(const std::function<void()>& work, GpuTrace* out, std::string* wh
   };
   if (CUptiResult r = cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed); r != CUPTI_SUCCESS)
     return fail("cuptiActivityRegisterCallbacks", r);
-  {
-    std::lock_guard<std::mutex> lock(g_mu);
-    g_out = out;
-  }
+  // Whatever happens below (a kind that cannot be enabled, work() throwing), recording stops and
+  // the records already taken are delivered before `out` can go away.
+  struct Session {
+    const CUpti_ActivityKind* kinds;
+    size_t n;
+    Session(const CUpti_ActivityKind* k, size_t count, GpuTrace* o) : kinds(k), n(count) {
+      std::lock_guard<std::mutex> lock(g_mu);
+      g_out = o;
+    }
+    ~Session() {
+      cudaDeviceSynchronize();
+      cuptiActivityFlushAll(1);
+      for (size_t i = 0; i < n; ++i) cuptiActivityDisable(kinds[i]);
+      std::lock_guard<std::mutex> lock(g_mu);
+      g_out = nullptr;
+    }
+  } session(kinds, std::size(kinds), out);
   for (auto k : kinds)
     if (CUptiResult r = cuptiActivityEnable(k); r != CUPTI_SUCCESS) return fail("cuptiActivityEnable", r);
   work();
-  cudaDeviceSynchronize();
-  cuptiActivityFlushAll(1);
-  for (auto k : kinds) cuptiActivityDisable(k);
-  std::lock_guard<std::mutex> lock(g_mu);
-  g_out = nullptr;
   return true;
 }
 

@@ -132,7 +132,7 @@ struct CudaEngine::Impl {
   void reserve(int64_t n, bool block_signal) {
     if (block_signal) x_in.reserve(static_cast<size_t>(n * hp.n_embd));
     if (n <= cap) return;
-    cap = n;
+    cap = 0;  // set once every buffer below is allocated (an allocation may throw)
     const auto sz = [n](int64_t w) { return static_cast<size_t>(n * w); };
     x.resize(sz(hp.n_embd));
     x_act.resize(sz(hp.n_embd));
@@ -147,6 +147,7 @@ struct CudaEngine::Impl {
     gu.resize(static_cast<size_t>(chunk * 2 * hp.n_ff));
     h.resize(static_cast<size_t>(chunk * hp.n_ff));
     for (DBuf<int32_t>* b : {&tokens, &pos_all, &pos_active, &idx_active, &pos_halted, &idx_halted}) b->resize(sz(1));
+    cap = n;
   }
 
   cu::RopeParams rope_params(int il) const {
@@ -235,8 +236,8 @@ struct CudaEngine::Impl {
     v_dense.reserve(static_cast<size_t>(n_ctx * kvd));
     // The list changes only when tokens halt: uploaded (a synchronising copy) only then.
     if (slots_now != dense_slots_host) {
-      dense_slots_host.swap(slots_now);
-      dense_slots.upload(dense_slots_host.data(), static_cast<size_t>(nc));
+      dense_slots.upload(slots_now.data(), static_cast<size_t>(nc));
+      dense_slots_host.swap(slots_now);  // only once the device holds it
     }
     cu::gather_rows(k_layer(il), dense_slots.get(), nc, kvd, k_dense.get());
     cu::gather_rows(v_layer(il), dense_slots.get(), nc, kvd, v_dense.get());
@@ -641,7 +642,7 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
     const bool device_topk = topk && topk->layer == il && il + 1 < L;
     Impl::LayerIO io{};
     io.signal = signal;
-    io.want_signal = tr || (policy && policy->wants_signal(il));
+    io.want_signal = tr || (policy && il + 1 < L && policy->wants_signal(il));  // no decision after the last layer
     io.delta = io.want_signal && (tr || !device_topk) ? delta.data() : nullptr;
     io.attn_rows = want_attn ? hc->attn_queries : 0;
     io.attn_received = want_attn ? recv_slots.data() : nullptr;

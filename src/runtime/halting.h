@@ -64,8 +64,9 @@ class HaltingPolicy {
   virtual bool wants_signal(int layer) const { return true; }
   // The topk rule, for engines that decide where the signals are (on the GPU): after `layer`,
   // of the active eligible tokens the halting_keep_count(keep, their number) with the largest
-  // signal stay (ties to the earlier token) and the other eligible ones halt, which is exactly
-  // what observe() returns. Empty for every other policy.
+  // signal stay (ties to the earlier token) and the other eligible ones halt, which is what
+  // observe() returns for signals that are not NaN (the host's order of NaNs is unspecified).
+  // Empty for every other policy.
   struct TopK {
     int layer;
     double keep;

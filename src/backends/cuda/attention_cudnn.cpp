@@ -278,9 +278,10 @@ bool attention_subset(const bf16* q, const int32_t* q_pos, const int32_t* q_pos_
   // The same for every layer after a halting decision: uploaded (a synchronising copy) only when
   // it changes.
   if (st.seq_now != st.seq_host) {
+    st.seq_host.clear();  // until the device holds the new list
+    st.seq.reserve(st.seq_now.size());
+    st.seq.upload(st.seq_now.data(), st.seq_now.size());
     st.seq_host.swap(st.seq_now);
-    st.seq.reserve(st.seq_host.size());
-    st.seq.upload(st.seq_host.data(), st.seq_host.size());
   }
   st.q_pad.reserve(static_cast<size_t>(rows * qd));  // whole blocks of rows: cuDNN may read the padding
   copy_on_device(st.q_pad.get(), q, static_cast<size_t>(n_q * qd) * sizeof(bf16));

@@ -5,7 +5,9 @@
 //
 // All work is queued on one CUDA stream per process (created on first use), so ops run in the
 // order they are called; copies to and from the host synchronise. A sequence of ops can be
-// recorded once into a CUDA graph and replayed with one launch (Graph below). Errors throw dashlm::Error with
+// recorded once into a CUDA graph and replayed with one launch (Graph below). Because the stream
+// is shared, engines must be driven from one thread: while a graph is being recorded, ops that
+// another thread queued would be recorded into it. Errors throw dashlm::Error with
 // the failing call named.
 #pragma once
 #include <cstddef>
@@ -216,7 +218,8 @@ void attention_merge(bf16* out, const float* lse, const bf16* part, const float*
 // DASH's topk decision on the device: of n rows with scores (largest first, ties to the earlier
 // row), the n_keep best eligible ones stay; halt[i] = 1 for every other eligible row, 0 for the
 // rest. eligible: n bytes on the device (null: all rows). The same choice as the host policy
-// (runtime/halting.cpp) makes from the same scores.
+// (runtime/halting.cpp) makes from the same scores, NaN and -inf scores aside (NaN sorts above
+// +inf; an eligible -inf ties with the ineligible rows).
 void topk_halt_flags(const float* score, const uint8_t* eligible, int64_t n, int64_t n_keep, uint8_t* halt);
 
 // Whether attention_dense can run (cuDNN found and loaded), else false with the reason.
