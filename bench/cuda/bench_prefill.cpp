@@ -203,12 +203,28 @@ json stage_breakdown(const HParams& hp, int64_t T, double gemm_tflops) {
   return {{"T", T}, {"stages", rows}, {"layer_ms", total}, {"layer_floor_ms", total_floor}};
 }
 
+// T random token ids below vocab, repeatable from the seed (speed does not depend on them).
+std::vector<int32_t> random_prompt(int64_t T, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> toks(static_cast<size_t>(T));
+  for (auto& t : toks) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+  return toks;
+}
+
+// The DASH setting: topk, decision at 0.4 L, a third of the tokens kept.
+HaltingConfig dash_topk(KVMode kv) {
+  HaltingConfig hc;
+  hc.policy = "topk";
+  hc.halt_layer = 0.4;
+  hc.keep = 1.0 / 3.0;
+  hc.kv = kv;
+  return hc;
+}
+
 // Decoding after a prompt of T tokens, n steps, with plain launches and replaying the CUDA graph:
 // median of three timed passes each.
 json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n) {
-  std::mt19937 rng(7);
-  std::vector<int32_t> toks(static_cast<size_t>(T));
-  for (auto& t : toks) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(hp.n_vocab));
+  const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, 7);
   const double weight_bytes = 2.0 * static_cast<double>(hp.n_layer) *
                                   static_cast<double>(hp.n_embd * (hp.q_dim() + 2 * hp.kv_dim()) + hp.n_embd * hp.q_dim() +
                                                       3 * hp.n_embd * hp.n_ff) +
@@ -269,9 +285,7 @@ std::string short_kernel_name(std::string s) {
 // One prefill of T tokens on the GPU's timeline: its span, how much of it no kernel or copy
 // ran (gaps between them), and the kernels that took the time, grouped by name.
 json kernel_timeline(CudaEngine& e, const HParams& hp, int64_t T, const HaltingConfig* hc, const char* label) {
-  std::mt19937 rng(static_cast<uint32_t>(T));
-  std::vector<int32_t> toks(static_cast<size_t>(T));
-  for (auto& t : toks) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(hp.n_vocab));
+  const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, static_cast<uint32_t>(T));
   PrefillOptions po;
   po.halting = hc;
   e.reset();
@@ -508,9 +522,7 @@ int main(int argc, char** argv) {
     std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
     bool warmed = false;
     for (int64_t T : lengths) {
-      std::mt19937 rng(static_cast<uint32_t>(T));
-      std::vector<int32_t> toks(static_cast<size_t>(T));
-      for (auto& t : toks) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(hp.n_vocab));
+      const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, static_cast<uint32_t>(T));
       const int r = T >= 65536 ? 1 : reps;
       json row;
       row["T"] = T;
@@ -540,11 +552,7 @@ int main(int argc, char** argv) {
       double ret_ms = 0, drop_ms = 0, model_speedup = 0;
       if (dash) {
         for (KVMode kv : {KVMode::Retain, KVMode::Drop}) {
-          HaltingConfig hc;
-          hc.policy = "topk";
-          hc.halt_layer = 0.4;
-          hc.keep = 1.0 / 3.0;
-          hc.kv = kv;
+          const HaltingConfig hc = dash_topk(kv);
           HaltingTrace tr;
           PrefillOptions po, traced;
           po.halting = traced.halting = &hc;
@@ -584,13 +592,7 @@ int main(int argc, char** argv) {
     if (decode_n > 0) out["decode_" + name] = decode_speed(e, hp, lengths.front(), decode_n);
     if (trace_T > 0 && trace_T <= max_len) {
 #if DASHLM_HAVE_CUPTI
-      HaltingConfig drop;
-      drop.policy = "topk";
-      drop.halt_layer = 0.4;
-      drop.keep = 1.0 / 3.0;
-      drop.kv = KVMode::Drop;
-      HaltingConfig retain = drop;
-      retain.kv = KVMode::Retain;
+      const HaltingConfig drop = dash_topk(KVMode::Drop), retain = dash_topk(KVMode::Retain);
       json jt = json::array();
       jt.push_back(kernel_timeline(e, hp, trace_T, nullptr, (name + " full prefill").c_str()));
       jt.push_back(kernel_timeline(e, hp, trace_T, &drop, (name + " DASH topk drop").c_str()));

@@ -372,7 +372,7 @@ std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const Prefil
     LayerIO io{};
     io.x = x.data();
     io.signal = signal;
-    io.delta = tr || (policy && il + 1 < L && policy->wants_signal(il)) ? delta.data() : nullptr;  // none after the last layer
+    io.delta = signal_wanted(policy.get(), tr != nullptr, il, L) ? delta.data() : nullptr;
     io.attn_rows = want_attn ? hc->attn_queries : 0;
     io.attn_received = want_attn ? recv_slots.data() : nullptr;
     io.q_tail = q_tail.data();

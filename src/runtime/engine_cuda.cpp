@@ -246,7 +246,7 @@ struct CudaEngine::Impl {
 
   void forward_layer(int il, const LayerIO& io) {
     const Layer& L = layers[static_cast<size_t>(il)];
-    const int64_t d = hp.n_embd, n = io.n, qd = hp.q_dim(), kvd = hp.kv_dim(), qkvw = qkv_w();
+    const int64_t d = hp.n_embd, n = io.n, qd = hp.q_dim(), qkvw = qkv_w();
     float* xp = io.x;
 
     // Attention branch: U = Wo Attn(RoPE(Wq Norm(x)), RoPE(Wk Norm(x)), Wv Norm(x)).
@@ -315,7 +315,6 @@ struct CudaEngine::Impl {
         for (int64_t i = 0; i < n; ++i) io.delta[i] /= std::max(nx[static_cast<size_t>(i)], 1e-30f);
       }
     }
-    (void)kvd;
   }
 
   // The topk decision from the deltas in d_delta (one per active token): the tokens that halt,
@@ -503,11 +502,18 @@ void CudaEngine::set_cuda_graphs(bool on) {
   impl_->drop_graph();
 }
 
+void CudaEngine::check_input(std::span<const int32_t> tokens) const {
+  const auto n = static_cast<int64_t>(tokens.size());
+  if (n == 0) fail("nothing to process: no tokens");
+  if (n_past_ + n > n_ctx_) fail("{} tokens do not fit the context: {} already used of {}", n, n_past_, n_ctx_);
+  for (int32_t t : tokens)
+    if (t < 0 || t >= hp_.n_vocab) fail("token id {} is outside the vocabulary (0..{})", t, hp_.n_vocab - 1);
+}
+
 std::vector<float> CudaEngine::decode(int32_t token) {
   Impl& m = *impl_;
   if (!m.graphs_on) return prefill(std::span<const int32_t>(&token, 1));
-  if (token < 0 || token >= hp_.n_vocab) fail("token id {} is outside the vocabulary (0..{})", token, hp_.n_vocab - 1);
-  if (n_past_ + 1 > n_ctx_) fail("1 token does not fit the context: {} already used of {}", n_past_, n_ctx_);
+  check_input(std::span<const int32_t>(&token, 1));
   // Buffers first (a reallocation would move what a recorded graph points at: prefill() and
   // reset() drop the graph, and only a first decode before any prefill grows these).
   if (m.cap < 1 || m.logits.size() < static_cast<size_t>(hp_.n_vocab)) m.drop_graph();
@@ -587,12 +593,7 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
   const int L = hp.n_layer;
   const int64_t d = hp.n_embd;
   const auto n = static_cast<int64_t>(tokens.size());
-  if (n == 0) fail("nothing to process: no tokens");
-  if (n_past_ + n > n_ctx_) fail("{} tokens do not fit the context: {} already used of {}", n, n_past_, n_ctx_);
-  for (int64_t i = 0; i < n; ++i) {
-    if (tokens[static_cast<size_t>(i)] < 0 || tokens[static_cast<size_t>(i)] >= hp.n_vocab)
-      fail("token id {} is outside the vocabulary (0..{})", tokens[static_cast<size_t>(i)], hp.n_vocab - 1);
-  }
+  check_input(tokens);
   const auto t0 = Clock::now();
   m.drop_graph();  // scratch may move and layers may gain holes: the decode graph is recorded anew
   const HaltingConfig* hc = opt.halting && opt.halting->enabled() ? opt.halting : nullptr;
@@ -642,7 +643,7 @@ std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const Pr
     const bool device_topk = topk && topk->layer == il && il + 1 < L;
     Impl::LayerIO io{};
     io.signal = signal;
-    io.want_signal = tr || (policy && il + 1 < L && policy->wants_signal(il));  // no decision after the last layer
+    io.want_signal = signal_wanted(policy.get(), tr != nullptr, il, L);
     io.delta = io.want_signal && (tr || !device_topk) ? delta.data() : nullptr;
     io.attn_rows = want_attn ? hc->attn_queries : 0;
     io.attn_received = want_attn ? recv_slots.data() : nullptr;

@@ -57,6 +57,8 @@ class CudaEngine final : public InferenceEngine {
   size_t device_bytes() const;
 
  private:
+  // Throws for an empty list, a list that overflows the context or an id outside the vocabulary.
+  void check_input(std::span<const int32_t> tokens) const;
   struct Impl;
   std::unique_ptr<Impl> impl_;
   HParams hp_;

@@ -175,6 +175,10 @@ void TokenSets::halt(const std::vector<int32_t>& newly, std::span<const int32_t>
   for (size_t i = 0; i < halted.size(); ++i) pos_halted[i] = pos[static_cast<size_t>(halted[i])];
 }
 
+bool signal_wanted(const HaltingPolicy* policy, bool trace, int layer, int n_layer) {
+  return trace || (policy && layer + 1 < n_layer && policy->wants_signal(layer));
+}
+
 std::unique_ptr<HaltingPolicy> make_halting_policy(const HaltingConfig& cfg, int n_layer) {
   cfg.validate(n_layer);
   if (cfg.policy == "none") return nullptr;

@@ -92,6 +92,10 @@ struct TokenSets {
   void halt(const std::vector<int32_t>& newly, std::span<const int32_t> pos);
 };
 
+// Whether an engine computes the halting signal after this layer: at every layer for a trace,
+// otherwise where the policy reads it, and never after the last layer (nothing decides there).
+bool signal_wanted(const HaltingPolicy* policy, bool trace, int layer, int n_layer);
+
 // Builds the policy named in the config (after validate()).
 std::unique_ptr<HaltingPolicy> make_halting_policy(const HaltingConfig& cfg, int n_layer);
 

@@ -20,6 +20,14 @@ namespace dashlm::test {
     if (!::dashlm::cuda::device_available(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
   } while (0)
 
+// For tests of the cuDNN routes: skip when cuDNN is not there (the CUDA build runs without it).
+#define DASHLM_REQUIRE_CUDNN()                                                                          \
+  do {                                                                                                  \
+    DASHLM_REQUIRE_CUDA();                                                                              \
+    std::string why_cudnn_;                                                                             \
+    if (!::dashlm::cuda::dense_attention_available(&why_cudnn_)) GTEST_SKIP() << "cuDNN attention not available: " << why_cudnn_; \
+  } while (0)
+
 inline std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(lo, hi);

@@ -386,9 +386,7 @@ TEST(CudaAttention, OtherHeadDimsAndSimpleKernel) {
 // The dense case through cuDNN's fused attention, against the same CPU oracle: full causal and
 // queries after a cached prefix (bottom-right causal), head dims 64/128/256, GQA, odd lengths.
 TEST(CudaAttention, DenseThroughCudnn) {
-  DASHLM_REQUIRE_CUDA();
-  std::string why;
-  if (!cu::dense_attention_available(&why)) GTEST_SKIP() << "cuDNN attention not available: " << why;
+  DASHLM_REQUIRE_CUDNN();
   run_attention_case({"cudnn hd64 mha", 4, 4, 64, 300, 300, false, 0, 0, false}, true);
   run_attention_case({"cudnn hd128 gqa4", 8, 2, 128, 517, 517, false, 0, 0, false}, true);
   run_attention_case({"cudnn hd256 gqa2", 2, 1, 256, 200, 200, false, 0, 0, false}, true);
@@ -411,9 +409,7 @@ TEST(CudaAttention, DenseThroughCudnn) {
 // DASH's retain case through cuDNN (query blocks against the keys before them) and our kernel's
 // split mode (the rest), merged: subsets with and without position 0, partial last blocks, GQA.
 TEST(CudaAttention, SubsetThroughCudnn) {
-  DASHLM_REQUIRE_CUDA();
-  std::string why;
-  if (!cu::dense_attention_available(&why)) GTEST_SKIP() << "cuDNN attention not available: " << why;
+  DASHLM_REQUIRE_CUDNN();
   run_attention_case({"cudnn subset hd128 gqa4", 8, 2, 128, 1000, 333, true, 0, 0, false}, true);
   run_attention_case({"cudnn subset hd64", 4, 1, 64, 2000, 700, true, 0, 0, false}, true);
   run_attention_case({"cudnn subset hd256", 2, 1, 256, 500, 77, true, 0, 0, false}, true);
