@@ -10,10 +10,12 @@
 #include <string>
 #include <vector>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "model/model.h"
 #include "runtime/engine.h"
-#include "runtime/eval.h"
+#include "common/lists.h"
+#include "eval/eval.h"
+#include "runtime/sampler.h"
 
 using namespace dashlm;
 
@@ -103,7 +105,7 @@ TEST(EvalMetrics, KlDivergence) {
 }
 
 TEST(EvalMetrics, ArgmaxAndPrefix) {
-  EXPECT_EQ(eval::argmax(std::vector<float>{1.f, 3.f, 3.f, 2.f}), 1);  // first on ties
+  EXPECT_EQ(argmax(std::vector<float>{1.f, 3.f, 3.f, 2.f}), 1);  // first on ties
   const std::vector<int32_t> a = {5, 6, 7, 8}, b = {5, 6, 9, 8}, c = {5, 6};
   EXPECT_EQ(eval::common_prefix(a, b), 2);
   EXPECT_EQ(eval::common_prefix(a, a), 4);
@@ -127,42 +129,42 @@ TEST(EvalMetrics, ExactMatchNormalisation) {
 // ---- configuration specs ---------------------------------------------------------------------
 
 TEST(EvalSpecs, ParseAndRoundTrip) {
-  HaltingConfig hc = eval::parse_config_spec("topk:0.4:0.33:drop");
+  HaltingConfig hc = HaltingConfig::parse("topk:0.4:0.33:drop");
   EXPECT_EQ(hc.policy, "topk");
   EXPECT_DOUBLE_EQ(hc.halt_layer, 0.4);
   EXPECT_DOUBLE_EQ(hc.keep, 0.33);
   EXPECT_EQ(hc.kv, KVMode::Drop);
-  EXPECT_EQ(eval::config_spec(hc), "topk:0.4:0.33:drop");
+  EXPECT_EQ(hc.spec(), "topk:0.4:0.33:drop");
 
-  hc = eval::parse_config_spec("threshold:2:0.5:2:rel:retain");
+  hc = HaltingConfig::parse("threshold:2:0.5:2:rel:retain");
   EXPECT_EQ(hc.policy, "threshold");
   EXPECT_EQ(hc.min_layer, 2);
   EXPECT_DOUBLE_EQ(hc.tau, 0.5);
   EXPECT_EQ(hc.patience, 2);
   EXPECT_EQ(hc.signal, DeltaSignal::Rel);
   EXPECT_EQ(hc.kv, KVMode::Retain);
-  EXPECT_EQ(eval::config_spec(hc), "threshold:2:0.5:2:rel:retain");
+  EXPECT_EQ(hc.spec(), "threshold:2:0.5:2:rel:retain");
 
-  hc = eval::parse_config_spec("attn:12:0.5:retain:pf=4:q=16");
+  hc = HaltingConfig::parse("attn:12:0.5:retain:pf=4:q=16");
   EXPECT_EQ(hc.protect_first, 4);
   EXPECT_EQ(hc.attn_queries, 16);
-  EXPECT_EQ(eval::parse_config_spec(eval::config_spec(hc)).attn_queries, 16);
-  EXPECT_EQ(eval::config_spec(eval::parse_config_spec("random:0.4:0.33:retain:seed=7")), "random:0.4:0.33:retain:seed=7");
-  EXPECT_EQ(eval::config_spec(eval::parse_config_spec("topk:0.4:1.0")), "topk:0.4:1:retain");
-  EXPECT_EQ(eval::parse_config_spec("none").policy, "none");
-  EXPECT_EQ(eval::parse_config_spec("full").policy, "none");
+  EXPECT_EQ(HaltingConfig::parse(hc.spec()).attn_queries, 16);
+  EXPECT_EQ(HaltingConfig::parse("random:0.4:0.33:retain:seed=7").spec(), "random:0.4:0.33:retain:seed=7");
+  EXPECT_EQ(HaltingConfig::parse("topk:0.4:1.0").spec(), "topk:0.4:1:retain");
+  EXPECT_EQ(HaltingConfig::parse("none").policy, "none");
+  EXPECT_EQ(HaltingConfig::parse("full").policy, "none");
 
   for (const char* bad : {"", "topk", "topk:0.4", "topk:a:0.3:retain", "topk:0.4:0.3:keep", "threshold:2:0.5", "threshold:2.5:0.5:2",
                           "nonsense:1:2:3", "none:1", "topk:0.4:0.3:retain:zz=1", "threshold:2:0.5:2:cos:retain"}) {
-    EXPECT_THROW(eval::parse_config_spec(bad), Error) << bad;
+    EXPECT_THROW(HaltingConfig::parse(bad), Error) << bad;
   }
 }
 
 TEST(EvalSpecs, Lengths) {
-  EXPECT_EQ(eval::parse_lengths("1k,0.5k, 300"), (std::vector<int64_t>{1024, 512, 300}));
-  EXPECT_THROW(eval::parse_lengths("0"), Error);
-  EXPECT_THROW(eval::parse_lengths("abc"), Error);
-  EXPECT_THROW(eval::parse_lengths(""), Error);
+  EXPECT_EQ(parse_lengths("1k,0.5k, 300"), (std::vector<int64_t>{1024, 512, 300}));
+  EXPECT_THROW(parse_lengths("0"), Error);
+  EXPECT_THROW(parse_lengths("abc"), Error);
+  EXPECT_THROW(parse_lengths(""), Error);
 }
 
 // ---- determinism ---------------------------------------------------------------------------
@@ -323,7 +325,7 @@ TEST(EvalRun, TeacherForcedNllMatchesOnePass) {
   const Model& m = stories();
   const eval::SampleBuilder builder(m.tokenizer(), small_dataset(), options());
   const eval::Sample s = builder.build("continuation", 300, 1);
-  eval::EngineSlot slot(m, "cpu");
+  EngineSlot slot(m, "cpu");
   const eval::RunOutput out = eval::run_sample(slot, s, nullptr);
   const double nll = eval::score_run(s, out, out, m.hp().n_vocab)["nll"].get<double>();
 
@@ -345,9 +347,9 @@ TEST(EvalRun, TeacherForcedNllMatchesOnePass) {
 TEST(EvalRun, KeepOneEqualsFullPrefill) {
   const Model& m = stories();
   const eval::SampleBuilder builder(m.tokenizer(), small_dataset(), options());
-  const HaltingConfig keep_all = eval::parse_config_spec("topk:0.4:1.0:retain");
-  const HaltingConfig third = eval::parse_config_spec("topk:0.4:0.33:drop");
-  eval::EngineSlot slot(m, "cpu");
+  const HaltingConfig keep_all = HaltingConfig::parse("topk:0.4:1.0:retain");
+  const HaltingConfig third = HaltingConfig::parse("topk:0.4:0.33:drop");
+  EngineSlot slot(m, "cpu");
   for (const std::string task : {"fidelity", "continuation", "needle"}) {
     const eval::Sample s = builder.build(task, 256, 0);
     const eval::RunOutput ref = eval::run_sample(slot, s, nullptr);
@@ -376,16 +378,16 @@ TEST(EvalRun, KeepOneEqualsFullPrefill) {
 TEST(EvalRun, ReusedEngineEqualsFreshEngine) {
   const Model& m = stories();
   const eval::SampleBuilder builder(m.tokenizer(), small_dataset(), options());
-  const HaltingConfig third = eval::parse_config_spec("topk:0.4:0.33:drop");
+  const HaltingConfig third = HaltingConfig::parse("topk:0.4:0.33:drop");
   const eval::Sample s = builder.build("fidelity", 200, 0);
   const eval::Sample longer = builder.build("continuation", 300, 0);
-  eval::EngineSlot reused(m, "cpu");
+  EngineSlot reused(m, "cpu");
   const InferenceEngine* first = &reused.get(longer.n_tokens() + longer.n_generate);
   (void)eval::run_sample(reused, longer, nullptr);
   (void)eval::run_sample(reused, s, &third);
   const eval::RunOutput again = eval::run_sample(reused, s, nullptr);
   EXPECT_EQ(&reused.get(1), first) << "a smaller run must not recreate the engine";
-  eval::EngineSlot fresh(m, "cpu");
+  EngineSlot fresh(m, "cpu");
   const eval::RunOutput ref = eval::run_sample(fresh, s, nullptr);
   EXPECT_EQ(again.query_logits, ref.query_logits);
   EXPECT_EQ(again.document_last, ref.document_last);

@@ -10,7 +10,7 @@
 #include <functional>
 #include <limits>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "gguf_writer.h"
 #include "model/model_file.h"
 

@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "backends/cpu/ops.h"
-#include "backends/error.h"
+#include "common/error.h"
 #include "model/model.h"
 #include "runtime/engine.h"
-#include "runtime/halting.h"
+#include "runtime/dash/policy.h"
 #include "runtime/sampler.h"
 
 using namespace dashlm;

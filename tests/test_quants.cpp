@@ -21,7 +21,7 @@
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/quants.h"
 #include "backends/dtype.h"
-#include "backends/error.h"
+#include "common/error.h"
 #include "gemm_levels.h"
 
 using namespace dashlm;

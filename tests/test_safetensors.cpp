@@ -13,7 +13,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "gguf_writer.h"
 #include "model/model_file.h"
 

@@ -3,7 +3,7 @@
 #include <map>
 #include <vector>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "runtime/sampler.h"
 
 using namespace dashlm;

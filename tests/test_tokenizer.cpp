@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "model/chat.h"
 #include "model/model_file.h"
 #include "model/pretokenize.h"

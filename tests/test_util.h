@@ -9,7 +9,7 @@
 
 #include <gtest/gtest.h>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm::test {
 

@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backends/cuda/cuda_ops.h"
+#include "common/stats.h"
 #include "runtime/engine_cuda.h"
 #if DASHLM_HAVE_CUPTI
 #include "kernel_trace.h"
@@ -90,10 +91,6 @@ std::string fmt_num(double v) {
   return b;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
 
 // Milliseconds of fn() by CUDA events, median of reps (after one warm-up when warm).
 template <typename F>

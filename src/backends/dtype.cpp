@@ -5,7 +5,7 @@
 #include <limits>
 #include <string>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
 

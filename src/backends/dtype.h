@@ -30,6 +30,15 @@ enum class DType : uint32_t {
   BF16 = 30,
 };
 
+// A weight matrix as stored in the model file: out_features rows of in_features elements,
+// each row in `type` (GGUF ne = {in_features, out_features}).
+struct WeightView {
+  DType type = DType::F32;
+  const void* data = nullptr;
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+};
+
 struct DTypeTraits {
   std::string_view name;
   int64_t block_size;   // elements per block (1 for plain types)

@@ -14,7 +14,7 @@
 #include <limits>
 #include <unordered_set>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "model/mmap_file.h"
 #include "model/model_file.h"
 

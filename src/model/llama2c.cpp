@@ -12,7 +12,7 @@
 #include <filesystem>
 #include <limits>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "model/mmap_file.h"
 #include "model/model_file.h"
 

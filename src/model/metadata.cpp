@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <limits>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
 

@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
 

@@ -5,7 +5,7 @@
 #include <optional>
 
 #include "backends/cpu/quants.h"
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
 
@@ -117,7 +117,7 @@ std::string Model::name() const {
   return std::filesystem::path(file_->path).filename().string();
 }
 
-cpu::WeightView Model::matrix(const std::string& name, int64_t in, int64_t out, bool required) const {
+WeightView Model::matrix(const std::string& name, int64_t in, int64_t out, bool required) const {
   const TensorInfo* t = file_->find(name);
   if (!t) {
     if (required) fail("model file lacks tensor {}", name);
@@ -127,7 +127,7 @@ cpu::WeightView Model::matrix(const std::string& name, int64_t in, int64_t out, 
     fail("tensor {} has shape {}, expected [{}, {}] for this architecture", name, t->shape_str(), in, out);
   }
   if (!dtype_traits(t->type).dequantizable) fail("tensor {} has type {}, which dashlm cannot compute with", name, dtype_name(t->type));
-  return cpu::WeightView{t->type, t->data, in, out};
+  return WeightView{t->type, t->data, in, out};
 }
 
 const float* Model::f32_vector(const std::string& name, int64_t n, bool required) {

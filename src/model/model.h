@@ -7,50 +7,17 @@
 #include <string>
 #include <vector>
 
-#include "backends/cpu/ops.h"
+#include "backends/dtype.h"
 #include "model/chat.h"
+#include "model/hparams.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
 
 namespace dashlm {
 
-enum class Arch { Llama, Qwen2, Gemma3 };
-const char* arch_name(Arch a);
-
-enum class Activation { SiLU, GeluTanh };
-
-struct HParams {
-  Arch arch = Arch::Llama;
-  std::string arch_str;
-  int64_t n_vocab = 0;
-  int64_t n_embd = 0;
-  int n_layer = 0;
-  int n_head = 0;
-  int n_head_kv = 0;
-  int head_dim = 0;
-  int64_t n_ff = 0;
-  int64_t n_ctx_train = 0;
-  float norm_eps = 1e-5f;
-  float rope_base = 10000.f;        // global layers
-  float rope_base_local = 10000.f;  // sliding-window layers (gemma3)
-  float rope_freq_scale = 1.f;      // linear scaling (1 / factor), global layers
-  int n_rot = 0;
-  bool rope_neox = false;
-  int sliding_window = 0;           // 0: none
-  int swa_pattern = 0;              // every swa_pattern-th layer is global (gemma3: 6)
-  float embed_scale = 1.f;          // multiply token embeddings (gemma: sqrt(n_embd))
-  float attn_scale = 1.f;           // query scale
-  Activation act = Activation::SiLU;
-  bool tied_embeddings = false;
-
-  bool layer_is_swa(int il) const { return sliding_window > 0 && swa_pattern > 0 && (il % swa_pattern) < swa_pattern - 1; }
-  int64_t q_dim() const { return static_cast<int64_t>(n_head) * head_dim; }
-  int64_t kv_dim() const { return static_cast<int64_t>(n_head_kv) * head_dim; }
-};
-
 struct LayerWeights {
   const float* attn_norm = nullptr;
-  cpu::WeightView wq, wk, wv, wo;
+  WeightView wq, wk, wv, wo;
   const float* bq = nullptr;
   const float* bk = nullptr;
   const float* bv = nullptr;
@@ -58,7 +25,7 @@ struct LayerWeights {
   const float* k_norm = nullptr;
   const float* post_attn_norm = nullptr;  // gemma3 sandwich norm
   const float* ffn_norm = nullptr;
-  cpu::WeightView w_gate, w_up, w_down;
+  WeightView w_gate, w_up, w_down;
   const float* post_ffn_norm = nullptr;
 };
 
@@ -78,8 +45,8 @@ class Model {
   // chat_format_of(metadata), decided at load time while the vocabulary was still there.
   ChatFormat chat_format() const { return chat_format_; }
   const LayerWeights& layer(int il) const { return layers_[static_cast<size_t>(il)]; }
-  const cpu::WeightView& tok_embd() const { return tok_embd_; }
-  const cpu::WeightView& output() const { return output_; }
+  const WeightView& tok_embd() const { return tok_embd_; }
+  const WeightView& output() const { return output_; }
   const float* output_norm() const { return output_norm_; }
   const float* rope_freq_factors() const { return rope_freqs_; }
   std::string name() const;
@@ -88,14 +55,14 @@ class Model {
   void bind_weights();
   const float* f32_vector(const std::string& name, int64_t n, bool required);
   const float* llama3_freq_factors();
-  cpu::WeightView matrix(const std::string& name, int64_t in, int64_t out, bool required = true) const;
+  WeightView matrix(const std::string& name, int64_t in, int64_t out, bool required = true) const;
 
   std::unique_ptr<ModelFile> file_;
   std::unique_ptr<Tokenizer> tok_;
   HParams hp_;
   ChatFormat chat_format_ = ChatFormat::None;
   std::vector<LayerWeights> layers_;
-  cpu::WeightView tok_embd_, output_;
+  WeightView tok_embd_, output_;
   const float* output_norm_ = nullptr;
   const float* rope_freqs_ = nullptr;
   std::vector<std::vector<float>> owned_;  // float32 copies of small non-F32 vectors

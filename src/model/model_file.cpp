@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
 

@@ -13,7 +13,7 @@
 
 #include <unicode/uchar.h>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
 

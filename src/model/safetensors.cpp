@@ -26,7 +26,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "model/mmap_file.h"
 #include "model/model_file.h"
 

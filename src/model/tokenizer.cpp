@@ -7,7 +7,7 @@
 #include <array>
 #include <cctype>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
 

@@ -12,7 +12,7 @@
 #include <string_view>
 #include <unordered_map>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "model/pretokenize.h"
 #include "model/tokenizer.h"
 

@@ -12,7 +12,7 @@
 #include <cstdio>
 #include <queue>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "model/pretokenize.h"
 #include "model/tokenizer.h"
 

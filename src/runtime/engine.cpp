@@ -7,14 +7,9 @@
 #include <numeric>
 
 #include "backends/cpu/gemm.h"
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
-
-namespace {
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
-}  // namespace
 
 void KVCache::init(int n_layer, int64_t n_ctx_, int64_t kv_dim_) {
   n_ctx = n_ctx_;
@@ -31,15 +26,6 @@ void KVCache::clear_holes() {
     if (has_holes[il]) std::fill(valid[il].begin(), valid[il].end(), uint8_t{1});
     has_holes[il] = 0;
   }
-}
-
-void HaltingTrace::reset(int64_t n, int layers) {
-  n_tokens = n;
-  n_layer = layers;
-  halted_after.assign(static_cast<size_t>(n), layers);
-  active_per_layer.assign(static_cast<size_t>(layers), 0);
-  delta.assign(static_cast<size_t>(n * layers), std::numeric_limits<float>::quiet_NaN());
-  flops_full = flops_done = 0;
 }
 
 size_t KVCache::bytes() const { return 2 * k.size() * static_cast<size_t>(n_ctx * kv_dim) * sizeof(float); }
@@ -104,14 +90,6 @@ int64_t Engine::ff_slice(int il) const {
   const int64_t count = (n_ff + kFfSlice - 1) / kFfSlice;
   const int64_t width = (n_ff + count - 1) / count;
   return std::min(n_ff, (width + bs - 1) / bs * bs);
-}
-
-double layer_flops(const HParams& hp, int64_t n_q, double keys, int64_t n_kv_only) {
-  const double d = static_cast<double>(hp.n_embd), qd = static_cast<double>(hp.q_dim()),
-               kvd = static_cast<double>(hp.kv_dim()), ff = static_cast<double>(hp.n_ff);
-  const double gemm = 2.0 * static_cast<double>(n_q) * (d * qd + 2 * d * kvd + qd * d + 3 * d * ff);
-  const double attn = 4.0 * hp.head_dim * hp.n_head * keys;  // Q K^T and P V
-  return gemm + attn + 2.0 * static_cast<double>(n_kv_only) * 2 * d * kvd;
 }
 
 cpu::RopeParams Engine::rope_params(int il) const {
@@ -284,7 +262,7 @@ void Engine::forward_layer(int il, const LayerIO& io) {
   }
 }
 
-void Engine::logits(const float* x, int64_t n, float* out) {
+void Engine::logits_of_rows(const float* x, int64_t n, float* out) {
   const HParams& hp = model_.hp();
   s_.reserve(hp, std::min(n, chunk_rows_), ff_slice_max_);
   const Chunks ch = chunks_of(n, chunk_rows_);
@@ -295,150 +273,57 @@ void Engine::logits(const float* x, int64_t n, float* out) {
   }
 }
 
-// Sum over query rows of the keys each can see (slots lo..pos that hold a valid key).
-double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* valid, std::vector<int64_t>& prefix) {
-  double keys = 0;
-  if (!valid) {
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t lo = window > 0 ? std::max<int64_t>(0, pos[i] - window + 1) : 0;
-      keys += static_cast<double>(pos[i] - lo + 1);
-    }
-    return keys;
-  }
-  const int64_t n_kv = pos[n - 1] + 1;
-  prefix.assign(static_cast<size_t>(n_kv + 1), 0);
-  for (int64_t j = 0; j < n_kv; ++j) prefix[static_cast<size_t>(j + 1)] = prefix[static_cast<size_t>(j)] + valid[j];
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t lo = window > 0 ? std::max<int64_t>(0, pos[i] - window + 1) : 0;
-    keys += static_cast<double>(prefix[static_cast<size_t>(pos[i] + 1)] - prefix[static_cast<size_t>(lo)]);
-  }
-  return keys;
-}
-
 std::string Engine::kernels() const {
   return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", float32 activations and cache, " +
          std::to_string(cpu::num_threads()) + " threads";
 }
 
 std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const PrefillOptions& opt, ForwardStats* stats) {
-  const HParams& hp = model_.hp();
-  const int L = hp.n_layer;
-  const int64_t d = hp.n_embd;
-  const auto n = static_cast<int64_t>(tokens.size());
-  if (n == 0) fail("nothing to process: no tokens");
-  if (n_past_ + n > cache_.n_ctx) fail("{} tokens do not fit the context: {} already used of {}", n, n_past_, cache_.n_ctx);
-  const auto t0 = Clock::now();
-  s_.reserve(hp, std::min(n, chunk_rows_), ff_slice_max_);
-
-  std::vector<int32_t> pos(static_cast<size_t>(n));
-  std::iota(pos.begin(), pos.end(), static_cast<int32_t>(n_past_));
-  std::vector<float> x(static_cast<size_t>(n * d));  // hidden state of every token
-  cpu::get_rows(model_.tok_embd(), tokens.data(), n, x.data());
-  if (hp.embed_scale != 1.f) cpu::scale_inplace(x.data(), hp.embed_scale, n * d);
-  if (opt.hidden_per_layer) {
-    opt.hidden_per_layer->assign(x.begin(), x.end());
-    opt.hidden_per_layer->reserve(static_cast<size_t>((L + 1) * n * d));
-  }
-
-  const HaltingConfig* hc = opt.halting && opt.halting->enabled() ? opt.halting : nullptr;
-  std::unique_ptr<HaltingPolicy> policy = hc ? make_halting_policy(*hc, L) : nullptr;
-  if (policy) policy->begin(n, halting_eligibility(*hc, n));
-  HaltingTrace* tr = opt.trace;
-  if (tr) tr->reset(n, L);
-  const bool want_delta = policy || tr;
-  const DeltaSignal signal = hc ? hc->signal : DeltaSignal::Abs;
-  std::vector<float> delta(want_delta ? static_cast<size_t>(n) : 0);
-  std::vector<float> recv_slots, recv_tokens;  // attention received (attn baseline)
-  std::vector<float> q_tail(hc && hc->attn_queries > 0 ? static_cast<size_t>(hc->attn_queries * hp.q_dim()) : 0);
-
-  // Active tokens (indices into this segment) and halted ones, both ascending.
-  TokenSets sets;
-  sets.reset(n);
-  std::vector<int32_t>& active = sets.active;
-  const std::vector<int32_t>& halted = sets.halted;
-  const std::vector<int32_t>& pos_active = sets.pos_active;
-  const std::vector<int32_t>& pos_halted = sets.pos_halted;
-  std::vector<int32_t> newly;
-  std::vector<int64_t> prefix;
-  if (stats) stats->layer_ms.assign(static_cast<size_t>(L), 0.0);
-
-  for (int il = 0; il < L; ++il) {
-    const auto tl = Clock::now();
-    const auto na = static_cast<int64_t>(active.size());
-    const bool all = na == n;
-    const bool want_attn = policy && policy->wants_attention(il);
-    if (want_attn) recv_slots.assign(static_cast<size_t>(cache_.n_ctx), 0.f);
-
-    LayerIO io{};
-    io.x = x.data();
-    io.signal = signal;
-    io.delta = signal_wanted(policy.get(), tr != nullptr, il, L) ? delta.data() : nullptr;
-    io.attn_rows = want_attn ? hc->attn_queries : 0;
-    io.attn_received = want_attn ? recv_slots.data() : nullptr;
-    io.q_tail = q_tail.data();
-    if (all) {
-      io.rows = nullptr;
-      io.pos = pos.data();
-      io.n = n;
-    } else {
-      // Halted tokens: keys and values from their frozen states (retain), or none (drop).
-      const auto nh = static_cast<int64_t>(halted.size());
-      if (nh > 0 && hc->kv == KVMode::Retain) {
-        project_kv(il, x.data(), halted.data(), pos_halted.data(), nh);
-      } else if (nh > 0) {
-        for (int32_t p : pos_halted) cache_.valid[static_cast<size_t>(il)][static_cast<size_t>(p)] = 0;
-        cache_.has_holes[static_cast<size_t>(il)] = 1;
-      }
-      // Active tokens: the layer computes their rows only (gathered chunk by chunk into a dense
-      // batch and scattered back).
-      io.rows = active.data();
-      io.pos = pos_active.data();
-      io.n = na;
-    }
-    forward_layer(il, io);
-
-    if (tr) {
-      const cpu::AttentionParams ap = attention_params(il);
-      tr->active_per_layer[static_cast<size_t>(il)] = na;
-      tr->flops_full += layer_flops(hp, n, visible_keys(pos.data(), n, ap.window, nullptr, prefix), 0);
-      const int64_t n_kv_only = hc && hc->kv == KVMode::Retain ? n - na : 0;
-      tr->flops_done += layer_flops(hp, na, visible_keys(io.pos, na, ap.window, cache_.valid_mask(il), prefix), n_kv_only);
-      for (int64_t i = 0; i < na; ++i) tr->delta[static_cast<size_t>(active[static_cast<size_t>(i)] * L + il)] = delta[static_cast<size_t>(i)];
-    }
-    if (opt.hidden_per_layer) opt.hidden_per_layer->insert(opt.hidden_per_layer->end(), x.begin(), x.end());
-
-    if (policy && il + 1 < L) {
-      if (want_attn) {
-        recv_tokens.resize(static_cast<size_t>(n));
-        for (int64_t t = 0; t < n; ++t) recv_tokens[static_cast<size_t>(t)] = recv_slots[static_cast<size_t>(pos[static_cast<size_t>(t)])];
-      }
-      newly = policy->observe(il, active, std::span<const float>(delta.data(), static_cast<size_t>(na)), recv_tokens);
-      if (!newly.empty()) {
-        sets.halt(newly, pos);
-        if (tr) for (int32_t t : newly) tr->halted_after[static_cast<size_t>(t)] = il;
-      }
-    }
-    if (stats) stats->layer_ms[static_cast<size_t>(il)] = ms_since(tl);
-    if (opt.progress) opt.progress(il + 1, L);
-  }
-  n_past_ += n;
-
-  const auto tlog = Clock::now();
-  std::vector<float> last(static_cast<size_t>(hp.n_vocab));
-  if (opt.logits_all) {
-    const int64_t first = std::clamp<int64_t>(opt.logits_first, 0, n - 1);
-    opt.logits_all->resize(static_cast<size_t>((n - first) * hp.n_vocab));
-    logits(x.data() + first * d, n - first, opt.logits_all->data());
-    std::copy_n(opt.logits_all->data() + (n - 1 - first) * hp.n_vocab, hp.n_vocab, last.data());
-  } else {
-    logits(x.data() + (n - 1) * d, 1, last.data());
-  }
-  if (stats) {
-    stats->logits_ms = ms_since(tlog);
-    stats->n_tokens = n;
-    stats->total_ms = ms_since(t0);
-  }
+  std::vector<float> last = prefill_segment(*this, model_.hp(), tokens, n_past_, cache_.n_ctx, opt, stats);
+  n_past_ += static_cast<int64_t>(tokens.size());
+  if (seg_n_ > 1) std::vector<float>().swap(x_);  // a prompt's hidden states are not kept
   return last;
+}
+
+void Engine::begin_segment(std::span<const int32_t> tokens, std::span<const int32_t> pos, bool) {
+  const HParams& hp = model_.hp();
+  const auto n = static_cast<int64_t>(tokens.size());
+  seg_n_ = n;
+  s_.reserve(hp, std::min(n, chunk_rows_), ff_slice_max_);
+  x_.assign(static_cast<size_t>(n * hp.n_embd), 0.f);
+  cpu::get_rows(model_.tok_embd(), tokens.data(), n, x_.data());
+  if (hp.embed_scale != 1.f) cpu::scale_inplace(x_.data(), hp.embed_scale, n * hp.n_embd);
+}
+
+void Engine::run_layer(const LayerRun& r) {
+  const size_t tail = static_cast<size_t>(r.attention_rows * model_.hp().q_dim());
+  if (q_tail_.size() < tail) q_tail_.resize(tail);
+  LayerIO io{};
+  io.x = x_.data();
+  io.rows = r.all ? nullptr : r.rows;
+  io.pos = r.pos;
+  io.n = r.n;
+  io.signal = r.kind;
+  io.delta = r.signal ? r.signal_out : nullptr;
+  io.attn_rows = r.attention_rows;
+  io.attn_received = r.attention_out;
+  io.q_tail = q_tail_.data();
+  forward_layer(r.layer, io);
+}
+
+void Engine::project_kv(int il, std::span<const int32_t> rows, std::span<const int32_t> pos) {
+  project_kv(il, x_.data(), rows.data(), pos.data(), static_cast<int64_t>(rows.size()));
+}
+
+void Engine::drop_slots(int il, std::span<const int32_t> pos) {
+  for (int32_t p : pos) cache_.valid[static_cast<size_t>(il)][static_cast<size_t>(p)] = 0;
+  cache_.has_holes[static_cast<size_t>(il)] = 1;
+}
+
+void Engine::read_hidden(float* out) { std::copy(x_.begin(), x_.end(), out); }
+
+void Engine::output_logits(int64_t first, int64_t n, float* out) {
+  logits_of_rows(x_.data() + first * model_.hp().n_embd, n, out);
 }
 
 }  // namespace dashlm

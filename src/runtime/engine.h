@@ -1,8 +1,8 @@
-// The forward pass: batched prefill of a whole prompt, then one token at a time, over a KV
-// cache. Every layer runs on a list of token rows with their own positions, so a halting policy
-// can shrink the set of tokens a layer computes: after a decision the active tokens are gathered
-// into contiguous buffers and each later layer runs dense GEMMs and attention on that smaller
-// batch, each token keeping its original position for RoPE and the causal mask.
+// The forward pass on the CPU: batched prefill of a whole prompt, then one token at a time, over a
+// KV cache. The layer loop, halting included, is the backend-neutral prefill driver
+// (dash/prefill.h); this engine is its LayerExecutor: every layer runs on a list of token rows
+// with their own positions, gathered chunk by chunk into dense batches for the GEMMs and the
+// attention, each token keeping its original position for RoPE and the causal mask.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -11,9 +11,10 @@
 #include <span>
 #include <vector>
 
+#include "backends/cpu/ops.h"
 #include "model/model.h"
+#include "runtime/dash/prefill.h"
 #include "runtime/engine_iface.h"
-#include "runtime/halting.h"
 
 namespace dashlm {
 
@@ -32,39 +33,7 @@ struct KVCache {
   size_t bytes() const;
 };
 
-struct ForwardStats {
-  int64_t n_tokens = 0;
-  double total_ms = 0;
-  std::vector<double> layer_ms;  // per layer
-  double logits_ms = 0;
-};
-
-// What halting did during one prefill.
-struct HaltingTrace {
-  int64_t n_tokens = 0;
-  int n_layer = 0;
-  std::vector<int32_t> halted_after;      // per token: the layer after which it halted (n_layer: never)
-  std::vector<int64_t> active_per_layer;  // tokens computed at each layer
-  std::vector<float> delta;               // n_tokens x n_layer; NaN where the token did not run
-  double flops_full = 0;                  // GEMM and attention FLOPs of a full prefill
-  double flops_done = 0;                  // the same, counting only what ran
-
-  // Empty trace of a segment: nobody halted, no delta yet (NaN), no FLOPs.
-  void reset(int64_t n, int layers);
-};
-
-struct PrefillOptions {
-  const HaltingConfig* halting = nullptr;  // null or "none": full prefill
-  HaltingTrace* trace = nullptr;           // filled when given (deltas recorded for every layer)
-  std::function<void(int layers_done, int n_layers)> progress;
-  std::vector<float>* logits_all = nullptr;  // (T - logits_first) x n_vocab logits of the tokens
-  int64_t logits_first = 0;                  // from this token of the segment on
-  // Tests: hidden states of every token after each layer ((n_layer + 1) x T x n_embd, entry 0 =
-  // embeddings).
-  std::vector<float>* hidden_per_layer = nullptr;
-};
-
-class Engine final : public InferenceEngine {
+class Engine final : public InferenceEngine, private LayerExecutor {
  public:
   // n_ctx: KV cache size in tokens (prompt plus generated tokens).
   Engine(const Model& model, int64_t n_ctx);
@@ -94,6 +63,15 @@ class Engine final : public InferenceEngine {
   static constexpr int64_t kFfSlice = 256;
 
  private:
+  // LayerExecutor: the CPU side of the prefill driver.
+  void begin_segment(std::span<const int32_t> tokens, std::span<const int32_t> pos, bool block_signal) override;
+  void run_layer(const LayerRun& r) override;
+  void project_kv(int il, std::span<const int32_t> rows, std::span<const int32_t> pos) override;
+  void drop_slots(int il, std::span<const int32_t> pos) override;
+  const uint8_t* valid_slots(int il) const override { return cache_.valid_mask(il); }
+  void read_hidden(float* out) override;
+  void output_logits(int64_t first, int64_t n, float* out) override;
+
   // Float storage that is not zeroed (pages the engine never writes stay unmapped) and only
   // grows.
   struct Buffer {
@@ -132,7 +110,7 @@ class Engine final : public InferenceEngine {
   // retained halted tokens.
   void project_kv(int il, float* x, const int32_t* rows, const int32_t* pos, int64_t n);
   void write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n, bool in_cache);
-  void logits(const float* x, int64_t n, float* out);
+  void logits_of_rows(const float* x, int64_t n, float* out);
   cpu::RopeParams rope_params(int il) const;
   cpu::AttentionParams attention_params(int il) const;
   // Width of layer il's MLP slices (the last one may be narrower).
@@ -142,18 +120,13 @@ class Engine final : public InferenceEngine {
   KVCache cache_;
   Scratch s_;
   int64_t n_past_ = 0;
+  std::vector<float> x_;       // the segment's hidden states (rows of n_embd)
+  int64_t seg_n_ = 0;          // its rows
+  std::vector<float> q_tail_;  // queries of the rows whose attention ranks tokens (attn policies)
   int64_t chunk_rows_ = kChunkRows;
   int64_t ff_slice_max_ = 0;  // the widest of ff_slice() over the layers
   // RoPE frequencies of the global and the sliding-window layers, computed once.
   std::vector<double> rope_freq_global_, rope_freq_local_;
 };
-
-// FLOPs of one layer's GEMMs and attention for n_q query rows that see `keys` keys in total, plus
-// K/V projections for n_kv_only rows (retained halted tokens).
-double layer_flops(const HParams& hp, int64_t n_q, double keys, int64_t n_kv_only);
-
-// Sum over query rows (positions pos, ascending) of the keys each can see: slots lo..pos, within
-// the sliding window, that hold a valid key (valid may be null: all valid). prefix is scratch.
-double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* valid, std::vector<int64_t>& prefix);
 
 }  // namespace dashlm

@@ -1,7 +1,6 @@
 #include "runtime/engine_cuda.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <iterator>
@@ -11,7 +10,7 @@
 
 #include "backends/cpu/quants.h"
 #include "backends/cuda/cuda_ops.h"
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
 
@@ -24,11 +23,9 @@ bool cuda_available(std::string* why) { return cu::device_available(why); }
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 // Rows of a (possibly quantized) weight matrix as bf16, appended to out.
-void append_bf16(const cpu::WeightView& w, std::vector<uint16_t>& out) {
+void append_bf16(const WeightView& w, std::vector<uint16_t>& out) {
   const int64_t in = w.in_features, rows = w.out_features;
   const size_t base = out.size();
   out.resize(base + static_cast<size_t>(rows * in));
@@ -67,7 +64,7 @@ constexpr int64_t kMlpChunk = 32768;
 
 }  // namespace
 
-struct CudaEngine::Impl {
+struct CudaEngine::Impl final : LayerExecutor {
   struct Layer {
     DBuf<bf16> w_qkv;  // [q_dim + 2 kv_dim, n_embd]: Wq, Wk, Wv stacked (Wk, Wv contiguous: the K/V-only GEMM)
     DBuf<bf16> wo;     // [n_embd, q_dim]
@@ -187,8 +184,8 @@ struct CudaEngine::Impl {
                    v_layer(il), kvd, pos);
   }
 
-  // Retain mode: K and V of halted tokens (their frozen rows gathered in x_act) into the cache.
-  void project_kv(int il, const float* xa, const int32_t* pos, int64_t n) {
+  // K and V of n rows of hidden state at xa (device) into the cache slots pos (device).
+  void project_kv_rows(int il, const float* xa, const int32_t* pos, int64_t n) {
     const Layer& L = layers[static_cast<size_t>(il)];
     const int64_t d = hp.n_embd, kvd = hp.kv_dim(), qd = hp.q_dim();
     cu::rmsnorm(xa, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
@@ -319,7 +316,7 @@ struct CudaEngine::Impl {
 
   // The topk decision from the deltas in d_delta (one per active token): the tokens that halt,
   // ascending (HaltingPolicy::topk_rule says why this equals the policy's observe()).
-  std::vector<int32_t> topk_on_device(const std::vector<int32_t>& active, const std::vector<uint8_t>& eligible, double keep) {
+  std::vector<int32_t> rank_topk(std::span<const int32_t> active, std::span<const uint8_t> eligible, double keep) override {
     const auto na = static_cast<int64_t>(active.size());
     std::vector<uint8_t> flags(active.size());
     int64_t n_eligible = 0;
@@ -337,6 +334,77 @@ struct CudaEngine::Impl {
       if (flags[i]) out.push_back(active[i]);
     return out;
   }
+
+  // --- LayerExecutor: the GPU side of the prefill driver ---
+  int64_t seg_n = 0;  // rows of the segment being prefilled
+
+  void begin_segment(std::span<const int32_t> toks, std::span<const int32_t> pos, bool block_signal) override {
+    const auto n = static_cast<int64_t>(toks.size());
+    drop_graph();  // scratch may move and layers may gain holes: the decode graph is recorded anew
+    reserve(n, block_signal);
+    seg_n = n;
+    tokens.upload(toks.data(), static_cast<size_t>(n));
+    pos_all.upload(pos.data(), static_cast<size_t>(n));
+    cu::embed_rows(tok_embd.get(), hp.n_vocab, tokens.get(), n, hp.n_embd, hp.embed_scale, x.get());
+  }
+
+  void run_layer(const LayerRun& r) override {
+    LayerIO io{};
+    io.signal = r.kind;
+    io.want_signal = r.signal;
+    io.delta = r.signal_out;
+    io.attn_rows = r.attention_rows;
+    io.attn_received = r.attention_out;
+    io.pos_host = r.pos;
+    io.n = r.n;
+    if (r.all) {
+      io.x = x.get();
+      io.pos = pos_all.get();
+      forward_layer(r.layer, io);
+      return;
+    }
+    // Active tokens: gathered into a dense batch, computed, written back.
+    const int64_t d = hp.n_embd;
+    cu::gather_rows(x.get(), idx_active.get(), r.n, d, x_act.get());
+    io.x = x_act.get();
+    io.pos = pos_active.get();
+    forward_layer(r.layer, io);
+    cu::scatter_rows(x_act.get(), idx_active.get(), r.n, d, x.get());
+  }
+
+  // Retain mode: K and V of the halted rows (the device lists of rows_changed) from their frozen
+  // states.
+  void project_kv(int il, std::span<const int32_t> rows, std::span<const int32_t>) override {
+    const auto nh = static_cast<int64_t>(rows.size());
+    cu::gather_rows(x.get(), idx_halted.get(), nh, hp.n_embd, x_act.get());
+    project_kv_rows(il, x_act.get(), pos_halted.get(), nh);
+  }
+
+  void drop_slots(int il, std::span<const int32_t> pos) override {
+    auto& vh = valid_host[static_cast<size_t>(il)];
+    for (int32_t p : pos) vh[static_cast<size_t>(p)] = 0;
+    cu::set_bytes_at(valid.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx), pos_halted.get(),
+                     static_cast<int64_t>(pos.size()), 0);
+    has_holes[static_cast<size_t>(il)] = 1;
+  }
+
+  void rows_changed(const TokenSets& sets) override {
+    idx_active.upload(sets.active.data(), sets.active.size());
+    pos_active.upload(sets.pos_active.data(), sets.pos_active.size());
+    idx_halted.upload(sets.halted.data(), sets.halted.size());
+    pos_halted.upload(sets.pos_halted.data(), sets.pos_halted.size());
+  }
+
+  const uint8_t* valid_slots(int il) const override {
+    return has_holes[static_cast<size_t>(il)] ? valid_host[static_cast<size_t>(il)].data() : nullptr;
+  }
+  // Relative deltas are divided on the host.
+  bool ranks_on_device(DeltaSignal kind) const override { return kind != DeltaSignal::Rel; }
+  void read_hidden(float* out) override { x.download(out, static_cast<size_t>(seg_n * hp.n_embd)); }
+  void output_logits(int64_t first, int64_t n, float* out) override {
+    compute_logits(x.get() + static_cast<size_t>(first * hp.n_embd), n, out);
+  }
+  void synchronize() override { cu::synchronize(); }
 
   // One decode step for the token and position already in tokens[0] and pos_all[0], queued
   // without any host copy, so that it can be recorded into decode_graph: the attention reads its
@@ -392,9 +460,9 @@ CudaEngine::CudaEngine(const Model& model, int64_t n_ctx) : impl_(std::make_uniq
   const HParams& hp = hp_;
   const int64_t d = hp.n_embd;
   std::vector<uint16_t> buf;
-  auto up = [&](std::initializer_list<const cpu::WeightView*> ws) {
+  auto up = [&](std::initializer_list<const WeightView*> ws) {
     buf.clear();
-    for (const cpu::WeightView* w : ws) append_bf16(*w, buf);
+    for (const WeightView* w : ws) append_bf16(*w, buf);
     return upload(buf);
   };
   m.layers.resize(static_cast<size_t>(hp.n_layer));
@@ -502,18 +570,10 @@ void CudaEngine::set_cuda_graphs(bool on) {
   impl_->drop_graph();
 }
 
-void CudaEngine::check_input(std::span<const int32_t> tokens) const {
-  const auto n = static_cast<int64_t>(tokens.size());
-  if (n == 0) fail("nothing to process: no tokens");
-  if (n_past_ + n > n_ctx_) fail("{} tokens do not fit the context: {} already used of {}", n, n_past_, n_ctx_);
-  for (int32_t t : tokens)
-    if (t < 0 || t >= hp_.n_vocab) fail("token id {} is outside the vocabulary (0..{})", t, hp_.n_vocab - 1);
-}
-
 std::vector<float> CudaEngine::decode(int32_t token) {
   Impl& m = *impl_;
   if (!m.graphs_on) return prefill(std::span<const int32_t>(&token, 1));
-  check_input(std::span<const int32_t>(&token, 1));
+  check_tokens(std::span<const int32_t>(&token, 1), n_past_, n_ctx_, hp_.n_vocab);
   // Buffers first (a reallocation would move what a recorded graph points at: prefill() and
   // reset() drop the graph, and only a first decode before any prefill grows these).
   if (m.cap < 1 || m.logits.size() < static_cast<size_t>(hp_.n_vocab)) m.drop_graph();
@@ -588,145 +648,8 @@ size_t CudaEngine::device_bytes() const {
 // --- prefill -------------------------------------------------------------------------------------
 
 std::vector<float> CudaEngine::prefill(std::span<const int32_t> tokens, const PrefillOptions& opt, ForwardStats* stats) {
-  Impl& m = *impl_;
-  const HParams& hp = hp_;
-  const int L = hp.n_layer;
-  const int64_t d = hp.n_embd;
-  const auto n = static_cast<int64_t>(tokens.size());
-  check_input(tokens);
-  const auto t0 = Clock::now();
-  m.drop_graph();  // scratch may move and layers may gain holes: the decode graph is recorded anew
-  const HaltingConfig* hc = opt.halting && opt.halting->enabled() ? opt.halting : nullptr;
-  const DeltaSignal signal = hc ? hc->signal : DeltaSignal::Abs;
-  m.reserve(n, signal == DeltaSignal::Block);
-
-  std::vector<int32_t> pos(static_cast<size_t>(n));
-  std::iota(pos.begin(), pos.end(), static_cast<int32_t>(n_past_));
-  m.tokens.upload(tokens.data(), static_cast<size_t>(n));
-  m.pos_all.upload(pos.data(), static_cast<size_t>(n));
-  float* x = m.x.get();  // hidden state of every token (device)
-  cu::embed_rows(m.tok_embd.get(), hp.n_vocab, m.tokens.get(), n, d, hp.embed_scale, x);
-  const size_t nd = static_cast<size_t>(n * d);
-  if (opt.hidden_per_layer) {
-    opt.hidden_per_layer->resize(static_cast<size_t>(L + 1) * nd);
-    m.x.download(opt.hidden_per_layer->data(), nd);
-  }
-
-  std::unique_ptr<HaltingPolicy> policy = hc ? make_halting_policy(*hc, L) : nullptr;
-  const std::vector<uint8_t> eligible = hc ? halting_eligibility(*hc, n) : std::vector<uint8_t>{};
-  if (policy) policy->begin(n, eligible);
-  HaltingTrace* tr = opt.trace;
-  if (tr) tr->reset(n, L);
-  const bool want_delta = policy || tr;
-  std::vector<float> delta(want_delta ? static_cast<size_t>(n) : 0);
-  // topk decides on the device from the deltas there (relative deltas are divided on the host).
-  const std::optional<HaltingPolicy::TopK> topk = policy && signal != DeltaSignal::Rel ? policy->topk_rule() : std::nullopt;
-  std::vector<float> recv_slots, recv_tokens;
-
-  TokenSets sets;
-  sets.reset(n);
-  std::vector<int32_t>& active = sets.active;
-  const std::vector<int32_t>& halted = sets.halted;
-  const std::vector<int32_t>& pos_active = sets.pos_active;
-  const std::vector<int32_t>& pos_halted = sets.pos_halted;
-  std::vector<int32_t> newly;
-  std::vector<int64_t> prefix;
-  if (stats) stats->layer_ms.assign(static_cast<size_t>(L), 0.0);
-
-  for (int il = 0; il < L; ++il) {
-    const auto tl = Clock::now();
-    const auto na = static_cast<int64_t>(active.size());
-    const bool all = na == n;
-    const bool want_attn = policy && policy->wants_attention(il);
-    if (want_attn) recv_slots.assign(static_cast<size_t>(n_ctx_), 0.f);
-
-    const bool device_topk = topk && topk->layer == il && il + 1 < L;
-    Impl::LayerIO io{};
-    io.signal = signal;
-    io.want_signal = signal_wanted(policy.get(), tr != nullptr, il, L);
-    io.delta = io.want_signal && (tr || !device_topk) ? delta.data() : nullptr;
-    io.attn_rows = want_attn ? hc->attn_queries : 0;
-    io.attn_received = want_attn ? recv_slots.data() : nullptr;
-    if (all) {
-      io.x = x;
-      io.pos = m.pos_all.get();
-      io.pos_host = pos.data();
-      io.n = n;
-      m.forward_layer(il, io);
-    } else {
-      // Halted tokens: keys and values from their frozen states (retain), or none (drop).
-      const auto nh = static_cast<int64_t>(halted.size());
-      if (nh > 0 && hc->kv == KVMode::Retain) {
-        cu::gather_rows(x, m.idx_halted.get(), nh, d, m.x_act.get());
-        m.project_kv(il, m.x_act.get(), m.pos_halted.get(), nh);
-      } else if (nh > 0) {
-        auto& vh = m.valid_host[static_cast<size_t>(il)];
-        for (int32_t p : pos_halted) vh[static_cast<size_t>(p)] = 0;
-        cu::set_bytes_at(m.valid.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx_), m.pos_halted.get(), nh, 0);
-        m.has_holes[static_cast<size_t>(il)] = 1;
-      }
-      // Active tokens: gathered into a dense batch, computed, written back.
-      cu::gather_rows(x, m.idx_active.get(), na, d, m.x_act.get());
-      io.x = m.x_act.get();
-      io.pos = m.pos_active.get();
-      io.pos_host = pos_active.data();
-      io.n = na;
-      m.forward_layer(il, io);
-      cu::scatter_rows(m.x_act.get(), m.idx_active.get(), na, d, x);
-    }
-
-    if (tr) {
-      const cu::AttentionParams ap = m.attention_params(il);
-      const uint8_t* vh = m.has_holes[static_cast<size_t>(il)] ? m.valid_host[static_cast<size_t>(il)].data() : nullptr;
-      tr->active_per_layer[static_cast<size_t>(il)] = na;
-      tr->flops_full += layer_flops(hp, n, visible_keys(pos.data(), n, ap.window, nullptr, prefix), 0);
-      const int64_t n_kv_only = hc && hc->kv == KVMode::Retain ? n - na : 0;
-      const int32_t* pa = all ? pos.data() : pos_active.data();
-      tr->flops_done += layer_flops(hp, na, visible_keys(pa, na, ap.window, vh, prefix), n_kv_only);
-      for (int64_t i = 0; i < na; ++i) tr->delta[static_cast<size_t>(active[static_cast<size_t>(i)] * L + il)] = delta[static_cast<size_t>(i)];
-    }
-    if (opt.hidden_per_layer) m.x.download(opt.hidden_per_layer->data() + static_cast<size_t>(il + 1) * nd, nd);
-
-    if (policy && il + 1 < L) {
-      if (want_attn) {
-        recv_tokens.resize(static_cast<size_t>(n));
-        for (int64_t t = 0; t < n; ++t) recv_tokens[static_cast<size_t>(t)] = recv_slots[static_cast<size_t>(pos[static_cast<size_t>(t)])];
-      }
-      newly = device_topk ? m.topk_on_device(active, eligible, topk->keep)
-                          : policy->observe(il, active, std::span<const float>(delta.data(), static_cast<size_t>(na)), recv_tokens);
-      if (!newly.empty()) {
-        sets.halt(newly, pos);
-        if (tr) for (int32_t t : newly) tr->halted_after[static_cast<size_t>(t)] = il;
-        m.idx_active.upload(active.data(), active.size());
-        m.pos_active.upload(pos_active.data(), pos_active.size());
-        m.idx_halted.upload(halted.data(), halted.size());
-        m.pos_halted.upload(pos_halted.data(), pos_halted.size());
-      }
-    }
-    if (stats) {
-      cu::synchronize();
-      stats->layer_ms[static_cast<size_t>(il)] = ms_since(tl);
-    }
-    if (opt.progress) opt.progress(il + 1, L);
-  }
-  n_past_ += n;
-
-  const auto tlog = Clock::now();
-  std::vector<float> last(static_cast<size_t>(hp.n_vocab));
-  if (opt.logits_all) {
-    const int64_t first = std::clamp<int64_t>(opt.logits_first, 0, n - 1);
-    opt.logits_all->resize(static_cast<size_t>((n - first) * hp.n_vocab));
-    m.compute_logits(x + static_cast<size_t>(first * d), n - first, opt.logits_all->data());
-    std::copy_n(opt.logits_all->data() + (n - 1 - first) * hp.n_vocab, hp.n_vocab, last.data());
-  } else {
-    m.compute_logits(x + static_cast<size_t>((n - 1) * d), 1, last.data());
-  }
-  cu::synchronize();
-  if (stats) {
-    stats->logits_ms = ms_since(tlog);
-    stats->n_tokens = n;
-    stats->total_ms = ms_since(t0);
-  }
+  std::vector<float> last = prefill_segment(*impl_, hp_, tokens, n_past_, n_ctx_, opt, stats);
+  n_past_ += static_cast<int64_t>(tokens.size());
   return last;
 }
 

@@ -1,8 +1,8 @@
 // The forward pass on an NVIDIA GPU (Hopper), with the same interface and the same semantics as
-// the CPU Engine (engine.h): batched prefill over a list of token rows with their positions,
-// halting policies deciding on the host from the deltas copied back (one float per active token,
-// only at the layers the policy reads; topk decides on the device instead), active tokens gathered into a dense batch, retained or dropped K/V of halted
-// tokens, HaltingTrace / ForwardStats / hidden_per_layer / logits_all filled the same way.
+// the CPU Engine (engine.h). The prefill's layer loop, halting included, is the backend-neutral
+// driver (dash/prefill.h); this engine is its LayerExecutor: active tokens gathered into a dense
+// batch on the device, retained or dropped K/V of halted tokens, the deltas copied back only
+// where a policy on the host reads them (one float per active token), topk ranked on the device.
 //
 // Weights live on the device in bf16 (dequantized from the model file at load by the CPU
 // dequantizer; norm weights and biases in float32); the residual stream is float32, GEMMs run on
@@ -17,9 +17,8 @@
 #include <vector>
 
 #include "model/model.h"
-#include "runtime/engine.h"
+#include "runtime/dash/prefill.h"
 #include "runtime/engine_iface.h"
-#include "runtime/halting.h"
 
 namespace dashlm {
 
@@ -57,8 +56,6 @@ class CudaEngine final : public InferenceEngine {
   size_t device_bytes() const;
 
  private:
-  // Throws for an empty list, a list that overflows the context or an id outside the vocabulary.
-  void check_input(std::span<const int32_t> tokens) const;
   struct Impl;
   std::unique_ptr<Impl> impl_;
   HParams hp_;

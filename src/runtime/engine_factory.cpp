@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <mutex>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "runtime/engine.h"
 #include "runtime/engine_plugin.h"
 
@@ -57,6 +57,16 @@ std::unique_ptr<InferenceEngine> make_engine(const Model& model, int64_t n_ctx, 
     return std::unique_ptr<InferenceEngine>(e);
   }
   fail("unknown backend '{}' (cpu, cuda)", backend);
+}
+
+InferenceEngine& EngineSlot::get(int64_t n_ctx) {
+  if (engine_ && engine_->n_ctx() >= n_ctx) {
+    engine_->reset();
+  } else {
+    engine_.reset();  // free the old cache before allocating the larger one
+    engine_ = make_engine(model_, n_ctx, backend_);
+  }
+  return *engine_;
 }
 
 }  // namespace dashlm

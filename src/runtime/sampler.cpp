@@ -5,7 +5,7 @@
 #include <numeric>
 #include <vector>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm {
 

@@ -15,7 +15,7 @@
 #include "model/model.h"
 #include "runtime/engine.h"
 #include "runtime/engine_cuda.h"
-#include "runtime/halting.h"
+#include "runtime/dash/policy.h"
 
 using namespace dashlm;
 using namespace dashlm::test;

@@ -24,7 +24,7 @@
 
 #include "backends/cpu/gemm_kernels.h"
 #include "backends/cpu/ops.h"
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm::cpu {
 

@@ -9,7 +9,7 @@
 
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/quants.h"
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm::cpu {
 

@@ -7,14 +7,7 @@
 
 namespace dashlm::cpu {
 
-// A weight matrix as stored in the model file: out_features rows of in_features elements,
-// each row in `type` (GGUF ne = {in_features, out_features}).
-struct WeightView {
-  DType type = DType::F32;
-  const void* data = nullptr;
-  int64_t in_features = 0;
-  int64_t out_features = 0;
-};
+using WeightView = dashlm::WeightView;  // backends/dtype.h
 
 // Number of threads our own parallel loops and the BLAS use.
 void set_num_threads(int n);

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <optional>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm::cpu {
 

@@ -1,7 +1,7 @@
 // The host-compiled half of the CUDA backend's error path: nvcc never includes fmt.
 #include <string>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm::cuda::detail {
 

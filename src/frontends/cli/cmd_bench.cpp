@@ -4,7 +4,6 @@
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <memory>
@@ -17,12 +16,16 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "backends/error.h"
+#include "backends/cpu/ops.h"
+#include "common/error.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
 #include "frontends/cli/halting_output.h"
-#include "runtime/engine.h"
+#include "common/lists.h"
+#include "common/stats.h"
+#include "common/timing.h"
 #include "runtime/engine_factory.h"
+#include "runtime/session.h"
 
 namespace dashlm::cli {
 
@@ -58,10 +61,6 @@ struct Row {
   }
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 // Peak resident memory of each prompt length on its own, in one process: before a length, the
 // heap's free memory goes back to the system (malloc_trim) and the kernel's high-water mark is
@@ -95,27 +94,6 @@ class PeakRss {
   bool reset_ok_ = false;
 };
 
-std::vector<int64_t> parse_lengths(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.empty()) continue;
-    double mult = 1;
-    std::string num = item;
-    if (num.back() == 'k' || num.back() == 'K') {
-      mult = 1024;
-      num.pop_back();
-    }
-    char* end = nullptr;
-    const double v = std::strtod(num.c_str(), &end);
-    const auto n = static_cast<int64_t>(std::llround(v * mult));
-    if (num.empty() || *end != '\0' || !(v > 0) || n <= 0 || n > (int64_t{1} << 30)) fail("-p: '{}' is not a positive token count", item);
-    out.push_back(n);
-  }
-  if (out.empty()) fail("-p needs at least one prompt length");
-  return out;
-}
 
 // n prompt tokens: the text's tokens repeated, or seeded random ordinary tokens.
 std::vector<int32_t> bench_tokens(const Model& model, const std::vector<int32_t>& text_ids, int64_t n, uint64_t seed) {
@@ -140,7 +118,7 @@ int bench(const BenchOptions& o) {
   if (o.reps < 1) fail("-r must be >= 1");
   if (o.n_gen < 0) fail("-n must be >= 0");
   if (o.output != "md" && o.output != "json" && o.output != "csv") fail("-o must be md, json or csv");
-  const std::vector<int64_t> lengths = parse_lengths(o.prompts);
+  const std::vector<int64_t> lengths = parse_lengths(o.prompts, "-p");
   const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   cpu::set_num_threads(threads);
   auto model = Model::load(o.model, o.tokenizer);
@@ -155,17 +133,14 @@ int bench(const BenchOptions& o) {
     if (text_ids.empty()) fail("{} has no tokens", o.text_file);
   }
   const bool tty = stderr_is_tty();
-  using Clock = std::chrono::steady_clock;
   std::string kernels;  // the first engine's description
   auto timed_prefill = [&](const std::vector<int32_t>& ids, const HaltingConfig* h, HaltingTrace* tr) {
     auto e = make_engine(*model, static_cast<int64_t>(ids.size()), o.backend);
     if (kernels.empty()) kernels = e->kernels();
-    PrefillOptions po;
-    po.halting = h;
-    po.trace = tr;
-    const auto t0 = Clock::now();
-    e->prefill(ids, po, nullptr);
-    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    PrefillRequest req;
+    req.halting = h;
+    req.trace = tr;
+    return Session(*e, model->tokenizer()).prefill(Prompt{ids, {}}, req).document_ms;
   };
   {  // Warm-up: first-touch of the weights, thread start-up.
     auto ids = bench_tokens(*model, text_ids, std::min<int64_t>(64, lengths.front()), o.seed);
@@ -185,7 +160,7 @@ int bench(const BenchOptions& o) {
       if (hc.enabled()) {
         HaltingTrace tr;
         dash.ms.push_back(timed_prefill(ids, &hc, &tr));
-        dash.flop_speedup = tr.flops_done > 0 ? tr.flops_full / tr.flops_done : 1.0;
+        dash.flop_speedup = tr.flop_speedup();
       }
     }
     full.peak_rss_mib = rss.mib();  // full and DASH repetitions alternate: the peak of both
@@ -212,7 +187,7 @@ int bench(const BenchOptions& o) {
         l = e->decode(id);
         id = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
       }
-      tg.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      tg.ms.push_back(ms_since(t0));
     }
     tg.peak_rss_mib = rss.mib();
     rows.push_back(tg);

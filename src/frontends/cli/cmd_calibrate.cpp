@@ -17,16 +17,27 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "backends/error.h"
+#include "backends/cpu/ops.h"
+#include "common/error.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
 #include "frontends/cli/eval_cli.h"
 #include "frontends/cli/halting_output.h"
-#include "runtime/eval.h"
+#include "common/lists.h"
+#include "eval/eval.h"
+#include "runtime/dash/calibration.h"
 
 namespace dashlm::cli {
 
 namespace {
+
+// The policies that offer a calibration grid: "topk, threshold".
+std::string calibrated_policy_names() {
+  std::string s;
+  for (const PolicyInfo* p : halting_policies())
+    if (p->calibration_grid) s += (s.empty() ? "" : ", ") + std::string(p->name);
+  return s;
+}
 
 struct CalibrateOptions {
   std::string model, tokenizer, policy = "topk", text_file, dataset_dir, output, kv = "retain", delta = "abs", backend = "cpu";
@@ -61,17 +72,11 @@ std::vector<double> delta_quantiles(const std::vector<eval::RunOutput>& refs, in
   return out;
 }
 
-// Rounds a threshold to 3 significant digits, so that the saved spec is short and exact.
-double round_sig(double x) {
-  if (x <= 0) return x;
-  // Through its decimal text, so that the value prints as 28.2 rather than 28.200000000000003.
-  return std::stod(fmt::format("{:.3g}", x));
-}
-
 int calibrate(const CalibrateOptions& o) {
   using Clock = std::chrono::steady_clock;
   if (!(o.budget >= 0)) fail("--budget must be >= 0 (nats per token of continuation NLL above full prefill)");
-  if (o.policy != "topk" && o.policy != "threshold") fail("--policy must be topk or threshold");
+  const PolicyInfo* policy = find_halting_policy(o.policy);
+  if (!policy || !policy->calibration_grid) fail("--policy must be one of: {}", calibrated_policy_names());
   if (o.samples < 1) fail("--samples must be >= 1");
   const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   cpu::set_num_threads(threads);
@@ -79,7 +84,7 @@ int calibrate(const CalibrateOptions& o) {
   const HParams& hp = model->hp();
   const int L = hp.n_layer;
   if (L < 2) fail("the model has {} layer(s): nothing to halt", L);
-  const std::vector<int64_t> lens = eval::parse_lengths(o.length);
+  const std::vector<int64_t> lens = parse_lengths(o.length);
   if (lens.size() != 1) fail("--length takes one length");
   const int64_t length = std::min<int64_t>(lens[0], hp.n_ctx_train);
 
@@ -101,66 +106,35 @@ int calibrate(const CalibrateOptions& o) {
   std::vector<eval::Sample> samples;
   for (int i = 0; i < o.samples; ++i) samples.push_back(builder.build("continuation", length, i));
 
-  // Full prefill: the reference NLL and, for thresholds, the deltas of the chosen signal (a
-  // threshold policy with tau 0 never halts but records them).
-  HaltingConfig probe;
-  probe.policy = "threshold";
-  probe.tau = 0;
-  probe.patience = 1;
-  probe.min_layer = 0;
-  probe.signal = parse_delta_signal(o.delta);
+  // Full prefill: the reference NLL and the deltas of the chosen signal at every layer (whose
+  // quantiles give a grid its thresholds).
+  HaltingConfig base;
+  try {
+    base.signal = parse_delta_signal(o.delta);
+    base.kv = parse_kv_mode(o.kv);
+  } catch (const SettingError& e) {
+    fail("{} {}", setting_flag(e.setting), e.problem);
+  }
   const bool tty = !o.quiet && stderr_is_tty();
   const auto t0 = Clock::now();
-  eval::EngineSlot slot(*model, o.backend);
+  EngineSlot slot(*model, o.backend);
   std::vector<eval::RunOutput> refs;
   double nll_full = 0;
   for (const eval::Sample& s : samples) {
     if (tty) fmt::print(stderr, "\r\033[Kfull prefill, sample {}/{}", refs.size() + 1, samples.size());
-    refs.push_back(eval::run_sample(slot, s, &probe));
+    refs.push_back(eval::run_sample(slot, s, nullptr, base.signal));
     nll_full += eval::score_run(s, refs.back(), refs.back(), hp.n_vocab)["nll"].get<double>();
   }
   nll_full /= static_cast<double>(samples.size());
 
-  // The grid.
+  // The grid: the policy's own.
   std::vector<Candidate> grid;
-  const KVMode kv = parse_kv_mode(o.kv);
-  if (o.policy == "topk") {
-    std::set<int> layers;
-    for (double f : {0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8}) layers.insert(std::clamp(static_cast<int>(std::lround(f * L)), 1, L - 1));
-    for (int l : layers) {
-      for (double keep : {0.2, 0.33, 0.5, 0.67, 0.8}) {
-        Candidate c;
-        c.hc.policy = "topk";
-        c.hc.halt_layer = l;
-        c.hc.keep = keep;
-        c.hc.kv = kv;
-        c.hc.signal = probe.signal;
-        grid.push_back(c);
-      }
-    }
-  } else {
-    std::set<int> mins;
-    for (double f : {0.25, 0.5}) mins.insert(std::clamp(static_cast<int>(std::lround(f * L)), 1, L - 1));
-    for (int m : mins) {
-      for (double tau : delta_quantiles(refs, m, {0.05, 0.1, 0.2, 0.3, 0.5})) {
-        for (int patience : {1, 2, 3}) {
-          if (m + patience > L) continue;
-          Candidate c;
-          c.hc.policy = "threshold";
-          c.hc.min_layer = m;
-          c.hc.tau = round_sig(tau);
-          c.hc.patience = patience;
-          c.hc.kv = kv;
-          c.hc.signal = probe.signal;
-          grid.push_back(c);
-        }
-      }
-    }
-  }
+  const auto quantile = [&](int from_layer, double q) { return delta_quantiles(refs, from_layer, {q})[0]; };
+  for (const HaltingConfig& hc : policy->calibration_grid(base, L, quantile)) grid.push_back(Candidate{hc, "", NAN, NAN, NAN});
   for (size_t gi = 0; gi < grid.size(); ++gi) {
     Candidate& c = grid[gi];
     c.hc.validate(L);
-    c.spec = eval::config_spec(c.hc);
+    c.spec = c.hc.spec();
     double nll = 0, ff = 0, fd = 0;
     for (size_t i = 0; i < samples.size(); ++i) {
       if (tty) {
@@ -243,7 +217,7 @@ void add_calibrate_command(CLI::App& app, Action& action) {
   c->add_option("-m,--model", o->model, "Model file")->required();
   c->add_option("--tokenizer", o->tokenizer, "Tokenizer file (for llama2.c checkpoints)");
   c->add_option("--budget", o->budget, "Allowed continuation-NLL increase over full prefill, nats per token")->required();
-  c->add_option("--policy", o->policy, "Policy to calibrate: topk or threshold")->capture_default_str();
+  c->add_option("--policy", o->policy, "Policy to calibrate: " + calibrated_policy_names())->capture_default_str();
   c->add_option("--text", o->text_file, "Held-out text file (default: the datasets' held-out book)");
   c->add_option("--dataset-dir", o->dataset_dir, "Datasets from scripts/build-datasets (default: .cache/datasets)");
   c->add_option("--length", o->length, "Tokens per sample, document plus continuation (k = 1024)")->capture_default_str();

@@ -21,14 +21,16 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "backends/error.h"
+#include "backends/cpu/ops.h"
+#include "common/error.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
 #include "frontends/cli/eval_cli.h"
 #include "frontends/cli/eval_plot.h"
 #include "model/chat.h"
 #include "runtime/engine_factory.h"
-#include "runtime/eval.h"
+#include "common/lists.h"
+#include "eval/eval.h"
 
 namespace dashlm::cli {
 
@@ -213,14 +215,14 @@ int eval_main(const EvalOptions& o) {
   if (o.plot_x != "measured" && o.plot_x != "flops") fail("--plot-x must be measured or flops");
   const auto ends_with = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
   if (!o.plot_path.empty() && !ends_with(o.plot_path, ".png") && !ends_with(o.plot_path, ".svg")) fail("--plot: use a .png or .svg file name, got {}", o.plot_path);
-  std::vector<std::string> tasks = eval::split_list(o.tasks);
+  std::vector<std::string> tasks = split_list(o.tasks);
   for (const std::string& t : tasks) {
     if (std::find(eval::task_names().begin(), eval::task_names().end(), t) == eval::task_names().end()) {
       fail("unknown task '{}' (needle, passkey, multi-needle, continuation, fidelity)", t);
     }
   }
   if (tasks.empty()) fail("--tasks: give at least one task");
-  const std::vector<int64_t> lengths = eval::parse_lengths(o.lengths);
+  const std::vector<int64_t> lengths = parse_lengths(o.lengths);
   const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   cpu::set_num_threads(threads);
 
@@ -231,10 +233,10 @@ int eval_main(const EvalOptions& o) {
   }
   // Configurations: full prefill first (the reference), then the ones asked for.
   std::vector<ConfigRow> rows{{"full", "full prefill", "full", "", HaltingConfig{}}};
-  for (const std::string& spec : eval::split_list(o.configs)) {
-    HaltingConfig hc = eval::parse_config_spec(spec);
+  for (const std::string& spec : split_list(o.configs)) {
+    HaltingConfig hc = HaltingConfig::parse(spec);
     hc.validate(hp.n_layer);
-    const std::string key = eval::config_spec(hc);
+    const std::string key = hc.spec();
     if (std::any_of(rows.begin(), rows.end(), [&](const ConfigRow& r) { return r.key == key; })) fail("--configs lists {} twice", key);
     rows.push_back({key, hc.describe(hp.n_layer), hc.policy, hc.enabled() ? kv_mode_name(hc.kv) : "", hc});
   }
@@ -308,7 +310,7 @@ int eval_main(const EvalOptions& o) {
   const bool tty = !o.quiet && stderr_is_tty();
   const auto t_start = Clock::now();
   // One engine for every run, its cache sized for the longest prompt plus its generated tokens.
-  eval::EngineSlot slot(*model, o.backend);
+  EngineSlot slot(*model, o.backend);
   if (total > 0) {  // warm-up: first touch of the weights, thread start-up
     const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
     const int64_t room = std::max<int64_t>({so.n_generate, so.fidelity_tokens, 64});

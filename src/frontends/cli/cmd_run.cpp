@@ -1,6 +1,5 @@
 // dashlm run: prefill a prompt (a long document plus an optional question), then generate.
 #include <cctype>
-#include <chrono>
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
@@ -11,14 +10,15 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "backends/error.h"
+#include "backends/cpu/ops.h"
+#include "common/error.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
 #include "frontends/cli/halting_output.h"
 #include "model/chat.h"
-#include "runtime/engine.h"
+#include "common/timing.h"
 #include "runtime/engine_factory.h"
-#include "runtime/sampler.h"
+#include "runtime/session.h"
 
 namespace dashlm::cli {
 
@@ -42,18 +42,9 @@ struct RunOptions {
   size_t given_sources = 0;  // how many of -p, -f, --prompt-ids were given (an empty -p counts)
 };
 
-double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
 // The prompt as two token segments: the document (which a halting policy may thin out later)
 // and the query (always processed in full). With --chat both sit inside one user turn.
-struct PromptTokens {
-  std::vector<int32_t> document, query;
-  size_t size() const { return document.size() + query.size(); }
-};
-
-PromptTokens tokenize_prompt(const Model& model, const std::string& text, const std::string& query, bool chat) {
+Prompt tokenize_prompt(const Model& model, const std::string& text, const std::string& query, bool chat) {
   const Tokenizer& tok = model.tokenizer();
   std::string before, after;
   bool special = false;
@@ -68,7 +59,7 @@ PromptTokens tokenize_prompt(const Model& model, const std::string& text, const 
     after = turn.substr(at + marker.size());
     special = true;
   }
-  PromptTokens p;
+  Prompt p;
   std::string q;
   if (!query.empty()) {
     const bool sep = !text.empty() && !std::isspace(static_cast<unsigned char>(text.back()));
@@ -108,24 +99,22 @@ int run(const RunOptions& o) {
   const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   cpu::set_num_threads(threads);
 
-  const auto t_load = std::chrono::steady_clock::now();
+  const auto t_load = Clock::now();
   auto model = Model::load(o.model, o.tokenizer);
   const HParams& hp = model->hp();
   const Tokenizer& tok = model->tokenizer();
-  const double load_ms = ms_between(t_load, std::chrono::steady_clock::now());
+  const double load_ms = ms_since(t_load);
 
-  PromptTokens pt;
+  Prompt pt;
   if (!o.prompt_ids.empty()) {
     if (o.chat || !o.query.empty()) fail("--prompt-ids cannot be combined with --chat or --query");
     pt.document = parse_ids(o.prompt_ids, tok.n_vocab());
   } else {
     pt = tokenize_prompt(*model, text, o.query, o.chat);
   }
-  std::vector<int32_t> prompt = pt.document;
-  prompt.insert(prompt.end(), pt.query.begin(), pt.query.end());
-  if (prompt.empty()) fail("empty prompt: it has no tokens");
+  const int64_t n_prompt = pt.size();
+  if (n_prompt == 0) fail("empty prompt: it has no tokens");
   const int64_t ctx_limit = o.ctx > 0 ? o.ctx : hp.n_ctx_train;
-  const auto n_prompt = static_cast<int64_t>(prompt.size());
   if (n_prompt > ctx_limit) {
     fail("the prompt has {} tokens, more than the context of {} tokens{}", n_prompt, ctx_limit,
          o.ctx > 0 ? "" : " the model was trained for (raise it with --ctx)");
@@ -141,69 +130,46 @@ int run(const RunOptions& o) {
 
   auto engine_ptr = make_engine(*model, n_prompt + n_predict, o.backend);
   InferenceEngine& engine = *engine_ptr;
+  Session session(engine, tok);
   const bool show_progress = !o.quiet && stderr_is_tty() && n_prompt >= 256;
-  ForwardStats pst, qst;
   HaltingTrace trace;
-  std::vector<float> all_logits;
-  PrefillOptions po;
-  if (show_progress) po.progress = [](int d, int t) { progress_bar("prefill", d, t); };
-  po.logits_all = o.logits_path.empty() ? nullptr : &all_logits;
-  const bool split = hc.enabled() && !pt.query.empty();
-  const auto n_first_seg = static_cast<int64_t>(split ? pt.document.size() : prompt.size());
-  const int64_t n_second_seg = split ? static_cast<int64_t>(pt.query.size()) : 0;
-  if (o.logits_last > 0) po.logits_first = std::max<int64_t>(0, n_first_seg - std::max<int64_t>(0, o.logits_last - n_second_seg));
-  po.halting = &hc;
-  po.trace = hc.enabled() || !o.dump_deltas.empty() ? &trace : nullptr;
-  // The document with halting; the query after it in full, attending to whatever the document
-  // left in the cache (as the KVPress harness does).
-  std::vector<float> logits = engine.prefill(split ? std::span<const int32_t>(pt.document) : std::span<const int32_t>(prompt), po, &pst);
-  if (split) {
-    PrefillOptions qo;
-    std::vector<float> query_logits;
-    qo.logits_all = o.logits_path.empty() ? nullptr : &query_logits;
-    if (o.logits_last > 0) qo.logits_first = std::max<int64_t>(0, n_second_seg - o.logits_last);
-    logits = engine.prefill(pt.query, qo, &qst);
-    all_logits.insert(all_logits.end(), query_logits.begin(), query_logits.end());
-    pst.total_ms += qst.total_ms;
-    for (size_t i = 0; i < pst.layer_ms.size(); ++i) pst.layer_ms[i] += qst.layer_ms[i];
-  }
+  PrefillRequest req;
+  req.halting = &hc;
+  req.trace = hc.enabled() || !o.dump_deltas.empty() ? &trace : nullptr;
+  req.layer_times = true;
+  if (!o.logits_path.empty()) req.logits_last = o.logits_last > 0 ? std::min(o.logits_last, n_prompt) : n_prompt;
+  if (show_progress) req.progress = [](int d, int t) { progress_bar("prefill", d, t); };
+  // With halting, the document is prefilled with halting and the query after it in full,
+  // attending to whatever the document left in the cache (as the KVPress harness does).
+  const PrefillResult pr = session.prefill(pt, req);
+  const ForwardStats& pst = pr.stats;
   if (show_progress) progress_clear();
   if (!o.logits_path.empty()) {
     std::ofstream out(o.logits_path, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(all_logits.data()), static_cast<std::streamsize>(all_logits.size() * sizeof(float)));
+    out.write(reinterpret_cast<const char*>(pr.logits.data()), static_cast<std::streamsize>(pr.logits.size() * sizeof(float)));
     if (!out) fail("cannot write {}", o.logits_path);
   }
   if (!o.dump_deltas.empty()) write_deltas(o.dump_deltas, trace);
   if (!o.halting_map.empty()) write_halting_map(o.halting_map, trace, hc.describe(hp.n_layer));
 
-  // Decode.
-  SamplerParams sp{o.temperature, o.top_k, o.top_p, o.seed};
-  Sampler sampler(sp);
-  TokenStream stream(tok, prompt.back());
-  std::vector<int32_t> generated;
-  std::string generated_text;
-  std::string stop_reason = "length";
-  const auto t_dec = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < n_predict; ++i) {
-    const int32_t id = sampler.sample(logits);
-    if (!o.ignore_eos && tok.is_end_of_generation(id)) {
-      stop_reason = "eos";
-      break;
-    }
-    generated.push_back(id);
-    const std::string piece = stream.push(id);
-    generated_text += piece;
+  // Decode, streaming each piece of text as it is complete.
+  GenerateOptions go;
+  go.max_tokens = n_predict;
+  go.sampling = SamplerParams{o.temperature, o.top_k, o.top_p, o.seed};
+  go.ignore_eos = o.ignore_eos;
+  go.on_text = [](const std::string& piece) {
     fmt::print("{}", piece);
     std::fflush(stdout);
-    if (i + 1 < n_predict) logits = engine.decode(id);
-  }
-  const std::string rest = stream.flush();
-  generated_text += rest;
-  fmt::print("{}\n", rest);
+    return true;
+  };
+  const Generation gen = session.generate(pr.last(hp.n_vocab), pt.tokens().back(), go);
+  fmt::print("\n");
   std::fflush(stdout);
-  const double decode_ms = ms_between(t_dec, std::chrono::steady_clock::now());
-  // The first token comes from the prefill's logits: decode speed counts the forward passes.
-  const auto n_decode_passes = static_cast<double>(generated.empty() ? 0 : generated.size() - (stop_reason == "eos" ? 0 : 1));
+  const std::vector<int32_t>& generated = gen.ids;
+  const std::string& generated_text = gen.text;
+  const std::string& stop_reason = gen.stop_reason;
+  const double decode_ms = gen.ms;
+  const auto n_decode_passes = static_cast<double>(gen.forward_passes);
   const double prefill_tps = pst.total_ms > 0 ? static_cast<double>(n_prompt) * 1000.0 / pst.total_ms : 0.0;
   const double decode_tps = decode_ms > 0 && n_decode_passes > 0 ? n_decode_passes * 1000.0 / decode_ms : 0.0;
 
@@ -216,7 +182,7 @@ int run(const RunOptions& o) {
     if (hc.enabled()) {
       fmt::print(stderr, "halting: {} | {} of {} document tokens active after the decision | FLOP speedup {:.2f}x\n",
                  hc.describe(hp.n_layer), trace.active_per_layer.back(), trace.n_tokens,
-                 trace.flops_done > 0 ? trace.flops_full / trace.flops_done : 1.0);
+                 trace.flop_speedup());
     }
   }
 

@@ -7,7 +7,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "frontends/cli/commands.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "model/model.h"
-#include "runtime/eval.h"
+#include "eval/eval.h"
 
 namespace dashlm::cli {
 

@@ -13,7 +13,7 @@
 
 #include <fmt/format.h>
 
-#include "backends/error.h"
+#include "common/error.h"
 
 namespace dashlm::cli {
 

@@ -12,91 +12,72 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
-#include "backends/error.h"
-#include "runtime/eval.h"
+#include "common/error.h"
+#include "runtime/dash/calibration.h"
 
 namespace dashlm::cli {
 
-KVMode parse_kv_mode(const std::string& s) {
-  if (s == "retain") return KVMode::Retain;
-  if (s == "drop") return KVMode::Drop;
-  fail("--kv must be retain or drop, got '{}'", s);
-}
-
-DeltaSignal parse_delta_signal(const std::string& s) {
-  if (s == "abs") return DeltaSignal::Abs;
-  if (s == "rel") return DeltaSignal::Rel;
-  if (s == "block") return DeltaSignal::Block;
-  fail("--delta must be abs, rel or block, got '{}'", s);
-}
-
 void add_halting_flags(CLI::App* c, HaltingFlags& f) {
-  HaltingConfig& h = f.cfg;
-  c->add_option("--halting", h.policy, "Halting policy: none, topk, threshold, random, attn, auto (the setting saved by dashlm calibrate)")->capture_default_str();
-  c->add_option("--halt-layer", h.halt_layer, "topk/random/attn: decision layer, an index or a fraction of depth")->capture_default_str();
-  c->add_option("--keep", h.keep, "topk/random/attn: fraction of document tokens kept active")->capture_default_str();
-  c->add_option("--min-layer", h.min_layer, "threshold: first layer whose delta counts")->capture_default_str();
-  c->add_option("--tau", h.tau, "threshold: halt when the delta stays below this");
-  c->add_option("--patience", h.patience, "threshold: for this many consecutive layers");
-  c->add_option("--attn-queries", h.attn_queries, "attn: last tokens whose attention ranks the document")->capture_default_str();
-  c->add_option("--kv", f.kv, "Keys/values of halted tokens: retain or drop")->capture_default_str();
-  c->add_option("--delta", f.delta, "Halting signal: abs (||U||), rel (||U||/||h||), block (1-cos)")->capture_default_str();
-  c->add_option("--protect-first", h.protect_first, "First tokens that never halt (attention sinks)")->capture_default_str();
-  c->add_option("--protect-last", h.protect_last, "Last document tokens that never halt (>= 1)")->capture_default_str();
+  const HaltingConfig d;
+  const std::string policies = "Halting policy: none, " + halting_policy_names() + ", auto (the setting saved by dashlm calibrate)";
+  const std::pair<Setting, std::string> flags[] = {
+      {Setting::Policy, policies},
+      {Setting::HaltLayer, "topk/random/attn: decision layer, an index or a fraction of depth"},
+      {Setting::Keep, "topk/random/attn: fraction of document tokens kept active"},
+      {Setting::MinLayer, "threshold: first layer whose delta counts"},
+      {Setting::Tau, "threshold: halt when the delta stays below this"},
+      {Setting::Patience, "threshold: for this many consecutive layers"},
+      {Setting::AttnQueries, "attn: last tokens whose attention ranks the document"},
+      {Setting::Kv, "Keys/values of halted tokens: retain or drop"},
+      {Setting::Signal, "Halting signal: abs (||U||), rel (||U||/||h||), block (1-cos)"},
+      {Setting::ProtectFirst, "First tokens that never halt (attention sinks)"},
+      {Setting::ProtectLast, "Last document tokens that never halt (>= 1)"},
+  };
+  for (const auto& [s, help] : flags) {
+    std::string& v = f.value[s];
+    const bool unset = (s == Setting::Tau && d.tau < 0) || (s == Setting::Patience && d.patience == 0);
+    v = unset ? "" : setting_value(d, s);
+    CLI::Option* o = c->add_option(setting_flag(s), v, help);
+    if (!unset) o->default_str(v);
+    f.option[s] = o;
+  }
 }
-
-std::string calibration_path(const std::string& model_path) { return model_path + ".dash.json"; }
 
 HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed, const std::string& model_path) {
-  if (f.cfg.policy == "auto") {
-    const std::string path = calibration_path(model_path);
-    std::ifstream in(path);
-    if (!in) fail("no calibration for this model: run dashlm calibrate (looked for {})", path);
-    HaltingConfig hc;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-      hc = eval::parse_config_spec(j.at("spec").get<std::string>());
-    } catch (const nlohmann::json::exception& e) {
-      fail("{} is not a calibration file ({}): run dashlm calibrate again", path, e.what());
+  try {
+    if (f.value.at(Setting::Policy) == "auto") {
+      for (const auto& [s, o] : f.option)
+        if (s != Setting::Policy && o->count()) fail_setting(s, "cannot be combined with --halting auto (the calibrated setting)");
+      Calibration c = load_calibration(model_path, n_layer);
+      if (c.config.seed == 0 && find_halting_policy(c.config.policy) && find_halting_policy(c.config.policy)->reads(Setting::Seed)) {
+        c.config.seed = seed;
+      }
+      fmt::print(stderr, "halting auto: {} from {} (continuation NLL {:+.4f} within a budget of {}, FLOP speedup {:.2f}x)\n",
+                 c.config.describe(n_layer), c.path, c.delta_nll, c.budget, c.flop_speedup);
+      return c.config;
     }
-    if (hc.policy == "random" && hc.seed == 0) hc.seed = seed;
+    HaltingConfig hc;
+    std::vector<Setting> given;
+    for (const auto& [s, o] : f.option) {
+      if (s == Setting::Policy || o->count()) set_setting(hc, s, f.value.at(s));
+      if (o->count()) given.push_back(s);
+    }
+    hc.seed = seed;
     hc.validate(n_layer);
-    fmt::print(stderr, "halting auto: {} from {} (continuation NLL {:+.4f} within a budget of {}, FLOP speedup {:.2f}x)\n",
-               hc.describe(n_layer), path, j.value("delta_nll", 0.0), j.value("budget", 0.0), j.value("flop_speedup", 1.0));
+    hc.check_given(given);
     return hc;
+  } catch (const SettingError& e) {
+    fail("{} {}", setting_flag(e.setting), e.problem);
   }
-  HaltingConfig hc = f.cfg;
-  hc.seed = seed;
-  hc.kv = parse_kv_mode(f.kv);
-  hc.signal = parse_delta_signal(f.delta);
-  hc.validate(n_layer);
-  return hc;
 }
 
 nlohmann::json halting_json(const HaltingConfig& hc, int n_layer, const HaltingTrace& tr, const std::vector<double>& layer_ms) {
-  nlohmann::json j;
-  j["policy"] = hc.policy;
-  j["describe"] = hc.describe(n_layer);
-  if (hc.policy == "threshold") {
-    j["min_layer"] = hc.min_layer;
-    j["tau"] = hc.tau;
-    j["patience"] = hc.patience;
-  } else {
-    j["halt_layer"] = hc.decision_layer(n_layer);
-    j["keep"] = hc.keep;
-  }
-  if (hc.policy == "random") j["seed"] = hc.seed;
-  if (hc.policy == "attn") j["attn_queries"] = hc.attn_queries;
-  j["delta_signal"] = delta_signal_name(hc.signal);
-  j["kv_mode"] = kv_mode_name(hc.kv);
-  j["protect_first"] = hc.protect_first;
-  j["protect_last"] = hc.protect_last;
+  nlohmann::json j = hc.to_json(n_layer);
   j["n_document_tokens"] = tr.n_tokens;
   j["active_per_layer"] = tr.active_per_layer;
   j["flops_full"] = tr.flops_full;
   j["flops_done"] = tr.flops_done;
-  j["flop_speedup"] = tr.flops_done > 0 ? tr.flops_full / tr.flops_done : 1.0;
+  j["flop_speedup"] = tr.flop_speedup();
   j["layer_ms"] = layer_ms;
   return j;
 }

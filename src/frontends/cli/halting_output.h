@@ -1,37 +1,35 @@
 // Halting results for people and scripts: flag parsing, the JSON object, the deltas file and
 // the halting map picture.
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
-#include "runtime/engine.h"
-#include "runtime/halting.h"
+#include "runtime/dash/prefill.h"
 
 namespace CLI {
 class App;
+class Option;
 }
 
 namespace dashlm::cli {
 
-// The halting flags shared by run and bench.
+// The halting flags shared by run and bench: each one sets one setting of the HaltingConfig, its
+// value parsed by the config's own parser (set_setting).
 struct HaltingFlags {
-  HaltingConfig cfg;
-  std::string kv = "retain", delta = "abs";
+  std::map<Setting, std::string> value;     // each flag's text
+  std::map<Setting, CLI::Option*> option;  // ... and whether it was given
 };
 void add_halting_flags(CLI::App* c, HaltingFlags& f);
-// The validated configuration for a model of n_layer layers (seed: for the random policy).
-// Policy "auto" loads the setting `dashlm calibrate` saved for the model at model_path
-// (calibration_path) and says on stderr which one it chose; an error if there is none.
+// The validated configuration for a model of n_layer layers (seed: for the random policy), with
+// errors naming the flag. Policy "auto" loads the setting `dashlm calibrate` saved for the model
+// at model_path and says on stderr which one it chose; an error if there is none.
 HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed, const std::string& model_path);
-// Where `dashlm calibrate` saves its choice for a model file: MODEL.dash.json beside it.
-std::string calibration_path(const std::string& model_path);
 
-KVMode parse_kv_mode(const std::string& s);
-DeltaSignal parse_delta_signal(const std::string& s);
-
-// policy, its parameters, kv_mode, active_per_layer, flops_full, flops_done, flop_speedup, layer_ms.
+// The config's JSON (HaltingConfig::to_json) with what the trace measured: n_document_tokens,
+// active_per_layer, flops_full, flops_done, flop_speedup, layer_ms.
 nlohmann::json halting_json(const HaltingConfig& hc, int n_layer, const HaltingTrace& tr, const std::vector<double>& layer_ms);
 
 // Deltas, tokens x layers: .npy (float32, NaN where a token did not run the layer) or .csv.

@@ -5,7 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
-#include "backends/error.h"
+#include "common/error.h"
 #include "frontends/cli/commands.h"
 
 int main(int argc, char** argv) {

@@ -1,4 +1,4 @@
-#include "runtime/eval.h"
+#include "eval/eval.h"
 
 #include <algorithm>
 #include <chrono>
@@ -11,9 +11,10 @@
 
 #include <fmt/format.h>
 
-#include "backends/error.h"
-#include "runtime/engine.h"
-#include "runtime/engine_factory.h"
+#include "common/error.h"
+#include "common/lists.h"
+#include "runtime/sampler.h"
+#include "runtime/session.h"
 
 namespace dashlm::eval {
 
@@ -58,10 +59,6 @@ double kl_divergence(std::span<const float> p_logits, std::span<const float> q_l
   return std::max(0.0, kl);  // rounding can make a zero divergence slightly negative
 }
 
-int32_t argmax(std::span<const float> logits) {
-  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-}
-
 int64_t common_prefix(std::span<const int32_t> a, std::span<const int32_t> b) {
   const size_t n = std::min(a.size(), b.size());
   size_t i = 0;
@@ -88,136 +85,6 @@ std::string normalize_answer(std::string_view s) {
 bool answer_found(std::string_view generated, std::string_view expected) {
   const std::string e = normalize_answer(expected);
   return !e.empty() && normalize_answer(generated).find(e) != std::string::npos;
-}
-
-// ---- configuration specs -------------------------------------------------------------------
-
-std::vector<std::string> split_list(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, sep)) {
-    const size_t a = item.find_first_not_of(" \t");
-    if (a == std::string::npos) continue;
-    out.push_back(item.substr(a, item.find_last_not_of(" \t") - a + 1));
-  }
-  return out;
-}
-
-namespace {
-
-constexpr const char* kSpecSyntax =
-    "none | topk:L:KEEP:KV | random:L:KEEP:KV | attn:L:KEEP:KV | threshold:MIN:TAU:PATIENCE:SIGNAL:KV "
-    "(KV retain|drop, SIGNAL abs|rel|block, optional :pf=N :pl=N :delta=S :q=N :seed=N)";
-
-double spec_number(const std::string& spec, const std::string& field, const char* what) {
-  char* end = nullptr;
-  const double v = std::strtod(field.c_str(), &end);
-  if (field.empty() || *end != '\0' || !std::isfinite(v)) fail("config '{}': {} '{}' is not a number; syntax: {}", spec, what, field, kSpecSyntax);
-  return v;
-}
-
-int spec_int(const std::string& spec, const std::string& field, const char* what) {
-  const double v = spec_number(spec, field, what);
-  if (v != std::floor(v) || std::fabs(v) > 1e9) fail("config '{}': {} '{}' is not a whole number", spec, what, field);
-  return static_cast<int>(v);
-}
-
-KVMode spec_kv(const std::string& spec, const std::string& f) {
-  if (f == "retain") return KVMode::Retain;
-  if (f == "drop") return KVMode::Drop;
-  fail("config '{}': KV mode '{}' must be retain or drop", spec, f);
-}
-
-DeltaSignal spec_signal(const std::string& spec, const std::string& f) {
-  if (f == "abs") return DeltaSignal::Abs;
-  if (f == "rel") return DeltaSignal::Rel;
-  if (f == "block") return DeltaSignal::Block;
-  fail("config '{}': delta signal '{}' must be abs, rel or block", spec, f);
-}
-
-}  // namespace
-
-HaltingConfig parse_config_spec(const std::string& spec) {
-  std::vector<std::string> fields;
-  {
-    std::stringstream ss(spec);
-    std::string f;
-    while (std::getline(ss, f, ':')) fields.push_back(f);
-  }
-  if (fields.empty() || fields[0].empty()) fail("empty config; syntax: {}", kSpecSyntax);
-  // Positional fields first, then name=value fields.
-  std::vector<std::string> pos, named;
-  for (size_t i = 1; i < fields.size(); ++i) (fields[i].find('=') == std::string::npos && named.empty() ? pos : named).push_back(fields[i]);
-  HaltingConfig hc;
-  const std::string& p = fields[0];
-  if (p == "none" || p == "full") {
-    if (!pos.empty() || !named.empty()) fail("config '{}': 'none' takes no parameters", spec);
-    hc.policy = "none";
-    return hc;
-  }
-  if (p == "topk" || p == "random" || p == "attn") {
-    if (pos.size() < 2 || pos.size() > 3) fail("config '{}': {} needs LAYER:KEEP[:KV]; syntax: {}", spec, p, kSpecSyntax);
-    hc.policy = p;
-    hc.halt_layer = spec_number(spec, pos[0], "layer");
-    hc.keep = spec_number(spec, pos[1], "keep");
-    if (pos.size() == 3) hc.kv = spec_kv(spec, pos[2]);
-  } else if (p == "threshold") {
-    if (pos.size() < 3 || pos.size() > 5) fail("config '{}': threshold needs MIN:TAU:PATIENCE[:SIGNAL[:KV]]; syntax: {}", spec, kSpecSyntax);
-    hc.policy = p;
-    hc.min_layer = spec_int(spec, pos[0], "min layer");
-    hc.tau = spec_number(spec, pos[1], "tau");
-    hc.patience = spec_int(spec, pos[2], "patience");
-    if (pos.size() >= 4) hc.signal = spec_signal(spec, pos[3]);
-    if (pos.size() == 5) hc.kv = spec_kv(spec, pos[4]);
-  } else {
-    fail("config '{}': unknown policy '{}'; syntax: {}", spec, p, kSpecSyntax);
-  }
-  for (const std::string& f : named) {
-    const size_t eq = f.find('=');
-    const std::string k = f.substr(0, eq), v = eq == std::string::npos ? "" : f.substr(eq + 1);
-    if (k == "pf") hc.protect_first = spec_int(spec, v, "pf");
-    else if (k == "pl") hc.protect_last = spec_int(spec, v, "pl");
-    else if (k == "delta") hc.signal = spec_signal(spec, v);
-    else if (k == "q") hc.attn_queries = spec_int(spec, v, "q");
-    else if (k == "seed") hc.seed = static_cast<uint64_t>(spec_int(spec, v, "seed"));
-    else fail("config '{}': unknown field '{}' (pf, pl, delta, q, seed)", spec, f);
-  }
-  return hc;
-}
-
-std::string config_spec(const HaltingConfig& hc) {
-  if (!hc.enabled()) return "none";
-  std::string s;
-  if (hc.policy == "threshold") {
-    s = fmt::format("threshold:{}:{:.6g}:{}:{}:{}", hc.min_layer, hc.tau, hc.patience, delta_signal_name(hc.signal), kv_mode_name(hc.kv));
-  } else {
-    s = fmt::format("{}:{}:{:.6g}:{}", hc.policy, hc.halt_layer, hc.keep, kv_mode_name(hc.kv));
-    if (hc.signal != DeltaSignal::Abs) s += fmt::format(":delta={}", delta_signal_name(hc.signal));
-  }
-  if (hc.protect_first != HaltingConfig{}.protect_first) s += fmt::format(":pf={}", hc.protect_first);
-  if (hc.protect_last != 1) s += fmt::format(":pl={}", hc.protect_last);
-  if (hc.policy == "attn" && hc.attn_queries != HaltingConfig{}.attn_queries) s += fmt::format(":q={}", hc.attn_queries);
-  if (hc.policy == "random" && hc.seed != 0) s += fmt::format(":seed={}", hc.seed);
-  return s;
-}
-
-std::vector<int64_t> parse_lengths(const std::string& s) {
-  std::vector<int64_t> out;
-  for (std::string item : split_list(s)) {
-    double mult = 1;
-    if (item.back() == 'k' || item.back() == 'K') {
-      mult = 1024;
-      item.pop_back();
-    }
-    char* end = nullptr;
-    const double v = std::strtod(item.c_str(), &end);
-    const auto n = static_cast<int64_t>(std::llround(v * mult));
-    if (item.empty() || *end != '\0' || !(v > 0) || n <= 0 || n > (int64_t{1} << 30)) fail("'{}' is not a positive token count", item);
-    out.push_back(n);
-  }
-  if (out.empty()) fail("give at least one length");
-  return out;
 }
 
 // ---- random numbers ---------------------------------------------------------------------------
@@ -656,68 +523,49 @@ Sample SampleBuilder::fidelity(int64_t length, int index) const {
 
 namespace {
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-
 bool wants_query_logits(const Sample& s) { return s.task == "continuation" || s.task == "fidelity"; }
 
 }  // namespace
 
-InferenceEngine& EngineSlot::get(int64_t n_ctx) {
-  if (engine_ && engine_->n_ctx() >= n_ctx) {
-    engine_->reset();
-  } else {
-    engine_.reset();  // free the old cache before allocating the larger one
-    engine_ = make_engine(model_, n_ctx, backend_);
-  }
-  return *engine_;
-}
-
-RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc) {
+RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc, DeltaSignal trace_signal) {
   if (s.document.empty() || s.query.empty()) fail("sample without document or query");
-  InferenceEngine* engine = &slot.get(s.n_tokens() + s.n_generate);
-  const Model& model = slot.model();
+  InferenceEngine& engine = slot.get(s.n_tokens() + s.n_generate);
+  const Tokenizer& tok = slot.model().tokenizer();
+  Session session(engine, tok);
   RunOutput out;
-  HaltingTrace& trace = out.trace;
-  PrefillOptions po;
-  po.halting = hc;
-  po.trace = &trace;
-  auto t0 = std::chrono::steady_clock::now();
-  out.document_last = engine->prefill(s.document, po, nullptr);
-  out.document_ms = ms_since(t0);
-  out.flops_full = trace.flops_full;
-  out.flops_done = trace.flops_done;
-  out.active_after = trace.active_per_layer.empty() ? 0 : trace.active_per_layer.back();
-  PrefillOptions qo;
-  qo.logits_all = wants_query_logits(s) ? &out.query_logits : nullptr;
-  t0 = std::chrono::steady_clock::now();
-  std::vector<float> logits = engine->prefill(s.query, qo, nullptr);
-  out.query_ms = ms_since(t0);
-  if (!wants_query_logits(s)) out.query_logits = logits;  // the last position only
-  const Tokenizer& tok = model.tokenizer();
-  for (int i = 0; i < s.n_generate; ++i) {
-    const int32_t id = argmax(logits);
-    if (!s.ignore_eos && tok.is_end_of_generation(id)) break;
-    out.generated.push_back(id);
-    if (i + 1 < s.n_generate) logits = engine->decode(id);
-  }
+  PrefillRequest req;
+  req.halting = hc;
+  req.trace = &out.trace;
+  req.trace_signal = trace_signal;
+  req.separate_query = true;
+  req.logits_last = wants_query_logits(s) ? static_cast<int64_t>(s.query.size()) : 1;
+  PrefillResult pr = session.prefill(Prompt{s.document, s.query}, req);
+  out.document_ms = pr.document_ms;
+  out.query_ms = pr.query_ms;
+  out.document_last = std::move(pr.document_last);
+  out.flops_full = out.trace.flops_full;
+  out.flops_done = out.trace.flops_done;
+  out.active_after = out.trace.active_per_layer.empty() ? 0 : out.trace.active_per_layer.back();
+  out.query_logits = std::move(pr.logits);
+  GenerateOptions go;
+  go.max_tokens = s.n_generate;
+  go.ignore_eos = s.ignore_eos;
+  const Generation g = session.generate(std::span<const float>(out.query_logits).last(static_cast<size_t>(tok.n_vocab())),
+                                        s.query.back(), go);
+  out.generated = g.ids;
   out.text = tok.decode(out.generated);
   return out;
 }
 
 std::string generate_text(EngineSlot& slot, const std::vector<int32_t>& prompt, int n) {
-  InferenceEngine* engine = &slot.get(static_cast<int64_t>(prompt.size()) + n);
-  const Model& model = slot.model();
-  std::vector<float> logits = engine->prefill(prompt, PrefillOptions{}, nullptr);
-  std::vector<int32_t> ids;
-  for (int i = 0; i < n; ++i) {
-    const int32_t id = argmax(logits);
-    if (model.tokenizer().is_end_of_generation(id)) break;
-    ids.push_back(id);
-    if (i + 1 < n) logits = engine->decode(id);
-  }
-  return model.tokenizer().decode(ids);
+  InferenceEngine& engine = slot.get(static_cast<int64_t>(prompt.size()) + n);
+  const Tokenizer& tok = slot.model().tokenizer();
+  Session session(engine, tok);
+  const PrefillResult pr = session.prefill(Prompt{prompt, {}}, PrefillRequest{});
+  GenerateOptions go;
+  go.max_tokens = n;
+  const Generation g = session.generate(pr.last(tok.n_vocab()), prompt.back(), go);
+  return tok.decode(g.ids);
 }
 
 nlohmann::json score_run(const Sample& s, const RunOutput& out, const RunOutput& ref, int64_t n_vocab) {

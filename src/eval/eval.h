@@ -1,8 +1,8 @@
 // Measuring what halting costs in answer quality: the metrics (NLL, KL divergence, top-1
-// agreement, exact-match answers), halting configurations written as short specs
-// ("topk:0.4:0.33:retain"), the datasets that scripts/build-datasets writes, the construction
-// of evaluation samples at exact token lengths, and one run of a sample through an engine.
-// Used by `dashlm eval` and `dashlm calibrate`.
+// agreement, exact-match answers), the datasets that scripts/build-datasets writes, the
+// construction of evaluation samples at exact token lengths, and one run of a sample through an
+// engine (a runtime Session). An application beside the frontends, used by `dashlm eval` and
+// `dashlm calibrate`; halting settings are the runtime's HaltingConfig and its specs.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -14,9 +14,8 @@
 #include <nlohmann/json.hpp>
 
 #include "model/model.h"
-#include "runtime/engine.h"
-#include "runtime/engine_iface.h"
-#include "runtime/halting.h"
+#include "runtime/dash/prefill.h"
+#include "runtime/engine_factory.h"
 
 namespace dashlm::eval {
 
@@ -28,31 +27,12 @@ double log_prob(std::span<const float> logits, int32_t token);
 double mean_nll(std::span<const float> rows, int64_t n_vocab, std::span<const int32_t> targets);
 // KL(P || Q) in nats, P = softmax(p_logits) (the reference), Q = softmax(q_logits).
 double kl_divergence(std::span<const float> p_logits, std::span<const float> q_logits);
-// Index of the largest logit (the first one on ties).
-int32_t argmax(std::span<const float> logits);
 // Tokens equal from the start until the first difference.
 int64_t common_prefix(std::span<const int32_t> a, std::span<const int32_t> b);
 // Lower-case (ASCII), every run of whitespace one space, no leading or trailing space.
 std::string normalize_answer(std::string_view s);
 // Exact match: the normalised expected answer occurs in the normalised generation.
 bool answer_found(std::string_view generated, std::string_view expected);
-
-// ---- halting configurations as specs -----------------------------------------------------------
-// none | full
-// topk:L:KEEP:KV | random:L:KEEP:KV | attn:L:KEEP:KV
-//     L: decision layer, an index (>= 1) or a fraction of depth (< 1); KEEP in (0, 1]
-// threshold:MIN:TAU:PATIENCE:SIGNAL:KV
-//     SIGNAL: abs | rel | block
-// Optional trailing fields name=value: pf=N (protect first N tokens), pl=N (protect last N),
-// delta=abs|rel|block (the signal of topk), q=N (attn: query rows), seed=N (random).
-// KV is retain or drop. Throws dashlm::Error with the expected syntax on a malformed spec.
-HaltingConfig parse_config_spec(const std::string& spec);
-// The canonical spec of a configuration (parse_config_spec(config_spec(c)) == c).
-std::string config_spec(const HaltingConfig& hc);
-// Splits at a separator, dropping empty items and surrounding spaces.
-std::vector<std::string> split_list(const std::string& s, char sep = ',');
-// "1024,4k,0.5k" -> token counts (k = 1024).
-std::vector<int64_t> parse_lengths(const std::string& s);
 
 // ---- deterministic random numbers (the same on every platform and standard library) ----------
 class Rng {
@@ -180,25 +160,10 @@ struct RunOutput {
   std::vector<int32_t> generated;
   std::string text;
 };
-// One engine serving every run of an evaluation: created on first use, recreated only when a run
-// needs a larger cache, reset between runs. Weights are loaded (on the GPU: converted and uploaded)
-// once, not once per run.
-class EngineSlot {
- public:
-  EngineSlot(const Model& model, std::string backend) : model_(model), backend_(std::move(backend)) {}
-  // An engine with an empty cache of at least n_ctx slots.
-  InferenceEngine& get(int64_t n_ctx);
-  const Model& model() const { return model_; }
-
- private:
-  const Model& model_;
-  std::string backend_;
-  std::unique_ptr<InferenceEngine> engine_;
-};
-
 // Prefills the sample's document (with halting when hc is given and enabled), then its query in
 // full, then generates greedily.
-RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc);
+// Without halting, trace_signal is the signal the trace records (calibration reads its quantiles).
+RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc, DeltaSignal trace_signal = DeltaSignal::Abs);
 // Greedy generation of a prompt prefilled in full (closed-book control).
 std::string generate_text(EngineSlot& slot, const std::vector<int32_t>& prompt, int n);
 

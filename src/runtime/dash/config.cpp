@@ -1,0 +1,286 @@
+#include "runtime/dash/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/dash/policy.h"
+
+namespace dashlm {
+
+namespace {
+
+struct SettingInfo {
+  Setting id;
+  const char* name;      // in messages and JSON
+  const char* flag;      // of run and bench
+  const char* spec_key;  // as a :key=value field of a spec (null: positional only)
+};
+
+constexpr SettingInfo kSettings[] = {
+    {Setting::Policy, "policy", "--halting", nullptr},
+    {Setting::HaltLayer, "halt_layer", "--halt-layer", nullptr},
+    {Setting::Keep, "keep", "--keep", nullptr},
+    {Setting::MinLayer, "min_layer", "--min-layer", nullptr},
+    {Setting::Tau, "tau", "--tau", nullptr},
+    {Setting::Patience, "patience", "--patience", nullptr},
+    {Setting::Seed, "seed", "--seed", "seed"},
+    {Setting::AttnQueries, "attn_queries", "--attn-queries", "q"},
+    {Setting::Kv, "kv_mode", "--kv", nullptr},
+    {Setting::Signal, "delta_signal", "--delta", "delta"},
+    {Setting::ProtectFirst, "protect_first", "--protect-first", "pf"},
+    {Setting::ProtectLast, "protect_last", "--protect-last", "pl"},
+};
+
+const SettingInfo& info(Setting s) {
+  for (const SettingInfo& i : kSettings)
+    if (i.id == s) return i;
+  fail("unknown halting setting");
+}
+
+// The settings every policy reads, checked and written for all of them.
+constexpr Setting kCommon[] = {Setting::Kv, Setting::Signal, Setting::ProtectFirst, Setting::ProtectLast};
+// The settings written as :key=value for every policy when not at their default.
+constexpr Setting kCommonOptions[] = {Setting::ProtectFirst, Setting::ProtectLast};
+// The order of :key=value fields in a canonical spec.
+constexpr Setting kOptionOrder[] = {Setting::Signal, Setting::ProtectFirst, Setting::ProtectLast, Setting::AttnQueries, Setting::Seed};
+// Settings that belong to some policies only: giving one to a policy that does not read it is an
+// error (the seed is shared with sampling and so not among them).
+constexpr Setting kPolicyOwn[] = {Setting::HaltLayer, Setting::Keep, Setting::MinLayer, Setting::Tau, Setting::Patience,
+                                  Setting::AttnQueries};
+
+double parse_number(Setting s, std::string_view v) {
+  const std::string str(v);
+  char* end = nullptr;
+  const double x = std::strtod(str.c_str(), &end);
+  if (str.empty() || *end != '\0' || !std::isfinite(x)) fail_setting(s, "'{}' is not a number", str);
+  return x;
+}
+
+int parse_int(Setting s, std::string_view v) {
+  const double x = parse_number(s, v);
+  if (x != std::floor(x) || std::fabs(x) > 1e9) fail_setting(s, "'{}' is not a whole number", v);
+  return static_cast<int>(x);
+}
+
+}  // namespace
+
+const char* setting_name(Setting s) { return info(s).name; }
+const char* setting_flag(Setting s) { return info(s).flag; }
+
+const char* delta_signal_name(DeltaSignal s) {
+  switch (s) {
+    case DeltaSignal::Abs: return "abs";
+    case DeltaSignal::Rel: return "rel";
+    case DeltaSignal::Block: return "block";
+  }
+  return "?";
+}
+
+const char* kv_mode_name(KVMode m) { return m == KVMode::Retain ? "retain" : "drop"; }
+
+KVMode parse_kv_mode(std::string_view s) {
+  if (s == "retain") return KVMode::Retain;
+  if (s == "drop") return KVMode::Drop;
+  fail_setting(Setting::Kv, "must be retain or drop, got '{}'", s);
+}
+
+DeltaSignal parse_delta_signal(std::string_view s) {
+  if (s == "abs") return DeltaSignal::Abs;
+  if (s == "rel") return DeltaSignal::Rel;
+  if (s == "block") return DeltaSignal::Block;
+  fail_setting(Setting::Signal, "must be abs, rel or block, got '{}'", s);
+}
+
+void set_setting(HaltingConfig& hc, Setting s, std::string_view v) {
+  switch (s) {
+    case Setting::Policy: hc.policy = std::string(v); break;
+    case Setting::HaltLayer: hc.halt_layer = parse_number(s, v); break;
+    case Setting::Keep: hc.keep = parse_number(s, v); break;
+    case Setting::MinLayer: hc.min_layer = parse_int(s, v); break;
+    case Setting::Tau: hc.tau = parse_number(s, v); break;
+    case Setting::Patience: hc.patience = parse_int(s, v); break;
+    case Setting::Seed: hc.seed = static_cast<uint64_t>(parse_int(s, v)); break;
+    case Setting::AttnQueries: hc.attn_queries = parse_int(s, v); break;
+    case Setting::Kv: hc.kv = parse_kv_mode(v); break;
+    case Setting::Signal: hc.signal = parse_delta_signal(v); break;
+    case Setting::ProtectFirst: hc.protect_first = parse_int(s, v); break;
+    case Setting::ProtectLast: hc.protect_last = parse_int(s, v); break;
+  }
+}
+
+std::string setting_value(const HaltingConfig& hc, Setting s) {
+  switch (s) {
+    case Setting::Policy: return hc.policy;
+    case Setting::HaltLayer: return fmt::format("{}", hc.halt_layer);
+    case Setting::Keep: return fmt::format("{:.6g}", hc.keep);
+    case Setting::MinLayer: return fmt::format("{}", hc.min_layer);
+    case Setting::Tau: return fmt::format("{:.6g}", hc.tau);
+    case Setting::Patience: return fmt::format("{}", hc.patience);
+    case Setting::Seed: return fmt::format("{}", hc.seed);
+    case Setting::AttnQueries: return fmt::format("{}", hc.attn_queries);
+    case Setting::Kv: return kv_mode_name(hc.kv);
+    case Setting::Signal: return delta_signal_name(hc.signal);
+    case Setting::ProtectFirst: return fmt::format("{}", hc.protect_first);
+    case Setting::ProtectLast: return fmt::format("{}", hc.protect_last);
+  }
+  return "";
+}
+
+int HaltingConfig::decision_layer(int n_layer) const {
+  const int l = halt_layer >= 1.0 ? static_cast<int>(halt_layer) : static_cast<int>(std::lround(halt_layer * n_layer));
+  return std::clamp(l, 0, n_layer - 1);
+}
+
+void HaltingConfig::validate(int n_layer) const {
+  const PolicyInfo* p = find_halting_policy(policy);
+  if (!p && policy != "none") fail_setting(Setting::Policy, "'{}' is not a halting policy (none, {})", policy, halting_policy_names());
+  if (protect_first < 0) fail_setting(Setting::ProtectFirst, "must be >= 0, got {}", protect_first);
+  if (protect_last < 1) fail_setting(Setting::ProtectLast, "must be >= 1: the last prompt token is always protected");
+  // Settings whose default means "not set": setting them for a policy that does not read them is
+  // a mistake wherever they come from.
+  const HaltingConfig defaults;
+  for (Setting s : {Setting::Tau, Setting::Patience}) {
+    if ((!p || !p->reads(s)) && setting_value(*this, s) != setting_value(defaults, s)) {
+      fail_setting(s, "does not apply to halting policy '{}'", policy);
+    }
+  }
+  if (p) p->validate(*this, n_layer);
+}
+
+void HaltingConfig::check_given(std::span<const Setting> given) const {
+  const PolicyInfo* p = find_halting_policy(policy);
+  for (Setting s : given) {
+    const bool own = std::find(std::begin(kPolicyOwn), std::end(kPolicyOwn), s) != std::end(kPolicyOwn);
+    if (own && (!p || !p->reads(s))) fail_setting(s, "does not apply to halting policy '{}'", policy);
+  }
+}
+
+std::string HaltingConfig::describe(int n_layer) const {
+  const PolicyInfo* p = find_halting_policy(policy);
+  return p ? p->describe(*this, n_layer) : "none";
+}
+
+std::string HaltingConfig::spec() const {
+  const PolicyInfo* p = find_halting_policy(policy);
+  if (!p) return "none";
+  std::string s = p->name;
+  for (Setting f : p->fields) {
+    s += ':';
+    s += setting_value(*this, f);
+  }
+  const HaltingConfig defaults;
+  auto option = [&](Setting o) {
+    if (setting_value(*this, o) != setting_value(defaults, o)) s += fmt::format(":{}={}", info(o).spec_key, setting_value(*this, o));
+  };
+  for (Setting o : kOptionOrder) {
+    const bool common = std::find(std::begin(kCommonOptions), std::end(kCommonOptions), o) != std::end(kCommonOptions);
+    if (common || std::find(p->options.begin(), p->options.end(), o) != p->options.end()) option(o);
+  }
+  return s;
+}
+
+std::string HaltingConfig::spec_syntax() {
+  std::string s = "none";
+  for (const PolicyInfo* p : halting_policies()) {
+    s += std::string(" | ") + p->name;
+    for (size_t i = 0; i < p->fields.size(); ++i) {
+      std::string f = setting_name(p->fields[i]);
+      std::transform(f.begin(), f.end(), f.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+      s += i < p->required ? ":" + f : "[:" + f + "]";
+    }
+  }
+  s += " (KV_MODE retain|drop, DELTA_SIGNAL abs|rel|block, optional :pf=N :pl=N";
+  for (const SettingInfo& i : kSettings) {
+    if (i.spec_key && std::find(std::begin(kCommonOptions), std::end(kCommonOptions), i.id) == std::end(kCommonOptions)) {
+      s += fmt::format(" :{}=...", i.spec_key);
+    }
+  }
+  return s + ")";
+}
+
+HaltingConfig HaltingConfig::parse(const std::string& spec) {
+  std::vector<std::string> fields;
+  for (size_t a = 0;;) {
+    const size_t b = spec.find(':', a);
+    fields.push_back(spec.substr(a, b == std::string::npos ? std::string::npos : b - a));
+    if (b == std::string::npos) break;
+    a = b + 1;
+  }
+  if (fields[0].empty()) fail("empty halting config; syntax: {}", spec_syntax());
+  HaltingConfig hc;
+  if (fields[0] == "none" || fields[0] == "full") {
+    if (fields.size() > 1) fail("config '{}': 'none' takes no parameters", spec);
+    return hc;
+  }
+  const PolicyInfo* p = find_halting_policy(fields[0]);
+  if (!p) fail("config '{}': unknown policy '{}'; syntax: {}", spec, fields[0], spec_syntax());
+  hc.policy = p->name;
+  // Positional fields first, then name=value fields.
+  size_t i = 1;
+  try {
+    for (; i < fields.size() && fields[i].find('=') == std::string::npos; ++i) {
+      if (i - 1 >= p->fields.size()) fail("config '{}': {} takes at most {} fields; syntax: {}", spec, p->name, p->fields.size(), spec_syntax());
+      set_setting(hc, p->fields[i - 1], fields[i]);
+    }
+    if (i - 1 < p->required) fail("config '{}': {} needs {} fields; syntax: {}", spec, p->name, p->required, spec_syntax());
+    for (; i < fields.size(); ++i) {
+      const size_t eq = fields[i].find('=');
+      const std::string k = fields[i].substr(0, eq), v = eq == std::string::npos ? "" : fields[i].substr(eq + 1);
+      const SettingInfo* s = nullptr;
+      for (const SettingInfo& si : kSettings)
+        if (si.spec_key && k == si.spec_key) s = &si;
+      const bool common = s && std::find(std::begin(kCommonOptions), std::end(kCommonOptions), s->id) != std::end(kCommonOptions);
+      if (!s || eq == std::string::npos || (!common && std::find(p->options.begin(), p->options.end(), s->id) == p->options.end())) {
+        fail("config '{}': '{}' is not a field of {}; syntax: {}", spec, fields[i], p->name, spec_syntax());
+      }
+      set_setting(hc, s->id, v);
+    }
+  } catch (const SettingError& e) {
+    fail("config '{}': {}", spec, e.what());
+  }
+  return hc;
+}
+
+nlohmann::json HaltingConfig::to_json(int n_layer) const {
+  nlohmann::json j;
+  j["policy"] = policy;
+  j["describe"] = describe(n_layer);
+  if (const PolicyInfo* p = find_halting_policy(policy)) {
+    for (Setting s : p->params) {
+      switch (s) {
+        case Setting::HaltLayer: j[setting_name(s)] = decision_layer(n_layer); break;
+        case Setting::Keep: j[setting_name(s)] = keep; break;
+        case Setting::MinLayer: j[setting_name(s)] = min_layer; break;
+        case Setting::Tau: j[setting_name(s)] = tau; break;
+        case Setting::Patience: j[setting_name(s)] = patience; break;
+        case Setting::Seed: j[setting_name(s)] = seed; break;
+        case Setting::AttnQueries: j[setting_name(s)] = attn_queries; break;
+        default: j[setting_name(s)] = setting_value(*this, s); break;
+      }
+    }
+  }
+  for (Setting s : kCommon) {
+    if (s == Setting::ProtectFirst) j[setting_name(s)] = protect_first;
+    else if (s == Setting::ProtectLast) j[setting_name(s)] = protect_last;
+    else j[setting_name(s)] = setting_value(*this, s);
+  }
+  return j;
+}
+
+std::vector<uint8_t> halting_eligibility(const HaltingConfig& cfg, int64_t n_tokens) {
+  std::vector<uint8_t> e(static_cast<size_t>(n_tokens), 1);
+  for (int64_t t = 0; t < std::min<int64_t>(cfg.protect_first, n_tokens); ++t) e[static_cast<size_t>(t)] = 0;
+  for (int64_t t = std::max<int64_t>(0, n_tokens - cfg.protect_last); t < n_tokens; ++t) e[static_cast<size_t>(t)] = 0;
+  return e;
+}
+
+int64_t halting_keep_count(double keep, int64_t n_eligible) {
+  // ceil with a guard against 0.3333 * 300 = 99.99999 style rounding.
+  const auto k = static_cast<int64_t>(std::ceil(keep * static_cast<double>(n_eligible) - 1e-9));
+  return std::clamp<int64_t>(k, 0, n_eligible);
+}
+
+}  // namespace dashlm

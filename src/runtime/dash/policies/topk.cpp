@@ -1,0 +1,54 @@
+// topk (DASH, the paper's): at the decision layer the eligible tokens whose update was largest
+// stay active, the rest halt. Offers its rule to executors that rank on the device.
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "runtime/dash/ranked.h"
+
+namespace dashlm {
+
+namespace {
+
+class TopKPolicy final : public RankedPolicy {
+ public:
+  using RankedPolicy::RankedPolicy;
+  bool wants_signal(int layer) const override { return layer == layer_; }
+  std::optional<TopK> topk_rule() const override { return TopK{layer_, cfg_.keep}; }
+
+ private:
+  float score(size_t i, const LayerSignals& s) const override { return s.signal[i]; }
+};
+
+// Decision layers at 0.2 .. 0.8 of the depth, keep fractions from 1/5 to 4/5.
+std::vector<HaltingConfig> topk_grid(const HaltingConfig& base, int n_layer, const PolicyInfo::Quantile&) {
+  std::set<int> layers;
+  for (double f : {0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8}) layers.insert(std::clamp(static_cast<int>(std::lround(f * n_layer)), 1, n_layer - 1));
+  std::vector<HaltingConfig> grid;
+  for (int l : layers) {
+    for (double keep : {0.2, 0.33, 0.5, 0.67, 0.8}) {
+      HaltingConfig c = base;
+      c.policy = "topk";
+      c.halt_layer = l;
+      c.keep = keep;
+      grid.push_back(c);
+    }
+  }
+  return grid;
+}
+
+}  // namespace
+
+const PolicyInfo& policy_topk() {
+  static const PolicyInfo info{
+      "topk", "keep the tokens whose update at the decision layer was largest",
+      {Setting::HaltLayer, Setting::Keep, Setting::Kv}, 2,
+      {Setting::Signal},
+      {Setting::HaltLayer, Setting::Keep},
+      validate_ranked, describe_ranked,
+      [](const HaltingConfig& hc, int n_layer) -> std::unique_ptr<HaltingPolicy> { return std::make_unique<TopKPolicy>(hc, n_layer); },
+      topk_grid};
+  return info;
+}
+
+}  // namespace dashlm
