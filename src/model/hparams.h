@@ -36,6 +36,8 @@ struct HParams {
   bool tied_embeddings = false;
 
   bool layer_is_swa(int il) const { return sliding_window > 0 && swa_pattern > 0 && (il % swa_pattern) < swa_pattern - 1; }
+  // The sliding window of layer il (0: none).
+  int layer_window(int il) const { return layer_is_swa(il) ? sliding_window : 0; }
   int64_t q_dim() const { return static_cast<int64_t>(n_head) * head_dim; }
   int64_t kv_dim() const { return static_cast<int64_t>(n_head_kv) * head_dim; }
 };

@@ -8,6 +8,7 @@
 
 #include "backends/cpu/gemm.h"
 #include "common/error.h"
+#include "runtime/layer_params.h"
 
 namespace dashlm {
 
@@ -94,30 +95,14 @@ int64_t Engine::ff_slice(int il) const {
 
 cpu::RopeParams Engine::rope_params(int il) const {
   const HParams& hp = model_.hp();
-  const bool swa = hp.layer_is_swa(il);
-  cpu::RopeParams rp;
-  rp.head_dim = hp.head_dim;
-  rp.n_rot = hp.n_rot;
-  rp.neox = hp.rope_neox;
-  rp.freq_base = swa ? hp.rope_base_local : hp.rope_base;
-  rp.freq_scale = swa ? 1.f : hp.rope_freq_scale;
-  rp.freq_factors = swa ? nullptr : model_.rope_freq_factors();
+  cpu::RopeParams rp = layer_rope<cpu::RopeParams>(hp, il, model_.rope_freq_factors());
   // Filled in by the constructor (which calls this before they exist: then null).
-  const std::vector<double>& f = swa ? rope_freq_local_ : rope_freq_global_;
+  const std::vector<double>& f = hp.layer_is_swa(il) ? rope_freq_local_ : rope_freq_global_;
   rp.inv_freq = f.size() == static_cast<size_t>(rp.n_rot / 2) && !f.empty() ? f.data() : nullptr;
   return rp;
 }
 
-cpu::AttentionParams Engine::attention_params(int il) const {
-  const HParams& hp = model_.hp();
-  cpu::AttentionParams ap;
-  ap.n_head = hp.n_head;
-  ap.n_head_kv = hp.n_head_kv;
-  ap.head_dim = hp.head_dim;
-  ap.scale = hp.attn_scale;
-  ap.window = hp.layer_is_swa(il) ? hp.sliding_window : 0;
-  return ap;
-}
+cpu::AttentionParams Engine::attention_params(int il) const { return layer_attention<cpu::AttentionParams>(model_.hp(), il); }
 
 void Engine::write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n, bool in_cache) {
   const HParams& hp = model_.hp();

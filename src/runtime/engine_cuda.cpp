@@ -11,6 +11,7 @@
 #include "backends/cpu/quants.h"
 #include "backends/cuda/cuda_ops.h"
 #include "common/error.h"
+#include "runtime/layer_params.h"
 
 namespace dashlm {
 
@@ -147,26 +148,8 @@ struct CudaEngine::Impl final : LayerExecutor {
     cap = n;
   }
 
-  cu::RopeParams rope_params(int il) const {
-    const bool swa = hp.layer_is_swa(il);
-    cu::RopeParams rp;
-    rp.head_dim = hp.head_dim;
-    rp.n_rot = hp.n_rot;
-    rp.neox = hp.rope_neox;
-    rp.freq_base = swa ? hp.rope_base_local : hp.rope_base;
-    rp.freq_scale = swa ? 1.f : hp.rope_freq_scale;
-    rp.freq_factors = swa || rope_ff.size() == 0 ? nullptr : rope_ff.get();
-    return rp;
-  }
-  cu::AttentionParams attention_params(int il) const {
-    cu::AttentionParams ap;
-    ap.n_head = hp.n_head;
-    ap.n_head_kv = hp.n_head_kv;
-    ap.head_dim = hp.head_dim;
-    ap.scale = hp.attn_scale;
-    ap.window = hp.layer_is_swa(il) ? hp.sliding_window : 0;
-    return ap;
-  }
+  cu::RopeParams rope_params(int il) const { return layer_rope<cu::RopeParams>(hp, il, opt(rope_ff)); }
+  cu::AttentionParams attention_params(int il) const { return layer_attention<cu::AttentionParams>(hp, il); }
   static const float* opt(const DBuf<float>& b) { return b.size() ? b.get() : nullptr; }
 
   // K (norm, RoPE) and V of n rows whose stacked projections sit at kv (row stride `stride`,

@@ -145,7 +145,7 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
     ex.run_layer(r);
 
     if (tr) {
-      const int window = hp.layer_is_swa(il) ? hp.sliding_window : 0;
+      const int window = hp.layer_window(il);
       tr->active_per_layer[static_cast<size_t>(il)] = na;
       tr->flops_full += layer_flops(hp, n, visible_keys(pos.data(), n, window, nullptr, prefix), 0);
       const int64_t n_kv_only = hc && hc->kv == KVMode::Retain ? n - na : 0;
