@@ -1,0 +1,185 @@
+// The halting config, the policy registry and the session: one parser, formatter, validator and
+// JSON writer for every policy; errors that name the setting; every registered policy reachable
+// by name and round-tripping through its spec; the session's segments and logits.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model.h"
+#include "runtime/dash/calibration.h"
+#include "runtime/dash/policy.h"
+#include "runtime/engine.h"
+#include "runtime/session.h"
+
+using namespace dashlm;
+
+namespace {
+
+const std::string kDir = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
+
+const Model& stories() {
+  static std::unique_ptr<Model> m = Model::load(kDir + "stories260K.bin", kDir + "tok512.bin");
+  return *m;
+}
+
+}  // namespace
+
+TEST(DashConfig, EveryRegisteredPolicyIsFoundByNameAndRoundTripsItsSpec) {
+  const int L = 12;
+  std::set<std::string> names;
+  ASSERT_GE(halting_policies().size(), 4u);
+  for (const PolicyInfo* p : halting_policies()) {
+    SCOPED_TRACE(p->name);
+    EXPECT_TRUE(names.insert(p->name).second) << "two policies named " << p->name;
+    EXPECT_EQ(find_halting_policy(p->name), p);
+    EXPECT_NE(halting_policy_names().find(p->name), std::string::npos);
+    EXPECT_NE(HaltingConfig::spec_syntax().find(p->name), std::string::npos);
+    ASSERT_TRUE(p->validate && p->describe && p->make);
+    EXPECT_LE(p->required, p->fields.size());
+    // A spec of the policy's own fields, from the settings of a valid config.
+    HaltingConfig hc;
+    hc.policy = p->name;
+    hc.tau = 0.5;
+    hc.patience = 2;
+    if (!p->reads(Setting::Tau)) hc.tau = HaltingConfig{}.tau;
+    if (!p->reads(Setting::Patience)) hc.patience = HaltingConfig{}.patience;
+    hc.kv = KVMode::Drop;
+    hc.protect_first = 2;
+    hc.keep = 0.25;  // a spec writes 6 significant digits
+    ASSERT_NO_THROW(hc.validate(L));
+    const HaltingConfig back = HaltingConfig::parse(hc.spec());
+    EXPECT_EQ(back.spec(), hc.spec());
+    EXPECT_EQ(back.describe(L), hc.describe(L));
+    EXPECT_EQ(back.to_json(L).dump(), hc.to_json(L).dump());
+    EXPECT_NE(make_halting_policy(hc, L), nullptr);
+    // The JSON holds the policy's parameters and the common settings.
+    const nlohmann::json j = hc.to_json(L);
+    EXPECT_EQ(j.at("policy"), p->name);
+    for (Setting s : p->params) EXPECT_TRUE(j.contains(setting_name(s))) << setting_name(s);
+    for (const char* k : {"kv_mode", "delta_signal", "protect_first", "protect_last", "describe"}) EXPECT_TRUE(j.contains(k)) << k;
+  }
+  EXPECT_EQ(make_halting_policy(HaltingConfig{}, L), nullptr);  // none
+}
+
+TEST(DashConfig, ErrorsNameTheSetting) {
+  const int L = 6;
+  auto setting_of = [&](const HaltingConfig& hc) -> std::string {
+    try {
+      hc.validate(L);
+    } catch (const SettingError& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(setting_name(e.setting), 0), 0u) << e.what();
+      return setting_name(e.setting);
+    }
+    return "";
+  };
+  HaltingConfig hc = HaltingConfig::parse("topk:0.4:2");
+  EXPECT_EQ(setting_of(hc), "keep");
+  hc = HaltingConfig::parse("topk:9:0.5");
+  EXPECT_EQ(setting_of(hc), "halt_layer");
+  hc = HaltingConfig::parse("attn:0.4:0.5:retain:q=0");
+  EXPECT_EQ(setting_of(hc), "attn_queries");
+  hc = HaltingConfig::parse("threshold:1:0.5:0");
+  EXPECT_EQ(setting_of(hc), "patience");
+  hc = HaltingConfig::parse("topk:0.4:0.5:retain:pl=0");
+  EXPECT_EQ(setting_of(hc), "protect_last");
+  hc = HaltingConfig{};
+  hc.policy = "sometimes";
+  EXPECT_EQ(setting_of(hc), "policy");
+  // A setting given for a policy that does not read it.
+  hc = HaltingConfig::parse("threshold:1:0.5:2");
+  EXPECT_THROW(hc.check_given(std::vector<Setting>{Setting::Keep}), SettingError);
+  EXPECT_NO_THROW(hc.check_given(std::vector<Setting>{Setting::Tau, Setting::Kv, Setting::ProtectFirst}));
+  EXPECT_THROW(HaltingConfig{}.check_given(std::vector<Setting>{Setting::HaltLayer}), SettingError);
+  // Values: not finite, not whole, not a mode.
+  for (const char* bad : {"nan", "inf", "", "0.4x"}) EXPECT_THROW(set_setting(hc, Setting::Tau, bad), SettingError) << bad;
+  EXPECT_THROW(set_setting(hc, Setting::Patience, "1.5"), SettingError);
+  EXPECT_THROW(set_setting(hc, Setting::Kv, "keep"), SettingError);
+  // Spec fields that belong to another policy.
+  EXPECT_THROW(HaltingConfig::parse("topk:0.4:0.3:retain:q=3"), Error);
+  EXPECT_THROW(HaltingConfig::parse("topk:0.4:0.3:retain:seed=3"), Error);
+  EXPECT_NO_THROW(HaltingConfig::parse("random:0.4:0.3:retain:seed=3"));
+  EXPECT_THROW(HaltingConfig::parse("topk:0.4:0.3:retain:extra"), Error);
+}
+
+TEST(DashConfig, CalibrationGridsAreValidSettingsOfTheirPolicy) {
+  const int L = 30;
+  int with_grid = 0;
+  for (const PolicyInfo* p : halting_policies()) {
+    if (!p->calibration_grid) continue;
+    ++with_grid;
+    HaltingConfig base;
+    base.kv = KVMode::Drop;
+    const auto grid = p->calibration_grid(base, L, [](int layer, double q) { return 0.1 * layer + q; });
+    EXPECT_FALSE(grid.empty()) << p->name;
+    for (const HaltingConfig& c : grid) {
+      EXPECT_EQ(c.policy, p->name);
+      EXPECT_EQ(c.kv, KVMode::Drop);
+      EXPECT_NO_THROW(c.validate(L)) << c.spec();
+      EXPECT_EQ(HaltingConfig::parse(c.spec()).spec(), c.spec());
+    }
+  }
+  EXPECT_GE(with_grid, 2);
+}
+
+TEST(DashConfig, CalibrationFileErrorsSayWhatToDo) {
+  try {
+    load_calibration("/nonexistent/model.gguf", 6);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("run dashlm calibrate"), std::string::npos) << e.what();
+  }
+}
+
+// The session: one segment without halting, the query after the document with it; the logits of
+// the last N positions across both segments are the same rows either way when nothing halts.
+TEST(Session, LogitsOfTheLastPositionsAcrossSegments) {
+  const Model& m = stories();
+  const Tokenizer& tok = m.tokenizer();
+  Prompt p;
+  p.document = tok.encode("Once upon a time, there was a little girl named Lily. She loved to play", true, false);
+  p.query = tok.encode(" outside in the park with her friends.", false, false);
+  const int64_t V = m.hp().n_vocab, nq = static_cast<int64_t>(p.query.size());
+  ASSERT_GT(nq, 2);
+  HaltingConfig keep_all = HaltingConfig::parse("topk:0.4:1.0:retain");
+  for (int64_t last : {int64_t{1}, nq - 1, nq, nq + 3, p.size()}) {
+    SCOPED_TRACE(last);
+    Engine e1(m, p.size() + 8), e2(m, p.size() + 8);
+    PrefillRequest one, two;
+    one.logits_last = two.logits_last = last;
+    two.halting = &keep_all;  // halting on: the query is a segment of its own
+    const PrefillResult a = Session(e1, tok).prefill(p, one);
+    const PrefillResult b = Session(e2, tok).prefill(p, two);
+    EXPECT_FALSE(a.split);
+    EXPECT_TRUE(b.split);
+    ASSERT_EQ(a.logits.size(), static_cast<size_t>(last * V));
+    ASSERT_EQ(b.logits.size(), a.logits.size());
+    EXPECT_EQ(b.document_last.size(), static_cast<size_t>(V));
+    for (size_t i = 0; i < a.logits.size(); ++i) ASSERT_NEAR(a.logits[i], b.logits[i], 1e-4f) << i;
+    EXPECT_EQ(e1.n_past(), p.size());
+    EXPECT_EQ(e2.n_past(), p.size());
+  }
+}
+
+TEST(Session, GenerationStopsWhenTheStreamAsks) {
+  const Model& m = stories();
+  const Tokenizer& tok = m.tokenizer();
+  Engine e(m, 64);
+  Session s(e, tok);
+  Prompt p;
+  p.document = tok.encode("Once upon a time", true, false);
+  const PrefillResult r = s.prefill(p, PrefillRequest{});
+  GenerateOptions go;
+  go.max_tokens = 20;
+  int pieces = 0;
+  go.on_text = [&](const std::string&) { return ++pieces < 3; };
+  const Generation g = s.generate(r.last(m.hp().n_vocab), p.document.back(), go);
+  EXPECT_EQ(g.stop_reason, "stopped");
+  EXPECT_EQ(pieces, 3);
+  EXPECT_LT(g.ids.size(), 20u);
+  EXPECT_EQ(e.n_past(), p.size() + g.forward_passes);
+  EXPECT_THROW(s.prefill(Prompt{}, PrefillRequest{}), Error);
+}
