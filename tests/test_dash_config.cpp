@@ -3,6 +3,8 @@
 // by name and round-tripping through its spec; the session's segments and logits.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <set>
 #include <string>
 #include <vector>
@@ -182,4 +184,69 @@ TEST(Session, GenerationStopsWhenTheStreamAsks) {
   EXPECT_LT(g.ids.size(), 20u);
   EXPECT_EQ(e.n_past(), p.size() + g.forward_passes);
   EXPECT_THROW(s.prefill(Prompt{}, PrefillRequest{}), Error);
+}
+
+// The query policy: document and query as one segment whose query rows never halt; with nothing
+// halted it computes exactly what a full prefill of the prompt as one segment computes, and
+// within rounding what the document-then-query order computes.
+TEST(QueryPolicy, OneSegmentWhoseQueryNeverHalts) {
+  const Model& m = stories();
+  const Tokenizer& tok = m.tokenizer();
+  Prompt p;
+  p.document = tok.encode(
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. "
+      "One day, she saw a big red ball under a tree. She ran to the ball and picked it up.",
+      true, false);
+  p.query = tok.encode(" What did Lily find? She found a", false, false);
+  const int64_t V = m.hp().n_vocab, n = p.size(), nq = static_cast<int64_t>(p.query.size());
+  auto run = [&](const HaltingConfig* hc, HaltingTrace* tr, bool visible = true) {
+    Engine e(m, n + 4);
+    PrefillRequest req;
+    req.halting = hc;
+    req.trace = tr;
+    req.query_visible = visible;
+    req.logits_last = n;
+    return Session(e, tok).prefill(p, req);
+  };
+  const PrefillResult full = run(nullptr, nullptr);
+  EXPECT_FALSE(full.split);
+
+  const HaltingConfig keep_all = HaltingConfig::parse("query:0.4:1.0:drop");
+  HaltingTrace tr;
+  const PrefillResult same = run(&keep_all, &tr);
+  EXPECT_TRUE(same.joint);
+  EXPECT_EQ(tr.n_tokens, n);
+  ASSERT_EQ(same.logits.size(), full.logits.size());
+  EXPECT_EQ(0, std::memcmp(same.logits.data(), full.logits.data(), full.logits.size() * sizeof(float)));
+
+  // The document-then-query order (halting that never halts, query blind: two segments).
+  const HaltingConfig topk_all = HaltingConfig::parse("topk:0.4:1.0:drop");
+  const PrefillResult two = run(&topk_all, nullptr);
+  EXPECT_TRUE(two.split);
+  for (int64_t i = 0; i < n * V; ++i) ASSERT_NEAR(two.logits[static_cast<size_t>(i)], full.logits[static_cast<size_t>(i)], 1e-4f) << i;
+
+  // Halting: the query rows and the protected first tokens never halt; the keep fraction of the
+  // rest stays.
+  for (const char* spec : {"query:0.4:0.25:drop", "query:2:0.5:retain:pool=0", "query:0.4:0.3:drop:pool=5:mix=0.5"}) {
+    SCOPED_TRACE(spec);
+    const HaltingConfig hc = HaltingConfig::parse(spec);
+    HaltingTrace t;
+    const PrefillResult r = run(&hc, &t);
+    EXPECT_TRUE(r.joint);
+    const int L = t.n_layer;
+    int64_t halted = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const bool halts = t.halted_after[static_cast<size_t>(i)] < L;
+      if (i >= n - nq || i < hc.protect_first) EXPECT_FALSE(halts) << "token " << i;
+      halted += halts;
+    }
+    const int64_t eligible = n - nq - hc.protect_first;
+    EXPECT_EQ(halted, eligible - halting_keep_count(hc.keep, eligible));
+    for (float v : r.logits) ASSERT_TRUE(std::isfinite(v));
+  }
+  // A task that may not read the query: the document runs with halting, the query after it.
+  const HaltingConfig hc = HaltingConfig::parse("query:0.4:0.25:drop");
+  const PrefillResult blind = run(&hc, nullptr, false);
+  EXPECT_FALSE(blind.joint);
+  EXPECT_TRUE(blind.split);
 }

@@ -538,6 +538,8 @@ RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc,
   req.trace = &out.trace;
   req.trace_signal = trace_signal;
   req.separate_query = true;
+  // The continuation's "query" is the text it predicts: no policy may read it.
+  req.query_visible = s.task != "continuation";
   req.logits_last = wants_query_logits(s) ? static_cast<int64_t>(s.query.size()) : 1;
   PrefillResult pr = session.prefill(Prompt{s.document, s.query}, req);
   out.document_ms = pr.document_ms;

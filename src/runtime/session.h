@@ -29,6 +29,10 @@ struct PrefillRequest {
   // attends to what the document left in the cache, as the KVPress harness does) or when this is
   // set (eval times the document alone); otherwise the prompt is one segment.
   bool separate_query = false;
+  // Whether a policy that ranks by the query may see it (a task whose "query" is the text to
+  // predict, as eval's continuation, must not). With such a policy and a query, document and query
+  // run as one segment in which the query rows never halt.
+  bool query_visible = true;
   // Logits of the last this many prompt positions are returned (1: the last one; at most the
   // prompt's length).
   int64_t logits_last = 1;
@@ -41,8 +45,9 @@ struct PrefillRequest {
 
 struct PrefillResult {
   bool split = false;                // the query ran as its own segment
+  bool joint = false;                // document and query ran as one segment, the query never halting
   std::vector<float> logits;         // logits_last x n_vocab, the last position last
-  std::vector<float> document_last;  // with split: the logits at the last document position
+  std::vector<float> document_last;  // with split (or joint and separate_query): the logits at the last document position
   ForwardStats stats;                // both segments added up (with layer_times)
   double document_ms = 0;            // wall time of the first segment
   double query_ms = 0;               // of the query segment (0 without split)

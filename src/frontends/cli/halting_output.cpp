@@ -22,12 +22,14 @@ void add_halting_flags(CLI::App* c, HaltingFlags& f) {
   const std::string policies = "Halting policy: none, " + halting_policy_names() + ", auto (the setting saved by dashlm calibrate)";
   const std::pair<Setting, std::string> flags[] = {
       {Setting::Policy, policies},
-      {Setting::HaltLayer, "topk/random/attn: decision layer, an index or a fraction of depth"},
-      {Setting::Keep, "topk/random/attn: fraction of document tokens kept active"},
+      {Setting::HaltLayer, "topk/random/attn/query: decision layer, an index or a fraction of depth"},
+      {Setting::Keep, "topk/random/attn/query: fraction of document tokens kept active"},
       {Setting::MinLayer, "threshold: first layer whose delta counts"},
       {Setting::Tau, "threshold: halt when the delta stays below this"},
       {Setting::Patience, "threshold: for this many consecutive layers"},
-      {Setting::AttnQueries, "attn: last tokens whose attention ranks the document"},
+      {Setting::AttnQueries, "attn (and query without a query): last tokens whose attention ranks the document"},
+      {Setting::Pool, "query: a token scores the most attention within this many neighbours"},
+      {Setting::Mix, "query: weight of the delta's rank beside the attention's (0..1)"},
       {Setting::Kv, "Keys/values of halted tokens: retain or drop"},
       {Setting::Signal, "Halting signal: abs (||U||), rel (||U||/||h||), block (1-cos)"},
       {Setting::ProtectFirst, "First tokens that never halt (attention sinks)"},

@@ -28,6 +28,8 @@ constexpr SettingInfo kSettings[] = {
     {Setting::Patience, "patience", "--patience", nullptr},
     {Setting::Seed, "seed", "--seed", "seed"},
     {Setting::AttnQueries, "attn_queries", "--attn-queries", "q"},
+    {Setting::Pool, "pool", "--pool", "pool"},
+    {Setting::Mix, "mix", "--mix", "mix"},
     {Setting::Kv, "kv_mode", "--kv", nullptr},
     {Setting::Signal, "delta_signal", "--delta", "delta"},
     {Setting::ProtectFirst, "protect_first", "--protect-first", "pf"},
@@ -45,11 +47,12 @@ constexpr Setting kCommon[] = {Setting::Kv, Setting::Signal, Setting::ProtectFir
 // The settings written as :key=value for every policy when not at their default.
 constexpr Setting kCommonOptions[] = {Setting::ProtectFirst, Setting::ProtectLast};
 // The order of :key=value fields in a canonical spec.
-constexpr Setting kOptionOrder[] = {Setting::Signal, Setting::ProtectFirst, Setting::ProtectLast, Setting::AttnQueries, Setting::Seed};
+constexpr Setting kOptionOrder[] = {Setting::Signal, Setting::ProtectFirst, Setting::ProtectLast, Setting::AttnQueries, Setting::Seed,
+                                    Setting::Pool, Setting::Mix};
 // Settings that belong to some policies only: giving one to a policy that does not read it is an
 // error (the seed is shared with sampling and so not among them).
 constexpr Setting kPolicyOwn[] = {Setting::HaltLayer, Setting::Keep, Setting::MinLayer, Setting::Tau, Setting::Patience,
-                                  Setting::AttnQueries};
+                                  Setting::AttnQueries, Setting::Pool, Setting::Mix};
 
 double parse_number(Setting s, std::string_view v) {
   const std::string str(v);
@@ -104,6 +107,8 @@ void set_setting(HaltingConfig& hc, Setting s, std::string_view v) {
     case Setting::Patience: hc.patience = parse_int(s, v); break;
     case Setting::Seed: hc.seed = static_cast<uint64_t>(parse_int(s, v)); break;
     case Setting::AttnQueries: hc.attn_queries = parse_int(s, v); break;
+    case Setting::Pool: hc.pool = parse_int(s, v); break;
+    case Setting::Mix: hc.mix = parse_number(s, v); break;
     case Setting::Kv: hc.kv = parse_kv_mode(v); break;
     case Setting::Signal: hc.signal = parse_delta_signal(v); break;
     case Setting::ProtectFirst: hc.protect_first = parse_int(s, v); break;
@@ -121,6 +126,8 @@ std::string setting_value(const HaltingConfig& hc, Setting s) {
     case Setting::Patience: return fmt::format("{}", hc.patience);
     case Setting::Seed: return fmt::format("{}", hc.seed);
     case Setting::AttnQueries: return fmt::format("{}", hc.attn_queries);
+    case Setting::Pool: return fmt::format("{}", hc.pool);
+    case Setting::Mix: return fmt::format("{:.6g}", hc.mix);
     case Setting::Kv: return kv_mode_name(hc.kv);
     case Setting::Signal: return delta_signal_name(hc.signal);
     case Setting::ProtectFirst: return fmt::format("{}", hc.protect_first);
@@ -258,6 +265,8 @@ nlohmann::json HaltingConfig::to_json(int n_layer) const {
         case Setting::Patience: j[setting_name(s)] = patience; break;
         case Setting::Seed: j[setting_name(s)] = seed; break;
         case Setting::AttnQueries: j[setting_name(s)] = attn_queries; break;
+        case Setting::Pool: j[setting_name(s)] = pool; break;
+        case Setting::Mix: j[setting_name(s)] = mix; break;
         default: j[setting_name(s)] = setting_value(*this, s); break;
       }
     }

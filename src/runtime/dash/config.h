@@ -33,7 +33,7 @@ enum class KVMode {
 const char* kv_mode_name(KVMode m);
 
 // The settings, by one name each. The policy's name is a setting too.
-enum class Setting { Policy, HaltLayer, Keep, MinLayer, Tau, Patience, Seed, AttnQueries, Kv, Signal, ProtectFirst, ProtectLast };
+enum class Setting { Policy, HaltLayer, Keep, MinLayer, Tau, Patience, Seed, AttnQueries, Pool, Mix, Kv, Signal, ProtectFirst, ProtectLast };
 // "keep", "halt_layer", ...: the name in messages and JSON.
 const char* setting_name(Setting s);
 // "--keep", "--halt-layer", ...: the flag of run and bench that sets it.
@@ -62,6 +62,8 @@ struct HaltingConfig {
   int patience = 0;             // consecutive layers below tau
   uint64_t seed = 0;            // random choices
   int attn_queries = 8;         // the last prompt tokens whose attention ranks the others
+  int pool = 3;                 // query policy: a token's score is the largest within this many neighbours
+  double mix = 0;               // query policy: weight of the delta's rank beside the attention's
   KVMode kv = KVMode::Retain;
   DeltaSignal signal = DeltaSignal::Abs;
   // The first tokens never halt: they are attention sinks, and dropping or freezing them costs far

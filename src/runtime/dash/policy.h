@@ -54,9 +54,13 @@ class HaltingPolicy {
   // After layer `layer`: returns the tokens that halt now, ascending: a subset of s.active, never
   // a protected token.
   virtual std::vector<int32_t> observe(int layer, const LayerSignals& s) = 0;
+  // Before begin(): the segment's last n rows are the query (they never halt), for the policies
+  // that read it (PolicyInfo::reads_query); 0: no query in the segment.
+  void set_query_rows(int64_t n) { query_rows_ = n; }
 
  protected:
   std::vector<uint8_t> eligible_;
+  int64_t query_rows_ = 0;
 };
 
 // A policy as the registry knows it.
@@ -76,6 +80,10 @@ struct PolicyInfo {
   // over the layers from from_layer on, measured on full prefills of the calibration text.
   using Quantile = std::function<double(int from_layer, double q)>;
   std::vector<HaltingConfig> (*calibration_grid)(const HaltingConfig& base, int n_layer, const Quantile& quantile) = nullptr;
+  // Whether it ranks the document by the query: then a session prefills document and query as one
+  // segment whose query rows never halt (set_query_rows), where the task lets it see the query.
+  bool reads_query = false;
+
   // Whether the policy reads this setting (as a field, an option or a parameter).
   bool reads(Setting s) const;
 };

@@ -99,8 +99,15 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
     ex.read_hidden(opt.hidden_per_layer->data());
   }
 
-  const std::vector<uint8_t> eligible = hc ? halting_eligibility(*hc, n) : std::vector<uint8_t>{};
-  if (policy) policy->begin(n, eligible);
+  if (opt.query_rows < 0 || (opt.query_rows > 0 && opt.query_rows >= n)) {
+    fail("a query of {} rows in a segment of {} tokens leaves no document", opt.query_rows, n);
+  }
+  std::vector<uint8_t> eligible = hc ? halting_eligibility(*hc, n) : std::vector<uint8_t>{};
+  if (hc) std::fill(eligible.end() - opt.query_rows, eligible.end(), uint8_t{0});
+  if (policy) {
+    policy->set_query_rows(opt.query_rows);
+    policy->begin(n, eligible);
+  }
   HaltingTrace* tr = opt.trace;
   if (tr) tr->reset(n, L);
   std::vector<float> delta(policy || tr ? static_cast<size_t>(n) : 0);

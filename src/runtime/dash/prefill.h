@@ -43,6 +43,9 @@ struct PrefillOptions {
   const HaltingConfig* halting = nullptr;  // null or "none": full prefill
   HaltingTrace* trace = nullptr;           // filled when given (deltas recorded for every layer)
   DeltaSignal trace_signal = DeltaSignal::Abs;  // the signal a trace records without halting
+  // The segment's last query_rows tokens are the query: they never halt, and a policy that reads
+  // the query ranks the others by the attention these rows pay them (0: no query here).
+  int64_t query_rows = 0;
   std::function<void(int layers_done, int n_layers)> progress;
   std::vector<float>* logits_all = nullptr;  // (T - logits_first) x n_vocab logits of the tokens
   int64_t logits_first = 0;                  // from this token of the segment on

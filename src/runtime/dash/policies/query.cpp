@@ -1,0 +1,89 @@
+// query (query-aware halting, in the spirit of GemFilter, FastKV and LazyLLM): at the decision
+// layer the document tokens that the query's rows pay the most attention stay active. A token's
+// score is the largest attention received within `pool` tokens on either side, so that a fact's
+// neighbouring tokens stay together; with mix > 0 the score's rank is mixed with the rank of the
+// token's delta (DASH's signal). The query rows themselves never halt. Without a query (a task
+// that may not read it, or a prompt without one) the segment's last attn_queries rows rank the
+// others instead, as the attn policy does.
+#include <algorithm>
+#include <numeric>
+
+#include "runtime/dash/ranked.h"
+
+namespace dashlm {
+
+namespace {
+
+class QueryPolicy final : public RankedPolicy {
+ public:
+  using RankedPolicy::RankedPolicy;
+  int attention_rows(int layer) const override {
+    if (layer != layer_) return 0;
+    return query_rows_ > 0 ? static_cast<int>(query_rows_) : cfg_.attn_queries;
+  }
+  bool wants_signal(int layer) const override { return layer == layer_ && cfg_.mix > 0; }
+
+  std::vector<int32_t> observe(int layer, const LayerSignals& s) override {
+    if (layer != layer_) return {};
+    const size_t n = s.attention_received.size();
+    // Attention received, max-pooled over the neighbourhood.
+    std::vector<float> pooled(n, 0.f);
+    const auto r = static_cast<size_t>(std::max(0, cfg_.pool));
+    for (size_t t = 0; t < n; ++t) {
+      const size_t lo = t >= r ? t - r : 0, hi = std::min(n - 1, t + r);
+      pooled[t] = *std::max_element(s.attention_received.begin() + static_cast<std::ptrdiff_t>(lo),
+                                    s.attention_received.begin() + static_cast<std::ptrdiff_t>(hi) + 1);
+    }
+    score_.assign(s.active.size(), 0.f);
+    for (size_t i = 0; i < s.active.size(); ++i) score_[i] = pooled[static_cast<size_t>(s.active[i])];
+    if (cfg_.mix > 0) {
+      // Ranks in [0, 1] of both scores among the active tokens, mixed.
+      const std::vector<float> a = ranks(score_), d = ranks(std::vector<float>(s.signal.begin(), s.signal.end()));
+      for (size_t i = 0; i < score_.size(); ++i) score_[i] = static_cast<float>((1.0 - cfg_.mix) * a[i] + cfg_.mix * d[i]);
+    }
+    return RankedPolicy::observe(layer, s);
+  }
+
+ private:
+  float score(size_t i, const LayerSignals&) const override { return score_[i]; }
+  // The rank of each value among all, scaled to [0, 1] (ties by position).
+  static std::vector<float> ranks(const std::vector<float>& v) {
+    std::vector<size_t> idx(v.size());
+    std::iota(idx.begin(), idx.end(), size_t{0});
+    std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
+    std::vector<float> r(v.size(), 0.f);
+    const double den = v.size() > 1 ? static_cast<double>(v.size() - 1) : 1.0;
+    for (size_t k = 0; k < idx.size(); ++k) r[idx[k]] = static_cast<float>(static_cast<double>(k) / den);
+    return r;
+  }
+  std::vector<float> score_;
+};
+
+void validate_query(const HaltingConfig& hc, int n_layer) {
+  validate_ranked(hc, n_layer);
+  if (hc.attn_queries < 1) fail_setting(Setting::AttnQueries, "must be >= 1, got {}", hc.attn_queries);
+  if (hc.pool < 0 || hc.pool > 64) fail_setting(Setting::Pool, "must be in 0..64, got {}", hc.pool);
+  if (!(hc.mix >= 0 && hc.mix <= 1)) fail_setting(Setting::Mix, "must be in [0, 1], got {}", hc.mix);
+}
+
+std::string describe_query(const HaltingConfig& hc, int n_layer) {
+  std::string s = fmt::format("query(l={},keep={:.2f},pool={}", hc.decision_layer(n_layer), hc.keep, hc.pool);
+  if (hc.mix > 0) s += fmt::format(",mix={:g}", hc.mix);
+  return s + "," + kv_mode_name(hc.kv) + ")";
+}
+
+}  // namespace
+
+const PolicyInfo& policy_query() {
+  static const PolicyInfo info{
+      "query", "keep the tokens the query attends to most (and their neighbours)",
+      {Setting::HaltLayer, Setting::Keep, Setting::Kv}, 2,
+      {Setting::Signal, Setting::AttnQueries, Setting::Pool, Setting::Mix},
+      {Setting::HaltLayer, Setting::Keep, Setting::Pool, Setting::Mix, Setting::AttnQueries},
+      validate_query, describe_query,
+      [](const HaltingConfig& hc, int n_layer) -> std::unique_ptr<HaltingPolicy> { return std::make_unique<QueryPolicy>(hc, n_layer); },
+      nullptr, true};
+  return info;
+}
+
+}  // namespace dashlm
