@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/model.h"
+#include "stories.h"
 #include "runtime/dash/calibration.h"
 #include "runtime/dash/policy.h"
 #include "runtime/engine.h"
@@ -21,12 +22,7 @@ using namespace dashlm;
 
 namespace {
 
-const std::string kDir = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
-
-const Model& stories() {
-  static std::unique_ptr<Model> m = Model::load(kDir + "stories260K.bin", kDir + "tok512.bin");
-  return *m;
-}
+using test::stories;
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "model/model.h"
+#include "stories.h"
 #include "runtime/engine.h"
 #include "common/lists.h"
 #include "eval/eval.h"
@@ -21,12 +22,7 @@ using namespace dashlm;
 
 namespace {
 
-const std::string kDir = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
-
-const Model& stories() {
-  static std::unique_ptr<Model> m = Model::load(kDir + "stories260K.bin", kDir + "tok512.bin");
-  return *m;
-}
+using test::stories;
 
 // A small dataset built in memory: two books of plain sentences and a few facts.
 const eval::Dataset& small_dataset() {

@@ -12,6 +12,7 @@
 #include "backends/cpu/ops.h"
 #include "common/error.h"
 #include "model/model.h"
+#include "stories.h"
 #include "runtime/engine.h"
 #include "runtime/dash/policy.h"
 #include "runtime/sampler.h"
@@ -20,12 +21,7 @@ using namespace dashlm;
 
 namespace {
 
-const std::string kDir = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
-
-const Model& stories() {
-  static std::unique_ptr<Model> m = Model::load(kDir + "stories260K.bin", kDir + "tok512.bin");
-  return *m;
-}
+using test::stories;
 
 std::vector<int32_t> prompt_tokens() {
   const std::string text =

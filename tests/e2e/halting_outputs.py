@@ -59,4 +59,16 @@ with tempfile.TemporaryDirectory() as d:
     expect_error(dashlm, *base, "--halting", "topk", "--kv", "maybe", contains="--kv")
     expect_error(dashlm, *base, "--halting", "topk", "--protect-last", "0", contains="protect-last")
     expect_error(dashlm, *base, "--halting", "topk", "--halting-map", f("map.gif"), contains=".png")
+    # Errors name the flag: a setting the policy does not read, a value that is not finite.
+    expect_error(dashlm, *base, "--halting", "threshold", "--tau", "0.5", "--patience", "1", "--keep", "0.5", contains="--keep")
+    expect_error(dashlm, *base, "--keep", "0.5", contains="--keep")
+    expect_error(dashlm, *base, "--halting", "threshold", "--tau", "nan", "--patience", "1", contains="--tau")
+    expect_error(dashlm, *base, "--halting", "query", "--pool", "-1", contains="--pool")
+    # The query policy: document and query as one segment, the query's rows never halting.
+    run(dashlm, *base, "--halting", "query", "--keep", "0.3", "--kv", "drop", "--json", f("q.json"))
+    hq = load_json(f("q.json"))["halting"]
+    assert hq["policy"] == "query" and hq["pool"] == 3, hq
+    n_query = load_json(f("q.json"))["n_query_tokens"]
+    assert hq["n_document_tokens"] == load_json(f("q.json"))["n_prompt_tokens"], hq  # one segment
+    assert hq["active_per_layer"][-1] >= n_query, hq
 print("halting outputs: well-formed")

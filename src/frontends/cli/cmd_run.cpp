@@ -180,8 +180,9 @@ int run(const RunOptions& o) {
                pst.total_ms, prefill_tps, generated.size(), decode_tps, threads);
     fmt::print(stderr, "kernels: {}\n", engine.kernels());
     if (hc.enabled()) {
-      fmt::print(stderr, "halting: {} | {} of {} document tokens active after the decision | FLOP speedup {:.2f}x\n",
+      fmt::print(stderr, "halting: {} | {} of {} {} tokens active after the decision | FLOP speedup {:.2f}x\n",
                  hc.describe(hp.n_layer), trace.active_per_layer.back(), trace.n_tokens,
+                 pr.joint ? "prompt (document and query as one segment)" : "document",
                  trace.flop_speedup());
     }
   }
