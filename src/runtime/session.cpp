@@ -29,18 +29,15 @@ PrefillResult Session::prefill(const Prompt& p, const PrefillRequest& req) {
   // Rows of the prompt whose logits are kept start at `from`; segment [a, a + len) computes its
   // own from max(0, from - a) when that is inside it.
   const int64_t from = n - std::min(req.logits_last, n);
-  // Joint: the document's last row too, when the caller times and scores the document apart.
-  const auto n_doc = static_cast<int64_t>(p.document.size());
-  const int64_t from_rows = r.joint && req.separate_query ? std::min(from, n_doc - 1) : from;
 
   auto run_segment = [&](std::span<const int32_t> seg, int64_t a, const PrefillOptions& base, ForwardStats* st, double* ms) {
     PrefillOptions po = base;
     std::vector<float> rows;
     const auto len = static_cast<int64_t>(seg.size());
-    const bool keeps = from_rows < a + len;
-    if (keeps && !(from_rows == a + len - 1)) {
+    const bool keeps = from < a + len;
+    if (keeps && !(from == a + len - 1)) {
       po.logits_all = &rows;
-      po.logits_first = std::max<int64_t>(0, from_rows - a);
+      po.logits_first = std::max<int64_t>(0, from - a);
     }
     const auto t0 = Clock::now();
     std::vector<float> last = engine_.prefill(seg, po, req.layer_times ? st : nullptr);
@@ -62,14 +59,6 @@ PrefillResult Session::prefill(const Prompt& p, const PrefillRequest& req) {
   po.progress = req.progress;
   po.query_rows = r.joint ? static_cast<int64_t>(p.query.size()) : 0;
   std::vector<float> last = run_segment(first, 0, po, &r.stats, &r.document_ms);
-  if (r.joint && req.separate_query) {
-    // The document's last row is among the rows computed: keep it apart, and drop the rows before
-    // `from` that came along for it.
-    const auto V = static_cast<int64_t>(r.logits.size()) / (n - from_rows);
-    const auto at = r.logits.begin() + static_cast<std::ptrdiff_t>((n_doc - 1 - from_rows) * V);
-    r.document_last.assign(at, at + static_cast<std::ptrdiff_t>(V));
-    r.logits.erase(r.logits.begin(), r.logits.begin() + static_cast<std::ptrdiff_t>((from - from_rows) * V));
-  }
   if (r.split) {
     r.document_last = std::move(last);
     ForwardStats qst;

@@ -47,7 +47,7 @@ struct PrefillResult {
   bool split = false;                // the query ran as its own segment
   bool joint = false;                // document and query ran as one segment, the query never halting
   std::vector<float> logits;         // logits_last x n_vocab, the last position last
-  std::vector<float> document_last;  // with split (or joint and separate_query): the logits at the last document position
+  std::vector<float> document_last;  // with split: the logits at the last document position
   ForwardStats stats;                // both segments added up (with layer_times)
   double document_ms = 0;            // wall time of the first segment
   double query_ms = 0;               // of the query segment (0 without split)
