@@ -1,7 +1,8 @@
 // Writes the fuzzers' seed corpus: small valid GGUF files (every metadata type, several tensor
-// types, v2 and v3, other alignments) and small safetensors files, so that fuzzing starts from
-// inputs that reach deep into the parsers.
-//   usage: fuzz_seeds OUT_DIR   (creates OUT_DIR/gguf and OUT_DIR/safetensors)
+// types, v2 and v3, other alignments), small safetensors files, Hugging Face config.json and
+// tokenizer.json files of every architecture and form the loader reads, and eval resume files,
+// so that fuzzing starts from inputs that reach deep into the parsers.
+//   usage: fuzz_seeds OUT_DIR   (creates OUT_DIR/gguf, safetensors, hf_config, hf_tokenizer and resume)
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -21,6 +22,48 @@ namespace {
 void write(const fs::path& p, const std::vector<uint8_t>& b) {
   std::ofstream out(p, std::ios::binary);
   out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+void write_text(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+using json = nlohmann::json;
+
+json llama_config(const std::string& arch) {
+  return {{"architectures", {arch}}, {"hidden_size", 64},          {"num_hidden_layers", 2},
+          {"intermediate_size", 128}, {"num_attention_heads", 4},   {"num_key_value_heads", 2},
+          {"max_position_embeddings", 512}, {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0},
+          {"vocab_size", 512},        {"tie_word_embeddings", true}};
+}
+
+// A byte-level BPE tokenizer.json: a small vocabulary, both forms of merges, added tokens and a
+// post-processor that adds BOS.
+json bpe_tokenizer(bool pair_merges) {
+  json vocab = json::object();
+  const char* toks[] = {"a", "b", "c", "ab", "abc", "\u0120", "\u0120a", "<s>", "</s>"};
+  for (int i = 0; i < 9; ++i) vocab[toks[i]] = i;
+  json merges = pair_merges ? json::array({json::array({"a", "b"}), json::array({"ab", "c"})}) : json::array({"a b", "ab c"});
+  return {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}},
+          {"added_tokens", {{{"id", 7}, {"content", "<s>"}, {"special", true}},
+                            {{"id", 9}, {"content", "<|im_start|>"}, {"special", true}}}},
+          {"post_processor",
+           {{"type", "Sequence"},
+            {"processors", {{{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}}}}}}}}};
+}
+
+// One line of a resume file, as dashlm eval writes it.
+json resume_record(const std::string& task, int sample, const std::string& config) {
+  json r = {{"task", task},         {"length", 256},           {"sample", sample},        {"config", config},
+            {"describe", config},   {"document_ms", 12.5},     {"full_document_ms", 20.0}, {"flops_full", 1e9},
+            {"flops_done", 5e8},    {"flop_speedup", 2.0},     {"top1_last", 1.0},        {"kl_last", 0.001},
+            {"settings", {{"model", "m"}, {"seed", 0}, {"samples", 2}, {"chat", false}}}};
+  if (task == "continuation") {
+    r["nll"] = 2.5;
+  } else {
+    r["score"] = 1.0;
+    r["found"] = {true};
+    r["answers"] = {"42"};
+  }
+  return r;
 }
 
 std::vector<uint8_t> bytes(size_t n, uint8_t start) {
@@ -86,6 +129,9 @@ int main(int argc, char** argv) {
   const fs::path out(argv[1]);
   fs::create_directories(out / "gguf");
   fs::create_directories(out / "safetensors");
+  fs::create_directories(out / "hf_config");
+  fs::create_directories(out / "hf_tokenizer");
+  fs::create_directories(out / "resume");
 
   write(out / "gguf" / "all_types_v3.gguf", all_types(3).build());
   write(out / "gguf" / "all_types_v2.gguf", all_types(2).build());
@@ -117,5 +163,55 @@ int main(int argc, char** argv) {
   write(out / "safetensors" / "mixed.safetensors",
         safetensors({{"a", "F16", {2, 3}}, {"b", "BF16", {1}}, {"c", "F32", {}}, {"d", "F32", {0, 5}}}));
   write(out / "safetensors" / "empty.safetensors", safetensors({}));
+
+  // config.json: each architecture and form the loader accepts.
+  write_text(out / "hf_config" / "llama.json", llama_config("LlamaForCausalLM").dump(2));
+  json qwen = llama_config("Qwen2ForCausalLM");
+  qwen["tie_word_embeddings"] = false;
+  write_text(out / "hf_config" / "qwen2.json", qwen.dump());
+  json mistral = llama_config("x");
+  mistral.erase("architectures");
+  mistral["model_type"] = "mistral";
+  mistral["head_dim"] = 16;
+  write_text(out / "hf_config" / "mistral.json", mistral.dump());
+  json rope = llama_config("LlamaForCausalLM");
+  rope["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                          {"original_max_position_embeddings", 8192}};
+  write_text(out / "hf_config" / "llama3_rope.json", rope.dump());
+  json gemma = {{"architectures", {"Gemma3ForCausalLM"}}, {"hidden_size", 64}, {"num_hidden_layers", 2},
+                {"intermediate_size", 128}, {"num_attention_heads", 4}, {"num_key_value_heads", 1}, {"head_dim", 16},
+                {"sliding_window", 512}, {"sliding_window_pattern", 6}, {"rope_local_base_freq", 10000.0},
+                {"final_logit_softcapping", nullptr}, {"query_pre_attn_scalar", 16}};
+  write_text(out / "hf_config" / "gemma3.json", gemma.dump());
+  json gemma_mm = {{"architectures", {"Gemma3ForConditionalGeneration"}},
+                   {"text_config", {{"hidden_size", 64}, {"num_hidden_layers", 2}}},
+                   {"tie_word_embeddings", true}};
+  write_text(out / "hf_config" / "gemma3_mm.json", gemma_mm.dump());
+  // Nested deeper than the parser allows (64 levels): the rejection path.
+  const std::string deep = std::string(80, '[') + std::string(80, ']');
+  write_text(out / "hf_config" / "deep.json", "{\"architectures\": " + deep + "}");
+
+  // tokenizer.json, then (after NUL bytes) tokenizer_config.json and config.json.
+  const std::string nul(1, '\0');
+  const json tc = {{"bos_token", "<s>"}, {"eos_token", {{"content", "</s>"}}}, {"add_bos_token", true},
+                   {"chat_template", "{{ messages }}"}};
+  const json tc_list = {{"chat_template", {{{"name", "default"}, {"template", "{{ x }}"}}, {{"name", "tool_use"}, {"template", "y"}}}}};
+  const json cfg_ids = {{"bos_token_id", 7}, {"eos_token_id", {8, 9}}};
+  write_text(out / "hf_tokenizer" / "alone.json", bpe_tokenizer(false).dump());
+  write_text(out / "hf_tokenizer" / "pairs.json", bpe_tokenizer(true).dump());
+  write_text(out / "hf_tokenizer" / "with_config.json", bpe_tokenizer(false).dump() + nul + tc.dump());
+  write_text(out / "hf_tokenizer" / "with_both.json", bpe_tokenizer(true).dump() + nul + tc_list.dump() + nul + cfg_ids.dump());
+  write_text(out / "hf_tokenizer" / "config_only.json", bpe_tokenizer(false).dump() + nul + nul + cfg_ids.dump());
+
+  // Resume files: whole records, a record cut off, a garbage line, a null metric.
+  const std::string a = resume_record("needle", 0, "full").dump(), b = resume_record("needle", 0, "topk:0.4:0.33:retain").dump();
+  const std::string c = resume_record("continuation", 1, "full").dump();
+  json nan = resume_record("fidelity", 0, "full");
+  nan["kl_last"] = nullptr;
+  write_text(out / "resume" / "whole.jsonl", a + "\n" + b + "\n" + c + "\n");
+  write_text(out / "resume" / "cut.jsonl", a + "\n" + b.substr(0, b.size() / 2));
+  write_text(out / "resume" / "garbage.jsonl", a + "\n{\"task\": \n\r\n" + c + "\r\n" + nan.dump() + "\n");
+  write_text(out / "resume" / "one.jsonl", c);
+  write_text(out / "resume" / "deep.jsonl", a + "\n" + deep + "\n" + c + "\n");
   return 0;
 }

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/json.h"
 #include "common/lists.h"
 #include "runtime/sampler.h"
 #include "runtime/session.h"
@@ -130,15 +131,24 @@ std::vector<const Book*> Dataset::with_role(const std::string& role) const {
 
 namespace {
 
-std::vector<std::string> read_lines(const std::string& path) {
+// The non-empty lines of a text file, with their 1-based line numbers.
+std::vector<std::pair<int64_t, std::string>> read_numbered_lines(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("cannot read {}", path);
-  std::vector<std::string> lines;
+  std::vector<std::pair<int64_t, std::string>> lines;
   std::string line;
+  int64_t n = 0;
   while (std::getline(in, line)) {
+    ++n;
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (!line.empty()) lines.push_back(line);
+    if (!line.empty()) lines.emplace_back(n, std::move(line));
   }
+  return lines;
+}
+
+std::vector<std::string> read_lines(const std::string& path) {
+  std::vector<std::string> lines;
+  for (auto& [n, line] : read_numbered_lines(path)) lines.push_back(std::move(line));
   return lines;
 }
 
@@ -152,36 +162,36 @@ Dataset load_dataset(const std::string& dir) {
   if (!fs::exists(manifest)) fail("{} is missing: {}", manifest.string(), hint);
   Dataset ds;
   ds.dir = dir;
-  nlohmann::json m;
+  // Every problem of the files names the file, the line or entry, and the key.
   try {
-    std::ifstream in(manifest);
-    m = nlohmann::json::parse(in);
-    ds.minimal = m.value("minimal", false);
-    for (const auto& b : m.at("books")) {
+    const nlohmann::json mj = read_json_file(manifest.string());
+    const JsonObject m(mj, manifest.string());
+    ds.minimal = m.boolean_or("minimal", false);
+    const nlohmann::json& books = m.array("books");
+    for (size_t i = 0; i < books.size(); ++i) {
+      const JsonObject b(books[i], fmt::format("{}: books[{}]", manifest.string(), i));
       Book book;
-      book.id = b.at("id").get<std::string>();
-      book.title = b.value("title", book.id);
-      book.role = b.value("role", "eval");
-      book.group = b.value("group", book.id);
+      book.id = b.string("id");
+      book.title = b.string_or("title", book.id);
+      book.role = b.string_or("role", "eval");
+      book.group = b.string_or("group", book.id);
       const fs::path p = fs::path(dir) / "books" / (book.id + ".txt");
-      if (!fs::exists(p)) fail("{} is missing: {}", p.string(), hint);
+      if (!fs::exists(p)) fail("{} is missing", p.string());
       book.paragraphs = read_lines(p.string());
       if (!book.paragraphs.empty()) ds.books.push_back(std::move(book));
     }
-  } catch (const nlohmann::json::exception& e) {
-    fail("{} is not a dataset manifest ({}): {}", manifest.string(), e.what(), hint);
-  }
-  std::sort(ds.books.begin(), ds.books.end(), [](const Book& a, const Book& b) { return a.id < b.id; });
-  const fs::path facts = fs::path(dir) / "facts.jsonl";
-  if (!fs::exists(facts)) fail("{} is missing: {}", facts.string(), hint);
-  for (const std::string& line : read_lines(facts.string())) {
-    try {
-      const auto j = nlohmann::json::parse(line);
-      ds.facts.push_back({j.value("table", ""), j.at("key").get<std::string>(), j.at("statement").get<std::string>(),
-                          j.at("question").get<std::string>(), j.at("answer").get<std::string>()});
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: a line is not a fact ({}): {}", facts.string(), e.what(), hint);
+    std::sort(ds.books.begin(), ds.books.end(), [](const Book& a, const Book& b) { return a.id < b.id; });
+    const fs::path facts = fs::path(dir) / "facts.jsonl";
+    if (!fs::exists(facts)) fail("{} is missing", facts.string());
+    for (const auto& [n, line] : read_numbered_lines(facts.string())) {
+      const std::string where = fmt::format("{} line {}", facts.string(), n);
+      const nlohmann::json j = parse_json(line, where);
+      const JsonObject f(j, where);
+      ds.facts.push_back({f.string_or("table", ""), f.string("key"), f.string("statement"), f.string("question"),
+                          f.string("answer")});
     }
+  } catch (const Error& e) {
+    fail("{}: {}", e.what(), hint);
   }
   if (ds.books.empty()) fail("{} lists no books: {}", manifest.string(), hint);
   return ds;

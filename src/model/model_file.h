@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -53,6 +54,9 @@ std::unique_ptr<ModelFile> load_safetensors(const std::string& path);
 std::unique_ptr<ModelFile> load_safetensors(const std::string& path, bool with_tokenizer);
 // Parses one safetensors image in memory into tensors with HF names (used by the fuzzer).
 std::unique_ptr<ModelFile> parse_safetensors(const uint8_t* data, size_t size, const std::string& name);
+// The metadata a checkpoint's config.json gives (architecture, shape, RoPE), from its text:
+// what load_safetensors does with config.json, without the file (used by the fuzzer).
+void read_hf_config_text(std::string_view text, const std::string& name, Metadata& meta);
 // llama2.c checkpoint plus its tokenizer (a llama2.c tokenizer.bin, or any file that
 // apply_tokenizer_file accepts); the tokenizer's vocabulary size must equal the model's.
 std::unique_ptr<ModelFile> load_llama2c(const std::string& path, const std::string& tokenizer_path);
@@ -65,6 +69,10 @@ size_t read_llama2c_tokenizer(const std::string& path, Metadata& meta);
 // it supply BOS/EOS and the chat template. The pre-tokenizer is chosen from
 // general.architecture. n_vocab > 0 pads the vocabulary to the model's size with unused tokens.
 void read_hf_tokenizer(const std::string& tokenizer_json_path, Metadata& meta, int64_t n_vocab);
+// Same, from the texts of tokenizer.json, tokenizer_config.json and config.json (empty: absent);
+// name stands for tokenizer.json's path in messages (used by the fuzzer).
+void read_hf_tokenizer_text(std::string_view tokenizer_json, std::string_view tokenizer_config, std::string_view config,
+                            const std::string& name, Metadata& meta, int64_t n_vocab);
 // Picks the kind by content (GGUF: its tokenizer.* keys are copied; a JSON file: HF
 // tokenizer.json; a folder: the tokenizer.json in it; otherwise a llama2.c tokenizer.bin) and
 // checks the vocabulary against the rows of token_embd.weight.

@@ -27,6 +27,7 @@
 #include <unordered_set>
 
 #include "common/error.h"
+#include "common/json.h"
 #include "model/mmap_file.h"
 #include "model/model_file.h"
 
@@ -41,9 +42,6 @@ static_assert(std::endian::native == std::endian::little, "the safetensors reade
 
 // The safetensors format itself caps the header at 100 MB.
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;
-// config.json, tokenizer_config.json, index files; tokenizer.json of the largest vocabularies
-// is a few tens of MB.
-constexpr uintmax_t kMaxJsonFileBytes = 512u << 20;
 // Token ids beyond this are not a real vocabulary (the largest are ~260k).
 constexpr int64_t kMaxVocab = int64_t{1} << 22;
 constexpr size_t kMaxDims = 4;
@@ -74,27 +72,18 @@ json parse_header_json(const uint8_t* p, size_t n, const std::string& name) {
   // Keys of the top-level object must be unique (nlohmann would silently keep the last one).
   std::unordered_set<std::string> keys;
   std::string duplicate;
-  json::parser_callback_t cb = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::key && depth == 1 && parsed.is_string()) {
-      const auto& k = parsed.get_ref<const std::string&>();
-      if (!keys.insert(k).second && duplicate.empty()) duplicate = k;
-    }
-    return true;
+  const JsonKeyHook on_key = [&](int depth, const std::string& k) {
+    if (depth == 1 && !keys.insert(k).second && duplicate.empty()) duplicate = k;
   };
-  json j;
-  try {
-    j = json::parse(p, p + n, cb);
-  } catch (const json::exception& e) {
-    fail("{}: safetensors header is not valid JSON: {}", name, one_line(e.what()));
-  }
-  if (!duplicate.empty()) fail("{}: safetensors header lists tensor {} twice", name, duplicate);
+  json j = parse_json(std::string_view(reinterpret_cast<const char*>(p), n), name + ": safetensors header", on_key);
+  if (!duplicate.empty()) fail("{}: safetensors header lists tensor {} twice", name, one_line(duplicate).substr(0, 80));
   return j;
 }
 
 uint64_t get_u64(const json& v, const std::string& name, const std::string& tensor, const char* what) {
   if (v.is_number_unsigned()) return v.get<uint64_t>();
   if (v.is_number_integer() && v.get<int64_t>() >= 0) return static_cast<uint64_t>(v.get<int64_t>());
-  fail("{}: tensor {} has an invalid {} ({})", name, tensor, what, one_line(v.dump()).substr(0, 80));
+  fail("{}: tensor {} has an invalid {} ({})", name, tensor, what, json_describe(v));
 }
 
 // Parses one safetensors image and appends its tensors, with their HF names, to f.
@@ -176,23 +165,6 @@ void parse_into(const uint8_t* data, size_t size, const std::string& name, Model
 
 // --- small helpers -------------------------------------------------------------
 
-json read_json_file(const std::string& path, const char* what) {
-  std::error_code ec;
-  const uintmax_t size = fs::file_size(path, ec);
-  if (ec) fail("cannot read {} {}: {}", what, path, ec.message());
-  if (size > kMaxJsonFileBytes) fail("{} {} is too large ({} bytes)", what, path, size);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open {} {}", what, path);
-  std::string text(static_cast<size_t>(size), '\0');
-  in.read(text.data(), static_cast<std::streamsize>(size));
-  if (static_cast<uintmax_t>(in.gcount()) != size) fail("cannot read {} {}", what, path);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    fail("{} {} is not valid JSON: {}", what, path, one_line(e.what()));
-  }
-}
-
 // A JSON value that is absent or null counts as missing.
 const json* member(const json& obj, const char* key) {
   if (!obj.is_object()) return nullptr;
@@ -206,7 +178,7 @@ std::optional<int64_t> cfg_int(const json& c, const char* key, const std::string
   if (!v) return std::nullopt;
   if (v->is_number_integer()) {
     if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      fail("{}: {} = {} is out of range", cfg_path, key, v->dump());
+      fail("{}: {} = {} is out of range", cfg_path, key, v->get<uint64_t>());
     }
     return v->get<int64_t>();
   }
@@ -214,14 +186,14 @@ std::optional<int64_t> cfg_int(const json& c, const char* key, const std::string
     const double d = v->get<double>();
     if (std::fabs(d) < 9e18 && d == std::trunc(d)) return static_cast<int64_t>(d);
   }
-  fail("{}: {} must be an integer, not {}", cfg_path, key, one_line(v->dump()).substr(0, 60));
+  fail("{}: {} must be an integer, not {}", cfg_path, key, json_describe(*v));
 }
 
 std::optional<double> cfg_float(const json& c, const char* key, const std::string& cfg_path) {
   const json* v = member(c, key);
   if (!v) return std::nullopt;
   if (v->is_number()) return v->get<double>();
-  fail("{}: {} must be a number, not {}", cfg_path, key, one_line(v->dump()).substr(0, 60));
+  fail("{}: {} must be a number, not {}", cfg_path, key, json_describe(*v));
 }
 
 std::optional<std::string> cfg_string(const json& c, const char* key) {
@@ -496,6 +468,15 @@ ModelShape config_to_metadata(const json& cfg, const ArchConfig& ac, const std::
   return s;
 }
 
+// What the loader takes from config.json: the architecture, the metadata keys and the shape.
+std::pair<ArchConfig, ModelShape> config_from_json(const json& cfg, const std::string& cfg_path, Metadata& m) {
+  if (!cfg.is_object()) fail("{}: expected a JSON object, found {}", cfg_path, json_describe(cfg));
+  const ArchConfig ac = detect_arch(cfg, cfg_path);
+  m.set("general.architecture", MetaValue::of_string(arch_str(ac.arch)));
+  const ModelShape shape = config_to_metadata(cfg, ac, cfg_path, m);
+  return {ac, shape};
+}
+
 // --- checkpoint files ------------------------------------------------------------------
 
 struct Checkpoint {
@@ -539,7 +520,7 @@ Checkpoint locate(const std::string& path) {
 // Reads the shard list of an index file; fills weight_map (tensor -> shard file name).
 std::vector<std::string> read_index(const fs::path& index, std::unordered_map<std::string, std::string>& weight_map) {
   const std::string ip = index.string();
-  const json j = read_json_file(ip, "index file");
+  const json j = read_json_file(ip);
   const json* wm = member(j, "weight_map");
   if (!wm || !wm->is_object()) fail("{}: no weight_map object", ip);
   std::vector<std::string> shards;
@@ -579,17 +560,14 @@ std::unique_ptr<ModelFile> load_checkpoint(const std::string& path, bool with_to
   const std::string cfg_path = (ck.dir / "config.json").string();
   std::error_code ec;
   if (!fs::exists(cfg_path, ec)) fail("{}: config.json not found beside it (expected {})", path, cfg_path);
-  const json cfg = read_json_file(cfg_path, "config");
-  if (!cfg.is_object()) fail("{}: not a JSON object", cfg_path);
-  const ArchConfig ac = detect_arch(cfg, cfg_path);
+  const json cfg = read_json_file(cfg_path);
 
   auto f = std::make_unique<ModelFile>();
   f->path = path;
   f->format = "safetensors";
   Metadata& m = f->meta;
-  m.set("general.architecture", MetaValue::of_string(arch_str(ac.arch)));
   m.set("general.name", MetaValue::of_string(model_name(ck.dir)));
-  const ModelShape shape = config_to_metadata(cfg, ac, cfg_path, m);
+  const auto [ac, shape] = config_from_json(cfg, cfg_path, m);
 
   // The raw tensors, with HF names, from every file.
   ModelFile raw;
@@ -705,8 +683,11 @@ bool post_processor_adds(const json& tj, const std::string& bos) {
   return false;
 }
 
-void read_hf_tokenizer_impl(const std::string& path, Metadata& meta, int64_t n_vocab) {
-  const json tj = read_json_file(path, "tokenizer");
+// The tokenizer files, parsed: tokenizer.json (tj), tokenizer_config.json (tc) and config.json
+// (cfg) beside it (empty objects when absent), and chat_template.jinja's text if there is one.
+// path names tokenizer.json in messages.
+void tokenizer_from_json(const json& tj, const json& tc, const json& cfg, std::optional<std::string> jinja_template,
+                         const std::string& path, Metadata& meta, int64_t n_vocab) {
   const json* model = member(tj, "model");
   if (!model || !model->is_object()) fail("{}: tokenizer.json has no model object", path);
   std::string type = cfg_string(*model, "type").value_or(member(*model, "merges") ? "BPE" : "unknown");
@@ -722,6 +703,11 @@ void read_hf_tokenizer_impl(const std::string& path, Metadata& meta, int64_t n_v
   std::vector<int32_t> types;
   auto place = [&](int64_t id, const std::string& text, int32_t tt, bool allow_replace) {
     if (id < 0 || id >= kMaxVocab) fail("{}: token {} has id {}, out of range", path, one_line(text).substr(0, 40), id);
+    // Before making room for it: a few bytes of tokenizer.json must not allocate for millions of ids.
+    if (n_vocab > 0 && id >= n_vocab) {
+      fail("{}: token {} has id {}: more than the model's vocabulary of {} has room for", path,
+           one_line(text).substr(0, 40), id, n_vocab);
+    }
     const auto i = static_cast<size_t>(id);
     if (i >= texts.size()) {
       texts.resize(i + 1);
@@ -799,12 +785,6 @@ void read_hf_tokenizer_impl(const std::string& path, Metadata& meta, int64_t n_v
   }
 
   // Special tokens: tokenizer_config.json first, then config.json for what it leaves open.
-  const fs::path dir = fs::path(path).parent_path();
-  std::error_code ec;
-  json tc = json::object(), cfg = json::object();
-  if (fs::exists(dir / "tokenizer_config.json", ec))
-    tc = read_json_file((dir / "tokenizer_config.json").string(), "tokenizer config");
-  if (fs::exists(dir / "config.json", ec)) cfg = read_json_file((dir / "config.json").string(), "config");
   auto id_of = [&](const std::optional<std::string>& text) -> std::optional<int64_t> {
     if (!text) return std::nullopt;
     auto it = ids.find(*text);
@@ -842,10 +822,7 @@ void read_hf_tokenizer_impl(const std::string& path, Metadata& meta, int64_t n_v
       }
     }
   }
-  if (!chat_template && fs::exists(dir / "chat_template.jinja", ec)) {
-    std::ifstream in(dir / "chat_template.jinja", std::ios::binary);
-    chat_template = std::string(std::istreambuf_iterator<char>(in), {});
-  }
+  if (!chat_template && jinja_template) chat_template = std::move(jinja_template);
 
   const auto n_tokens = static_cast<int64_t>(tokens.size());
   auto set_id = [&](const char* key, std::optional<int64_t> id) {
@@ -868,6 +845,21 @@ void read_hf_tokenizer_impl(const std::string& path, Metadata& meta, int64_t n_v
   if (chat_template) meta.set("tokenizer.chat_template", MetaValue::of_string(std::move(*chat_template)));
 }
 
+void read_hf_tokenizer_impl(const std::string& path, Metadata& meta, int64_t n_vocab) {
+  const json tj = read_json_file(path);
+  const fs::path dir = fs::path(path).parent_path();
+  std::error_code ec;
+  json tc = json::object(), cfg = json::object();
+  if (fs::exists(dir / "tokenizer_config.json", ec)) tc = read_json_file((dir / "tokenizer_config.json").string());
+  if (fs::exists(dir / "config.json", ec)) cfg = read_json_file((dir / "config.json").string());
+  std::optional<std::string> jinja;
+  if (fs::exists(dir / "chat_template.jinja", ec)) {
+    std::ifstream in(dir / "chat_template.jinja", std::ios::binary);
+    jinja = std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  tokenizer_from_json(tj, tc, cfg, std::move(jinja), path, meta, n_vocab);
+}
+
 }  // namespace
 
 std::unique_ptr<ModelFile> parse_safetensors(const uint8_t* data, size_t size, const std::string& name) {
@@ -877,9 +869,31 @@ std::unique_ptr<ModelFile> parse_safetensors(const uint8_t* data, size_t size, c
   try {
     parse_into(data, size, name, *f);
   } catch (const json::exception& e) {
-    fail("{}: malformed safetensors header: {}", name, one_line(e.what()));
+    fail("{}: malformed safetensors header: {}", name, json_error_text(e));
   }
   return f;
+}
+
+void read_hf_config_text(std::string_view text, const std::string& name, Metadata& meta) {
+  try {
+    config_from_json(parse_json(text, name), name, meta);
+  } catch (const json::exception& e) {
+    fail("{}: malformed config: {}", name, json_error_text(e));
+  }
+}
+
+void read_hf_tokenizer_text(std::string_view tokenizer_json, std::string_view tokenizer_config, std::string_view config,
+                            const std::string& name, Metadata& meta, int64_t n_vocab) {
+  const fs::path dir = fs::path(name).parent_path();
+  try {
+    const json tj = parse_json(tokenizer_json, name);
+    const json tc = tokenizer_config.empty() ? json::object()
+                                             : parse_json(tokenizer_config, (dir / "tokenizer_config.json").string());
+    const json cfg = config.empty() ? json::object() : parse_json(config, (dir / "config.json").string());
+    tokenizer_from_json(tj, tc, cfg, std::nullopt, name, meta, n_vocab);
+  } catch (const json::exception& e) {
+    fail("{}: malformed tokenizer JSON: {}", name, json_error_text(e));
+  }
 }
 
 std::unique_ptr<ModelFile> load_safetensors(const std::string& path, bool with_tokenizer) {
@@ -887,7 +901,7 @@ std::unique_ptr<ModelFile> load_safetensors(const std::string& path, bool with_t
     return load_checkpoint(path, with_tokenizer);
   } catch (const json::exception& e) {
     // Type errors from a JSON value of an unexpected shape that the checks above missed.
-    fail("{}: malformed JSON in the checkpoint: {}", path, one_line(e.what()));
+    fail("{}: malformed JSON in the checkpoint: {}", path, json_error_text(e));
   } catch (const fs::filesystem_error& e) {
     fail("{}: {}", path, one_line(e.what()));
   }
@@ -899,7 +913,7 @@ void read_hf_tokenizer(const std::string& tokenizer_json_path, Metadata& meta, i
   try {
     read_hf_tokenizer_impl(tokenizer_json_path, meta, n_vocab);
   } catch (const json::exception& e) {
-    fail("{}: malformed tokenizer JSON: {}", tokenizer_json_path, one_line(e.what()));
+    fail("{}: malformed tokenizer JSON: {}", tokenizer_json_path, json_error_text(e));
   }
 }
 

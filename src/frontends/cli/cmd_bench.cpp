@@ -212,7 +212,7 @@ int bench(const BenchOptions& o) {
       }
       arr.push_back(j);
     }
-    fmt::print("{}\n", arr.dump(2));
+    fmt::print("{}\n", arr.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
   } else if (o.output == "csv") {
     fmt::print("model,arch,size_mib,threads,test,n_tokens,avg_ts,stddev_ts,speedup,flop_speedup,peak_rss_mib\n");
     for (const Row& r : rows) {

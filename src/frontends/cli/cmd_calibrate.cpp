@@ -198,7 +198,8 @@ int calibrate(const CalibrateOptions& o) {
   for (const Candidate& c : grid) j["search"].push_back({{"spec", c.spec}, {"flop_speedup", c.flop_speedup}, {"nll", c.nll}, {"delta_nll", c.delta_nll}});
   const std::string out_path = o.output.empty() ? calibration_path(o.model) : o.output;
   std::ofstream out(out_path);
-  out << j.dump(2) << "\n";
+  // Names from the model file need not be UTF-8; JSON output must be.
+  out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   if (!out) fail("cannot write {}", out_path);
   fmt::print("saved {}\n", out_path);
   return 0;

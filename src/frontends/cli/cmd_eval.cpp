@@ -23,6 +23,7 @@
 
 #include "backends/cpu/ops.h"
 #include "common/error.h"
+#include "common/json.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
 #include "frontends/cli/eval_cli.h"
@@ -31,6 +32,7 @@
 #include "runtime/engine_factory.h"
 #include "common/lists.h"
 #include "eval/eval.h"
+#include "eval/resume.h"
 
 namespace dashlm::cli {
 
@@ -198,6 +200,19 @@ void print_table(const std::vector<ConfigRow>& rows, const std::vector<Column>& 
   }
 }
 
+// The first setting in which a resume file's record differs from this run, for people.
+std::string settings_difference(const nlohmann::json& theirs, const nlohmann::json& ours) {
+  for (const auto& [k, v] : ours.items()) {
+    const auto it = theirs.find(k);
+    if (it == theirs.end()) return fmt::format("no {}; here {}", k, json_describe(v));
+    if (*it != v) return fmt::format("{} {} there, {} here", k, json_describe(*it), json_describe(v));
+  }
+  for (const auto& [k, v] : theirs.items()) {
+    if (!ours.contains(k)) return fmt::format("{} {} there, unknown here", k, json_describe(v));
+  }
+  return "?";
+}
+
 nlohmann::json aggregate_json(const Aggregate& a) {
   nlohmann::json j{{"n_runs", a.n_runs}, {"speedup", a.speedup}, {"flop_speedup", a.flop_speedup}};
   for (const auto& [task, ms] : a.tasks) {
@@ -254,10 +269,13 @@ int eval_main(const EvalOptions& o) {
   // Results must not be mixed across settings that change the samples or the numbers.
   std::string books;
   for (const eval::Book& b : ds.books) books += b.id + ",";
-  const nlohmann::json settings = {{"model", model->name()}, {"n_layers", hp.n_layer}, {"backend", o.backend}, {"chat", so.chat},
-                                   {"seed", o.seed}, {"samples", o.samples}, {"n_gen", o.n_gen}, {"cont_tokens", o.cont_tokens},
-                                   {"dataset_books", books}, {"dataset_facts", ds.facts.size()}};
-  const std::string settings_id = settings.dump();
+  const nlohmann::json raw_settings = {{"model", model->name()}, {"n_layers", hp.n_layer}, {"backend", o.backend}, {"chat", so.chat},
+                                       {"seed", o.seed}, {"samples", o.samples}, {"n_gen", o.n_gen}, {"cont_tokens", o.cont_tokens},
+                                       {"dataset_books", books}, {"dataset_facts", ds.facts.size()}};
+  // As the resume file will hold them (text that is not UTF-8, e.g. a model name, is replaced),
+  // so that they compare equal when read back.
+  const nlohmann::json settings =
+      nlohmann::json::parse(raw_settings.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 
   std::vector<nlohmann::json> records;
   std::set<std::string> done;
@@ -265,33 +283,22 @@ int eval_main(const EvalOptions& o) {
     fail("--report-only needs the --resume file of an earlier run");
   }
   if (!o.resume_path.empty() && std::filesystem::exists(o.resume_path)) {
-    std::ifstream in(o.resume_path);
-    std::string line;
-    int bad = 0;
-    while (std::getline(in, line)) {
-      if (line.empty()) continue;
-      nlohmann::json r;
-      try {
-        r = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception&) {
-        ++bad;  // a line cut short when a run was interrupted
-        continue;
-      }
-      if (!r.contains("settings") || r["settings"].dump() != settings_id) {
-        fail("--resume {}: its results were made with other settings ({}); use another file", o.resume_path,
-             r.contains("settings") ? r["settings"].dump() : "none");
+    eval::ResumeFile rf = eval::read_resume_file(o.resume_path);
+    for (eval::ResumeLine& rl : rf.records) {
+      nlohmann::json& r = rl.record;
+      if (r["settings"] != settings) {
+        fail("--resume {}: its results were made with other settings (line {}: {}); use another file", o.resume_path,
+             rl.line, settings_difference(r["settings"], settings));
       }
       const std::string key = record_key(r["task"], r["length"], r["sample"], r["config"]);
       if (done.insert(key).second) records.push_back(std::move(r));
     }
-    if (bad > 0 && !o.quiet) fmt::print(stderr, "resume: skipped {} unreadable line(s) of {}\n", bad, o.resume_path);
+    // Even with --quiet: skipped lines are results that will be run again.
+    if (!rf.bad.empty()) fmt::print(stderr, "{}\n", rf.warning(o.resume_path));
     if (!o.quiet) fmt::print(stderr, "resume: {} results already in {}\n", records.size(), o.resume_path);
   }
-  std::ofstream resume_out;
-  if (!o.resume_path.empty()) {
-    resume_out.open(o.resume_path, std::ios::app);
-    if (!resume_out) fail("cannot write {}", o.resume_path);
-  }
+  std::unique_ptr<eval::ResumeWriter> resume_out;
+  if (!o.resume_path.empty() && !o.report_only) resume_out = std::make_unique<eval::ResumeWriter>(o.resume_path);
 
   // Work still to do, for progress and the time estimate.
   // Work is counted in prompt tokens, so that the estimate holds when the lengths differ.
@@ -327,10 +334,7 @@ int eval_main(const EvalOptions& o) {
   };
   auto save = [&](nlohmann::json r) {
     r["settings"] = settings;
-    if (resume_out.is_open()) {
-      resume_out << r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-      resume_out.flush();
-    }
+    if (resume_out) resume_out->append(r);
     done.insert(record_key(r["task"], r["length"], r["sample"], r["config"]));
     const auto len = r["length"].get<int64_t>();
     records.push_back(std::move(r));

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/json.h"
 #include "frontends/cli/commands.h"
 
 int main(int argc, char** argv) {
@@ -36,6 +37,11 @@ int main(int argc, char** argv) {
     return action ? action() : 0;
   } catch (const dashlm::Error& e) {
     fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  } catch (const nlohmann::json::exception& e) {
+    // A JSON value of an unexpected shape that no check caught: still one line, without the
+    // library's "[json.exception...]" tag.
+    fmt::print(stderr, "error: malformed JSON: {}\n", dashlm::json_error_text(e));
     return 1;
   } catch (const std::bad_alloc&) {
     fmt::print(stderr, "error: out of memory\n");

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/json.h"
 
 namespace dashlm {
 
@@ -13,16 +14,21 @@ std::string calibration_path(const std::string& model_path) { return model_path 
 Calibration load_calibration(const std::string& model_path, int n_layer) {
   Calibration c;
   c.path = calibration_path(model_path);
-  std::ifstream in(c.path);
-  if (!in) fail("no calibration for this model: run dashlm calibrate (looked for {})", c.path);
+  if (!std::ifstream(c.path)) fail("no calibration for this model: run dashlm calibrate (looked for {})", c.path);
+  std::string spec;
   try {
-    const nlohmann::json j = nlohmann::json::parse(in);
-    c.config = HaltingConfig::parse(j.at("spec").get<std::string>());
-    c.delta_nll = j.value("delta_nll", 0.0);
-    c.budget = j.value("budget", 0.0);
-    c.flop_speedup = j.value("flop_speedup", 1.0);
-  } catch (const nlohmann::json::exception& e) {
-    fail("{} is not a calibration file ({}): run dashlm calibrate again", c.path, e.what());
+    // The messages name the file and the key ("M.dash.json: key 'spec' is missing").
+    const nlohmann::json j = read_json_file(c.path);
+    const JsonObject o(j, c.path);
+    spec = o.string("spec");
+    c.delta_nll = o.number_or("delta_nll", 0.0);
+    c.budget = o.number_or("budget", 0.0);
+    c.flop_speedup = o.number_or("flop_speedup", 1.0);
+  } catch (const Error& e) {
+    fail("{} (not a calibration file: run dashlm calibrate again)", e.what());
+  }
+  try {
+    c.config = HaltingConfig::parse(spec);
   } catch (const Error& e) {
     fail("{} holds no usable setting ({}): run dashlm calibrate again", c.path, e.what());
   }
