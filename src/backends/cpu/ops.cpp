@@ -323,28 +323,51 @@ void attention_received(const float* q, const int32_t* q_pos, int64_t n_q, const
   const int64_t hd = p.head_dim, qs = int64_t{p.n_head} * hd, ks = int64_t{p.n_head_kv} * hd;
   const int group = p.n_head / p.n_head_kv;
   std::fill(out, out + n_kv, 0.f);
-  std::vector<float> w(static_cast<size_t>(n_kv));
-  for (int64_t i = 0; i < n_q; ++i) {
-    for (int h = 0; h < p.n_head; ++h) {
+  // The (query row, head) pairs in blocks: each pair's softmax weights are computed in parallel
+  // (the expensive part: a dot product and an exp per key), then added to out in the pairs' order,
+  // so that the result does not depend on the number of threads.
+  const int64_t pairs = n_q * p.n_head;
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(pairs, (int64_t{1} << 22) / std::max<int64_t>(1, n_kv)));
+  std::vector<float> w(static_cast<size_t>(block * n_kv));
+  std::vector<uint8_t> any(static_cast<size_t>(block));
+  for (int64_t b0 = 0; b0 < pairs; b0 += block) {
+    const int64_t nb = std::min(block, pairs - b0);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads()) if (nb > 1 && n_kv >= 1024)
+    for (int64_t pb = 0; pb < nb; ++pb) {
+      const int64_t i = (b0 + pb) / p.n_head;
+      const int h = static_cast<int>((b0 + pb) % p.n_head);
       const int kvh = h / group;
+      float* wp = w.data() + pb * n_kv;
       const int64_t hi = std::min<int64_t>(q_pos[i], n_kv - 1);
       const int64_t lo = p.window > 0 ? std::max<int64_t>(0, q_pos[i] - p.window + 1) : 0;
       float mx = -std::numeric_limits<float>::infinity();
       for (int64_t j = lo; j <= hi; ++j) {
         if (kv_valid && !kv_valid[j]) continue;
-        w[static_cast<size_t>(j)] = p.scale * dot(q + i * qs + h * hd, k + j * ks + kvh * hd, hd);
-        mx = std::max(mx, w[static_cast<size_t>(j)]);
+        wp[j] = p.scale * dot(q + i * qs + h * hd, k + j * ks + kvh * hd, hd);
+        mx = std::max(mx, wp[j]);
       }
-      if (mx == -std::numeric_limits<float>::infinity()) continue;
+      any[static_cast<size_t>(pb)] = mx != -std::numeric_limits<float>::infinity();
+      if (!any[static_cast<size_t>(pb)]) continue;
       double sum = 0;
       for (int64_t j = lo; j <= hi; ++j) {
         if (kv_valid && !kv_valid[j]) continue;
-        w[static_cast<size_t>(j)] = std::exp(w[static_cast<size_t>(j)] - mx);
-        sum += w[static_cast<size_t>(j)];
+        wp[j] = std::exp(wp[j] - mx);
+        sum += wp[j];
       }
       for (int64_t j = lo; j <= hi; ++j) {
         if (kv_valid && !kv_valid[j]) continue;
-        out[j] += static_cast<float>(w[static_cast<size_t>(j)] / sum);
+        wp[j] = static_cast<float>(wp[j] / sum);
+      }
+    }
+    for (int64_t pb = 0; pb < nb; ++pb) {
+      if (!any[static_cast<size_t>(pb)]) continue;
+      const int64_t i = (b0 + pb) / p.n_head;
+      const float* wp = w.data() + pb * n_kv;
+      const int64_t hi = std::min<int64_t>(q_pos[i], n_kv - 1);
+      const int64_t lo = p.window > 0 ? std::max<int64_t>(0, q_pos[i] - p.window + 1) : 0;
+      for (int64_t j = lo; j <= hi; ++j) {
+        if (kv_valid && !kv_valid[j]) continue;
+        out[j] += wp[j];
       }
     }
   }
