@@ -9,14 +9,18 @@
 
 namespace dashlm {
 
+void SamplerParams::validate() const {
+  if (!(top_p > 0.f && top_p <= 1.f)) fail("top-p must be in (0, 1], got {}", top_p);
+  if (!std::isfinite(temperature)) fail("temperature must be finite, got {}", temperature);
+}
+
 int32_t argmax(std::span<const float> logits) {
   // First maximum wins, as in llama.cpp's greedy sampler.
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
 Sampler::Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) {
-  if (p.top_p <= 0.f || p.top_p > 1.f) fail("top-p must be in (0, 1], got {}", p.top_p);
-  if (!std::isfinite(p.temperature)) fail("temperature must be finite");
+  p.validate();
 }
 
 int32_t Sampler::sample(std::span<const float> logits) {

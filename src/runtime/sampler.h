@@ -11,6 +11,8 @@ struct SamplerParams {
   int top_k = 40;           // <= 0: all tokens
   float top_p = 0.95f;      // 1: no nucleus cut
   uint64_t seed = 0;
+  // Throws for a temperature that is not finite or a top-p outside (0, 1] (NaN included).
+  void validate() const;
 };
 
 class Sampler {

@@ -30,6 +30,17 @@ with tempfile.TemporaryDirectory() as d:
     expect_error(dashlm, *ok, "-p", "", contains="empty prompt")
     expect_error(dashlm, *ok, "-f", path("empty.txt", b""), contains="empty prompt")
     expect_error(dashlm, *ok, "-f", os.path.join(d, "missing.txt"), contains="missing.txt")
+    # Prompt files that are not files, or far larger than any context: refused before reading.
+    expect_error(dashlm, *ok, "-f", d, contains="not a regular file")
+    expect_error(dashlm, *ok, "-f", "/dev/zero", contains="not a regular file")
+    big = path("big.txt")
+    with open(big, "wb") as f:
+        f.truncate(50 * 1024 * 1024)  # sparse: 50 MB that cost nothing to write
+    expect_error(dashlm, *ok, "-f", big, contains="bytes")
+    # Threads and sampling settings out of range (NaN included), refused before any work.
+    expect_error(dashlm, *ok, "-p", "hi", "--threads", "100000", contains="--threads")
+    expect_error(dashlm, *ok, "-p", "hi", "--top-p", "nan", contains="top-p")
+    expect_error(dashlm, *ok, "-p", "hi", "--temp", "inf", contains="temperature")
     expect_error(dashlm, *ok, "-p", "Once upon a time " * 200, contains="context")
     expect_error(dashlm, *ok, "-p", "hi", "--ctx", "2", contains="context")
     expect_error(dashlm, *ok, "--prompt-ids", "1,99999", contains="token id")

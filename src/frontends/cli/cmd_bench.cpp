@@ -119,7 +119,7 @@ int bench(const BenchOptions& o) {
   if (o.n_gen < 0) fail("-n must be >= 0");
   if (o.output != "md" && o.output != "json" && o.output != "csv") fail("-o must be md, json or csv");
   const std::vector<int64_t> lengths = parse_lengths(o.prompts, "-p");
-  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = resolve_threads(o.threads);
   cpu::set_num_threads(threads);
   auto model = Model::load(o.model, o.tokenizer);
   const HParams& hp = model->hp();

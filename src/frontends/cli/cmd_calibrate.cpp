@@ -78,7 +78,7 @@ int calibrate(const CalibrateOptions& o) {
   const PolicyInfo* policy = find_halting_policy(o.policy);
   if (!policy || !policy->calibration_grid) fail("--policy must be one of: {}", calibrated_policy_names());
   if (o.samples < 1) fail("--samples must be >= 1");
-  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = resolve_threads(o.threads);
   cpu::set_num_threads(threads);
   auto model = Model::load(o.model, o.tokenizer);
   const HParams& hp = model->hp();

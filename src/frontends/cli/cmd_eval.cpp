@@ -226,7 +226,6 @@ int eval_main(const EvalOptions& o) {
   if (o.samples < 1) fail("--samples must be >= 1");
   if (o.n_gen < 1) fail("--n-gen must be >= 1");
   if (o.cont_tokens < 1) fail("--cont-tokens must be >= 1");
-  if (o.threads < 0) fail("--threads must be >= 1");
   if (o.plot_x != "measured" && o.plot_x != "flops") fail("--plot-x must be measured or flops");
   const auto ends_with = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
   if (!o.plot_path.empty() && !ends_with(o.plot_path, ".png") && !ends_with(o.plot_path, ".svg")) fail("--plot: use a .png or .svg file name, got {}", o.plot_path);
@@ -238,7 +237,7 @@ int eval_main(const EvalOptions& o) {
   }
   if (tasks.empty()) fail("--tasks: give at least one task");
   const std::vector<int64_t> lengths = parse_lengths(o.lengths);
-  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = resolve_threads(o.threads);
   cpu::set_num_threads(threads);
 
   auto model = Model::load(o.model, o.tokenizer);

@@ -91,12 +91,11 @@ std::vector<int32_t> parse_ids(const std::string& s, int32_t n_vocab) {
 
 int run(const RunOptions& o) {
   if (o.given_sources != 1) fail("give the prompt with exactly one of -p TEXT, -f FILE or --prompt-ids LIST");
-  const std::string text = o.prompt_file.empty() ? o.prompt : read_text_file(o.prompt_file);
-  if (o.prompt_ids.empty() && text.empty() && o.query.empty()) fail("empty prompt");
   if (o.n_predict < 0) fail("-n must be >= 0");
-  if (o.threads < 0) fail("--threads must be >= 1");
   if (o.ctx < 0) fail("--ctx must be >= 1");
-  const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const SamplerParams sampling{o.temperature, o.top_k, o.top_p, o.seed};
+  sampling.validate();
+  const int threads = resolve_threads(o.threads);
   cpu::set_num_threads(threads);
 
   const auto t_load = Clock::now();
@@ -104,6 +103,10 @@ int run(const RunOptions& o) {
   const HParams& hp = model->hp();
   const Tokenizer& tok = model->tokenizer();
   const double load_ms = ms_since(t_load);
+  const int64_t ctx_limit = o.ctx > 0 ? o.ctx : hp.n_ctx_train;
+  // A prompt file is read only up to what the context could hold.
+  const std::string text = o.prompt_file.empty() ? o.prompt : read_text_file(o.prompt_file, prompt_file_cap(ctx_limit));
+  if (o.prompt_ids.empty() && text.empty() && o.query.empty()) fail("empty prompt");
 
   Prompt pt;
   if (!o.prompt_ids.empty()) {
@@ -114,7 +117,6 @@ int run(const RunOptions& o) {
   }
   const int64_t n_prompt = pt.size();
   if (n_prompt == 0) fail("empty prompt: it has no tokens");
-  const int64_t ctx_limit = o.ctx > 0 ? o.ctx : hp.n_ctx_train;
   if (n_prompt > ctx_limit) {
     fail("the prompt has {} tokens, more than the context of {} tokens{}", n_prompt, ctx_limit,
          o.ctx > 0 ? "" : " the model was trained for (raise it with --ctx)");
@@ -155,7 +157,7 @@ int run(const RunOptions& o) {
   // Decode, streaming each piece of text as it is complete.
   GenerateOptions go;
   go.max_tokens = n_predict;
-  go.sampling = SamplerParams{o.temperature, o.top_k, o.top_p, o.seed};
+  go.sampling = sampling;
   go.ignore_eos = o.ignore_eos;
   go.on_text = [](const std::string& piece) {
     fmt::print("{}", piece);
