@@ -1,10 +1,9 @@
 #include "common/json.h"
 
-#include <filesystem>
-#include <fstream>
 #include <limits>
 
 #include "common/error.h"
+#include "common/files.h"
 
 namespace dashlm {
 
@@ -92,18 +91,7 @@ json parse_json(std::string_view text, const std::string& where, const JsonKeyHo
 }
 
 json read_json_file(const std::string& path, uintmax_t max_bytes) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) fail("{} is a directory, not a JSON file", path);
-  const uintmax_t size = fs::file_size(path, ec);
-  if (ec) fail("cannot read {}: {}", path, ec.message());
-  if (size > max_bytes) fail("{} is too large for a JSON file ({} bytes)", path, size);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open {}", path);
-  std::string text(static_cast<size_t>(size), '\0');
-  in.read(text.data(), static_cast<std::streamsize>(size));
-  if (static_cast<uintmax_t>(in.gcount()) != size) fail("cannot read {}", path);
-  return parse_json(text, path);
+  return parse_json(read_file(path, max_bytes, "a JSON file may hold"), path);
 }
 
 const char* json_type_name(const json& v) {

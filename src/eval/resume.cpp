@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/json.h"
 
 namespace dashlm::eval {
@@ -92,11 +93,7 @@ ResumeFile read_resume_text(std::string_view text) {
 }
 
 ResumeFile read_resume_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read {}", path);
-  const std::string text(std::istreambuf_iterator<char>(in), {});
-  if (in.bad()) fail("cannot read {}", path);
-  return read_resume_text(text);
+  return read_resume_text(read_file(path));
 }
 
 // --- writer ---------------------------------------------------------------------------

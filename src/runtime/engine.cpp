@@ -266,14 +266,13 @@ std::string Engine::kernels() const {
 std::vector<float> Engine::prefill(std::span<const int32_t> tokens, const PrefillOptions& opt, ForwardStats* stats) {
   std::vector<float> last = prefill_segment(*this, model_.hp(), tokens, n_past_, cache_.n_ctx, opt, stats);
   n_past_ += static_cast<int64_t>(tokens.size());
-  if (seg_n_ > 1) std::vector<float>().swap(x_);  // a prompt's hidden states are not kept
+  if (tokens.size() > 1) std::vector<float>().swap(x_);  // a prompt's hidden states are not kept
   return last;
 }
 
 void Engine::begin_segment(std::span<const int32_t> tokens, std::span<const int32_t> pos, bool) {
   const HParams& hp = model_.hp();
   const auto n = static_cast<int64_t>(tokens.size());
-  seg_n_ = n;
   s_.reserve(hp, std::min(n, chunk_rows_), ff_slice_max_);
   x_.assign(static_cast<size_t>(n * hp.n_embd), 0.f);
   cpu::get_rows(model_.tok_embd(), tokens.data(), n, x_.data());

@@ -121,7 +121,6 @@ class Engine final : public InferenceEngine, private LayerExecutor {
   Scratch s_;
   int64_t n_past_ = 0;
   std::vector<float> x_;       // the segment's hidden states (rows of n_embd)
-  int64_t seg_n_ = 0;          // its rows
   std::vector<float> q_tail_;  // queries of the rows whose attention ranks tokens (attn policies)
   int64_t chunk_rows_ = kChunkRows;
   int64_t ff_slice_max_ = 0;  // the widest of ff_slice() over the layers

@@ -24,8 +24,12 @@ PrefillResult Session::prefill(const Prompt& p, const PrefillRequest& req) {
   const bool both = !p.document.empty() && !p.query.empty();
   r.joint = both && policy && policy->reads_query && req.query_visible;
   r.split = both && !r.joint && (halting || req.separate_query);
-  const std::vector<int32_t> whole = r.split ? std::vector<int32_t>{} : p.tokens();
-  const std::span<const int32_t> first = r.split ? std::span<const int32_t>(p.document) : std::span<const int32_t>(whole);
+  // The first segment: the document alone (split), or the whole prompt (joined only when it has
+  // both parts).
+  const std::vector<int32_t> whole = both && !r.split ? p.tokens() : std::vector<int32_t>{};
+  const std::span<const int32_t> first = both && !r.split ? std::span<const int32_t>(whole)
+                                         : p.document.empty()   ? std::span<const int32_t>(p.query)
+                                                                : std::span<const int32_t>(p.document);
   // Rows of the prompt whose logits are kept start at `from`; segment [a, a + len) computes its
   // own from max(0, from - a) when that is inside it.
   const int64_t from = n - std::min(req.logits_last, n);

@@ -33,6 +33,7 @@ with tempfile.TemporaryDirectory() as d:
     # Prompt files that are not files, or far larger than any context: refused before reading.
     expect_error(dashlm, *ok, "-f", d, contains="not a regular file")
     expect_error(dashlm, *ok, "-f", "/dev/zero", contains="not a regular file")
+    expect_error(dashlm, "tokenize", "-m", model, "--tokenizer", tok, "-f", "/dev/zero", contains="not a regular file")
     big = path("big.txt")
     with open(big, "wb") as f:
         f.truncate(50 * 1024 * 1024)  # sparse: 50 MB that cost nothing to write

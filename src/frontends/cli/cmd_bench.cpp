@@ -18,6 +18,7 @@
 
 #include "backends/cpu/ops.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
 #include "frontends/cli/halting_output.h"
@@ -129,7 +130,7 @@ int bench(const BenchOptions& o) {
   }
   std::vector<int32_t> text_ids;
   if (!o.text_file.empty()) {
-    text_ids = model->tokenizer().encode(read_text_file(o.text_file), false, false);
+    text_ids = model->tokenizer().encode(read_file(o.text_file), false, false);
     if (text_ids.empty()) fail("{} has no tokens", o.text_file);
   }
   const bool tty = stderr_is_tty();

@@ -19,6 +19,7 @@
 
 #include "backends/cpu/ops.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
 #include "frontends/cli/eval_cli.h"
@@ -90,7 +91,7 @@ int calibrate(const CalibrateOptions& o) {
 
   eval::Dataset ds;
   if (!o.text_file.empty()) {
-    ds = eval::dataset_from_text(o.text_file, read_text_file(o.text_file));
+    ds = eval::dataset_from_text(o.text_file, read_file(o.text_file));
   } else {
     ds = eval::load_dataset(find_dataset_dir(o.dataset_dir));
     if (ds.with_role("heldout").empty()) fail("the datasets in {} have no held-out book: give --text FILE", ds.dir);
@@ -113,7 +114,7 @@ int calibrate(const CalibrateOptions& o) {
     base.signal = parse_delta_signal(o.delta);
     base.kv = parse_kv_mode(o.kv);
   } catch (const SettingError& e) {
-    fail("{} {}", setting_flag(e.setting), e.problem);
+    fail_with_flag(e);
   }
   const bool tty = !o.quiet && stderr_is_tty();
   const auto t0 = Clock::now();

@@ -12,6 +12,7 @@
 
 #include "backends/cpu/ops.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
 #include "frontends/cli/halting_output.h"
@@ -105,7 +106,7 @@ int run(const RunOptions& o) {
   const double load_ms = ms_since(t_load);
   const int64_t ctx_limit = o.ctx > 0 ? o.ctx : hp.n_ctx_train;
   // A prompt file is read only up to what the context could hold.
-  const std::string text = o.prompt_file.empty() ? o.prompt : read_text_file(o.prompt_file, prompt_file_cap(ctx_limit));
+  const std::string text = o.prompt_file.empty() ? o.prompt : read_file(o.prompt_file, prompt_file_cap(ctx_limit), "a prompt of this context can use (a larger --ctx allows more)");
   if (o.prompt_ids.empty() && text.empty() && o.query.empty()) fail("empty prompt");
 
   Prompt pt;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "frontends/cli/commands.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
@@ -55,9 +56,7 @@ std::string printable_piece(const std::string& s) {
 int run_tokenize(const TokenizeOptions& o) {
   std::string text;
   if (!o.file.empty()) {
-    std::ifstream in(o.file, std::ios::binary);
-    if (!in) fail("cannot read {}", o.file);
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    text = read_file(o.file);
   } else {
     text = o.prompt;
   }

@@ -51,9 +51,8 @@ HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed,
       for (const auto& [s, o] : f.option)
         if (s != Setting::Policy && o->count()) fail_setting(s, "cannot be combined with --halting auto (the calibrated setting)");
       Calibration c = load_calibration(model_path, n_layer);
-      if (c.config.seed == 0 && find_halting_policy(c.config.policy) && find_halting_policy(c.config.policy)->reads(Setting::Seed)) {
-        c.config.seed = seed;
-      }
+      const PolicyInfo* p = find_halting_policy(c.config.policy);
+      if (c.config.seed == 0 && p && p->reads(Setting::Seed)) c.config.seed = seed;
       fmt::print(stderr, "halting auto: {} from {} (continuation NLL {:+.4f} within a budget of {}, FLOP speedup {:.2f}x)\n",
                  c.config.describe(n_layer), c.path, c.delta_nll, c.budget, c.flop_speedup);
       return c.config;
@@ -69,9 +68,11 @@ HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed,
     hc.check_given(given);
     return hc;
   } catch (const SettingError& e) {
-    fail("{} {}", setting_flag(e.setting), e.problem);
+    fail_with_flag(e);
   }
 }
+
+void fail_with_flag(const SettingError& e) { fail("{} {}", setting_flag(e.setting), e.problem); }
 
 nlohmann::json halting_json(const HaltingConfig& hc, int n_layer, const HaltingTrace& tr, const std::vector<double>& layer_ms) {
   nlohmann::json j = hc.to_json(n_layer);

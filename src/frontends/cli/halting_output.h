@@ -27,6 +27,8 @@ void add_halting_flags(CLI::App* c, HaltingFlags& f);
 // errors naming the flag. Policy "auto" loads the setting `dashlm calibrate` saved for the model
 // at model_path and says on stderr which one it chose; an error if there is none.
 HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed, const std::string& model_path);
+// A bad setting reported under the flag that sets it ("--keep must be in (0, 1], got 2").
+[[noreturn]] void fail_with_flag(const SettingError& e);
 
 // The config's JSON (HaltingConfig::to_json) with what the trace measured: n_document_tokens,
 // active_per_layer, flops_full, flops_done, flop_speedup, layer_ms.

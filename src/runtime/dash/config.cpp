@@ -54,6 +54,8 @@ constexpr Setting kOptionOrder[] = {Setting::Signal, Setting::ProtectFirst, Sett
 constexpr Setting kPolicyOwn[] = {Setting::HaltLayer, Setting::Keep, Setting::MinLayer, Setting::Tau, Setting::Patience,
                                   Setting::AttnQueries, Setting::Pool, Setting::Mix};
 
+bool contains(std::span<const Setting> set, Setting s) { return std::find(set.begin(), set.end(), s) != set.end(); }
+
 double parse_number(Setting s, std::string_view v) {
   const std::string str(v);
   char* end = nullptr;
@@ -160,7 +162,7 @@ void HaltingConfig::validate(int n_layer) const {
 void HaltingConfig::check_given(std::span<const Setting> given) const {
   const PolicyInfo* p = find_halting_policy(policy);
   for (Setting s : given) {
-    const bool own = std::find(std::begin(kPolicyOwn), std::end(kPolicyOwn), s) != std::end(kPolicyOwn);
+    const bool own = contains(kPolicyOwn, s);
     if (own && (!p || !p->reads(s))) fail_setting(s, "does not apply to halting policy '{}'", policy);
   }
 }
@@ -183,8 +185,7 @@ std::string HaltingConfig::spec() const {
     if (setting_value(*this, o) != setting_value(defaults, o)) s += fmt::format(":{}={}", info(o).spec_key, setting_value(*this, o));
   };
   for (Setting o : kOptionOrder) {
-    const bool common = std::find(std::begin(kCommonOptions), std::end(kCommonOptions), o) != std::end(kCommonOptions);
-    if (common || std::find(p->options.begin(), p->options.end(), o) != p->options.end()) option(o);
+    if (contains(kCommonOptions, o) || contains(p->options, o)) option(o);
   }
   return s;
 }
@@ -201,7 +202,7 @@ std::string HaltingConfig::spec_syntax() {
   }
   s += " (KV_MODE retain|drop, DELTA_SIGNAL abs|rel|block, optional :pf=N :pl=N";
   for (const SettingInfo& i : kSettings) {
-    if (i.spec_key && std::find(std::begin(kCommonOptions), std::end(kCommonOptions), i.id) == std::end(kCommonOptions)) {
+    if (i.spec_key && !contains(kCommonOptions, i.id)) {
       s += fmt::format(" :{}=...", i.spec_key);
     }
   }
@@ -239,8 +240,7 @@ HaltingConfig HaltingConfig::parse(const std::string& spec) {
       const SettingInfo* s = nullptr;
       for (const SettingInfo& si : kSettings)
         if (si.spec_key && k == si.spec_key) s = &si;
-      const bool common = s && std::find(std::begin(kCommonOptions), std::end(kCommonOptions), s->id) != std::end(kCommonOptions);
-      if (!s || eq == std::string::npos || (!common && std::find(p->options.begin(), p->options.end(), s->id) == p->options.end())) {
+      if (!s || eq == std::string::npos || (!contains(kCommonOptions, s->id) && !contains(p->options, s->id))) {
         fail("config '{}': '{}' is not a field of {}; syntax: {}", spec, fields[i], p->name, spec_syntax());
       }
       set_setting(hc, s->id, v);
