@@ -1,7 +1,10 @@
 // Chat prompt formats. See chat.h.
 #include "model/chat.h"
 
+#include <algorithm>
 #include <string>
+
+#include "common/error.h"
 
 namespace dashlm {
 
@@ -45,45 +48,86 @@ const char* chat_format_name(ChatFormat f) {
   return "none";
 }
 
-std::string chat_format_user_turn(ChatFormat f, std::string_view user_text, std::string_view system_prompt) {
-  std::string s;
+namespace {
+
+// The text of one turn before and after its content, in format f.
+struct TurnFrame {
+  std::string open, close;
+};
+
+TurnFrame turn_frame(ChatFormat f, const std::string& role) {
   switch (f) {
-    case ChatFormat::None:
-      s = system_prompt.empty() ? std::string(user_text) : std::string(system_prompt) + "\n\n" + std::string(user_text);
-      break;
-    case ChatFormat::ChatML:
-      if (!system_prompt.empty()) {
-        s += "<|im_start|>system\n";
-        s += system_prompt;
-        s += "<|im_end|>\n";
-      }
-      s += "<|im_start|>user\n";
-      s += user_text;
-      s += "<|im_end|>\n<|im_start|>assistant\n";
-      break;
+    case ChatFormat::None: return {"", ""};
+    case ChatFormat::ChatML: return {"<|im_start|>" + role + "\n", "<|im_end|>\n"};
     case ChatFormat::Gemma:
-      // Gemma has no system role: its template puts the system text at the top of the first
-      // user turn. BOS comes from the tokenizer (add_bos), not from the text.
-      s += "<start_of_turn>user\n";
-      if (!system_prompt.empty()) {
-        s += system_prompt;
-        s += "\n\n";
-      }
-      s += user_text;
-      s += "<end_of_turn>\n<start_of_turn>model\n";
-      break;
-    case ChatFormat::Llama3:
-      if (!system_prompt.empty()) {
-        s += "<|start_header_id|>system<|end_header_id|>\n\n";
-        s += system_prompt;
-        s += "<|eot_id|>";
-      }
-      s += "<|start_header_id|>user<|end_header_id|>\n\n";
-      s += user_text;
-      s += "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
-      break;
+      // Gemma's roles are user and model; it has no system role (see below).
+      return {"<start_of_turn>" + std::string(role == "assistant" ? "model" : role) + "\n", "<end_of_turn>\n"};
+    case ChatFormat::Llama3: return {"<|start_header_id|>" + role + "<|end_header_id|>\n\n", "<|eot_id|>"};
   }
-  return s;
+  return {"", ""};
+}
+
+std::string assistant_opening(ChatFormat f) { return f == ChatFormat::None ? "" : turn_frame(f, "assistant").open; }
+
+}  // namespace
+
+ChatText chat_format_conversation(ChatFormat f, std::span<const ChatMessage> messages, std::string_view default_system) {
+  size_t last_user = messages.size();
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const std::string& r = messages[i].role;
+    if (r != "system" && r != "user" && r != "assistant") fail("unknown message role '{}' (system, user or assistant)", r);
+    if (r == "user") last_user = i;
+  }
+  if (last_user == messages.size()) fail("the conversation has no user message");
+  if (last_user + 1 != messages.size()) fail("the last message must be the user's");
+
+  // The system text: the conversation's system messages, else the model's default.
+  std::string system;
+  for (const ChatMessage& m : messages) {
+    if (m.role != "system") continue;
+    if (!system.empty()) system += "\n\n";
+    system += m.content;
+  }
+  const bool has_system = std::any_of(messages.begin(), messages.end(), [](const ChatMessage& m) { return m.role == "system"; });
+  if (!has_system) system = std::string(default_system);
+
+  ChatText out;
+  std::string* dst = &out.history;
+  bool first_user = true;
+  bool first_text = true;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    if (m.role == "system") continue;
+    std::string content = m.content;
+    // Gemma has no system role: its template puts the system text at the top of the first user
+    // turn; a base model gets it as the first paragraph.
+    if (first_user && m.role == "user" && !system.empty() && f == ChatFormat::Gemma) content = system + "\n\n" + content;
+    if (f == ChatFormat::None) {
+      if (first_text && !system.empty()) *dst += system + "\n\n";
+      if (!first_text) *dst += "\n\n";
+      if (i == last_user) dst = &out.last_turn;
+      *dst += content;
+    } else {
+      if (first_text && !system.empty() && f != ChatFormat::Gemma) {
+        const TurnFrame sf = turn_frame(f, "system");
+        *dst += sf.open + system + sf.close;
+      }
+      const TurnFrame tf = turn_frame(f, m.role);
+      *dst += tf.open;
+      if (i == last_user) dst = &out.last_turn;
+      *dst += content + tf.close;
+    }
+    if (m.role == "user") first_user = false;
+    first_text = false;
+  }
+  out.last_turn += assistant_opening(f);
+  return out;
+}
+
+std::string chat_format_user_turn(ChatFormat f, std::string_view user_text, std::string_view system_prompt) {
+  const ChatMessage m[] = {{"user", std::string(user_text)}};
+  const ChatText t = chat_format_conversation(f, m, system_prompt);
+  return t.history + t.last_turn;
 }
 
 std::string chat_default_system_prompt(const Metadata& meta) {

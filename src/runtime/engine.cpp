@@ -29,6 +29,20 @@ void KVCache::clear_holes() {
   }
 }
 
+void KVCache::clear_holes_from(int64_t pos) {
+  for (size_t il = 0; il < valid.size(); ++il) {
+    if (!has_holes[il]) continue;
+    std::fill(valid[il].begin() + pos, valid[il].end(), uint8_t{1});
+    has_holes[il] = std::find(valid[il].begin(), valid[il].begin() + pos, uint8_t{0}) != valid[il].begin() + pos;
+  }
+}
+
+void Engine::truncate(int64_t n) {
+  if (n < 0 || n > n_past_) fail("cannot keep {} cached tokens: the cache holds {}", n, n_past_);
+  n_past_ = n;
+  cache_.clear_holes_from(n);
+}
+
 size_t KVCache::bytes() const { return 2 * k.size() * static_cast<size_t>(n_ctx * kv_dim) * sizeof(float); }
 
 void Engine::Buffer::reserve(size_t n) {

@@ -27,6 +27,7 @@ struct KVCache {
 
   void init(int n_layer, int64_t n_ctx_, int64_t kv_dim_);
   void clear_holes();  // every slot valid again
+  void clear_holes_from(int64_t pos);  // slots pos.. valid again
   float* k_row(int il, int64_t pos) { return k[static_cast<size_t>(il)].data() + pos * kv_dim; }
   float* v_row(int il, int64_t pos) { return v[static_cast<size_t>(il)].data() + pos * kv_dim; }
   const uint8_t* valid_mask(int il) const { return has_holes[static_cast<size_t>(il)] ? valid[static_cast<size_t>(il)].data() : nullptr; }
@@ -50,6 +51,7 @@ class Engine final : public InferenceEngine, private LayerExecutor {
     n_past_ = 0;
     cache_.clear_holes();
   }
+  void truncate(int64_t n) override;
   std::string kernels() const override;
   const KVCache& cache() const { return cache_; }
   const Model& model() const { return model_; }

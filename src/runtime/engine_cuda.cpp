@@ -126,6 +126,17 @@ struct CudaEngine::Impl final : LayerExecutor {
     valid_host.assign(static_cast<size_t>(hp.n_layer), std::vector<uint8_t>(static_cast<size_t>(n_ctx), 1));
     has_holes.assign(static_cast<size_t>(hp.n_layer), 0);
   }
+  // Slots pos.. of every layer valid again (the cache keeps positions before pos).
+  void reset_valid_from(int64_t pos) {
+    for (size_t il = 0; il < has_holes.size(); ++il) {
+      if (!has_holes[il]) continue;
+      auto& vh = valid_host[il];
+      std::fill(vh.begin() + pos, vh.end(), uint8_t{1});
+      cu::fill_bytes(valid.get() + il * static_cast<size_t>(n_ctx) + static_cast<size_t>(pos), 1,
+                     static_cast<size_t>(n_ctx - pos));
+      has_holes[il] = std::find(vh.begin(), vh.begin() + pos, uint8_t{0}) != vh.begin() + pos;
+    }
+  }
 
   void reserve(int64_t n, bool block_signal) {
     if (block_signal) x_in.reserve(static_cast<size_t>(n * hp.n_embd));
@@ -544,6 +555,13 @@ CudaEngine::~CudaEngine() = default;
 void CudaEngine::reset() {
   n_past_ = 0;
   impl_->reset_valid();
+  impl_->drop_graph();
+}
+
+void CudaEngine::truncate(int64_t n) {
+  if (n < 0 || n > n_past_) fail("cannot keep {} cached tokens: the cache holds {}", n, n_past_);
+  n_past_ = n;
+  impl_->reset_valid_from(n);
   impl_->drop_graph();
 }
 

@@ -49,6 +49,7 @@ class CudaEngine final : public InferenceEngine {
 
   // Forgets the cache contents (n_past = 0, every slot valid again): benchmarks repeat prefills.
   void reset() override;
+  void truncate(int64_t n) override;
   std::string kernels() const override;
   // Tests: the cache of layer il as float32 (n_ctx x kv_dim each) and its validity mask.
   void read_cache(int il, std::vector<float>* k, std::vector<float>* v, std::vector<uint8_t>* valid) const;

@@ -24,6 +24,10 @@ class InferenceEngine {
   // Forgets the cache contents (n_past() = 0, every slot valid again) so that one engine, its
   // weights and its cache allocation serve many prompts in turn.
   virtual void reset() = 0;
+  // Keeps the first n positions of the cache (n <= n_past()) and forgets the rest, so that a
+  // prompt sharing those n tokens with what the cache holds prefills only the tokens after them.
+  // Slots a halting policy dropped among the first n stay dropped.
+  virtual void truncate(int64_t n) = 0;
   // One line on the kernels this engine runs (instruction set, device, attention route), for
   // the CLI's report and JSON.
   virtual std::string kernels() const = 0;

@@ -58,11 +58,10 @@ eval::SampleOptions chat_sample_options(const Model& model, const std::string& m
   // auto: only models that carry a template (base models of a chat family do not).
   o.chat = mode == "on" || (mode == "auto" && f != ChatFormat::None && meta.get_string("tokenizer.chat_template").has_value());
   if (o.chat) {
-    const std::string marker = "\x01";
-    const std::string turn = chat_format_user_turn(f, marker, chat_default_system_prompt(meta));
-    const size_t at = turn.find(marker);
-    o.chat_before = turn.substr(0, at);
-    o.chat_after = turn.substr(at + marker.size());
+    const ChatMessage turn[] = {{"user", ""}};
+    ChatText t = chat_format_conversation(f, turn, chat_default_system_prompt(meta));
+    o.chat_before = std::move(t.history);
+    o.chat_after = std::move(t.last_turn);
   }
   return o;
 }

@@ -52,12 +52,11 @@ Prompt tokenize_prompt(const Model& model, const std::string& text, const std::s
   if (chat) {
     const ChatFormat f = model.chat_format();
     if (f == ChatFormat::None) fail("--chat: the model has no chat template that dashlm knows");
-    // Split the formatted turn around a marker to get the text before and after the message.
-    const std::string marker = "\x01";
-    const std::string turn = chat_format_user_turn(f, marker, chat_default_system_prompt(model.file().meta));
-    const size_t at = turn.find(marker);
-    before = turn.substr(0, at);
-    after = turn.substr(at + marker.size());
+    // The text before and after the user's message.
+    const ChatMessage turn[] = {{"user", ""}};
+    ChatText t = chat_format_conversation(f, turn, chat_default_system_prompt(model.file().meta));
+    before = std::move(t.history);
+    after = std::move(t.last_turn);
     special = true;
   }
   Prompt p;

@@ -15,5 +15,6 @@ void add_tokenize_command(CLI::App& app, Action& action);
 void add_bench_command(CLI::App& app, Action& action);
 void add_eval_command(CLI::App& app, Action& action);
 void add_calibrate_command(CLI::App& app, Action& action);
+void add_serve_command(CLI::App& app, Action& action);
 
 }  // namespace dashlm::cli

@@ -46,26 +46,13 @@ void add_halting_flags(CLI::App* c, HaltingFlags& f) {
 }
 
 HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed, const std::string& model_path) {
+  std::vector<std::pair<Setting, std::string>> given;
+  for (const auto& [s, o] : f.option)
+    if (o->count()) given.emplace_back(s, f.value.at(s));
   try {
-    if (f.value.at(Setting::Policy) == "auto") {
-      for (const auto& [s, o] : f.option)
-        if (s != Setting::Policy && o->count()) fail_setting(s, "cannot be combined with --halting auto (the calibrated setting)");
-      Calibration c = load_calibration(model_path, n_layer);
-      const PolicyInfo* p = find_halting_policy(c.config.policy);
-      if (c.config.seed == 0 && p && p->reads(Setting::Seed)) c.config.seed = seed;
-      fmt::print(stderr, "halting auto: {} from {} (continuation NLL {:+.4f} within a budget of {}, FLOP speedup {:.2f}x)\n",
-                 c.config.describe(n_layer), c.path, c.delta_nll, c.budget, c.flop_speedup);
-      return c.config;
-    }
-    HaltingConfig hc;
-    std::vector<Setting> given;
-    for (const auto& [s, o] : f.option) {
-      if (s == Setting::Policy || o->count()) set_setting(hc, s, f.value.at(s));
-      if (o->count()) given.push_back(s);
-    }
-    hc.seed = seed;
-    hc.validate(n_layer);
-    hc.check_given(given);
+    std::string chosen;
+    HaltingConfig hc = resolve_halting_settings(given, n_layer, seed, model_path, &chosen);
+    if (!chosen.empty()) fmt::print(stderr, "halting auto: {}\n", chosen);
     return hc;
   } catch (const SettingError& e) {
     fail_with_flag(e);
@@ -196,34 +183,40 @@ void write_png(const std::string& path, const MapCells& m) {
   png_destroy_write_struct(&png, &info);
 }
 
-void write_svg(const std::string& path, const MapCells& m, const HaltingTrace& tr, const std::string& title) {
+std::string map_svg(const MapCells& m, const HaltingTrace& tr, const std::string& title) {
   const double col_w = 1000.0 / m.bins;
   const double row_h = std::max(4.0, 300.0 / m.layers);
   const double left = 60, top = 40, panel_h = m.layers * row_h;
   const double width = left + 1000 + 20, height = top + 2 * panel_h + 3 * 30 + 10;
-  std::ofstream out(path);
-  if (!out) fail("cannot write {}", path);
-  out << fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{:.0f}" height="{:.0f}" font-family="sans-serif" font-size="12">)"
+  std::string out;
+  out += fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{:.0f}" height="{:.0f}" font-family="sans-serif" font-size="12">)"
                      "\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n", width, height);
-  out << fmt::format("<text x=\"{}\" y=\"18\" font-size=\"14\">{} - {} tokens x {} layers</text>\n", left, title, tr.n_tokens, tr.n_layer);
+  out += fmt::format("<text x=\"{}\" y=\"18\" font-size=\"14\">{} - {} tokens x {} layers</text>\n", left, title, tr.n_tokens, tr.n_layer);
   auto hex = [](std::array<uint8_t, 3> c) { return fmt::format("#{:02x}{:02x}{:02x}", c[0], c[1], c[2]); };
   for (int panel = 0; panel < 2; ++panel) {
     const double y0 = top + panel * (panel_h + 30);
-    out << fmt::format("<text x=\"{}\" y=\"{:.1f}\">{}</text>\n", left, y0 - 4,
+    out += fmt::format("<text x=\"{}\" y=\"{:.1f}\">{}</text>\n", left, y0 - 4,
                        panel == 0 ? "active (light) / halted (dark)" : "log delta, normalised per layer (grey: not computed)");
     for (int l = 0; l < m.layers; ++l) {
-      if (l % std::max(1, m.layers / 6) == 0) out << fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">L{}</text>\n", left - 4, y0 + (l + 1) * row_h, l);
+      if (l % std::max(1, m.layers / 6) == 0) out += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">L{}</text>\n", left - 4, y0 + (l + 1) * row_h, l);
       for (int b = 0; b < m.bins; ++b) {
         const size_t c = static_cast<size_t>(l * m.bins + b);
         const std::string col = panel == 0 ? hex(active_color(m.active[c])) : std::isnan(m.delta[c]) ? "#c8c8c8" : hex(ramp_color(m.delta[c]));
-        out << fmt::format("<rect x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"{}\"/>\n", left + b * col_w,
+        out += fmt::format("<rect x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"{}\"/>\n", left + b * col_w,
                            y0 + l * row_h, col_w + 0.05, row_h + 0.05, col);
       }
     }
   }
-  out << fmt::format("<text x=\"{}\" y=\"{:.0f}\">token 0</text><text x=\"{}\" y=\"{:.0f}\" text-anchor=\"end\">token {}</text>\n",
+  out += fmt::format("<text x=\"{}\" y=\"{:.0f}\">token 0</text><text x=\"{}\" y=\"{:.0f}\" text-anchor=\"end\">token {}</text>\n",
                      left, height - 8, left + 1000, height - 8, tr.n_tokens - 1);
-  out << "</svg>\n";
+  out += "</svg>\n";
+  return out;
+}
+
+void write_svg(const std::string& path, const MapCells& m, const HaltingTrace& tr, const std::string& title) {
+  std::ofstream out(path);
+  out << map_svg(m, tr, title);
+  if (!out) fail("cannot write {}", path);
 }
 
 }  // namespace
@@ -262,6 +255,11 @@ void write_deltas(const std::string& path, const HaltingTrace& tr) {
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
   out.write(reinterpret_cast<const char*>(tr.delta.data()), static_cast<std::streamsize>(tr.delta.size() * sizeof(float)));
   if (!out) fail("cannot write {}", path);
+}
+
+std::string halting_map_svg(const HaltingTrace& tr, const std::string& title) {
+  if (tr.n_tokens == 0 || tr.n_layer == 0) return "";
+  return map_svg(map_cells(tr, 500), tr, title);
 }
 
 void write_halting_map(const std::string& path, const HaltingTrace& tr, const std::string& title) {

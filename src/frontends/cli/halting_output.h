@@ -40,5 +40,7 @@ void write_deltas(const std::string& path, const HaltingTrace& tr);
 // Tokens (columns, binned for long prompts) x layers (rows): on top, where tokens were active
 // (light) or halted (dark); below, a heatmap of log deltas, normalised per layer. .png or .svg.
 void write_halting_map(const std::string& path, const HaltingTrace& tr, const std::string& title);
+// The same picture as SVG text (empty for an empty trace).
+std::string halting_map_svg(const HaltingTrace& tr, const std::string& title);
 
 }  // namespace dashlm::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   dashlm::cli::add_bench_command(app, action);
   dashlm::cli::add_eval_command(app, action);
   dashlm::cli::add_calibrate_command(app, action);
+  dashlm::cli::add_serve_command(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,11 +1,13 @@
 #include "runtime/dash/calibration.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "common/json.h"
+#include "runtime/dash/policy.h"
 
 namespace dashlm {
 
@@ -34,6 +36,33 @@ Calibration load_calibration(const std::string& model_path, int n_layer) {
   }
   c.config.validate(n_layer);
   return c;
+}
+
+HaltingConfig resolve_halting_settings(const std::vector<std::pair<Setting, std::string>>& given, int n_layer,
+                                       uint64_t seed, const std::string& model_path, std::string* chosen) {
+  const bool is_auto = std::any_of(given.begin(), given.end(), [](const auto& g) { return g.first == Setting::Policy && g.second == "auto"; });
+  if (is_auto) {
+    for (const auto& [s, v] : given)
+      if (s != Setting::Policy) fail_setting(s, "cannot be combined with policy auto (the calibrated setting)");
+    Calibration c = load_calibration(model_path, n_layer);
+    const PolicyInfo* p = find_halting_policy(c.config.policy);
+    if (c.config.seed == 0 && p && p->reads(Setting::Seed)) c.config.seed = seed;
+    if (chosen) {
+      *chosen = fmt::format("{} from {} (continuation NLL {:+.4f} within a budget of {}, FLOP speedup {:.2f}x)",
+                            c.config.describe(n_layer), c.path, c.delta_nll, c.budget, c.flop_speedup);
+    }
+    return c.config;
+  }
+  HaltingConfig hc;
+  std::vector<Setting> names;
+  for (const auto& [s, v] : given) {
+    set_setting(hc, s, v);
+    names.push_back(s);
+  }
+  hc.seed = seed;
+  hc.validate(n_layer);
+  hc.check_given(names);
+  return hc;
 }
 
 }  // namespace dashlm

@@ -2,6 +2,8 @@
 // used by `--halting auto` (run, bench, and any other frontend).
 #pragma once
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "runtime/dash/config.h"
 
@@ -21,5 +23,13 @@ struct Calibration {
 // The calibrated setting for a model of n_layer layers; throws an Error that says to run
 // `dashlm calibrate` when there is none, or when the file is not one.
 Calibration load_calibration(const std::string& model_path, int n_layer);
+
+// The configuration a user's settings give, each value parsed by set_setting: run's and bench's
+// flags and the server's per-request "dash" object. Settings not given keep their defaults; the
+// seed is for the random policy. Policy "auto" is the calibrated setting for the model file at
+// model_path (no other setting may come with it), and `chosen` then receives a line saying
+// which one it is. Throws SettingError naming the setting, or Error when there is no calibration.
+HaltingConfig resolve_halting_settings(const std::vector<std::pair<Setting, std::string>>& given, int n_layer,
+                                       uint64_t seed, const std::string& model_path, std::string* chosen = nullptr);
 
 }  // namespace dashlm
