@@ -211,5 +211,52 @@ TEST(HardeningHParams, ASafetensorsFileWithABadHeaderLengthIsCalledThat) {
   }
 }
 
+// --- non-finite weights --------------------------------------------------------------
+
+TEST(HardeningNonFinite, NaNWeightsNameTheFirstLayerThatIsNotFinite) {
+  TempDir dir("nan");
+  const std::vector<int32_t> toks = {1, 3, 3, 3};
+  struct Case {
+    std::string tensor;
+    float value;
+    std::string part;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<Case> cases = {
+      {"blk.1.ffn_down.weight", nan, "stopped being finite at layer 1 (of layers 0..1)"},
+      {"blk.0.attn_v.weight", inf, "stopped being finite at layer 0 (of layers 0..1)"},
+      {"token_embd.weight", nan, "the token embeddings already are"},
+      {"output_norm.weight", inf, "the output norm or projection"},
+  };
+  for (const Case& c : cases) {
+    TinyLlama t;
+    t.poisoned = c.tensor;
+    t.poison = c.value;
+    auto m = Model::load(t.write(dir, "m.gguf"));
+    // With and without halting, and as a one-token decode step after a clean prompt.
+    Engine e(*m, 16);
+    expect_error([&] { e.prefill(toks); }, c.part);
+    const HaltingConfig hc = HaltingConfig::parse("topk:0.5:0.5:drop");
+    PrefillOptions po;
+    po.halting = &hc;
+    Engine h(*m, 16);
+    expect_error([&] { h.prefill(toks, po); }, "the logits are not finite (NaN or Inf)");
+  }
+}
+
+TEST(HardeningNonFinite, EvalScoresOfNonFiniteLogitsAreAnError) {
+  eval::Sample s;
+  s.task = "fidelity";
+  s.length = 64;
+  eval::RunOutput ok, bad;
+  ok.query_logits = {0.f, 1.f, 2.f, 3.f};
+  ok.document_last = ok.query_logits;
+  bad = ok;
+  bad.query_logits[2] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_NO_THROW(eval::score_run(s, ok, ok, 4));
+  expect_error([&] { eval::score_run(s, bad, ok, 4); }, "fidelity sample 0 at 64 tokens: the scored run's logits are not finite");
+  expect_error([&] { eval::score_run(s, ok, bad, 4); }, "the reference run's logits are not finite");
+}
+
 }  // namespace
 }  // namespace dashlm
