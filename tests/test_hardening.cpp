@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "common/files.h"
+#include "common/memory.h"
 #include "eval/eval.h"
 #include "gguf_writer.h"
 #include "model/model.h"
@@ -256,6 +257,38 @@ TEST(HardeningNonFinite, EvalScoresOfNonFiniteLogitsAreAnError) {
   EXPECT_NO_THROW(eval::score_run(s, ok, ok, 4));
   expect_error([&] { eval::score_run(s, bad, ok, 4); }, "fidelity sample 0 at 64 tokens: the scored run's logits are not finite");
   expect_error([&] { eval::score_run(s, ok, bad, 4); }, "the reference run's logits are not finite");
+}
+
+// --- memory and context bounds -------------------------------------------------------
+
+TEST(HardeningMemory, AContextThatCannotFitIsRefusedBeforeAllocating) {
+  TempDir dir("mem");
+  auto m = Model::load(TinyLlama().write(dir, "m.gguf"));
+  // 2 layers x 2 (K, V) x 16 floats a token, the validity flags, the hidden state, the scratch.
+  EXPECT_GE(Engine::memory_bytes(*m, 64), uint64_t{64} * (2 * 2 * 16 * 4 + 2 + 16 * 4));
+  EXPECT_LT(Engine::memory_bytes(*m, 64), uint64_t{1} << 20);
+  // 2^31 - 1 tokens of this model need ~700 GB: refused with both numbers, not allocated.
+  const int64_t huge = std::numeric_limits<int32_t>::max();
+  ASSERT_GT(Engine::memory_bytes(*m, huge), available_memory_bytes());
+  expect_error([&] { check_engine_fits(*m, huge, "cpu"); }, "of memory is available");
+  expect_error([&] { Engine e(*m, huge); }, "the KV cache and buffers of a 2147483647-token context need");
+  expect_error([&] { Engine e(*m, huge); }, "of memory is available");
+  expect_error([&] { make_engine(*m, huge, "cpu"); }, "of memory is available");
+  // Positions are 32-bit: contexts beyond are refused whatever the memory.
+  expect_error([&] { make_engine(*m, huge + 1, "cpu"); }, "a context of 2147483648 tokens is out of range (1..2147483647)");
+  expect_error([&] { make_engine(*m, 0, "cpu"); }, "a context of 0 tokens is out of range");
+  expect_error([&] { Engine e(*m, -5); }, "a context of -5 tokens is out of range");
+}
+
+TEST(HardeningMemory, AvailableMemoryAndItsCheck) {
+  const uint64_t avail = available_memory_bytes();
+  EXPECT_GT(avail, uint64_t{0});
+  EXPECT_NO_THROW(check_memory(1024, "a test"));
+  expect_error([&] { check_memory(std::numeric_limits<uint64_t>::max(), "a test"); },
+               "a test need 17179869184.0 GiB (18446744073709551615 bytes), but only");
+  EXPECT_EQ(format_bytes(512), "512 bytes");
+  EXPECT_EQ(format_bytes(3 * (uint64_t{1} << 20) / 2), "1.5 MiB");
+  EXPECT_EQ(format_bytes(uint64_t{5} << 30), "5.0 GiB");
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "common/error.h"
+#include "runtime/dash/prefill.h"
 #include "runtime/engine.h"
 #include "runtime/engine_plugin.h"
 
@@ -48,7 +49,16 @@ dashlm_cuda_make_engine_fn cuda_entry() {
 
 }  // namespace
 
+void check_engine_fits(const Model& model, int64_t n_ctx, const std::string& backend) {
+  if (backend == "cpu") {
+    Engine::check_memory_for(model, n_ctx);
+  } else {
+    check_context_size(n_ctx);
+  }
+}
+
 std::unique_ptr<InferenceEngine> make_engine(const Model& model, int64_t n_ctx, const std::string& backend) {
+  check_context_size(n_ctx);
   if (backend == "cpu") return std::make_unique<Engine>(model, n_ctx);
   if (backend == "cuda") {
     char err[1024] = {0};

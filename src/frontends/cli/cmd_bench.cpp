@@ -128,6 +128,8 @@ int bench(const BenchOptions& o) {
   for (int64_t n : lengths) {
     if (n > hp.n_ctx_train) fail("-p {} is longer than the model's context of {} tokens", n, hp.n_ctx_train);
   }
+  // Before any prompt is made: the longest must fit in memory.
+  check_engine_fits(*model, std::max(*std::max_element(lengths.begin(), lengths.end()), int64_t{o.n_gen} + 1), o.backend);
   std::vector<int32_t> text_ids;
   if (!o.text_file.empty()) {
     text_ids = model->tokenizer().encode(read_file(o.text_file), false, false);

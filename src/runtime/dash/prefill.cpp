@@ -45,6 +45,12 @@ void TokenSets::halt(const std::vector<int32_t>& newly, std::span<const int32_t>
   for (size_t i = 0; i < halted.size(); ++i) pos_halted[i] = pos[static_cast<size_t>(halted[i])];
 }
 
+void check_context_size(int64_t n_ctx) {
+  if (n_ctx <= 0 || n_ctx > std::numeric_limits<int32_t>::max()) {
+    fail("a context of {} tokens is out of range (1..{})", n_ctx, std::numeric_limits<int32_t>::max());
+  }
+}
+
 void check_tokens(std::span<const int32_t> tokens, int64_t n_past, int64_t n_ctx, int64_t n_vocab) {
   const auto n = static_cast<int64_t>(tokens.size());
   if (n == 0) fail("nothing to process: no tokens");

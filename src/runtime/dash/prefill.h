@@ -127,6 +127,9 @@ class LayerExecutor {
 std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::span<const int32_t> tokens, int64_t n_past,
                                    int64_t n_ctx, const PrefillOptions& opt, ForwardStats* stats);
 
+// The context size of every engine: 1 .. 2^31 - 1 tokens (positions are 32-bit).
+void check_context_size(int64_t n_ctx);
+
 // The input check of every forward pass (prefill and decode).
 void check_tokens(std::span<const int32_t> tokens, int64_t n_past, int64_t n_ctx, int64_t n_vocab);
 
