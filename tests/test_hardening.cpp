@@ -291,5 +291,14 @@ TEST(HardeningMemory, AvailableMemoryAndItsCheck) {
   EXPECT_EQ(format_bytes(uint64_t{5} << 30), "5.0 GiB");
 }
 
+// --- seeds in halting specs -------------------------------------------------------------
+
+TEST(HardeningSettings, NegativeSpecSeedsAreRefused) {
+  HaltingConfig hc;
+  expect_error([&] { set_setting(hc, Setting::Seed, "-1"); }, "must be >= 0, got -1");
+  set_setting(hc, Setting::Seed, "7");
+  EXPECT_EQ(hc.seed, 7u);
+}
+
 }  // namespace
 }  // namespace dashlm

@@ -228,7 +228,7 @@ void add_calibrate_command(CLI::App& app, Action& action) {
   c->add_option("--kv", o->kv, "Keys/values of halted tokens: retain or drop")->capture_default_str();
   c->add_option("--delta", o->delta, "Halting signal: abs, rel or block")->capture_default_str();
   c->add_option("-o,--output", o->output, "Where to save the choice (default: MODEL.dash.json beside the model)");
-  c->add_option("--seed", o->seed, "Seed of the samples")->capture_default_str();
+  c->add_option("--seed", o->seed, "Seed of the samples")->check(seed_range())->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   c->add_flag("-q,--quiet", o->quiet, "No progress on stderr");

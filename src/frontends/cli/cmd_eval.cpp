@@ -569,7 +569,7 @@ void add_eval_command(CLI::App& app, Action& action) {
   c->add_option("--chat", o->chat, "Wrap prompts in the model's chat turn: auto, on or off")->capture_default_str();
   c->add_option("--n-gen", o->n_gen, "Greedy tokens generated for retrieval answers")->capture_default_str();
   c->add_option("--cont-tokens", o->cont_tokens, "Continuation: teacher-forced tokens (at most half the length)")->capture_default_str();
-  c->add_option("--seed", o->seed, "Seed of the samples")->capture_default_str();
+  c->add_option("--seed", o->seed, "Seed of the samples")->check(seed_range())->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   c->add_flag("-q,--quiet", o->quiet, "No progress on stderr");

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -237,14 +238,14 @@ void add_run_command(CLI::App& app, Action& action) {
   c->add_option("--temp", o->temperature, "Sampling temperature (0: greedy)")->capture_default_str();
   c->add_option("--top-k", o->top_k, "Top-k cut (0: off)")->capture_default_str();
   c->add_option("--top-p", o->top_p, "Top-p (nucleus) cut (1: off)")->capture_default_str();
-  c->add_option("--seed", o->seed, "Random seed for sampling")->capture_default_str();
+  c->add_option("--seed", o->seed, "Random seed for sampling")->check(seed_range())->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
-  c->add_option("-c,--ctx", o->ctx, "Context size in tokens (default: the model's)");
+  c->add_option("-c,--ctx", o->ctx, "Context size in tokens (default: the model's)")->check(whole_number(0, std::numeric_limits<int32_t>::max()));
   c->add_flag("--chat", o->chat, "Wrap the prompt in the model's chat template");
   c->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
   c->add_option("--json", o->json_path, "Write a JSON summary to this file");
   c->add_option("--save-logits", o->logits_path, "Write the logits of every prompt position (float32, tokens x vocab)");
-  c->add_option("--save-logits-last", o->logits_last, "With --save-logits: only the last N prompt positions");
+  c->add_option("--save-logits-last", o->logits_last, "With --save-logits: only the last N prompt positions")->check(whole_number(0, std::numeric_limits<int32_t>::max()));
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   add_halting_flags(c, o->halting);
   c->add_option("--halting-map", o->halting_map, "Draw where tokens halted and their deltas (.png or .svg)");
