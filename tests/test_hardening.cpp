@@ -291,6 +291,45 @@ TEST(HardeningMemory, AvailableMemoryAndItsCheck) {
   EXPECT_EQ(format_bytes(uint64_t{5} << 30), "5.0 GiB");
 }
 
+// --- output files ---------------------------------------------------------------------
+
+TEST(HardeningOutput, OutputPathsAreCheckedUpFront) {
+  TempDir dir("out");
+  EXPECT_NO_THROW(check_output_path(dir.str("x.json"), "--json"));
+  EXPECT_NO_THROW(check_output_path(dir.str("map.png"), "--halting-map", {".png", ".svg"}));
+  expect_error([&] { check_output_path(dir.path.string(), "--json"); }, "--json: cannot write " + dir.path.string() + ": it is a folder");
+  expect_error([&] { check_output_path(dir.str("no/such/x.json"), "--json"); }, "folder " + dir.str("no/such") + " does not exist");
+  std::ofstream(dir.str("file")) << "x";
+  expect_error([&] { check_output_path(dir.str("file/x.json"), "--json"); }, "is not a folder");
+  expect_error([&] { check_output_path(dir.str("map.jpg"), "--halting-map", {".png", ".svg"}); },
+               "--halting-map: use a .png or .svg file name, got");
+  expect_error([&] { check_output_path("/dev/null", "-o"); }, "it exists and is not a regular file");
+  expect_error([&] { check_output_path("", "-o"); }, "-o: no file name given");
+  if (::geteuid() != 0) {  // root writes anywhere
+    expect_error([&] { check_output_path("/proc/x.json", "--json"); }, "is not writable");
+  }
+}
+
+TEST(HardeningOutput, FilesAreWrittenWholeOrNotAtAll) {
+  TempDir dir("atomic");
+  const std::string path = dir.str("out.json");
+  write_file_atomically(path, std::string_view("first\n"));
+  EXPECT_EQ(read_file(path), "first\n");
+  // A writer that fails half way leaves the old file as it was and no temporary file.
+  EXPECT_THROW(write_file_atomically(path,
+                                     [](const std::string& tmp) {
+                                       std::ofstream(tmp) << "half";
+                                       throw Error("interrupted");
+                                     }),
+               Error);
+  EXPECT_EQ(read_file(path), "first\n");
+  size_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path)) files += e.is_regular_file() ? 1 : 0;
+  EXPECT_EQ(files, 1u);
+  write_file_atomically(path, std::string_view("second\n"));
+  EXPECT_EQ(read_file(path), "second\n");
+}
+
 // --- seeds in halting specs -------------------------------------------------------------
 
 TEST(HardeningSettings, NegativeSpecSeedsAreRefused) {

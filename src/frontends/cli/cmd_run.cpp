@@ -2,10 +2,10 @@
 #include <cctype>
 #include <cstdlib>
 #include <cstdio>
-#include <fstream>
-#include <limits>
 #include <memory>
+#include <limits>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include <fmt/format.h>
@@ -98,6 +98,11 @@ int run(const RunOptions& o) {
   const SamplerParams sampling{o.temperature, o.top_k, o.top_p, o.seed};
   sampling.validate();
   const int threads = resolve_threads(o.threads);
+  // Output files are checked before any work, so that a typo does not cost a prefill.
+  if (!o.json_path.empty()) check_output_path(o.json_path, "--json");
+  if (!o.logits_path.empty()) check_output_path(o.logits_path, "--save-logits");
+  if (!o.halting_map.empty()) check_halting_map_path(o.halting_map);
+  if (!o.dump_deltas.empty()) check_deltas_path(o.dump_deltas);
   cpu::set_num_threads(threads);
 
   const auto t_load = Clock::now();
@@ -149,9 +154,7 @@ int run(const RunOptions& o) {
   const ForwardStats& pst = pr.stats;
   if (show_progress) progress_clear();
   if (!o.logits_path.empty()) {
-    std::ofstream out(o.logits_path, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(pr.logits.data()), static_cast<std::streamsize>(pr.logits.size() * sizeof(float)));
-    if (!out) fail("cannot write {}", o.logits_path);
+    write_file_atomically(o.logits_path, std::string_view(reinterpret_cast<const char*>(pr.logits.data()), pr.logits.size() * sizeof(float)));
   }
   if (!o.dump_deltas.empty()) write_deltas(o.dump_deltas, trace);
   if (!o.halting_map.empty()) write_halting_map(o.halting_map, trace, hc.describe(hp.n_layer));
@@ -216,9 +219,7 @@ int run(const RunOptions& o) {
     j["stop_reason"] = stop_reason;
     if (hc.enabled()) j["halting"] = halting_json(hc, hp.n_layer, trace, pst.layer_ms);
     j["sampling"] = {{"temperature", o.temperature}, {"top_k", o.top_k}, {"top_p", o.top_p}, {"seed", o.seed}};
-    std::ofstream out(o.json_path);
-    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-    if (!out) fail("cannot write {}", o.json_path);
+    write_file_atomically(o.json_path, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
   return 0;
 }
