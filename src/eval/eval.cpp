@@ -57,7 +57,7 @@ double kl_divergence(std::span<const float> p_logits, std::span<const float> q_l
     const double p = std::exp(log_p);
     if (p > 0) kl += p * (log_p - log_q);
   }
-  return std::max(0.0, kl);  // rounding can make a zero divergence slightly negative
+  return kl < 0 ? 0.0 : kl;  // rounding can make a zero divergence slightly negative (a NaN stays NaN)
 }
 
 int64_t common_prefix(std::span<const int32_t> a, std::span<const int32_t> b) {
@@ -581,6 +581,15 @@ std::string generate_text(EngineSlot& slot, const std::vector<int32_t>& prompt, 
 }
 
 nlohmann::json score_run(const Sample& s, const RunOutput& out, const RunOutput& ref, int64_t n_vocab) {
+  // Scores of logits that are not numbers would be numbers (argmax, clamped divergences).
+  for (const RunOutput* r : {&out, &ref}) {
+    for (const std::vector<float>* l : {&r->query_logits, &r->document_last}) {
+      if (!std::all_of(l->begin(), l->end(), [](float x) { return std::isfinite(x); })) {
+        fail("{} sample {} at {} tokens: the {} run's logits are not finite (NaN or Inf)", s.task, s.index, s.length,
+             r == &out ? "scored" : "reference");
+      }
+    }
+  }
   nlohmann::json j;
   const auto v = static_cast<size_t>(n_vocab);
   auto last_row = [&](const RunOutput& r) { return std::span<const float>(r.query_logits).subspan(r.query_logits.size() - v, v); };
@@ -609,6 +618,13 @@ nlohmann::json score_run(const Sample& s, const RunOutput& out, const RunOutput&
     j["top1"] = top1 / static_cast<double>(n);
     j["kl"] = kl / static_cast<double>(n);
     j["greedy_match"] = common_prefix(out.generated, ref.generated);
+  }
+  // A metric that is not a number is an error, never a silent NaN in the table (or a null in the
+  // JSON, which a resumed run could not read back).
+  for (const auto& [metric, v] : j.items()) {
+    if (v.is_number_float() && !std::isfinite(v.get<double>())) {
+      fail("{} sample {} at {} tokens: metric {} is {}, not a finite number", s.task, s.index, s.length, metric, v.get<double>());
+    }
   }
   return j;
 }

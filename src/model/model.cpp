@@ -1,7 +1,9 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <optional>
 
 #include "backends/cpu/quants.h"
@@ -42,8 +44,32 @@ int64_t positive(const Metadata& m, const std::string& key, std::optional<int64_
   }
   if (!v) v = dflt;
   if (!v) fail("model metadata lacks {}", key);
-  if (*v <= 0 || *v > (int64_t{1} << 31)) fail("metadata {} = {} is out of range", key, *v);
+  if (*v <= 0 || *v > std::numeric_limits<int32_t>::max()) {
+    fail("metadata {} = {} is out of range (1..{})", key, *v, std::numeric_limits<int32_t>::max());
+  }
   return *v;
+}
+
+// A positive, finite float hyperparameter (an RMS epsilon, a RoPE base, a scaling factor).
+float positive_float(const Metadata& m, const std::string& key, double dflt) {
+  const double v = m.get_float(key).value_or(dflt);
+  if (!std::isfinite(v) || !(v > 0) || v > std::numeric_limits<float>::max()) {
+    fail("metadata {} = {} must be a positive finite number", key, m.find(key)->to_display());
+  }
+  return static_cast<float>(v);
+}
+
+// The layers whose tensors the file holds: one more than the highest N of any blk.N. tensor.
+int64_t layers_in_file(const ModelFile& f) {
+  int64_t n = 0;
+  for (const TensorInfo& t : f.tensors) {
+    if (t.name.rfind("blk.", 0) != 0) continue;
+    int64_t il = 0;
+    size_t i = 4;
+    for (; i < t.name.size() && i < 14 && t.name[i] >= '0' && t.name[i] <= '9'; ++i) il = il * 10 + (t.name[i] - '0');
+    if (i > 4 && i < t.name.size() && t.name[i] == '.') n = std::max(n, il + 1);
+  }
+  return n;
 }
 
 HParams read_hparams(const ModelFile& f) {
@@ -54,24 +80,30 @@ HParams read_hparams(const ModelFile& f) {
   const std::string a = hp.arch_str + ".";
   hp.n_embd = positive(m, a + "embedding_length");
   hp.n_layer = static_cast<int>(positive(m, a + "block_count"));
+  if (const int64_t present = layers_in_file(f); present != hp.n_layer) {
+    fail("{}: metadata {}block_count declares {} layers, but the file holds tensors of {} layers", f.path, a, hp.n_layer, present);
+  }
   hp.n_ff = positive(m, a + "feed_forward_length");
   hp.n_head = static_cast<int>(positive(m, a + "attention.head_count"));
   hp.n_head_kv = static_cast<int>(positive(m, a + "attention.head_count_kv", hp.n_head));
-  if (hp.n_head % hp.n_head_kv != 0) fail("head_count {} is not a multiple of head_count_kv {}", hp.n_head, hp.n_head_kv);
-  const int64_t dflt_hd = hp.n_embd % hp.n_head == 0 ? hp.n_embd / hp.n_head : 0;
-  hp.head_dim = static_cast<int>(positive(m, a + "attention.key_length", dflt_hd > 0 ? std::optional<int64_t>(dflt_hd) : std::nullopt));
+  if (hp.n_head % hp.n_head_kv != 0) {
+    fail("metadata {}attention.head_count {} is not a multiple of {}attention.head_count_kv {}", a, hp.n_head, a, hp.n_head_kv);
+  }
+  // Without an explicit head size, the heads split the embedding.
+  if (!m.has(a + "attention.key_length") && hp.n_embd % hp.n_head != 0) {
+    fail("metadata {}embedding_length {} is not a multiple of {}attention.head_count {} (and no {}attention.key_length gives the head size)",
+         a, hp.n_embd, a, hp.n_head, a);
+  }
+  hp.head_dim = static_cast<int>(positive(m, a + "attention.key_length", hp.n_embd / hp.n_head));
   if (positive(m, a + "attention.value_length", hp.head_dim) != hp.head_dim) fail("key and value head sizes differ, which dashlm does not support");
   hp.n_rot = static_cast<int>(positive(m, a + "rope.dimension_count", hp.head_dim));
   if (hp.n_rot > hp.head_dim || hp.n_rot % 2) fail("rope.dimension_count {} does not fit head size {}", hp.n_rot, hp.head_dim);
   hp.n_ctx_train = positive(m, a + "context_length", 2048);
-  hp.norm_eps = static_cast<float>(m.get_float(a + "attention.layer_norm_rms_epsilon").value_or(1e-5));
-  if (!(hp.norm_eps > 0.f)) fail("layer_norm_rms_epsilon must be positive");
-  hp.rope_base = static_cast<float>(m.get_float(a + "rope.freq_base").value_or(10000.0));
+  hp.norm_eps = positive_float(m, a + "attention.layer_norm_rms_epsilon", 1e-5);
+  hp.rope_base = positive_float(m, a + "rope.freq_base", 10000.0);
   if (auto t = m.get_string(a + "rope.scaling.type"); t && *t != "none" && *t != "llama3") {
     if (*t != "linear") fail("rope scaling '{}' is not supported (linear, llama3)", *t);
-    const double factor = m.get_float(a + "rope.scaling.factor").value_or(1.0);
-    if (!(factor > 0)) fail("rope.scaling.factor must be positive");
-    hp.rope_freq_scale = static_cast<float>(1.0 / factor);
+    hp.rope_freq_scale = 1.f / positive_float(m, a + "rope.scaling.factor", 1.0);
   }
   hp.attn_scale = 1.f / std::sqrt(static_cast<float>(hp.head_dim));
   switch (hp.arch) {
@@ -85,7 +117,11 @@ HParams read_hparams(const ModelFile& f) {
       hp.rope_neox = true;
       hp.act = Activation::GeluTanh;
       hp.embed_scale = std::sqrt(static_cast<float>(hp.n_embd));
-      hp.sliding_window = static_cast<int>(m.get_int(a + "attention.sliding_window").value_or(0));
+      if (const int64_t sw = m.get_int(a + "attention.sliding_window").value_or(0); sw < 0 || sw > std::numeric_limits<int32_t>::max()) {
+        fail("metadata {}attention.sliding_window = {} is out of range (0..{})", a, sw, std::numeric_limits<int32_t>::max());
+      } else {
+        hp.sliding_window = static_cast<int>(sw);
+      }
       hp.swa_pattern = 6;  // five sliding-window layers, then one global
       hp.rope_base_local = 10000.f;
       // Gemma 3 27B scales queries by 1/sqrt(n_embd / n_head) (query_pre_attn_scalar).
@@ -179,6 +215,8 @@ void Model::bind_weights() {
   const TensorInfo& emb = file_->need("token_embd.weight");
   if (emb.ne.size() != 2 || emb.ne[0] != hp.n_embd) fail("tensor token_embd.weight has shape {}, expected [{}, n_vocab]", emb.shape_str(), hp.n_embd);
   hp_.n_vocab = emb.ne[1];
+  // Token ids are 32-bit.
+  if (hp_.n_vocab <= 0 || hp_.n_vocab > std::numeric_limits<int32_t>::max()) fail("tensor token_embd.weight has {} rows, not a vocabulary size", hp_.n_vocab);
   if (hp_.n_vocab != tok_->n_vocab()) {
     fail("the model has {} token embeddings but its tokenizer has {} tokens", hp_.n_vocab, tok_->n_vocab());
   }

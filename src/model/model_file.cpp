@@ -88,6 +88,12 @@ FileKind sniff(const std::string& path, const char* what) {
     if (!ec && n >= 2 && n <= size - 8) return FileKind::Safetensors;
   }
   const size_t first = head.find_first_not_of(" \t\r\n");
+  // A JSON header's opening after 8 bytes that do not start JSON: a safetensors file whose
+  // header length is wrong (load_safetensors says so), not a llama2.c checkpoint.
+  if (head.size() >= 10 && head[8] == '{' && (head[9] == '"' || head[9] == '}') && first != std::string::npos &&
+      head[first] != '{' && !ends_with(path, ".json")) {
+    return FileKind::Safetensors;
+  }
   if (ends_with(path, ".json") || (first != std::string::npos && head[first] == '{')) return FileKind::Json;
   return FileKind::Other;
 }

@@ -91,8 +91,9 @@ void parse_into(const uint8_t* data, size_t size, const std::string& name, Model
   if (data == nullptr || size < 8) fail("{}: not a safetensors file ({} bytes, too short for a header)", name, size);
   uint64_t n = 0;
   std::memcpy(&n, data, 8);
-  if (n > size - 8) fail("{}: safetensors header length {} exceeds the file size {}", name, n, size);
-  if (n > kMaxHeaderBytes) fail("{}: safetensors header length {} exceeds the 100 MB limit", name, n);
+  if (n < 2) fail("{}: bad safetensors header (header length {} is too short for a JSON object)", name, n);
+  if (n > size - 8) fail("{}: bad safetensors header (header length {} exceeds the file size {})", name, n, size);
+  if (n > kMaxHeaderBytes) fail("{}: bad safetensors header (header length {} exceeds the 100 MB limit)", name, n);
   const json header = parse_header_json(data + 8, static_cast<size_t>(n), name);
   if (!header.is_object()) fail("{}: safetensors header is not a JSON object", name);
 

@@ -8,6 +8,7 @@
 
 #include "backends/cpu/gemm.h"
 #include "common/error.h"
+#include "common/memory.h"
 #include "runtime/layer_params.h"
 
 namespace dashlm {
@@ -82,10 +83,33 @@ bool consecutive(const int32_t* v, int64_t n) { return n > 0 && static_cast<int6
 
 }  // namespace
 
+uint64_t Engine::memory_bytes(const Model& model, int64_t n_ctx, int64_t chunk_rows) {
+  const HParams& hp = model.hp();
+  using u128 = unsigned __int128;
+  int64_t ff_max = 0;
+  for (int il = 0; il < hp.n_layer; ++il) ff_max = std::max(ff_max, ff_slice(model, il));
+  const auto L = static_cast<u128>(hp.n_layer), ctx = static_cast<u128>(n_ctx), d = static_cast<u128>(hp.n_embd);
+  const auto kvd = static_cast<u128>(hp.kv_dim()), qd = static_cast<u128>(std::max(hp.q_dim(), hp.n_embd));
+  const u128 rows = static_cast<u128>(std::min(n_ctx, chunk_rows));
+  const u128 ff = std::max(rows * static_cast<u128>(ff_max), static_cast<u128>(std::min<int64_t>(n_ctx, 3) * hp.n_ff));
+  const u128 kv = L * ctx * (2 * kvd * sizeof(float) + 1);  // K, V and the validity flags
+  const u128 hidden = ctx * d * sizeof(float);             // a prompt filling the context
+  const u128 scratch = (rows * (3 * d + 2 * qd + 2 * kvd + 1) + 2 * ff) * sizeof(float);
+  const u128 logits = static_cast<u128>(hp.n_vocab) * sizeof(float);
+  const u128 total = kv + hidden + scratch + logits;
+  return total > std::numeric_limits<uint64_t>::max() ? std::numeric_limits<uint64_t>::max() : static_cast<uint64_t>(total);
+}
+
+void Engine::check_memory_for(const Model& model, int64_t n_ctx) {
+  check_context_size(n_ctx);
+  check_memory(memory_bytes(model, n_ctx), fmt::format("the KV cache and buffers of a {}-token context", n_ctx));
+}
+
 Engine::Engine(const Model& model, int64_t n_ctx) : model_(model) {
-  if (n_ctx <= 0) fail("context size must be positive");
+  // Refused before allocating: the cache is zero-filled at once, the rest grows with the prompt.
+  check_memory_for(model, n_ctx);
   cache_.init(model.hp().n_layer, n_ctx, model.hp().kv_dim());
-  for (int il = 0; il < model.hp().n_layer; ++il) ff_slice_max_ = std::max(ff_slice_max_, ff_slice(il));
+  for (int il = 0; il < model.hp().n_layer; ++il) ff_slice_max_ = std::max(ff_slice_max_, ff_slice(model, il));
   const auto half = static_cast<size_t>(std::max(0, model.hp().n_rot / 2));
   rope_freq_global_.resize(half);
   rope_freq_local_.resize(half);
@@ -97,10 +121,10 @@ Engine::Engine(const Model& model, int64_t n_ctx) : model_(model) {
   }
 }
 
-int64_t Engine::ff_slice(int il) const {
-  const int64_t n_ff = model_.hp().n_ff;
+int64_t Engine::ff_slice(const Model& model, int il) {
+  const int64_t n_ff = model.hp().n_ff;
   // Slices start on whole blocks of down's quantization.
-  const int64_t bs = dtype_traits(model_.layer(il).w_down.type).block_size;
+  const int64_t bs = dtype_traits(model.layer(il).w_down.type).block_size;
   if (n_ff % bs != 0) return n_ff;
   const int64_t count = (n_ff + kFfSlice - 1) / kFfSlice;
   const int64_t width = (n_ff + count - 1) / count;
@@ -225,7 +249,7 @@ void Engine::forward_layer(int il, const LayerIO& io) {
     // In slices of n_ff: a slice of gate and up rows, then the matching columns of down, added up
     // (decode-sized chunks in one slice: their arrays are small, and each slice costs a few
     // thread fork/joins).
-    const int64_t fs = m < 4 ? n_ff : ff_slice(il);
+    const int64_t fs = m < 4 ? n_ff : ff_slice(model_, il);
     for (int64_t f0 = 0; f0 < n_ff; f0 += fs) {
       const int64_t nf = std::min(fs, n_ff - f0);
       cpu::matmul(cpu::weight_rows(L.w_gate, f0, nf), xn, m, gate);

@@ -53,6 +53,12 @@ class Engine final : public InferenceEngine, private LayerExecutor {
   }
   void truncate(int64_t n) override;
   std::string kernels() const override;
+  // Bytes an engine holds with a context of n_ctx tokens and a prompt that fills it: the KV cache,
+  // the hidden states, the layer scratch and a row of logits.
+  static uint64_t memory_bytes(const Model& model, int64_t n_ctx, int64_t chunk_rows = kChunkRows);
+  // Throws, naming both numbers, when a context of n_ctx tokens is out of range or its
+  // memory_bytes exceed the memory available; the constructor checks this before allocating.
+  static void check_memory_for(const Model& model, int64_t n_ctx);
   const KVCache& cache() const { return cache_; }
   const Model& model() const { return model_; }
   // Most rows a layer computes at once (default kChunkRows); tests set small values to cross
@@ -116,7 +122,7 @@ class Engine final : public InferenceEngine, private LayerExecutor {
   cpu::RopeParams rope_params(int il) const;
   cpu::AttentionParams attention_params(int il) const;
   // Width of layer il's MLP slices (the last one may be narrower).
-  int64_t ff_slice(int il) const;
+  static int64_t ff_slice(const Model& model, int il);
 
   const Model& model_;
   KVCache cache_;

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "common/error.h"
+#include "runtime/dash/prefill.h"
 #include "runtime/engine.h"
 #include "runtime/engine_plugin.h"
 
@@ -46,11 +47,42 @@ dashlm_cuda_make_engine_fn cuda_entry() {
   return entry;
 }
 
+// Asks the NVIDIA driver (libcuda, opened here) whether there is a device at all, before the
+// module loads the CUDA runtime, which on a machine without a GPU (and so without a driver)
+// reports only "insufficient driver version". Empty when there is one, else why not.
+std::string cuda_device_missing() {
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!h) return "no CUDA device: the NVIDIA driver (libcuda.so.1) is not installed on this machine";
+  using InitFn = int (*)(unsigned);
+  using CountFn = int (*)(int*);
+  const auto init = reinterpret_cast<InitFn>(dlsym(h, "cuInit"));
+  const auto count = reinterpret_cast<CountFn>(dlsym(h, "cuDeviceGetCount"));
+  if (!init || !count) return "no CUDA device: libcuda.so.1 lacks cuInit/cuDeviceGetCount";
+  constexpr int kNoDevice = 100;  // CUDA_ERROR_NO_DEVICE
+  const int e = init(0);
+  if (e == kNoDevice) return "no CUDA device: the NVIDIA driver sees no GPU";
+  if (e != 0) return fmt::format("no usable CUDA device: the NVIDIA driver's cuInit failed (CUresult {})", e);
+  int n = 0;
+  if (count(&n) != 0 || n <= 0) return "no CUDA device: the NVIDIA driver sees no GPU";
+  return "";  // the driver stays loaded: the CUDA engine uses it
+}
+
 }  // namespace
 
+void check_engine_fits(const Model& model, int64_t n_ctx, const std::string& backend) {
+  if (backend == "cpu") {
+    Engine::check_memory_for(model, n_ctx);
+  } else {
+    check_context_size(n_ctx);
+  }
+}
+
 std::unique_ptr<InferenceEngine> make_engine(const Model& model, int64_t n_ctx, const std::string& backend) {
+  check_context_size(n_ctx);
   if (backend == "cpu") return std::make_unique<Engine>(model, n_ctx);
   if (backend == "cuda") {
+    static const std::string missing = cuda_device_missing();
+    if (!missing.empty()) fail("--backend cuda: {}", missing);
     char err[1024] = {0};
     InferenceEngine* e = cuda_entry()(&model, n_ctx, err, sizeof(err));
     if (!e) fail("--backend cuda: {}", err);

@@ -47,10 +47,13 @@ def write(path, kv, tensors):
         f.write(out)
 
 
-def tiny_llama(path, arch="llama", q_rows=None):
+def tiny_llama(path, arch="llama", q_rows=None, kv_set=None, layers=2, poison=None):
     """A random-free tiny llama-shaped model (all weights zero): 2 layers, 16 dims, 4 tokens.
-    q_rows changes the query projection's output size to make a shape error."""
+    q_rows changes the query projection's output size to make a shape error; kv_set
+    {key: (type, value)} replaces or adds metadata; layers is how many layers' tensors the file
+    holds (it declares 2); poison (tensor name, float) fills one tensor with that value."""
     d, ff, nv = 16, 32, 4
+    import struct as _s
     f32 = lambda n: b"\0" * (4 * n)
     kv = [("general.architecture", STRING, arch), (f"{arch}.block_count", U32, 2),
           (f"{arch}.embedding_length", U32, d), (f"{arch}.feed_forward_length", U32, ff),
@@ -60,8 +63,10 @@ def tiny_llama(path, arch="llama", q_rows=None):
           ("tokenizer.ggml.scores", ARRAY, (F32, [0.0, 0.0, 0.0, -1.0])),
           ("tokenizer.ggml.token_type", ARRAY, (I32, [2, 3, 3, 1])),
           ("tokenizer.ggml.bos_token_id", U32, 1), ("tokenizer.ggml.eos_token_id", U32, 2)]
+    for key, (typ, value) in (kv_set or {}).items():
+        kv = [e for e in kv if e[0] != key] + [(key, typ, value)]
     t = [("token_embd.weight", [d, nv], 0, f32(d * nv)), ("output_norm.weight", [d], 0, f32(d))]
-    for i in range(2):
+    for i in range(layers):
         p = f"blk.{i}."
         t += [(p + "attn_norm.weight", [d], 0, f32(d)), (p + "ffn_norm.weight", [d], 0, f32(d)),
               (p + "attn_q.weight", [d, q_rows or d], 0, f32(d * (q_rows or d))),
@@ -69,4 +74,7 @@ def tiny_llama(path, arch="llama", q_rows=None):
               (p + "attn_output.weight", [d, d], 0, f32(d * d)),
               (p + "ffn_gate.weight", [d, ff], 0, f32(d * ff)), (p + "ffn_up.weight", [d, ff], 0, f32(d * ff)),
               (p + "ffn_down.weight", [ff, d], 0, f32(d * ff))]
+    if poison:
+        name, value = poison
+        t = [(n, ne, typ, _s.pack("<f", value) * (len(data) // 4) if n == name else data) for n, ne, typ, data in t]
     write(path, kv, t)

@@ -30,7 +30,9 @@ bool device_available(std::string* why) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
-    if (why) *why = std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
+    // Without a GPU there is usually no driver either, which the runtime calls "insufficient driver version".
+    const bool none = e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver;
+    if (why) *why = std::string(none ? "no CUDA device (cudaGetDeviceCount: " : "cudaGetDeviceCount: ") + cudaGetErrorString(e) + (none ? ")" : "");
     cudaGetLastError();  // clear the sticky-free error so later calls are not confused
     return false;
   }

@@ -128,6 +128,8 @@ int bench(const BenchOptions& o) {
   for (int64_t n : lengths) {
     if (n > hp.n_ctx_train) fail("-p {} is longer than the model's context of {} tokens", n, hp.n_ctx_train);
   }
+  // Before any prompt is made: the longest must fit in memory.
+  check_engine_fits(*model, std::max(*std::max_element(lengths.begin(), lengths.end()), int64_t{o.n_gen} + 1), o.backend);
   std::vector<int32_t> text_ids;
   if (!o.text_file.empty()) {
     text_ids = model->tokenizer().encode(read_file(o.text_file), false, false);
@@ -246,7 +248,7 @@ void add_bench_command(CLI::App& app, Action& action) {
   c->add_option("-r,--reps", o->reps, "Repetitions of each test")->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("-f,--file", o->text_file, "Take prompt tokens from this text (repeated); default: seeded random tokens");
-  c->add_option("--seed", o->seed, "Seed for random tokens and the random policy")->capture_default_str();
+  c->add_option("--seed", o->seed, "Seed for random tokens and the random policy")->check(seed_range())->capture_default_str();
   c->add_option("-o,--output", o->output, "Output format: md, json or csv")->capture_default_str();
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   add_halting_flags(c, o->halting);

@@ -80,6 +80,9 @@ int calibrate(const CalibrateOptions& o) {
   if (!policy || !policy->calibration_grid) fail("--policy must be one of: {}", calibrated_policy_names());
   if (o.samples < 1) fail("--samples must be >= 1");
   const int threads = resolve_threads(o.threads);
+  // The output file is checked before any work, so that a typo does not cost a calibration.
+  const std::string out_path = o.output.empty() ? calibration_path(o.model) : o.output;
+  check_output_path(out_path, o.output.empty() ? "calibrate (the file beside the model)" : "-o");
   cpu::set_num_threads(threads);
   auto model = Model::load(o.model, o.tokenizer);
   const HParams& hp = model->hp();
@@ -197,11 +200,8 @@ int calibrate(const CalibrateOptions& o) {
     fmt::print("\nno setting stays within the budget of {}: --halting auto will run full prefill\n", o.budget);
   }
   for (const Candidate& c : grid) j["search"].push_back({{"spec", c.spec}, {"flop_speedup", c.flop_speedup}, {"nll", c.nll}, {"delta_nll", c.delta_nll}});
-  const std::string out_path = o.output.empty() ? calibration_path(o.model) : o.output;
-  std::ofstream out(out_path);
   // Names from the model file need not be UTF-8; JSON output must be.
-  out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-  if (!out) fail("cannot write {}", out_path);
+  write_file_atomically(out_path, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   fmt::print("saved {}\n", out_path);
   return 0;
 }
@@ -228,7 +228,7 @@ void add_calibrate_command(CLI::App& app, Action& action) {
   c->add_option("--kv", o->kv, "Keys/values of halted tokens: retain or drop")->capture_default_str();
   c->add_option("--delta", o->delta, "Halting signal: abs, rel or block")->capture_default_str();
   c->add_option("-o,--output", o->output, "Where to save the choice (default: MODEL.dash.json beside the model)");
-  c->add_option("--seed", o->seed, "Seed of the samples")->capture_default_str();
+  c->add_option("--seed", o->seed, "Seed of the samples")->check(seed_range())->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   c->add_flag("-q,--quiet", o->quiet, "No progress on stderr");

@@ -23,6 +23,7 @@
 
 #include "backends/cpu/ops.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "common/json.h"
 #include "frontends/cli/commands.h"
 #include "frontends/cli/common.h"
@@ -226,8 +227,10 @@ int eval_main(const EvalOptions& o) {
   if (o.n_gen < 1) fail("--n-gen must be >= 1");
   if (o.cont_tokens < 1) fail("--cont-tokens must be >= 1");
   if (o.plot_x != "measured" && o.plot_x != "flops") fail("--plot-x must be measured or flops");
-  const auto ends_with = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
-  if (!o.plot_path.empty() && !ends_with(o.plot_path, ".png") && !ends_with(o.plot_path, ".svg")) fail("--plot: use a .png or .svg file name, got {}", o.plot_path);
+  // Output files are checked before any work, so that a typo does not cost an evaluation.
+  if (!o.plot_path.empty()) check_eval_plot_path(o.plot_path);
+  if (!o.json_path.empty()) check_output_path(o.json_path, "--json");
+  if (!o.resume_path.empty() && !o.report_only) check_output_path(o.resume_path, "--resume");
   std::vector<std::string> tasks = split_list(o.tasks);
   for (const std::string& t : tasks) {
     if (std::find(eval::task_names().begin(), eval::task_names().end(), t) == eval::task_names().end()) {
@@ -507,9 +510,7 @@ int eval_main(const EvalOptions& o) {
     }
     j["closed_book"] = closed;
     j["records"] = sel;
-    std::ofstream out(o.json_path);
-    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-    if (!out) fail("cannot write {}", o.json_path);
+    write_file_atomically(o.json_path, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
 
   if (!o.plot_path.empty()) {
@@ -568,7 +569,7 @@ void add_eval_command(CLI::App& app, Action& action) {
   c->add_option("--chat", o->chat, "Wrap prompts in the model's chat turn: auto, on or off")->capture_default_str();
   c->add_option("--n-gen", o->n_gen, "Greedy tokens generated for retrieval answers")->capture_default_str();
   c->add_option("--cont-tokens", o->cont_tokens, "Continuation: teacher-forced tokens (at most half the length)")->capture_default_str();
-  c->add_option("--seed", o->seed, "Seed of the samples")->capture_default_str();
+  c->add_option("--seed", o->seed, "Seed of the samples")->check(seed_range())->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   c->add_flag("-q,--quiet", o->quiet, "No progress on stderr");

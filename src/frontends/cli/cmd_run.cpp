@@ -2,9 +2,10 @@
 #include <cctype>
 #include <cstdlib>
 #include <cstdio>
-#include <fstream>
 #include <memory>
+#include <limits>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include <fmt/format.h>
@@ -96,6 +97,11 @@ int run(const RunOptions& o) {
   const SamplerParams sampling{o.temperature, o.top_k, o.top_p, o.seed};
   sampling.validate();
   const int threads = resolve_threads(o.threads);
+  // Output files are checked before any work, so that a typo does not cost a prefill.
+  if (!o.json_path.empty()) check_output_path(o.json_path, "--json");
+  if (!o.logits_path.empty()) check_output_path(o.logits_path, "--save-logits");
+  if (!o.halting_map.empty()) check_halting_map_path(o.halting_map);
+  if (!o.dump_deltas.empty()) check_deltas_path(o.dump_deltas);
   cpu::set_num_threads(threads);
 
   const auto t_load = Clock::now();
@@ -147,9 +153,7 @@ int run(const RunOptions& o) {
   const ForwardStats& pst = pr.stats;
   if (show_progress) progress_clear();
   if (!o.logits_path.empty()) {
-    std::ofstream out(o.logits_path, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(pr.logits.data()), static_cast<std::streamsize>(pr.logits.size() * sizeof(float)));
-    if (!out) fail("cannot write {}", o.logits_path);
+    write_file_atomically(o.logits_path, std::string_view(reinterpret_cast<const char*>(pr.logits.data()), pr.logits.size() * sizeof(float)));
   }
   if (!o.dump_deltas.empty()) write_deltas(o.dump_deltas, trace);
   if (!o.halting_map.empty()) write_halting_map(o.halting_map, trace, hc.describe(hp.n_layer));
@@ -214,9 +218,7 @@ int run(const RunOptions& o) {
     j["stop_reason"] = stop_reason;
     if (hc.enabled()) j["halting"] = halting_json(hc, hp.n_layer, trace, pst.layer_ms);
     j["sampling"] = {{"temperature", o.temperature}, {"top_k", o.top_k}, {"top_p", o.top_p}, {"seed", o.seed}};
-    std::ofstream out(o.json_path);
-    out << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-    if (!out) fail("cannot write {}", o.json_path);
+    write_file_atomically(o.json_path, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
   return 0;
 }
@@ -236,14 +238,14 @@ void add_run_command(CLI::App& app, Action& action) {
   c->add_option("--temp", o->temperature, "Sampling temperature (0: greedy)")->capture_default_str();
   c->add_option("--top-k", o->top_k, "Top-k cut (0: off)")->capture_default_str();
   c->add_option("--top-p", o->top_p, "Top-p (nucleus) cut (1: off)")->capture_default_str();
-  c->add_option("--seed", o->seed, "Random seed for sampling")->capture_default_str();
+  c->add_option("--seed", o->seed, "Random seed for sampling")->check(seed_range())->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
-  c->add_option("-c,--ctx", o->ctx, "Context size in tokens (default: the model's)");
+  c->add_option("-c,--ctx", o->ctx, "Context size in tokens (default: the model's)")->check(whole_number(0, std::numeric_limits<int32_t>::max()));
   c->add_flag("--chat", o->chat, "Wrap the prompt in the model's chat template");
   c->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
   c->add_option("--json", o->json_path, "Write a JSON summary to this file");
   c->add_option("--save-logits", o->logits_path, "Write the logits of every prompt position (float32, tokens x vocab)");
-  c->add_option("--save-logits-last", o->logits_last, "With --save-logits: only the last N prompt positions");
+  c->add_option("--save-logits-last", o->logits_last, "With --save-logits: only the last N prompt positions")->check(whole_number(0, std::numeric_limits<int32_t>::max()));
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   add_halting_flags(c, o->halting);
   c->add_option("--halting-map", o->halting_map, "Draw where tokens halted and their deltas (.png or .svg)");

@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
-#include <cstdio>
 #include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <limits>
 #include <thread>
 
 #include <fmt/format.h>
@@ -11,6 +13,34 @@
 #include "common/error.h"
 
 namespace dashlm::cli {
+
+CLI::Validator whole_number(int64_t lo, uint64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        const std::string range = fmt::format("must be a whole number from {} to {}, got '{}'", lo, hi, s);
+        const char* b = s.data();
+        const char* e = s.data() + s.size();
+        if (!s.empty() && s[0] == '-') {
+          int64_t v = 0;
+          const auto r = std::from_chars(b, e, v);
+          return r.ec == std::errc() && r.ptr == e && v >= lo ? "" : range;
+        }
+        uint64_t v = 0;
+        const auto r = std::from_chars(b, e, v);
+        const bool ok = r.ec == std::errc() && r.ptr == e && v <= hi && (lo <= 0 || v >= static_cast<uint64_t>(lo));
+        return ok ? "" : range;
+      },
+      "");
+}
+
+CLI::Validator seed_range() { return whole_number(0, std::numeric_limits<uint64_t>::max()); }
+
+void check_int_options(CLI::App& app) {
+  for (CLI::Option* o : app.get_options()) {
+    if (o->get_type_name() == "INT") o->check(whole_number(std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
+  }
+  for (CLI::App* sub : app.get_subcommands({})) check_int_options(*sub);
+}
 
 size_t prompt_file_cap(int64_t n_ctx) { return static_cast<size_t>(std::max<int64_t>(n_ctx, 1)) * 64; }
 

@@ -4,7 +4,20 @@
 #include <cstdint>
 #include <string>
 
+#include <CLI/CLI.hpp>
+
 namespace dashlm::cli {
+
+// A check for an integer option, run on its text before CLI11 converts it (CLI11 keeps the clamped
+// value of a number that overflows 64 bits: a seed of 2^64, or of -1, became 2^64 - 1): a whole
+// decimal number from lo to hi, else "--seed: must be a whole number from 0 to ..., got '-1'".
+CLI::Validator whole_number(int64_t lo, uint64_t hi);
+// Every --seed: 0 .. 2^64 - 1.
+CLI::Validator seed_range();
+// Gives every signed integer option of app and its subcommands (CLI11's type "INT": ints, and the
+// few int64 options, which have narrower checks of their own) the check whole_number(-2^31,
+// 2^31 - 1), so that 2^31 is refused with the range rather than "Could not convert".
+void check_int_options(CLI::App& app);
 
 // The most bytes a prompt file may hold for a context of n_ctx tokens: 64 bytes a token, far
 // above what text tokenizes to (3-5 bytes a token), so that no file that could fit is refused.

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/files.h"
 
 namespace dashlm::cli {
 
@@ -383,15 +384,18 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
+void check_eval_plot_path(const std::string& path) { check_output_path(path, "--plot", {".png", ".svg"}); }
+
 void write_eval_plot(const std::string& path, const std::vector<PlotPanel>& panels, const std::string& x_label, const std::string& title) {
+  check_eval_plot_path(path);
   if (panels.empty()) fail("--plot: nothing to draw");
-  if (ends_with(path, ".png")) {
-    write_png_plot(path, panels, x_label, title);
-  } else if (ends_with(path, ".svg")) {
-    write_svg_plot(path, panels, x_label, title);
-  } else {
-    fail("--plot: use a .png or .svg file name, got {}", path);
-  }
+  write_file_atomically(path, [&](const std::string& tmp) {
+    if (ends_with(path, ".png")) {
+      write_png_plot(tmp, panels, x_label, title);
+    } else {
+      write_svg_plot(tmp, panels, x_label, title);
+    }
+  });
 }
 
 }  // namespace dashlm::cli

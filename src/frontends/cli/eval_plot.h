@@ -21,7 +21,9 @@ struct PlotPanel {
   std::vector<PlotPoint> points;
 };
 
-// .png or .svg by the file name; throws dashlm::Error otherwise.
+// The check of the path (name, folder) that runs before any work.
+void check_eval_plot_path(const std::string& path);
+// .png or .svg by the file name; throws dashlm::Error otherwise. Written whole or not at all.
 void write_eval_plot(const std::string& path, const std::vector<PlotPanel>& panels, const std::string& x_label, const std::string& title);
 
 }  // namespace dashlm::cli

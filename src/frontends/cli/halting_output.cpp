@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "runtime/dash/calibration.h"
 
 namespace dashlm::cli {
@@ -221,8 +222,14 @@ void write_svg(const std::string& path, const MapCells& m, const HaltingTrace& t
 
 }  // namespace
 
-void write_deltas(const std::string& path, const HaltingTrace& tr) {
-  if (ends_with(path, ".csv")) {
+void check_deltas_path(const std::string& path) { check_output_path(path, "--dump-deltas", {".npy", ".csv"}); }
+
+void check_halting_map_path(const std::string& path) { check_output_path(path, "--halting-map", {".png", ".svg"}); }
+
+namespace {
+
+void write_deltas_to(const std::string& path, bool csv, const HaltingTrace& tr) {
+  if (csv) {
     std::ofstream out(path);
     if (!out) fail("cannot write {}", path);
     out << "token";
@@ -240,7 +247,6 @@ void write_deltas(const std::string& path, const HaltingTrace& tr) {
     if (!out) fail("cannot write {}", path);
     return;
   }
-  if (!ends_with(path, ".npy")) fail("--dump-deltas: use a .npy or .csv file name, got {}", path);
   // NPY v1.0: magic, header length, a Python dict literal padded to a multiple of 64 bytes.
   std::string header = fmt::format("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", tr.n_tokens, tr.n_layer);
   const size_t total = 10 + header.size() + 1;
@@ -257,20 +263,28 @@ void write_deltas(const std::string& path, const HaltingTrace& tr) {
   if (!out) fail("cannot write {}", path);
 }
 
+}  // namespace
+
+void write_deltas(const std::string& path, const HaltingTrace& tr) {
+  check_deltas_path(path);
+  write_file_atomically(path, [&](const std::string& tmp) { write_deltas_to(tmp, ends_with(path, ".csv"), tr); });
+}
+
 std::string halting_map_svg(const HaltingTrace& tr, const std::string& title) {
   if (tr.n_tokens == 0 || tr.n_layer == 0) return "";
   return map_svg(map_cells(tr, 500), tr, title);
 }
 
 void write_halting_map(const std::string& path, const HaltingTrace& tr, const std::string& title) {
+  check_halting_map_path(path);
   if (tr.n_tokens == 0 || tr.n_layer == 0) fail("--halting-map: nothing to draw");
-  if (ends_with(path, ".png")) {
-    write_png(path, map_cells(tr, 1200));
-  } else if (ends_with(path, ".svg")) {
-    write_svg(path, map_cells(tr, 500), tr, title);
-  } else {
-    fail("--halting-map: use a .png or .svg file name, got {}", path);
-  }
+  write_file_atomically(path, [&](const std::string& tmp) {
+    if (ends_with(path, ".png")) {
+      write_png(tmp, map_cells(tr, 1200));
+    } else {
+      write_svg(tmp, map_cells(tr, 500), tr, title);
+    }
+  });
 }
 
 }  // namespace dashlm::cli

@@ -35,7 +35,11 @@ HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed,
 nlohmann::json halting_json(const HaltingConfig& hc, int n_layer, const HaltingTrace& tr, const std::vector<double>& layer_ms);
 
 // Deltas, tokens x layers: .npy (float32, NaN where a token did not run the layer) or .csv.
+// Written whole or not at all (common/files.h).
 void write_deltas(const std::string& path, const HaltingTrace& tr);
+// The checks of the two files' paths (name, folder) that run before any work.
+void check_deltas_path(const std::string& path);
+void check_halting_map_path(const std::string& path);
 
 // Tokens (columns, binned for long prompts) x layers (rows): on top, where tokens were active
 // (light) or halted (dark); below, a heatmap of log deltas, normalised per layer. .png or .svg.

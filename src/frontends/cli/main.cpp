@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/json.h"
 #include "frontends/cli/commands.h"
+#include "frontends/cli/common.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dashlm: long-context prefill with Delta Attention Selective Halting"};
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   dashlm::cli::add_eval_command(app, action);
   dashlm::cli::add_calibrate_command(app, action);
   dashlm::cli::add_serve_command(app, action);
+  dashlm::cli::check_int_options(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

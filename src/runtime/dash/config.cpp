@@ -107,7 +107,12 @@ void set_setting(HaltingConfig& hc, Setting s, std::string_view v) {
     case Setting::MinLayer: hc.min_layer = parse_int(s, v); break;
     case Setting::Tau: hc.tau = parse_number(s, v); break;
     case Setting::Patience: hc.patience = parse_int(s, v); break;
-    case Setting::Seed: hc.seed = static_cast<uint64_t>(parse_int(s, v)); break;
+    case Setting::Seed: {
+      const int seed = parse_int(s, v);
+      if (seed < 0) fail_setting(s, "must be >= 0, got {}", seed);
+      hc.seed = static_cast<uint64_t>(seed);
+      break;
+    }
     case Setting::AttnQueries: hc.attn_queries = parse_int(s, v); break;
     case Setting::Pool: hc.pool = parse_int(s, v); break;
     case Setting::Mix: hc.mix = parse_number(s, v); break;

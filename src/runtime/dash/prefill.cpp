@@ -1,6 +1,7 @@
 #include "runtime/dash/prefill.h"
 
 #include <algorithm>
+#include <cmath>
 #include <iterator>
 #include <limits>
 #include <memory>
@@ -44,6 +45,12 @@ void TokenSets::halt(const std::vector<int32_t>& newly, std::span<const int32_t>
   for (size_t i = 0; i < halted.size(); ++i) pos_halted[i] = pos[static_cast<size_t>(halted[i])];
 }
 
+void check_context_size(int64_t n_ctx) {
+  if (n_ctx <= 0 || n_ctx > std::numeric_limits<int32_t>::max()) {
+    fail("a context of {} tokens is out of range (1..{})", n_ctx, std::numeric_limits<int32_t>::max());
+  }
+}
+
 void check_tokens(std::span<const int32_t> tokens, int64_t n_past, int64_t n_ctx, int64_t n_vocab) {
   const auto n = static_cast<int64_t>(tokens.size());
   if (n == 0) fail("nothing to process: no tokens");
@@ -78,6 +85,48 @@ double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* va
   }
   return keys;
 }
+
+namespace {
+
+bool all_finite(const float* p, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return false;
+  return true;
+}
+
+// After non-finite logits: the segment again with every row through every layer, its hidden
+// states checked after the embedding and after each layer, to name where they stopped being
+// finite. Costs nothing unless the logits were broken (the prefill checks only the logits).
+[[noreturn]] void report_non_finite(LayerExecutor& ex, const HParams& hp, std::span<const int32_t> tokens,
+                                    std::span<const int32_t> pos) {
+  const auto n = static_cast<int64_t>(tokens.size());
+  std::vector<float> h(static_cast<size_t>(n * hp.n_embd));
+  TokenSets sets;
+  sets.reset(n);
+  ex.begin_segment(tokens, pos, false);
+  ex.rows_changed(sets);
+  ex.read_hidden(h.data());
+  const char* what = "the logits are not finite (NaN or Inf)";
+  if (!all_finite(h.data(), h.size())) fail("{}: the token embeddings already are (tensor token_embd.weight)", what);
+  LayerRun r;
+  r.all = true;
+  r.n = n;
+  r.rows = sets.active.data();
+  r.pos = pos.data();
+  for (int il = 0; il < hp.n_layer; ++il) {
+    r.layer = il;
+    ex.run_layer(r);
+    ex.read_hidden(h.data());
+    if (!all_finite(h.data(), h.size())) {
+      fail("{}: the hidden state stopped being finite at layer {} (of layers 0..{}): tensors blk.{}.* or the model's hyperparameters are broken",
+           what, il, hp.n_layer - 1, il);
+    }
+  }
+  fail("{}, but the hidden states stay finite through every layer: the output norm or projection (output_norm.weight, output.weight) is broken",
+       what);
+}
+
+}  // namespace
 
 std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::span<const int32_t> tokens, int64_t n_past,
                                    int64_t n_ctx, const PrefillOptions& opt, ForwardStats* stats) {
@@ -200,6 +249,10 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
     ex.output_logits(n - 1, 1, last.data());
   }
   ex.synchronize();
+  // NaN or Inf weights (or hyperparameters) must not pass for an answer.
+  if (!all_finite(last.data(), last.size()) || (opt.logits_all && !all_finite(opt.logits_all->data(), opt.logits_all->size()))) {
+    report_non_finite(ex, hp, tokens, pos);
+  }
   if (stats) {
     stats->logits_ms = ms_since(tlog);
     stats->n_tokens = n;

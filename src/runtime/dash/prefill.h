@@ -122,9 +122,13 @@ class LayerExecutor {
 // Runs a segment of tokens at positions n_past .. n_past + T - 1 through every layer of a model of
 // hyperparameters hp, on `ex`, with halting when opt.halting enables it; returns the logits of
 // the last token. Throws for an empty segment, one that overflows n_ctx or a token outside the
-// vocabulary.
+// vocabulary, and for logits that are not finite (naming the first layer whose hidden state is
+// not, found by running the segment again with a check after every layer).
 std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::span<const int32_t> tokens, int64_t n_past,
                                    int64_t n_ctx, const PrefillOptions& opt, ForwardStats* stats);
+
+// The context size of every engine: 1 .. 2^31 - 1 tokens (positions are 32-bit).
+void check_context_size(int64_t n_ctx);
 
 // The input check of every forward pass (prefill and decode).
 void check_tokens(std::span<const int32_t> tokens, int64_t n_past, int64_t n_ctx, int64_t n_vocab);
