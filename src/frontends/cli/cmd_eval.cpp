@@ -378,6 +378,7 @@ int eval_main(const EvalOptions& o) {
           r["flops_done"] = out.flops_done;
           r["flop_speedup"] = out.flops_done > 0 ? out.flops_full / out.flops_done : 1.0;
           r["active_after"] = out.active_after;
+          if (!out.trace.decision_layers.empty()) r["decision_layers"] = out.trace.decision_layers;
           if (eval::is_retrieval_task(task)) {
             r["answers"] = s.answers;
             r["depths"] = s.depths;
