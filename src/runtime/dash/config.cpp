@@ -51,13 +51,11 @@ constexpr Setting kCommon[] = {Setting::Kv, Setting::Signal, Setting::ProtectFir
 constexpr Setting kCommonOptions[] = {Setting::ProtectFirst, Setting::ProtectLast};
 // The order of :key=value fields in a canonical spec.
 constexpr Setting kOptionOrder[] = {Setting::Signal, Setting::ProtectFirst, Setting::ProtectLast, Setting::AttnQueries, Setting::Seed,
-                                    Setting::Pool,   Setting::Mix,          Setting::Then,        Setting::Decide,      Setting::MinLayer,
-                                    Setting::Overlap};
+                                    Setting::Pool, Setting::Mix, Setting::Then, Setting::Decide, Setting::MinLayer, Setting::Overlap};
 // Settings that belong to some policies only: giving one to a policy that does not read it is an
 // error (the seed is shared with sampling and so not among them).
-constexpr Setting kPolicyOwn[] = {Setting::HaltLayer, Setting::Keep, Setting::MinLayer, Setting::Tau,    Setting::Patience,
-                                  Setting::AttnQueries, Setting::Pool, Setting::Mix,      Setting::Then, Setting::Decide,
-                                  Setting::Overlap};
+constexpr Setting kPolicyOwn[] = {Setting::HaltLayer, Setting::Keep, Setting::MinLayer, Setting::Tau, Setting::Patience,
+                                  Setting::AttnQueries, Setting::Pool, Setting::Mix, Setting::Then, Setting::Decide, Setting::Overlap};
 
 bool contains(std::span<const Setting> set, Setting s) { return std::find(set.begin(), set.end(), s) != set.end(); }
 

@@ -75,7 +75,7 @@ struct HaltingConfig {
   std::string policy = "none";  // a registered policy (dash/policy.h) or "none"
   double halt_layer = 0.4;      // decision layer: an index (>= 1) or a fraction of depth (< 1)
   double keep = 1.0 / 3.0;      // fraction of eligible tokens that stay active
-  int min_layer = 1;            // first layer whose delta counts (per-layer policies)
+  int min_layer = 1;            // first layer whose delta counts (threshold; the stable rule: first ranked)
   double tau = -1;              // halt below this (< 0: unset)
   int patience = 0;             // consecutive layers below tau
   uint64_t seed = 0;            // random choices
