@@ -123,6 +123,101 @@ TEST(DashConfig, CalibrationGridsAreValidSettingsOfTheirPolicy) {
   EXPECT_GE(with_grid, 2);
 }
 
+// Staged schedules and the stable rule extend the spec with options; the specs written before
+// them parse and print as they did, and their JSON gains no key.
+TEST(DashConfig, StagedAndStableSpecsRoundTripAndOldSpecsStayAsTheyWere) {
+  const int L = 24;
+  for (const char* old : {"topk:0.4:0.33:drop", "topk:0.4:0.333333:retain", "topk:0.6:0.5:retain", "random:0.4:0.33:retain:seed=3",
+                          "attn:0.4:0.2:drop:q=16", "query:0.4:0.2:drop", "query:0.25:0.1:retain:pl=4:pool=5:mix=0.5",
+                          "threshold:2:0.5:2:rel:retain", "topk:10:0.5:drop:pf=0"}) {
+    SCOPED_TRACE(old);
+    const HaltingConfig hc = HaltingConfig::parse(old);
+    EXPECT_EQ(hc.spec(), old);
+    EXPECT_TRUE(hc.then.empty());
+    EXPECT_EQ(hc.decide, DecideRule::Fixed);
+    const nlohmann::json j = hc.to_json(L);
+    for (const char* k : {"then", "decide", "overlap"}) EXPECT_FALSE(j.contains(k)) << k;
+    if (hc.policy != "threshold") EXPECT_FALSE(j.contains("min_layer"));
+  }
+  for (const char* spec : {"topk:0.25:0.5:drop:then=0.5@0.2", "random:6:0.5:retain:seed=2:then=12@0.25/18@0.1",
+                           "attn:0.25:0.5:drop:q=4:then=0.5@0.2", "query:0.25:0.5:drop:then=0.5@0.2",
+                           "query:0.5:0.2:retain:decide=stable", "query:0.5:0.5:drop:pool=1:then=0.7@0.2:decide=stable:min=3:overlap=0.8",
+                           "topk:12:0.3:drop:decide=stable:min=4"}) {
+    SCOPED_TRACE(spec);
+    const HaltingConfig hc = HaltingConfig::parse(spec);
+    EXPECT_EQ(hc.spec(), spec);
+    ASSERT_NO_THROW(hc.validate(L));
+    const HaltingConfig back = HaltingConfig::parse(hc.spec());
+    EXPECT_EQ(back.describe(L), hc.describe(L));
+    EXPECT_EQ(back.to_json(L).dump(), hc.to_json(L).dump());
+  }
+  const HaltingConfig st = HaltingConfig::parse("query:0.25:0.5:drop:then=0.5@0.2");
+  ASSERT_EQ(st.then.size(), 1u);
+  EXPECT_DOUBLE_EQ(st.then[0].layer, 0.5);
+  EXPECT_DOUBLE_EQ(st.then[0].keep, 0.2);
+  EXPECT_EQ(st.describe(L), "query(l=6/12,keep=0.50/0.20,pool=3,drop)");
+  const nlohmann::json j = st.to_json(L);
+  ASSERT_TRUE(j.contains("then"));
+  EXPECT_EQ(j["then"][0]["layer"], 12);
+  EXPECT_DOUBLE_EQ(j["then"][0]["keep"].get<double>(), 0.2);
+  const HaltingConfig sb = HaltingConfig::parse("topk:12:0.3:drop:then=18@0.1:decide=stable:min=4:overlap=0.75");
+  EXPECT_EQ(sb.describe(L), "topk(l=stable(4-12,0.75)/18,keep=0.30/0.10,drop)");
+  EXPECT_EQ(sb.to_json(L)["decide"], "stable");
+  EXPECT_EQ(sb.to_json(L)["min_layer"], 4);
+  EXPECT_DOUBLE_EQ(sb.to_json(L)["overlap"].get<double>(), 0.75);
+  // The same settings through the flags' value parser.
+  HaltingConfig f;
+  set_setting(f, Setting::Policy, "topk");
+  set_setting(f, Setting::Then, "0.5@0.2/0.7@0.1");
+  set_setting(f, Setting::Decide, "stable");
+  EXPECT_EQ(f.spec(), "topk:0.4:0.333333:retain:then=0.5@0.2/0.7@0.1:decide=stable");
+  EXPECT_NE(HaltingConfig::spec_syntax().find("then=L@KEEP"), std::string::npos);
+}
+
+TEST(DashConfig, StagedAndStableErrorsNameTheSetting) {
+  const int L = 24;
+  auto setting_of = [&](const std::string& spec) -> std::string {
+    try {
+      HaltingConfig::parse(spec).validate(L);
+    } catch (const SettingError& e) {
+      return setting_name(e.setting);
+    }
+    return "";
+  };
+  EXPECT_EQ(setting_of("topk:0.5:0.5:drop:then=0.25@0.2"), "then");        // not after the first decision
+  EXPECT_EQ(setting_of("topk:0.25:0.5:drop:then=0.5@0.2/0.5@0.1"), "then");  // two stages at one layer
+  EXPECT_EQ(setting_of("topk:0.25:0.5:drop:then=0.26@0.2"), "then");       // the same layer once rounded
+  EXPECT_EQ(setting_of("topk:0.25:0.5:drop:then=0.5@0.5"), "then");        // keep does not fall
+  EXPECT_EQ(setting_of("topk:0.25:0.5:drop:then=0.5@0.3/0.7@0.4"), "then");
+  EXPECT_EQ(setting_of("topk:0.25:0.5:drop:then=0.5@0"), "then");
+  EXPECT_EQ(setting_of("topk:0.25:0.5:drop:then=30@0.2"), "then");         // outside the model
+  EXPECT_EQ(setting_of("topk:0.25:0.5:drop:then=12.5@0.2"), "then");
+  EXPECT_EQ(setting_of("topk:0.25:0.5:drop:then=0.5@0.2"), "");
+  EXPECT_EQ(setting_of("topk:0.5:0.5:drop:decide=stable:min=12"), "min_layer");  // not below the decision layer
+  EXPECT_EQ(setting_of("topk:0.5:0.5:drop:decide=stable:overlap=0"), "overlap");
+  EXPECT_EQ(setting_of("topk:0.5:0.5:drop:decide=stable:overlap=1.5"), "overlap");
+  EXPECT_EQ(setting_of("topk:0.5:0.5:drop:min=3"), "min_layer");         // only with decide=stable
+  EXPECT_EQ(setting_of("topk:0.5:0.5:drop:overlap=0.5"), "overlap");
+  for (const char* bad : {"topk:0.25:0.5:drop:then=0.5", "topk:0.25:0.5:drop:then=0.5@", "topk:0.25:0.5:drop:then=0.5@0.2/",
+                          "topk:0.25:0.5:drop:then=@0.2", "topk:0.25:0.5:drop:then=0.5@0.2//0.7@0.1", "topk:0.25:0.5:drop:decide=early",
+                          "threshold:2:0.5:2:then=0.5@0.2", "threshold:2:0.5:2:decide=stable", "threshold:2:0.5:2:min=3"}) {
+    EXPECT_THROW(HaltingConfig::parse(bad), Error) << bad;
+  }
+  // Set for a policy that does not read them.
+  HaltingConfig th = HaltingConfig::parse("threshold:2:0.5:2");
+  th.then = {{0.5, 0.2}};
+  EXPECT_EQ([&] {
+    try {
+      th.validate(L);
+    } catch (const SettingError& e) {
+      return std::string(setting_name(e.setting));
+    }
+    return std::string();
+  }(), "then");
+  EXPECT_THROW(th.check_given(std::vector<Setting>{Setting::Decide}), SettingError);
+  EXPECT_NO_THROW(HaltingConfig::parse("topk:0.5:0.5").check_given(std::vector<Setting>{Setting::Then, Setting::Decide, Setting::MinLayer}));
+}
+
 TEST(DashConfig, CalibrationFileErrorsSayWhatToDo) {
   try {
     load_calibration("/nonexistent/model.gguf", 6);

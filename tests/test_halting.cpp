@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -36,7 +37,7 @@ struct PrefillRun {
   HaltingTrace trace;
 };
 
-PrefillRun prefill(const HaltingConfig& hc, Engine* engine_out = nullptr) {
+PrefillRun prefill(const HaltingConfig& hc, Engine* engine_out = nullptr, int64_t query_rows = 0) {
   const Model& m = stories();
   auto toks = prompt_tokens();
   Engine local(m, static_cast<int64_t>(toks.size()) + 32);
@@ -47,6 +48,7 @@ PrefillRun prefill(const HaltingConfig& hc, Engine* engine_out = nullptr) {
   po.trace = &r.trace;
   po.logits_all = &r.logits;
   po.hidden_per_layer = &r.hidden;
+  po.query_rows = query_rows;
   e.prefill(toks, po);
   return r;
 }
@@ -328,5 +330,202 @@ TEST(Halting, PrefillWithoutTraceEqualsPrefillWithTrace) {
     EXPECT_EQ(a.prefill(toks, traced), b.prefill(toks, plain)) << kv_mode_name(kv);
     EXPECT_LT(tr.active_per_layer.back(), static_cast<int64_t>(toks.size()));
     EXPECT_EQ(a.cache().valid, b.cache().valid) << kv_mode_name(kv);
+  }
+}
+
+// Staged schedules: each decision keeps its fraction of the tokens eligible at the start, ranking
+// only the tokens still active; every ranking policy, both KV modes; the FLOP model counts what
+// ran.
+TEST(Halting, StagedScheduleKeepsEachStagesFractionOfTheEligibleTokens) {
+  const HParams& hp = stories().hp();
+  const int L = hp.n_layer;  // 5
+  for (const char* policy : {"topk", "random", "attn", "query"}) {
+    for (KVMode kv : {KVMode::Retain, KVMode::Drop}) {
+      SCOPED_TRACE(std::string(policy) + " " + kv_mode_name(kv));
+      HaltingConfig hc = topk(0.5, kv);
+      hc.policy = policy;
+      hc.halt_layer = 1;
+      hc.then = {{3, 0.2}};
+      hc.protect_first = 2;
+      hc.protect_last = 1;
+      const int64_t nq = hc.policy == "query" ? 6 : 0;  // the query's rows never halt
+      const PrefillRun r = prefill(hc, nullptr, nq);
+      const int64_t n = r.trace.n_tokens, fixed = 2 + std::max<int64_t>(1, nq), eligible = n - fixed;
+      const int64_t k1 = halting_keep_count(0.5, eligible), k2 = halting_keep_count(0.2, eligible);
+      ASSERT_LT(k2, k1);
+      const std::vector<int64_t> expect{n, n, k1 + fixed, k1 + fixed, k2 + fixed};
+      EXPECT_EQ(r.trace.active_per_layer, expect);
+      EXPECT_EQ(r.trace.decision_layers, (std::vector<int32_t>{1, 3}));
+      int64_t at1 = 0, at3 = 0;
+      for (int64_t t = 0; t < n; ++t) {
+        const int h = r.trace.halted_after[static_cast<size_t>(t)];
+        if (t < 2 || t >= n - std::max<int64_t>(1, nq)) EXPECT_EQ(h, L) << "protected token " << t;
+        at1 += h == 1;
+        at3 += h == 3;
+        EXPECT_TRUE(h == 1 || h == 3 || h == L) << "token " << t << " halted after " << h;
+      }
+      EXPECT_EQ(at1, eligible - k1);
+      EXPECT_EQ(at3, k1 - k2);
+      // The FLOP model from the schedule alone: token t runs layer l while l <= halted_after[t];
+      // in drop mode its key is gone from later layers, in retain mode its K/V are projected.
+      double full = 0, done = 0;
+      for (int il = 0; il < L; ++il) {
+        int64_t na = 0;
+        double keys_full = 0, keys_done = 0;
+        for (int64_t t = 0; t < n; ++t) {
+          keys_full += static_cast<double>(t + 1);
+          if (il > r.trace.halted_after[static_cast<size_t>(t)]) continue;
+          ++na;
+          for (int64_t j = 0; j <= t; ++j) keys_done += kv == KVMode::Retain || il <= r.trace.halted_after[static_cast<size_t>(j)];
+        }
+        full += layer_flops(hp, n, keys_full, 0);
+        done += layer_flops(hp, na, keys_done, kv == KVMode::Retain ? n - na : 0);
+      }
+      EXPECT_DOUBLE_EQ(r.trace.flops_full, full);
+      EXPECT_DOUBLE_EQ(r.trace.flops_done, done);
+      // A later stage saves more than the first one alone.
+      HaltingConfig one = hc;
+      one.then.clear();
+      EXPECT_GT(r.trace.flop_speedup(), prefill(one, nullptr, nq).trace.flop_speedup());
+      for (float v : r.logits) ASSERT_TRUE(std::isfinite(v));
+    }
+  }
+}
+
+// topk's second stage keeps the tokens whose update was largest at its own layer, among those the
+// first stage kept.
+TEST(Halting, StagedTopkRanksTheStillActiveTokensAtEachStage) {
+  HaltingConfig hc = topk(0.6);
+  hc.halt_layer = 1;
+  hc.then = {{3, 0.25}};
+  const PrefillRun r = prefill(hc);
+  const int L = r.trace.n_layer;
+  const int64_t n = r.trace.n_tokens;
+  float min_kept = INFINITY, max_halted = -INFINITY;
+  int64_t ranked = 0;
+  for (int64_t t = hc.protect_first; t < n - hc.protect_last; ++t) {
+    const int h = r.trace.halted_after[static_cast<size_t>(t)];
+    if (h == 1) continue;  // halted at the first stage: not ranked at the second
+    ++ranked;
+    const float dv = r.trace.delta[static_cast<size_t>(t * L + 3)];
+    if (h == L) min_kept = std::min(min_kept, dv);
+    else max_halted = std::max(max_halted, dv);
+  }
+  EXPECT_EQ(ranked, halting_keep_count(0.6, n - hc.protect_first - hc.protect_last));
+  EXPECT_GE(min_kept, max_halted);
+}
+
+// The stable rule on stories260K: one decision, within [min_layer + 1, decision layer], the same
+// on every run; then the keep fraction holds from there on, in both KV modes.
+TEST(Halting, StableRuleDecidesWithinItsWindowAndIsDeterministic) {
+  const int L = stories().hp().n_layer;
+  for (const char* policy : {"topk", "random", "attn", "query"}) {
+    for (KVMode kv : {KVMode::Retain, KVMode::Drop}) {
+      for (double overlap : {0.5, 0.9, 1.0}) {
+        SCOPED_TRACE(std::string(policy) + " " + kv_mode_name(kv) + " overlap " + std::to_string(overlap));
+        HaltingConfig hc = topk(0.3, kv);
+        hc.policy = policy;
+        hc.halt_layer = 3;
+        hc.decide = DecideRule::Stable;
+        hc.min_layer = 0;
+        hc.overlap = overlap;
+        const PrefillRun a = prefill(hc), b = prefill(hc);
+        ASSERT_EQ(a.trace.decision_layers.size(), 1u);
+        const int l = a.trace.decision_layers[0];
+        EXPECT_GE(l, 1);
+        EXPECT_LE(l, 3);
+        EXPECT_EQ(a.trace.decision_layers, b.trace.decision_layers);
+        EXPECT_EQ(a.trace.halted_after, b.trace.halted_after);
+        EXPECT_EQ(a.logits, b.logits);
+        const int64_t n = a.trace.n_tokens, eligible = n - hc.protect_first - hc.protect_last;
+        for (int il = 0; il < L; ++il) {
+          EXPECT_EQ(a.trace.active_per_layer[static_cast<size_t>(il)],
+                    il <= l ? n : halting_keep_count(0.3, eligible) + hc.protect_first + hc.protect_last) << il;
+        }
+        // A random ranking never changes between layers: stable at once.
+        if (hc.policy == "random") EXPECT_EQ(l, 1);
+      }
+    }
+  }
+  // With a later stage: the stable decision, then the fixed one.
+  HaltingConfig hc = topk(0.5);
+  hc.halt_layer = 2;
+  hc.decide = DecideRule::Stable;
+  hc.min_layer = 0;
+  hc.then = {{3, 0.2}};
+  const PrefillRun r = prefill(hc);
+  ASSERT_EQ(r.trace.decision_layers.size(), 2u);
+  EXPECT_LE(r.trace.decision_layers[0], 2);
+  EXPECT_EQ(r.trace.decision_layers[1], 3);
+}
+
+namespace {
+
+// A ranked policy driven by hand: `sig(layer)` gives each active token's signal.
+std::vector<int32_t> observe_all(HaltingPolicy& p, int layer, const std::vector<int32_t>& active, const std::vector<float>& sig) {
+  LayerSignals s;
+  s.active = active;
+  s.signal = sig;
+  return p.observe(layer, s);
+}
+
+}  // namespace
+
+// Where a ranking policy reads its signal follows its schedule; the stable rule decides at the
+// first layer whose top set overlaps the previous layer's by the overlap asked for.
+TEST(Halting, StagedAndStablePoliciesReadTheLayersOfTheirSchedule) {
+  const int L = 12;
+  const int64_t n = 21;
+  std::vector<uint8_t> eligible(static_cast<size_t>(n), 1);
+  eligible.back() = 0;
+  std::vector<int32_t> all(static_cast<size_t>(n));
+  std::iota(all.begin(), all.end(), 0);
+  // Staged topk: layers 3 then 7; no rule for the device.
+  HaltingConfig hc = topk(0.5);
+  hc.protect_first = 0;
+  hc.halt_layer = 3;
+  hc.then = {{7, 0.2}};
+  auto p = make_halting_policy(hc, L);
+  EXPECT_FALSE(p->topk_rule().has_value());
+  p->begin(n, eligible);
+  for (int il = 0; il < L; ++il) EXPECT_EQ(p->wants_signal(il), il == 3) << il;
+  std::vector<float> sig(all.begin(), all.end());  // later tokens rank higher
+  EXPECT_TRUE(observe_all(*p, 2, all, sig).empty());
+  const std::vector<int32_t> h1 = observe_all(*p, 3, all, sig);
+  EXPECT_EQ(h1.size(), 10u);  // 20 eligible, 10 kept
+  EXPECT_EQ(h1.front(), 0);
+  for (int il = 0; il < L; ++il) EXPECT_EQ(p->wants_signal(il), il == 7) << il;
+  std::vector<int32_t> rest;
+  std::set_difference(all.begin(), all.end(), h1.begin(), h1.end(), std::back_inserter(rest));
+  const std::vector<int32_t> h2 = observe_all(*p, 7, rest, std::vector<float>(rest.begin(), rest.end()));
+  EXPECT_EQ(h2, (std::vector<int32_t>{10, 11, 12, 13, 14, 15}));  // 4 of 20 stay
+  for (int il = 0; il < L; ++il) EXPECT_FALSE(p->wants_signal(il)) << il;
+  EXPECT_EQ(p->decision_layers(), (std::vector<int>{3, 7}));
+
+  // Stable between layers 2 and 8.
+  hc.then.clear();
+  hc.halt_layer = 8;
+  hc.decide = DecideRule::Stable;
+  hc.min_layer = 2;
+  for (double overlap : {0.9, 1.0}) {
+    hc.overlap = overlap;
+    auto q = make_halting_policy(hc, L);
+    q->begin(n, eligible);
+    EXPECT_FALSE(q->topk_rule().has_value());
+    for (int il = 0; il < L; ++il) EXPECT_EQ(q->wants_signal(il), il >= 2 && il <= 8) << il;
+    std::vector<int32_t> h;
+    int decided = -1;
+    for (int il = 2; il <= 8 && decided < 0; ++il) {
+      // Layers 2..4: the top 10 alternate between the odd tokens and the even ones; from layer 5 on
+      // the odd ones lead, with token 19 swapped for token 18 at layer 5 only (9 of 10 in common).
+      std::vector<float> v(static_cast<size_t>(n));
+      for (int64_t t = 0; t < n; ++t) v[static_cast<size_t>(t)] = static_cast<float>((il <= 4 ? (t + il) % 2 : t % 2) * 100 + t);
+      if (il == 5) std::swap(v[18], v[19]);
+      h = observe_all(*q, il, all, v);
+      if (!h.empty()) decided = il;
+    }
+    EXPECT_EQ(decided, overlap == 1.0 ? 7 : 5) << overlap;
+    EXPECT_EQ(q->decision_layers(), (std::vector<int>{decided}));
+    EXPECT_EQ(h.size(), 10u);
   }
 }

@@ -380,6 +380,7 @@ int eval_main(const EvalOptions& o) {
           r["flops_done"] = out.flops_done;
           r["flop_speedup"] = out.flops_done > 0 ? out.flops_full / out.flops_done : 1.0;
           r["active_after"] = out.active_after;
+          if (!out.trace.decision_layers.empty()) r["decision_layers"] = out.trace.decision_layers;
           if (eval::is_retrieval_task(task)) {
             r["answers"] = s.answers;
             r["depths"] = s.depths;
@@ -549,10 +550,14 @@ void add_eval_command(CLI::App& app, Action& action) {
       "continuation (mean NLL of the next --cont-tokens tokens of a book, teacher-forced after the prefilled document),\n"
       "fidelity (top-1 agreement and KL of the next-token distributions at the query positions, and greedy tokens\n"
       "matching full prefill over the first 32).\n"
-      "Configs (comma-separated): none | topk:L:KEEP:KV | random:L:KEEP:KV | attn:L:KEEP:KV |\n"
+      "Configs (comma-separated): none | topk:L:KEEP:KV | random:L:KEEP:KV | attn:L:KEEP:KV | query:L:KEEP:KV |\n"
       "threshold:MIN:TAU:PATIENCE:SIGNAL:KV, with L a layer index or a fraction of depth, KEEP the fraction of\n"
       "document tokens kept, KV retain|drop, SIGNAL abs|rel|block; optional :pf=N (protect first N, default 4), :pl=N,\n"
-      ":delta=abs|rel|block, :q=N (attn), :seed=N (random). Full prefill always runs as the reference; 'none'\n"
+      ":delta=abs|rel|block, :q=N (attn, query), :seed=N (random), :pool=N and :mix=W (query). The ranking policies\n"
+      "(topk, random, attn, query) take later decisions with :then=L@KEEP[/L@KEEP...] (layers ascending, keep\n"
+      "fractions of the tokens eligible at the start falling: query:0.25:0.5:drop:then=0.5@0.2), and decide where\n"
+      "the top set stops changing with :decide=stable[:min=L][:overlap=J] (from layer min on, at L at the latest).\n"
+      "Full prefill always runs as the reference; 'none'\n"
       "runs it again as a row (timing noise; its score change must be 0).\n"
       "Example: dashlm eval -m MODEL --lengths 1k,4k --configs topk:0.4:0.33:retain,threshold:2:0.5:2:rel:retain --json r.json --plot r.png");
   c->add_option("-m,--model", o->model, "Model file")->required();

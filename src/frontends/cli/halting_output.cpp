@@ -25,12 +25,17 @@ void add_halting_flags(CLI::App* c, HaltingFlags& f) {
       {Setting::Policy, policies},
       {Setting::HaltLayer, "topk/random/attn/query: decision layer, an index or a fraction of depth"},
       {Setting::Keep, "topk/random/attn/query: fraction of document tokens kept active"},
-      {Setting::MinLayer, "threshold: first layer whose delta counts"},
+      {Setting::MinLayer, "threshold: first layer whose delta counts; topk/random/attn/query with --decide stable: first layer ranked"},
       {Setting::Tau, "threshold: halt when the delta stays below this"},
       {Setting::Patience, "threshold: for this many consecutive layers"},
       {Setting::AttnQueries, "attn (and query without a query): last tokens whose attention ranks the document"},
       {Setting::Pool, "query: a token scores the most attention within this many neighbours"},
       {Setting::Mix, "query: weight of the delta's rank beside the attention's (0..1)"},
+      {Setting::Then, "topk/random/attn/query: later decisions L@KEEP[/L@KEEP...], layers ascending, keep fractions (of the "
+                      "tokens eligible at the start) falling"},
+      {Setting::Decide, "topk/random/attn/query: where the first decision falls: fixed (--halt-layer) or stable (the first layer "
+                        "from --min-layer on whose top set overlaps the previous layer's by --overlap; --halt-layer at the latest)"},
+      {Setting::Overlap, "--decide stable: the fraction of the top set that must stay (0..1]"},
       {Setting::Kv, "Keys/values of halted tokens: retain or drop"},
       {Setting::Signal, "Halting signal: abs (||U||), rel (||U||/||h||), block (1-cos)"},
       {Setting::ProtectFirst, "First tokens that never halt (attention sinks)"},
@@ -69,6 +74,7 @@ nlohmann::json halting_json(const HaltingConfig& hc, int n_layer, const HaltingT
   j["flops_full"] = tr.flops_full;
   j["flops_done"] = tr.flops_done;
   j["flop_speedup"] = tr.flop_speedup();
+  j["decision_layers"] = tr.decision_layers;
   j["layer_ms"] = layer_ms;
   return j;
 }

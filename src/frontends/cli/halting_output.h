@@ -31,7 +31,8 @@ HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed,
 [[noreturn]] void fail_with_flag(const SettingError& e);
 
 // The config's JSON (HaltingConfig::to_json) with what the trace measured: n_document_tokens,
-// active_per_layer, flops_full, flops_done, flop_speedup, layer_ms.
+// active_per_layer, flops_full, flops_done, flop_speedup, decision_layers (the layers after which
+// a ranking policy decided), layer_ms.
 nlohmann::json halting_json(const HaltingConfig& hc, int n_layer, const HaltingTrace& tr, const std::vector<double>& layer_ms);
 
 // Deltas, tokens x layers: .npy (float32, NaN where a token did not run the layer) or .csv.

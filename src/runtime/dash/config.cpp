@@ -23,13 +23,16 @@ constexpr SettingInfo kSettings[] = {
     {Setting::Policy, "policy", "--halting", nullptr},
     {Setting::HaltLayer, "halt_layer", "--halt-layer", nullptr},
     {Setting::Keep, "keep", "--keep", nullptr},
-    {Setting::MinLayer, "min_layer", "--min-layer", nullptr},
+    {Setting::MinLayer, "min_layer", "--min-layer", "min"},
     {Setting::Tau, "tau", "--tau", nullptr},
     {Setting::Patience, "patience", "--patience", nullptr},
     {Setting::Seed, "seed", "--seed", "seed"},
     {Setting::AttnQueries, "attn_queries", "--attn-queries", "q"},
     {Setting::Pool, "pool", "--pool", "pool"},
     {Setting::Mix, "mix", "--mix", "mix"},
+    {Setting::Then, "then", "--then", "then"},
+    {Setting::Decide, "decide", "--decide", "decide"},
+    {Setting::Overlap, "overlap", "--overlap", "overlap"},
     {Setting::Kv, "kv_mode", "--kv", nullptr},
     {Setting::Signal, "delta_signal", "--delta", "delta"},
     {Setting::ProtectFirst, "protect_first", "--protect-first", "pf"},
@@ -48,11 +51,11 @@ constexpr Setting kCommon[] = {Setting::Kv, Setting::Signal, Setting::ProtectFir
 constexpr Setting kCommonOptions[] = {Setting::ProtectFirst, Setting::ProtectLast};
 // The order of :key=value fields in a canonical spec.
 constexpr Setting kOptionOrder[] = {Setting::Signal, Setting::ProtectFirst, Setting::ProtectLast, Setting::AttnQueries, Setting::Seed,
-                                    Setting::Pool, Setting::Mix};
+                                    Setting::Pool, Setting::Mix, Setting::Then, Setting::Decide, Setting::MinLayer, Setting::Overlap};
 // Settings that belong to some policies only: giving one to a policy that does not read it is an
 // error (the seed is shared with sampling and so not among them).
 constexpr Setting kPolicyOwn[] = {Setting::HaltLayer, Setting::Keep, Setting::MinLayer, Setting::Tau, Setting::Patience,
-                                  Setting::AttnQueries, Setting::Pool, Setting::Mix};
+                                  Setting::AttnQueries, Setting::Pool, Setting::Mix, Setting::Then, Setting::Decide, Setting::Overlap};
 
 bool contains(std::span<const Setting> set, Setting s) { return std::find(set.begin(), set.end(), s) != set.end(); }
 
@@ -70,6 +73,21 @@ int parse_int(Setting s, std::string_view v) {
   return static_cast<int>(x);
 }
 
+// "0.5@0.2/0.7@0.1": the later stages of a staged schedule ("": none).
+std::vector<HaltStage> parse_stages(std::string_view v) {
+  std::vector<HaltStage> stages;
+  for (size_t a = 0; a < v.size();) {
+    const size_t b = std::min(v.find('/', a), v.size());
+    const std::string_view item = v.substr(a, b - a);
+    const size_t at = item.find('@');
+    if (at == std::string_view::npos) fail_setting(Setting::Then, "'{}' is not LAYER@KEEP (stages: L@KEEP/L@KEEP...)", item);
+    stages.push_back({parse_number(Setting::Then, item.substr(0, at)), parse_number(Setting::Then, item.substr(at + 1))});
+    if (b == v.size() - 1) fail_setting(Setting::Then, "'{}' ends with '/'", v);
+    a = b + 1;
+  }
+  return stages;
+}
+
 }  // namespace
 
 const char* setting_name(Setting s) { return info(s).name; }
@@ -85,6 +103,14 @@ const char* delta_signal_name(DeltaSignal s) {
 }
 
 const char* kv_mode_name(KVMode m) { return m == KVMode::Retain ? "retain" : "drop"; }
+
+const char* decide_rule_name(DecideRule r) { return r == DecideRule::Fixed ? "fixed" : "stable"; }
+
+DecideRule parse_decide_rule(std::string_view s) {
+  if (s == "fixed") return DecideRule::Fixed;
+  if (s == "stable") return DecideRule::Stable;
+  fail_setting(Setting::Decide, "must be fixed or stable, got '{}'", s);
+}
 
 KVMode parse_kv_mode(std::string_view s) {
   if (s == "retain") return KVMode::Retain;
@@ -116,6 +142,9 @@ void set_setting(HaltingConfig& hc, Setting s, std::string_view v) {
     case Setting::AttnQueries: hc.attn_queries = parse_int(s, v); break;
     case Setting::Pool: hc.pool = parse_int(s, v); break;
     case Setting::Mix: hc.mix = parse_number(s, v); break;
+    case Setting::Then: hc.then = parse_stages(v); break;
+    case Setting::Decide: hc.decide = parse_decide_rule(v); break;
+    case Setting::Overlap: hc.overlap = parse_number(s, v); break;
     case Setting::Kv: hc.kv = parse_kv_mode(v); break;
     case Setting::Signal: hc.signal = parse_delta_signal(v); break;
     case Setting::ProtectFirst: hc.protect_first = parse_int(s, v); break;
@@ -135,6 +164,13 @@ std::string setting_value(const HaltingConfig& hc, Setting s) {
     case Setting::AttnQueries: return fmt::format("{}", hc.attn_queries);
     case Setting::Pool: return fmt::format("{}", hc.pool);
     case Setting::Mix: return fmt::format("{:.6g}", hc.mix);
+    case Setting::Then: {
+      std::string v;
+      for (const HaltStage& st : hc.then) v += fmt::format("{}{}@{:.6g}", v.empty() ? "" : "/", st.layer, st.keep);
+      return v;
+    }
+    case Setting::Decide: return decide_rule_name(hc.decide);
+    case Setting::Overlap: return fmt::format("{:.6g}", hc.overlap);
     case Setting::Kv: return kv_mode_name(hc.kv);
     case Setting::Signal: return delta_signal_name(hc.signal);
     case Setting::ProtectFirst: return fmt::format("{}", hc.protect_first);
@@ -143,10 +179,12 @@ std::string setting_value(const HaltingConfig& hc, Setting s) {
   return "";
 }
 
-int HaltingConfig::decision_layer(int n_layer) const {
-  const int l = halt_layer >= 1.0 ? static_cast<int>(halt_layer) : static_cast<int>(std::lround(halt_layer * n_layer));
+int layer_index(double layer, int n_layer) {
+  const int l = layer >= 1.0 ? static_cast<int>(layer) : static_cast<int>(std::lround(layer * n_layer));
   return std::clamp(l, 0, n_layer - 1);
 }
+
+int HaltingConfig::decision_layer(int n_layer) const { return layer_index(halt_layer, n_layer); }
 
 void HaltingConfig::validate(int n_layer) const {
   const PolicyInfo* p = find_halting_policy(policy);
@@ -156,7 +194,7 @@ void HaltingConfig::validate(int n_layer) const {
   // Settings whose default means "not set": setting them for a policy that does not read them is
   // a mistake wherever they come from.
   const HaltingConfig defaults;
-  for (Setting s : {Setting::Tau, Setting::Patience}) {
+  for (Setting s : {Setting::Tau, Setting::Patience, Setting::Then, Setting::Decide, Setting::Overlap}) {
     if ((!p || !p->reads(s)) && setting_value(*this, s) != setting_value(defaults, s)) {
       fail_setting(s, "does not apply to halting policy '{}'", policy);
     }
@@ -211,7 +249,7 @@ std::string HaltingConfig::spec_syntax() {
       s += fmt::format(" :{}=...", i.spec_key);
     }
   }
-  return s + ")";
+  return s + "; then=L@KEEP[/L@KEEP...]: later decisions with falling keep fractions, decide=fixed|stable)";
 }
 
 HaltingConfig HaltingConfig::parse(const std::string& spec) {
@@ -272,6 +310,21 @@ nlohmann::json HaltingConfig::to_json(int n_layer) const {
         case Setting::AttnQueries: j[setting_name(s)] = attn_queries; break;
         case Setting::Pool: j[setting_name(s)] = pool; break;
         case Setting::Mix: j[setting_name(s)] = mix; break;
+        default: j[setting_name(s)] = setting_value(*this, s); break;
+      }
+    }
+    // Options that are not parameters, where set: the later stages (as layer indices) and the
+    // rule that places the first decision.
+    const HaltingConfig defaults;
+    for (Setting s : p->options) {
+      if (contains(p->params, s) || contains(kCommon, s) || setting_value(*this, s) == setting_value(defaults, s)) continue;
+      switch (s) {
+        case Setting::Then:
+          j[setting_name(s)] = nlohmann::json::array();
+          for (const HaltStage& st : then) j[setting_name(s)].push_back({{"layer", layer_index(st.layer, n_layer)}, {"keep", st.keep}});
+          break;
+        case Setting::MinLayer: j[setting_name(s)] = min_layer; break;
+        case Setting::Overlap: j[setting_name(s)] = overlap; break;
         default: j[setting_name(s)] = setting_value(*this, s); break;
       }
     }

@@ -32,8 +32,26 @@ enum class KVMode {
 };
 const char* kv_mode_name(KVMode m);
 
+// Where a ranking policy takes its first decision.
+enum class DecideRule {
+  Fixed,   // at the decision layer
+  Stable,  // at the first layer from min_layer on whose top set by the policy's score overlaps the
+           // previous layer's by at least `overlap`; at the decision layer at the latest
+};
+const char* decide_rule_name(DecideRule r);
+
+// A later decision of a staged schedule: after `layer` (an index >= 1 or a fraction of depth < 1)
+// only `keep` of the tokens eligible at the start stay active.
+struct HaltStage {
+  double layer = 0;
+  double keep = 1;
+};
+
 // The settings, by one name each. The policy's name is a setting too.
-enum class Setting { Policy, HaltLayer, Keep, MinLayer, Tau, Patience, Seed, AttnQueries, Pool, Mix, Kv, Signal, ProtectFirst, ProtectLast };
+enum class Setting {
+  Policy, HaltLayer, Keep, MinLayer, Tau, Patience, Seed, AttnQueries, Pool, Mix, Then, Decide, Overlap, Kv, Signal, ProtectFirst,
+  ProtectLast
+};
 // "keep", "halt_layer", ...: the name in messages and JSON.
 const char* setting_name(Setting s);
 // "--keep", "--halt-layer", ...: the flag of run and bench that sets it.
@@ -57,13 +75,18 @@ struct HaltingConfig {
   std::string policy = "none";  // a registered policy (dash/policy.h) or "none"
   double halt_layer = 0.4;      // decision layer: an index (>= 1) or a fraction of depth (< 1)
   double keep = 1.0 / 3.0;      // fraction of eligible tokens that stay active
-  int min_layer = 1;            // first layer whose delta counts (per-layer policies)
+  int min_layer = 1;            // first layer whose delta counts (threshold; the stable rule: first ranked)
   double tau = -1;              // halt below this (< 0: unset)
   int patience = 0;             // consecutive layers below tau
   uint64_t seed = 0;            // random choices
   int attn_queries = 8;         // the last prompt tokens whose attention ranks the others
   int pool = 3;                 // query policy: a token's score is the largest within this many neighbours
   double mix = 0;               // query policy: weight of the delta's rank beside the attention's
+  // Ranking policies: the decisions after the first (halt_layer, keep), ascending in layer with
+  // falling keep fractions (spec option then=L@KEEP/L@KEEP...); empty: one decision.
+  std::vector<HaltStage> then;
+  DecideRule decide = DecideRule::Fixed;  // ranking policies: where the first decision falls
+  double overlap = 0.9;                   // decide=stable: the top-set overlap that counts as stable
   KVMode kv = KVMode::Retain;
   DeltaSignal signal = DeltaSignal::Abs;
   // The first tokens never halt: they are attention sinks, and dropping or freezing them costs far
@@ -77,7 +100,8 @@ struct HaltingConfig {
   // Throws SettingError for a setting in `given` (set by a user, e.g. by a flag) that the policy
   // does not read, such as a keep fraction for threshold or any policy setting without a policy.
   void check_given(std::span<const Setting> given) const;
-  // The layer index after which a single-decision policy decides.
+  // The layer index after which a single-decision policy decides (with decide=stable: at the
+  // latest).
   int decision_layer(int n_layer) const;
   // "topk(l=12,keep=0.33,retain)" and the like, for tables and logs.
   std::string describe(int n_layer) const;
@@ -92,6 +116,9 @@ struct HaltingConfig {
   nlohmann::json to_json(int n_layer) const;
 };
 
+// A layer given as an index (>= 1) or a fraction of depth (< 1), as an index in 0 .. n_layer - 1.
+int layer_index(double layer, int n_layer);
+
 // The eligibility mask of a segment of n tokens: protect_first and protect_last are 0.
 std::vector<uint8_t> halting_eligibility(const HaltingConfig& cfg, int64_t n_tokens);
 
@@ -104,5 +131,6 @@ void set_setting(HaltingConfig& hc, Setting s, std::string_view value);
 std::string setting_value(const HaltingConfig& hc, Setting s);
 KVMode parse_kv_mode(std::string_view s);
 DeltaSignal parse_delta_signal(std::string_view s);
+DecideRule parse_decide_rule(std::string_view s);
 
 }  // namespace dashlm

@@ -54,6 +54,9 @@ class HaltingPolicy {
   // After layer `layer`: returns the tokens that halt now, ascending: a subset of s.active, never
   // a protected token.
   virtual std::vector<int32_t> observe(int layer, const LayerSignals& s) = 0;
+  // After the prefill: the layers after which the policy took its decisions, where it decides for
+  // all tokens at once (one per stage of a ranking policy; empty for per-token rules).
+  virtual std::vector<int> decision_layers() const { return {}; }
   // Before begin(): the segment's last n rows are the query (they never halt), for the policies
   // that read it (PolicyInfo::reads_query); 0: no query in the segment.
   void set_query_rows(int64_t n) { query_rows_ = n; }

@@ -19,6 +19,7 @@ void HaltingTrace::reset(int64_t n, int layers) {
   active_per_layer.assign(static_cast<size_t>(layers), 0);
   delta.assign(static_cast<size_t>(n * layers), std::numeric_limits<float>::quiet_NaN());
   flops_full = flops_done = 0;
+  decision_layers.clear();
 }
 
 void TokenSets::reset(int64_t n_tokens) {
@@ -236,6 +237,11 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
       stats->layer_ms[static_cast<size_t>(il)] = ms_since(tl);
     }
     if (opt.progress) opt.progress(il + 1, L);
+  }
+
+  if (tr && policy) {
+    const std::vector<int> d = policy->decision_layers();
+    tr->decision_layers.assign(d.begin(), d.end());
   }
 
   const auto tlog = Clock::now();

@@ -33,6 +33,7 @@ struct HaltingTrace {
   std::vector<float> delta;               // n_tokens x n_layer; NaN where the token did not run
   double flops_full = 0;                  // GEMM and attention FLOPs of a full prefill
   double flops_done = 0;                  // the same, counting only what ran
+  std::vector<int32_t> decision_layers;   // the layers after which the policy decided for all tokens
 
   // Empty trace of a segment: nobody halted, no delta yet (NaN), no FLOPs.
   void reset(int64_t n, int layers);

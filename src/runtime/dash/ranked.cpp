@@ -2,19 +2,54 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 
 namespace dashlm {
 
+RankedPolicy::RankedPolicy(const HaltingConfig& cfg, int n_layer) : cfg_(cfg) {
+  stages_.push_back({cfg.decision_layer(n_layer), cfg.keep});
+  for (const HaltStage& st : cfg.then) stages_.push_back({layer_index(st.layer, n_layer), st.keep});
+}
+
+void RankedPolicy::begin(int64_t n_tokens, std::span<const uint8_t> eligible) {
+  HaltingPolicy::begin(n_tokens, eligible);
+  n_eligible_ = std::count(eligible_.begin(), eligible_.end(), uint8_t{1});
+  next_ = 0;
+  prev_top_.clear();
+  decided_.clear();
+}
+
+bool RankedPolicy::ranks_at(int layer) const {
+  if (next_ >= stages_.size()) return false;
+  if (next_ == 0 && cfg_.decide == DecideRule::Stable) return layer >= cfg_.min_layer && layer <= stages_[0].layer;
+  return layer == stages_[next_].layer;
+}
+
 std::vector<int32_t> RankedPolicy::observe(int layer, const LayerSignals& s) {
-  if (layer != layer_) return {};
+  if (!ranks_at(layer)) return {};
   // Candidates: the eligible active tokens, with their score.
   std::vector<std::pair<float, int32_t>> cand;
   for (size_t i = 0; i < s.active.size(); ++i) {
     const int32_t t = s.active[i];
     if (eligible_[static_cast<size_t>(t)]) cand.emplace_back(score(i, s), t);
   }
-  const int64_t n_keep = halting_keep_count(cfg_.keep, static_cast<int64_t>(cand.size()));
+  // A fraction of the tokens eligible at the start; earlier decisions kept at least as many.
+  const int64_t n_keep = std::min<int64_t>(halting_keep_count(stages_[next_].keep, n_eligible_), static_cast<int64_t>(cand.size()));
   rank(cand);
+  if (next_ == 0 && cfg_.decide == DecideRule::Stable && layer < stages_[0].layer) {
+    // Decide here once the top set overlaps the previous layer's by `overlap` (the first layer of
+    // the window only sets the reference).
+    std::vector<int32_t> top;
+    for (size_t i = 0; i < static_cast<size_t>(n_keep); ++i) top.push_back(cand[i].second);
+    std::sort(top.begin(), top.end());
+    std::vector<int32_t> common;
+    std::set_intersection(top.begin(), top.end(), prev_top_.begin(), prev_top_.end(), std::back_inserter(common));
+    const bool stable = layer > cfg_.min_layer && static_cast<double>(common.size()) >= cfg_.overlap * static_cast<double>(n_keep) - 1e-9;
+    prev_top_.swap(top);
+    if (!stable) return {};
+  }
+  ++next_;
+  decided_.push_back(layer);
   std::vector<int32_t> halt;
   for (size_t i = static_cast<size_t>(n_keep); i < cand.size(); ++i) halt.push_back(cand[i].second);
   std::sort(halt.begin(), halt.end());
@@ -26,17 +61,63 @@ void RankedPolicy::rank(std::vector<std::pair<float, int32_t>>& cand) const {
   std::stable_sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
 }
 
+namespace {
+
+void check_layer(Setting s, double l, int n_layer) {
+  if (!(l >= 0.0) || (l >= 1.0 && l != std::floor(l))) fail_setting(s, "must be a layer index or a fraction in [0, 1), got {}", l);
+  if (l >= 1.0 && l > n_layer - 1) fail_setting(s, "{} is outside the model (layers 0..{})", l, n_layer - 1);
+}
+
+}  // namespace
+
 void validate_ranked(const HaltingConfig& hc, int n_layer) {
   if (!(hc.keep > 0.0 && hc.keep <= 1.0)) fail_setting(Setting::Keep, "must be in (0, 1], got {}", hc.keep);
-  const double l = hc.halt_layer;
-  if (!(l >= 0.0) || (l >= 1.0 && l != std::floor(l))) {
-    fail_setting(Setting::HaltLayer, "must be a layer index or a fraction in [0, 1), got {}", l);
+  check_layer(Setting::HaltLayer, hc.halt_layer, n_layer);
+  // Later stages: each a layer after the one before with a smaller keep fraction.
+  int layer = hc.decision_layer(n_layer);
+  double keep = hc.keep;
+  for (const HaltStage& st : hc.then) {
+    check_layer(Setting::Then, st.layer, n_layer);
+    const int l = layer_index(st.layer, n_layer);
+    if (l <= layer) fail_setting(Setting::Then, "stages must ascend in layer: {} is layer {}, not after layer {}", st.layer, l, layer);
+    if (!(st.keep > 0.0 && st.keep <= 1.0)) fail_setting(Setting::Then, "keep fractions must be in (0, 1], got {}", st.keep);
+    if (!(st.keep < keep)) fail_setting(Setting::Then, "keep fractions must fall from stage to stage: {} after {}", st.keep, keep);
+    layer = l;
+    keep = st.keep;
   }
-  if (l >= 1.0 && l > n_layer - 1) fail_setting(Setting::HaltLayer, "{} is outside the model (layers 0..{})", l, n_layer - 1);
+  const HaltingConfig defaults;
+  if (hc.decide == DecideRule::Stable) {
+    if (hc.min_layer < 0 || hc.min_layer >= hc.decision_layer(n_layer)) {
+      fail_setting(Setting::MinLayer, "must be in 0..{} (below the decision layer, the stable rule's last), got {}", hc.decision_layer(n_layer) - 1,
+                   hc.min_layer);
+    }
+    if (!(hc.overlap > 0.0 && hc.overlap <= 1.0)) fail_setting(Setting::Overlap, "must be in (0, 1], got {}", hc.overlap);
+  } else {
+    if (hc.min_layer != defaults.min_layer) fail_setting(Setting::MinLayer, "applies to {} only with decide=stable", hc.policy);
+    if (hc.overlap != defaults.overlap) fail_setting(Setting::Overlap, "applies only with decide=stable");
+  }
+}
+
+std::vector<Setting> ranked_options(std::initializer_list<Setting> own) {
+  std::vector<Setting> o(own);
+  o.insert(o.end(), {Setting::Then, Setting::Decide, Setting::MinLayer, Setting::Overlap});
+  return o;
+}
+
+std::string ranked_schedule(const HaltingConfig& hc, int n_layer) {
+  std::string l = hc.decide == DecideRule::Stable
+                      ? fmt::format("stable({}-{},{:g})", hc.min_layer, hc.decision_layer(n_layer), hc.overlap)
+                      : fmt::format("{}", hc.decision_layer(n_layer));
+  std::string k = fmt::format("{:.2f}", hc.keep);
+  for (const HaltStage& st : hc.then) {
+    l += fmt::format("/{}", layer_index(st.layer, n_layer));
+    k += fmt::format("/{:.2f}", st.keep);
+  }
+  return fmt::format("l={},keep={}", l, k);
 }
 
 std::string describe_ranked(const HaltingConfig& hc, int n_layer) {
-  return fmt::format("{}(l={},keep={:.2f},{})", hc.policy, hc.decision_layer(n_layer), hc.keep, kv_mode_name(hc.kv));
+  return fmt::format("{}({},{})", hc.policy, ranked_schedule(hc, n_layer), kv_mode_name(hc.kv));
 }
 
 }  // namespace dashlm

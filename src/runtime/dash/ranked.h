@@ -1,7 +1,12 @@
-// The base of the policies that decide once, at one layer, which tokens stay: the `keep`
-// fraction of the eligible active tokens ranked highest by the policy's score. topk, random and
-// attn are this with different scores.
+// The base of the policies that keep the eligible active tokens ranked highest by the policy's
+// score: topk, random, attn and query are this with different scores. Its schedule is one
+// decision (halt_layer, keep) or several (then=L@KEEP/...: each later decision keeps a smaller
+// fraction of the tokens eligible at the start, ranking only the tokens still active); the first
+// decision falls at the decision layer, or with decide=stable at the first layer from min_layer on
+// where the policy's top set stops changing (overlap with the previous layer's), at the decision
+// layer at the latest.
 #pragma once
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,10 +17,20 @@ namespace dashlm {
 
 class RankedPolicy : public HaltingPolicy {
  public:
-  RankedPolicy(const HaltingConfig& cfg, int n_layer) : cfg_(cfg), layer_(cfg.decision_layer(n_layer)) {}
+  RankedPolicy(const HaltingConfig& cfg, int n_layer);
+  void begin(int64_t n_tokens, std::span<const uint8_t> eligible) override;
   std::vector<int32_t> observe(int layer, const LayerSignals& s) override;
+  std::vector<int> decision_layers() const override { return decided_; }
 
  protected:
+  // Whether observe() ranks the tokens after this layer (and so reads the policy's signal there):
+  // at the next decision's layer, or with decide=stable at every layer of its window until the
+  // first decision.
+  bool ranks_at(int layer) const;
+  // One decision at a fixed layer: the schedule an executor may apply itself (topk_rule).
+  bool single_fixed_decision() const { return stages_.size() == 1 && cfg_.decide == DecideRule::Fixed; }
+  // The layer of the first decision (with decide=stable: the latest).
+  int first_layer() const { return stages_.front().layer; }
   // The score of active token s.active[i] (higher: more worth keeping).
   virtual float score(size_t i, const LayerSignals& s) const = 0;
   // Puts the (score, token) candidates in the order of preference; default: largest score
@@ -23,12 +38,26 @@ class RankedPolicy : public HaltingPolicy {
   virtual void rank(std::vector<std::pair<float, int32_t>>& cand) const;
 
   HaltingConfig cfg_;
-  int layer_;
+
+ private:
+  struct Stage {
+    int layer;
+    double keep;
+  };
+  std::vector<Stage> stages_;     // ascending layers and falling keep fractions
+  size_t next_ = 0;               // the next decision
+  int64_t n_eligible_ = 0;        // at the start of the prefill
+  std::vector<int32_t> prev_top_; // decide=stable: the previous layer's top set, ascending
+  std::vector<int> decided_;      // the layers of the decisions taken
 };
 
 // The settings every ranked policy reads: decision layer and keep fraction (spec fields
-// L:KEEP[:KV]).
+// L:KEEP[:KV]), the later stages, the decide rule (with min_layer and overlap).
 void validate_ranked(const HaltingConfig& hc, int n_layer);
+// A ranked policy's spec options: its own, then the schedule's (then, decide, min, overlap).
+std::vector<Setting> ranked_options(std::initializer_list<Setting> own);
+// "l=12,keep=0.33", "l=6/12,keep=0.50/0.20", "l=stable(2-6,0.9)/12,keep=0.50/0.20".
+std::string ranked_schedule(const HaltingConfig& hc, int n_layer);
 // "name(l=12,keep=0.33,retain)".
 std::string describe_ranked(const HaltingConfig& hc, int n_layer);
 

@@ -9,7 +9,7 @@ namespace {
 class AttnPolicy final : public RankedPolicy {
  public:
   using RankedPolicy::RankedPolicy;
-  int attention_rows(int layer) const override { return layer == layer_ ? cfg_.attn_queries : 0; }
+  int attention_rows(int layer) const override { return ranks_at(layer) ? cfg_.attn_queries : 0; }
 
  private:
   float score(size_t i, const LayerSignals& s) const override { return s.attention_received[static_cast<size_t>(s.active[i])]; }
@@ -26,7 +26,7 @@ const PolicyInfo& policy_attn() {
   static const PolicyInfo info{
       "attn", "keep the tokens the last rows attend to most",
       {Setting::HaltLayer, Setting::Keep, Setting::Kv}, 2,
-      {Setting::Signal, Setting::AttnQueries},
+      ranked_options({Setting::Signal, Setting::AttnQueries}),
       {Setting::HaltLayer, Setting::Keep, Setting::AttnQueries},
       validate_attn, describe_ranked,
       [](const HaltingConfig& hc, int n_layer) -> std::unique_ptr<HaltingPolicy> { return std::make_unique<AttnPolicy>(hc, n_layer); }};

@@ -18,13 +18,13 @@ class QueryPolicy final : public RankedPolicy {
  public:
   using RankedPolicy::RankedPolicy;
   int attention_rows(int layer) const override {
-    if (layer != layer_) return 0;
+    if (!ranks_at(layer)) return 0;
     return query_rows_ > 0 ? static_cast<int>(query_rows_) : cfg_.attn_queries;
   }
-  bool wants_signal(int layer) const override { return layer == layer_ && cfg_.mix > 0; }
+  bool wants_signal(int layer) const override { return ranks_at(layer) && cfg_.mix > 0; }
 
   std::vector<int32_t> observe(int layer, const LayerSignals& s) override {
-    if (layer != layer_) return {};
+    if (!ranks_at(layer)) return {};
     const size_t n = s.attention_received.size();
     // Attention received, max-pooled over the neighbourhood.
     std::vector<float> pooled(n, 0.f);
@@ -67,7 +67,7 @@ void validate_query(const HaltingConfig& hc, int n_layer) {
 }
 
 std::string describe_query(const HaltingConfig& hc, int n_layer) {
-  std::string s = fmt::format("query(l={},keep={:.2f},pool={}", hc.decision_layer(n_layer), hc.keep, hc.pool);
+  std::string s = fmt::format("query({},pool={}", ranked_schedule(hc, n_layer), hc.pool);
   if (hc.mix > 0) s += fmt::format(",mix={:g}", hc.mix);
   return s + "," + kv_mode_name(hc.kv) + ")";
 }
@@ -78,7 +78,7 @@ const PolicyInfo& policy_query() {
   static const PolicyInfo info{
       "query", "keep the tokens the query attends to most (and their neighbours)",
       {Setting::HaltLayer, Setting::Keep, Setting::Kv}, 2,
-      {Setting::Signal, Setting::AttnQueries, Setting::Pool, Setting::Mix},
+      ranked_options({Setting::Signal, Setting::AttnQueries, Setting::Pool, Setting::Mix}),
       {Setting::HaltLayer, Setting::Keep, Setting::Pool, Setting::Mix, Setting::AttnQueries},
       validate_query, describe_query,
       [](const HaltingConfig& hc, int n_layer) -> std::unique_ptr<HaltingPolicy> { return std::make_unique<QueryPolicy>(hc, n_layer); },

@@ -27,7 +27,7 @@ const PolicyInfo& policy_random() {
   static const PolicyInfo info{
       "random", "keep a seeded random choice of tokens",
       {Setting::HaltLayer, Setting::Keep, Setting::Kv}, 2,
-      {Setting::Signal, Setting::Seed},
+      ranked_options({Setting::Signal, Setting::Seed}),
       {Setting::HaltLayer, Setting::Keep, Setting::Seed},
       validate_ranked, describe_ranked,
       [](const HaltingConfig& hc, int n_layer) -> std::unique_ptr<HaltingPolicy> { return std::make_unique<RandomPolicy>(hc, n_layer); }};

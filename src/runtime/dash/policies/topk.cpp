@@ -13,14 +13,17 @@ namespace {
 class TopKPolicy final : public RankedPolicy {
  public:
   using RankedPolicy::RankedPolicy;
-  bool wants_signal(int layer) const override { return layer == layer_; }
-  std::optional<TopK> topk_rule() const override { return TopK{layer_, cfg_.keep}; }
+  bool wants_signal(int layer) const override { return ranks_at(layer); }
+  std::optional<TopK> topk_rule() const override {
+    return single_fixed_decision() ? std::optional<TopK>(TopK{first_layer(), cfg_.keep}) : std::nullopt;
+  }
 
  private:
   float score(size_t i, const LayerSignals& s) const override { return s.signal[i]; }
 };
 
-// Decision layers at 0.2 .. 0.8 of the depth, keep fractions from 1/5 to 4/5.
+// Decision layers at 0.2 .. 0.8 of the depth, keep fractions from 1/5 to 4/5; and a few staged
+// schedules (a first cut early, a deeper one later) at similar budgets.
 std::vector<HaltingConfig> topk_grid(const HaltingConfig& base, int n_layer, const PolicyInfo::Quantile&) {
   std::set<int> layers;
   for (double f : {0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8}) layers.insert(std::clamp(static_cast<int>(std::lround(f * n_layer)), 1, n_layer - 1));
@@ -34,6 +37,18 @@ std::vector<HaltingConfig> topk_grid(const HaltingConfig& base, int n_layer, con
       grid.push_back(c);
     }
   }
+  const double staged[][4] = {{0.25, 0.5, 0.5, 0.2}, {0.2, 0.67, 0.4, 0.33}, {0.3, 0.5, 0.6, 0.25}, {0.4, 0.5, 0.7, 0.2}};
+  for (const auto& s : staged) {
+    const int l0 = std::clamp(static_cast<int>(std::lround(s[0] * n_layer)), 1, n_layer - 1);
+    const int l1 = std::clamp(static_cast<int>(std::lround(s[2] * n_layer)), 1, n_layer - 1);
+    if (l1 <= l0) continue;  // too few layers to stage
+    HaltingConfig c = base;
+    c.policy = "topk";
+    c.halt_layer = l0;
+    c.keep = s[1];
+    c.then = {{static_cast<double>(l1), s[3]}};
+    grid.push_back(c);
+  }
   return grid;
 }
 
@@ -43,7 +58,7 @@ const PolicyInfo& policy_topk() {
   static const PolicyInfo info{
       "topk", "keep the tokens whose update at the decision layer was largest",
       {Setting::HaltLayer, Setting::Keep, Setting::Kv}, 2,
-      {Setting::Signal},
+      ranked_options({Setting::Signal}),
       {Setting::HaltLayer, Setting::Keep},
       validate_ranked, describe_ranked,
       [](const HaltingConfig& hc, int n_layer) -> std::unique_ptr<HaltingPolicy> { return std::make_unique<TopKPolicy>(hc, n_layer); },
