@@ -73,7 +73,7 @@ TEST(ServerApi, StopStringsAcrossPieces) {
   std::string out;
   for (const char* p : {"ab", "xy", "cS", "TO", "P", "def"}) out += m.push(p);
   EXPECT_TRUE(m.stopped());
-  EXPECT_EQ(out, "abxycS");
+  EXPECT_EQ(out, "abxyc");
   server::StopMatcher n({"END"});
   std::string o2 = n.push("the E");
   o2 += n.push("N");

@@ -93,15 +93,23 @@ DashRequest dash_request(const json& v) {
     return d;
   }
   if (!v.is_object()) bad_request("invalid_type", fmt::format("'dash' is {}, expected a string or an object", json_describe(v)));
-  static constexpr Setting kSettings[] = {Setting::Policy,   Setting::HaltLayer,   Setting::Keep, Setting::MinLayer,
-                                          Setting::Tau,      Setting::Patience,    Setting::AttnQueries, Setting::Pool,
-                                          Setting::Mix,      Setting::Kv,          Setting::Signal, Setting::ProtectFirst,
-                                          Setting::ProtectLast};
+  // A setting by its name ("kv_mode") or its flag's ("kv" for --kv); the seed is the server's.
+  auto find = [](const std::string& key) -> std::optional<Setting> {
+    for (int i = 0; i <= static_cast<int>(Setting::ProtectLast); ++i) {
+      const auto s = static_cast<Setting>(i);
+      if (s == Setting::Seed) continue;
+      std::string flag = std::string(setting_flag(s)).substr(2);
+      std::replace(flag.begin(), flag.end(), '-', '_');
+      if (key == setting_name(s) || key == flag) return s;
+    }
+    return std::nullopt;
+  };
   for (const auto& [key, value] : v.items()) {
-    const Setting* s = std::find_if(std::begin(kSettings), std::end(kSettings), [&](Setting x) { return key == setting_name(x); });
-    if (s == std::end(kSettings)) {
+    const std::optional<Setting> s = find(key);
+    if (!s) {
       std::string names;
-      for (Setting x : kSettings) names += std::string(names.empty() ? "" : ", ") + setting_name(x);
+      for (int i = 0; i <= static_cast<int>(Setting::ProtectLast); ++i)
+        if (static_cast<Setting>(i) != Setting::Seed) names += std::string(names.empty() ? "" : ", ") + setting_name(static_cast<Setting>(i));
       bad_request("invalid_value", fmt::format("'dash' has an unknown setting '{}' (settings: {})", key, names));
     }
     std::string text;

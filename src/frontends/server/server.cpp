@@ -336,9 +336,14 @@ void App::routes(httplib::Server& svr) {
   svr.set_payload_max_length(o_.max_body_bytes);
   // Every response of 400 and above without a body gets an OpenAI error object (404 for unknown
   // paths, 413 for a body over the limit, ...).
-  svr.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& r) {
+  svr.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& q, httplib::Response& r) {
     if (!r.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    // The HTTP library limits form-encoded bodies (curl's and urllib's default content type) to
+    // 8 KiB on its own.
+    const bool form = q.get_header_value("Content-Type").starts_with("application/x-www-form-urlencoded");
     const std::string msg = r.status == 404   ? "no such endpoint"
+                            : r.status == 413 && form
+                                ? "a body sent as application/x-www-form-urlencoded may hold 8192 bytes: send it with 'Content-Type: application/json'"
                             : r.status == 413 ? fmt::format("the request body is larger than {} bytes", o_.max_body_bytes)
                                               : fmt::format("HTTP {}", r.status);
     const std::string code = r.status == 404 ? "not_found" : r.status == 413 ? "payload_too_large" : "http_error";
