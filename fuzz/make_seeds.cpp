@@ -2,7 +2,7 @@
 // types, v2 and v3, other alignments), small safetensors files, Hugging Face config.json and
 // tokenizer.json files of every architecture and form the loader reads, and eval resume files,
 // so that fuzzing starts from inputs that reach deep into the parsers.
-//   usage: fuzz_seeds OUT_DIR   (creates OUT_DIR/gguf, safetensors, hf_config, hf_tokenizer and resume)
+//   usage: fuzz_seeds OUT_DIR   (creates OUT_DIR/gguf, safetensors, hf_config, hf_tokenizer, resume and server_request)
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -213,5 +213,17 @@ int main(int argc, char** argv) {
   write_text(out / "resume" / "garbage.jsonl", a + "\n{\"task\": \n\r\n" + c + "\r\n" + nan.dump() + "\n");
   write_text(out / "resume" / "one.jsonl", c);
   write_text(out / "resume" / "deep.jsonl", a + "\n" + deep + "\n" + c + "\n");
+
+  // Server requests: the first byte picks the endpoint (even: chat, odd: completions).
+  fs::create_directories(out / "server_request");
+  write_text(out / "server_request" / "chat.json",
+             "0" + json({{"model", "m"}, {"messages", {{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", "hi"}}}},
+                         {"max_tokens", 8}, {"temperature", 0}, {"stream", true}, {"stop", {"END"}},
+                         {"dash", {{"policy", "query"}, {"keep", 0.2}, {"kv", "drop"}}}}).dump());
+  write_text(out / "server_request" / "chat_parts.json",
+             "0" + json({{"messages", {{{"role", "user"}, {"content", {{{"type", "text"}, {"text", "a"}}}}}}}, {"dash", "topk:0.4:0.33:drop"}}).dump());
+  write_text(out / "server_request" / "completion.json",
+             "1" + json({{"prompt", "Once upon a time"}, {"max_completion_tokens", 4}, {"seed", -1}, {"top_p", 0.9},
+                         {"dash", {{"policy", "topk"}, {"halt_layer", 0.25}, {"keep", 0.5}, {"then", "0.5@0.2"}}}}).dump());
   return 0;
 }
