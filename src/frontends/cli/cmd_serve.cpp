@@ -37,7 +37,11 @@ int serve(ServeFlags& f) {
     fmt::print(stderr, "warning: --ctx {} is more than the {} tokens the model was trained for\n", o.ctx, model->hp().n_ctx_train);
   }
   o.halting = resolve_halting(f.halting, model->hp().n_layer, o.seed, o.model_path);
+#ifdef DASHLM_NO_SERVER
+  fail("this build has no server: build with cpp-httplib (Debian: libcpp-httplib-dev)");
+#else
   return server::serve(o, *model);
+#endif
 }
 
 }  // namespace
