@@ -1,7 +1,8 @@
 """The chat page of dashlm serve in a real browser: headless Chromium driven by selenium types a
 message, waits for the answer and checks it is the model's greedy answer with its statistics and
 halting map. With DASHLM_SCREENSHOT=FILE.png (and optionally DASHLM_PAGE_MODEL=GGUF,
-DASHLM_PAGE_PROMPT=FILE) it also saves a screenshot of the page."""
+DASHLM_PAGE_DOC=FILE, the document, DASHLM_PAGE_QUESTION=TEXT) it also saves a screenshot of the
+page."""
 import os
 import shutil
 import sys
@@ -37,10 +38,11 @@ def main():
     model = os.environ.get("DASHLM_PAGE_MODEL")
     mflags = ["-m", model, "-t", "2"] if model else ["-m", os.path.join(stories, "stories260K.bin"), "--tokenizer",
                                                        os.path.join(stories, "tok512.bin"), "-t", "2"]
-    message = "Once upon a time"
-    if os.environ.get("DASHLM_PAGE_PROMPT"):
-        with open(os.environ["DASHLM_PAGE_PROMPT"]) as f:
-            message = f.read()
+    message = os.environ.get("DASHLM_PAGE_QUESTION", "Once upon a time")
+    doc = ""
+    if os.environ.get("DASHLM_PAGE_DOC"):
+        with open(os.environ["DASHLM_PAGE_DOC"]) as f:
+            doc = f.read()
     want = None if model else run(binary, "run", *mflags, "-p", message, "-n", "24", "-q").stdout.decode().strip()
 
     srv = Server(binary, *mflags, "--halting", "topk", "--halt-layer", "2", "--keep", "0.3")
@@ -53,11 +55,14 @@ def main():
         mx.send_keys("24")
         if model:
             Select(drv.find_element(By.ID, "dash")).select_by_value("query")
+        if doc:
+            drv.execute_script("arguments[0].value = arguments[1];", drv.find_element(By.ID, "doc"), doc)
         box = drv.find_element(By.ID, "msg")
         drv.execute_script("arguments[0].value = arguments[1];", box, message[:-1])
         box.send_keys(message[-1])  # typed: the page reads what the box holds
         drv.find_element(By.ID, "send").click()
-        answer = WebDriverWait(drv, 300).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant[data-done='1']"))[0]
+        answer = WebDriverWait(drv, 300).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant[data-done]"))[0]
+        assert answer.get_attribute("data-done") == "1", answer.text
         stats = answer.find_element(By.CLASS_NAME, "stats").text
         assert "prefill" in stats and "halted" in stats and "cached" in stats, stats
         assert answer.find_elements(By.CSS_SELECTOR, ".map svg"), "no halting map"

@@ -224,7 +224,8 @@ HaltingConfig resolve_dash(const DashRequest& d, const HaltingConfig& server_def
   if (!d.given) return server_default;
   try {
     if (!d.spec.empty()) {
-      if (d.spec == "auto") return resolve_halting_settings({{Setting::Policy, "auto"}}, n_layer, seed, model_path);
+      // A bare name is the policy with its default settings ("auto": the calibrated one).
+      if (d.spec.find(':') == std::string::npos) return resolve_halting_settings({{Setting::Policy, d.spec}}, n_layer, seed, model_path);
       HaltingConfig hc = HaltingConfig::parse(d.spec);
       hc.seed = seed;
       hc.validate(n_layer);
