@@ -127,8 +127,7 @@ DashRequest dash_request(const json& v) {
   return d;
 }
 
-GenerationRequest parse_fields(Endpoint e, const json& body) {
-  const JsonObject o(body, "request");
+GenerationRequest parse_fields(Endpoint e, const JsonObject& o) {
   GenerationRequest r;
   r.endpoint = e;
   refuse_unsupported(o, e);
@@ -203,7 +202,7 @@ GenerationRequest parse_fields(Endpoint e, const json& body) {
 
 }  // namespace
 
-GenerationRequest parse_generation_request(Endpoint e, std::string_view body) {
+void read_request_object(std::string_view body, const std::function<void(const JsonObject&)>& read) {
   json j;
   try {
     j = parse_json(body, "request body");
@@ -211,12 +210,18 @@ GenerationRequest parse_generation_request(Endpoint e, std::string_view body) {
     throw ApiError(400, "invalid_request_error", "invalid_json", err.what());
   }
   try {
-    return parse_fields(e, j);
+    read(JsonObject(j, "request"));
   } catch (const ApiError&) {
     throw;
   } catch (const Error& err) {
     bad_request("invalid_value", err.what());
   }
+}
+
+GenerationRequest parse_generation_request(Endpoint e, std::string_view body) {
+  GenerationRequest r;
+  read_request_object(body, [&](const JsonObject& o) { r = parse_fields(e, o); });
+  return r;
 }
 
 HaltingConfig resolve_dash(const DashRequest& d, const HaltingConfig& server_default, int n_layer, uint64_t seed,

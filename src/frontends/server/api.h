@@ -3,6 +3,7 @@
 // Nothing here does HTTP or runs a model, so the parsing is fuzzed on its own.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/json.h"
 #include "model/chat.h"
 #include "runtime/dash/config.h"
 #include "runtime/sampler.h"
@@ -55,6 +57,11 @@ struct GenerationRequest {
   DashRequest dash;
   bool halting_map = false;           // return the prefill's halting map (SVG) in "dashlm"
 };
+
+// Parses a request body as one JSON object and hands it to `read`: malformed JSON is a 400
+// invalid_json, any other dashlm::Error that `read` throws (a missing key, a wrong type) a 400
+// invalid_value.
+void read_request_object(std::string_view body, const std::function<void(const JsonObject&)>& read);
 
 // Parses and checks a request body; throws ApiError (400) naming the field. Settings of the
 // "dash" field are parsed by the halting config's own parser only when resolved (resolve_dash).

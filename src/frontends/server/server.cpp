@@ -382,36 +382,15 @@ void App::routes(httplib::Server& svr) {
     r.set_content(metrics_.text(pool_.running(), pool_.waiting(), pool_.size()), "text/plain; version=0.0.4");
   });
   svr.Post("/tokenize", guarded([this](const auto& q, auto& r) {
-    const json body = [&] {
-      try {
-        return parse_json(q.body, "request body");
-      } catch (const Error& e) {
-        throw ApiError(400, "invalid_request_error", "invalid_json", e.what());
-      }
-    }();
     std::vector<int32_t> ids;
-    try {
-      const JsonObject o(body, "request");
-      const Tokenizer& tok = model_.tokenizer();
-      ids = tok.encode(o.string("content"), o.boolean_or("add_special", false), o.boolean_or("parse_special", true));
-    } catch (const ApiError&) {
-      throw;
-    } catch (const Error& e) {
-      bad_request("invalid_value", e.what());
-    }
+    read_request_object(q.body, [&](const JsonObject& o) {
+      ids = model_.tokenizer().encode(o.string("content"), o.boolean_or("add_special", false), o.boolean_or("parse_special", true));
+    });
     r.set_content(dump({{"tokens", ids}}), "application/json");
   }));
   svr.Post("/detokenize", guarded([this](const auto& q, auto& r) {
-    const json body = [&] {
-      try {
-        return parse_json(q.body, "request body");
-      } catch (const Error& e) {
-        throw ApiError(400, "invalid_request_error", "invalid_json", e.what());
-      }
-    }();
     std::vector<int32_t> ids;
-    try {
-      const JsonObject o(body, "request");
+    read_request_object(q.body, [&](const JsonObject& o) {
       const json& a = o.array("tokens");
       const int32_t n_vocab = model_.tokenizer().n_vocab();
       for (size_t i = 0; i < a.size(); ++i) {
@@ -420,11 +399,7 @@ void App::routes(httplib::Server& svr) {
         }
         ids.push_back(a[i].get<int32_t>());
       }
-    } catch (const ApiError&) {
-      throw;
-    } catch (const Error& e) {
-      bad_request("invalid_value", e.what());
-    }
+    });
     r.set_content(dump({{"content", model_.tokenizer().decode(ids)}}), "application/json");
   }));
   svr.Get("/", [](const auto&, auto& r) { r.set_content(kServerPage, "text/html; charset=utf-8"); });
