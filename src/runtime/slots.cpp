@@ -64,8 +64,7 @@ int64_t Slot::common_prefix(std::span<const int32_t> prompt) const {
 int64_t Slot::reuse(std::span<const int32_t> prompt) {
   const int64_t keep = std::min<int64_t>(common_prefix(prompt), static_cast<int64_t>(prompt.size()) - 1);
   const int64_t n = std::max<int64_t>(0, keep);
-  truncate(n);
-  tokens_.resize(static_cast<size_t>(n));
+  truncate(n);  // also cuts tokens_ to n
   return n;
 }
 
