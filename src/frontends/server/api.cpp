@@ -110,7 +110,7 @@ DashRequest dash_request(const json& v) {
       std::string names;
       for (int i = 0; i <= static_cast<int>(Setting::ProtectLast); ++i)
         if (static_cast<Setting>(i) != Setting::Seed) names += std::string(names.empty() ? "" : ", ") + setting_name(static_cast<Setting>(i));
-      bad_request("invalid_value", fmt::format("'dash' has an unknown setting '{}' (settings: {})", key, names));
+      bad_request("invalid_value", fmt::format("'dash' has an unknown setting {} (settings: {})", json_describe(json(key)), names));
     }
     std::string text;
     if (value.is_string()) {
