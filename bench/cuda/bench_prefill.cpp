@@ -218,38 +218,59 @@ HaltingConfig dash_topk(KVMode kv) {
   return hc;
 }
 
-// Decoding after a prompt of T tokens, n steps, with plain launches and replaying the CUDA graph:
-// median of three timed passes each.
-json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n) {
+// Decoding after a prompt of T tokens: one prefill, then n steps replayed from the CUDA graph with
+// the split-over-keys attention and with the unsplit one, alternating, three times each (the
+// cache grows by a few hundred tokens over the passes); medians. The bound: the bytes one step
+// must read (every weight once, the K and V of every cached token once) at the copy rate
+// measured in this run.
+json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double copy_gbs) {
   const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, 7);
   const double weight_bytes = 2.0 * static_cast<double>(hp.n_layer) *
                                   static_cast<double>(hp.n_embd * (hp.q_dim() + 2 * hp.kv_dim()) + hp.n_embd * hp.q_dim() +
                                                       3 * hp.n_embd * hp.n_ff) +
                               2.0 * static_cast<double>(hp.n_vocab * hp.n_embd);
+  const double kv_bytes = 2.0 * 2.0 * static_cast<double>(hp.n_layer) * static_cast<double>(T) * static_cast<double>(hp.kv_dim());
+  const double bound_ms = (weight_bytes + kv_bytes) / (copy_gbs * 1e9) * 1e3;
   json j;
   j["T"] = T;
   j["steps"] = n;
-  std::printf("| decode after %ld tokens, %d steps | ms/token | tok/s | weights GB/s |\n|---|---|---|---|\n", static_cast<long>(T), n);
-  for (bool graphs : {false, true}) {
-    e.set_cuda_graphs(graphs);
-    std::vector<double> per;
-    for (int pass = 0; pass < 3; ++pass) {
-      e.reset();
-      e.prefill(toks);
-      e.decode(1);
-      e.decode(2);  // the graph is recorded here
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < n; ++i) e.decode(static_cast<int32_t>(3 + i));
-      per.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
-    }
-    std::sort(per.begin(), per.end());
-    const double ms = per[1];
-    std::printf("| %s | %.3f | %.1f | %.0f |\n", graphs ? "CUDA graph" : "plain launches", ms, 1e3 / ms, weight_bytes / (ms * 1e-3) / 1e9);
-    j[graphs ? "graph_ms" : "plain_ms"] = ms;
+  j["weight_bytes"] = weight_bytes;
+  j["kv_bytes"] = kv_bytes;
+  j["bound_ms"] = bound_ms;
+  e.reset();
+  e.prefill(toks);
+  std::vector<double> per[2];
+  for (int pass = 0; pass < 6; ++pass) {
+    const bool split = pass % 2 == 0;
+    cu::set_split_decode_enabled(split);
+    e.set_cuda_graphs(true);  // drops the graph: recorded anew with this attention
+    e.decode(1);
+    e.decode(2);  // the graph is recorded here
+    cu::synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; ++i) e.decode(static_cast<int32_t>(3 + i));
+    per[split ? 1 : 0].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
   }
-  std::printf("\n");
-  e.set_cuda_graphs(true);
+  cu::set_split_decode_enabled(true);
+  for (auto& v : per) std::sort(v.begin(), v.end());
+  const double split_ms = per[1][1], unsplit_ms = per[0][1];
+  std::printf("| %ld | %.3f | %.3f | %.3f | %.2fx | %.2fx | %.0f |\n", static_cast<long>(T), bound_ms, split_ms, unsplit_ms,
+              split_ms / bound_ms, unsplit_ms / split_ms, (weight_bytes + kv_bytes) / (split_ms * 1e-3) / 1e9);
+  std::fflush(stdout);
+  j["split_ms"] = split_ms;
+  j["unsplit_ms"] = unsplit_ms;
+  j["split_x_bound"] = split_ms / bound_ms;
   return j;
+}
+
+// Device-to-device copy rate in GB/s, counting the bytes read and written (the bandwidth bound
+// of the decode table), median of 10 copies of 2 GiB.
+double copy_rate_gbs() {
+  const size_t bytes = size_t{2} << 30;
+  cu::DeviceBuffer<uint8_t> a(bytes), b(bytes);
+  cu::fill_bytes(a.get(), 1, bytes);
+  const double ms = time_ms(10, true, [&] { cu::copy_on_device(b.get(), a.get(), bytes); });
+  return 2.0 * static_cast<double>(bytes) / (ms * 1e-3) / 1e9;
 }
 
 #if DASHLM_HAVE_CUPTI
@@ -362,6 +383,8 @@ int main(int argc, char** argv) {
   bool dash = true, kernels = true, own_attention = false;
   int64_t stages_T = 32768;
   int decode_n = 32;
+  std::vector<int64_t> decode_at;
+  bool prefill_table = true;
   int64_t trace_T = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -381,9 +404,11 @@ int main(int argc, char** argv) {
     else if (a == "--own-attention") own_attention = true;
     else if (a == "--stages") stages_T = std::stoll(next());
     else if (a == "--decode") decode_n = std::stoi(next());
+    else if (a == "--decode-at") decode_at = parse_list(next());
+    else if (a == "--no-prefill") prefill_table = false;
     else if (a == "--kernel-trace") trace_T = std::stoll(next());
     else {
-      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)] [--decode N (0: off)] [--kernel-trace T]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)] [--decode N (0: off)] [--decode-at T1,T2,... (default: the first length)] [--no-prefill] [--kernel-trace T]\n", argv[0]);
       return 2;
     }
   }
@@ -494,6 +519,7 @@ int main(int argc, char** argv) {
   std::printf("models' dense attention: %s\n\n", cudnn && !own_attention ? "cuDNN" : "dashlm's kernel");
   out["model_attention"] = cudnn && !own_attention ? "cudnn" : "dashlm";
 
+  double copy_gbs = 0;
   // --- models ----------------------------------------------------------------------------------------
   json jm = json::array();
   std::stringstream ms_list(models);
@@ -506,7 +532,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "error: unknown model %s (llama8b, qwen7b)\n", name.c_str());
       return 2;
     }
-    const int64_t max_len = *std::max_element(lengths.begin(), lengths.end());
+    if (decode_n > 0 && decode_at.empty()) decode_at = {lengths.front()};
+    int64_t max_len = prefill_table ? *std::max_element(lengths.begin(), lengths.end()) : 0;
+    if (decode_n > 0) max_len = std::max(max_len, *std::max_element(decode_at.begin(), decode_at.end()) + 6 * (decode_n + 2));
     if (stages_T > 0) {
       std::printf("## %s shape: one layer's stages alone\n\n", name.c_str());
       out["stages_" + name] = stage_breakdown(hp, stages_T, gemm_tflops);
@@ -515,10 +543,12 @@ int main(int argc, char** argv) {
     std::printf("## %s shape (%d layers, d %ld, %d/%d heads, ff %ld, vocab %ld), random bf16 weights\n\n", name.c_str(),
                 hp.n_layer, static_cast<long>(hp.n_embd), hp.n_head, hp.n_head_kv, static_cast<long>(hp.n_ff),
                 static_cast<long>(hp.n_vocab));
-    std::printf("| T | full ms | full TFLOP/s | tok/s | DASH retain ms | speedup | DASH drop ms | speedup | FLOP-model speedup (drop) | first call full / retain / drop ms |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    if (prefill_table) {
+      std::printf("| T | full ms | full TFLOP/s | tok/s | DASH retain ms | speedup | DASH drop ms | speedup | FLOP-model speedup (drop) | first call full / retain / drop ms |\n");
+      std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    }
     bool warmed = false;
-    for (int64_t T : lengths) {
+    for (int64_t T : prefill_table ? lengths : std::vector<int64_t>{}) {
       const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, static_cast<uint32_t>(T));
       const int r = T >= 65536 ? 1 : reps;
       json row;
@@ -586,7 +616,17 @@ int main(int argc, char** argv) {
       jm.push_back({{"model", name}, {"row", row}});
     }
     std::printf("\n%s\n\n", cu::dense_attention_stats().c_str());
-    if (decode_n > 0) out["decode_" + name] = decode_speed(e, hp, lengths.front(), decode_n);
+    if (decode_n > 0) {
+      if (copy_gbs <= 0) copy_gbs = copy_rate_gbs();
+      std::printf("Decode, %s shape, %d steps from the CUDA graph (medians of 3 passes); bound: weights + KV read once at the measured copy rate %.0f GB/s\n\n",
+                  name.c_str(), decode_n, copy_gbs);
+      std::printf("| after T tokens | bound ms | split-over-keys ms/token | unsplit ms/token | split / bound | unsplit / split | GB/s |\n|---|---|---|---|---|---|---|\n");
+      json jd = json::array();
+      for (int64_t T : decode_at) jd.push_back(decode_speed(e, hp, T, decode_n, copy_gbs));
+      std::printf("\n");
+      out["decode_" + name] = jd;
+      out["copy_gbs"] = copy_gbs;
+    }
     if (trace_T > 0 && trace_T <= max_len) {
 #if DASHLM_HAVE_CUPTI
       const HaltingConfig drop = dash_topk(KVMode::Drop), retain = dash_topk(KVMode::Retain);

@@ -8,6 +8,10 @@ SDPA on the compacted sequence, original positions kept for RoPE); and
 torch.nn.functional.scaled_dot_product_attention alone (causal, hd 128, 32 heads) in TFLOP/s.
 
     python3 bench/cuda/peer_torch.py [--lengths 4096,8192,...] [--models llama8b,qwen7b] [--reps 3] [--json FILE]
+
+With --decode-at T1,T2,... it times decoding instead: a static KV cache (transformers' StaticCache)
+and the step compiled with torch.compile(mode="reduce-overhead") (CUDA graphs), ms per token after
+a T-token prompt, and the device-to-device copy rate of the same run.
 """
 import argparse
 import json
@@ -123,13 +127,104 @@ def dash_prefill(model, ids, halt_frac=0.4, keep=1.0 / 3.0):
     return model.lm_head(h)
 
 
+def make_static_cache(model, max_len):
+    """transformers' StaticCache for one sequence of max_len tokens (its constructor's arguments
+    changed across versions: pass the ones this version takes)."""
+    import inspect
+    from transformers import StaticCache
+    params = inspect.signature(StaticCache.__init__).parameters
+    kw = {"config": model.config, "max_cache_len": max_len}
+    for k, v in (("max_batch_size", 1), ("batch_size", 1), ("device", "cuda"), ("dtype", torch.bfloat16)):
+        if k in params:
+            kw[k] = v
+    return StaticCache(**kw)
+
+
+def decode_peer(model, s, T, steps, mode):
+    """ms per token decoding after a T-token prompt with a static KV cache of T + steps + 8 slots;
+    the step compiled with torch.compile(mode) ('reduce-overhead': CUDA graphs), or eager."""
+    torch.manual_seed(T)
+    ids = torch.randint(0, s["vocab_size"], (1, T), device="cuda")
+    cache = make_static_cache(model, T + steps + 8)
+    with torch.no_grad():
+        try:
+            model(input_ids=ids, past_key_values=cache, use_cache=True, cache_position=torch.arange(T, device="cuda"),
+                  logits_to_keep=1)
+        except TypeError:
+            model(input_ids=ids, past_key_values=cache, use_cache=True, cache_position=torch.arange(T, device="cuda"))
+
+    def step(tok, pos):
+        return model(input_ids=tok, past_key_values=cache, use_cache=True, cache_position=pos,
+                     position_ids=pos.unsqueeze(0)).logits
+
+    fn = torch.compile(step, mode=mode) if mode != "eager" else step
+    tok = torch.randint(0, s["vocab_size"], (1, 1), device="cuda")
+    with torch.no_grad():
+        for i in range(3):  # compilation and graph recording
+            fn(tok, torch.tensor([T + i], device="cuda"))
+        torch.cuda.synchronize()
+        poss = [torch.tensor([T + 3 + i], device="cuda") for i in range(steps)]
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        for i in range(steps):
+            fn(tok, poss[i])
+        b.record()
+        b.synchronize()
+    del cache
+    torch.cuda.empty_cache()
+    return a.elapsed_time(b) / steps
+
+
+def copy_rate_gbs():
+    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = timed(lambda: y.copy_(x), 10)
+    del x, y
+    return 2.0 * (2 << 30) / (ms * 1e-3) / 1e9
+
+
+def decode_main(a):
+    import transformers
+    lengths = [int(x) for x in a.decode_at.split(",")]
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "copy_gbs": copy_rate_gbs(), "decode": []}
+    print(f"# PyTorch decode peer on {res['device']} (torch {torch.__version__}, transformers {transformers.__version__}); "
+          f"copy rate {res['copy_gbs']:.0f} GB/s\n")
+    print("| model | after T tokens | mode | ms/token |\n|---|---|---|---|")
+    for name in a.models.split(","):
+        model, s = build(name)
+        for T in lengths:
+            for mode in a.decode_modes.split(","):
+                row = {"model": name, "T": T, "mode": mode}
+                try:
+                    row["ms"] = decode_peer(model, s, T, a.decode_steps, mode)
+                    print(f"| {name} | {T} | {mode} | {row['ms']:.3f} |")
+                except Exception as e:  # report and go on
+                    row["error"] = repr(e)[:500]
+                    print(f"| {name} | {T} | {mode} | error: {row['error'][:200]} |")
+                    torch.cuda.empty_cache()
+                sys.stdout.flush()
+                res["decode"].append(row)
+        del model
+        torch.cuda.empty_cache()
+    with open(a.json, "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"\nJSON written to {a.json}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="4096,8192,16384,32768,65536,131072")
     ap.add_argument("--models", default="llama8b,qwen7b")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", default="torch_peer.json")
+    ap.add_argument("--decode-at", default="", help="decode instead of prefill: ms/token after each of these prompt lengths")
+    ap.add_argument("--decode-steps", type=int, default=32)
+    ap.add_argument("--decode-modes", default="reduce-overhead", help="torch.compile modes, 'eager' for none")
     a = ap.parse_args()
+    if a.decode_at:
+        return decode_main(a)
     lengths = [int(x) for x in a.lengths.split(",")]
     import transformers
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,

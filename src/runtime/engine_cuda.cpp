@@ -89,6 +89,7 @@ struct CudaEngine::Impl final : LayerExecutor {
   // Scratch, sized for `cap` rows.
   int64_t cap = 0;
   DBuf<float> x, x_act, qkv, u, x_in, d_delta, d_norm_x, recv;
+  DBuf<float> decode_ws;  // cu::attention_decode's partial results
   DBuf<bf16> xn, q, attn, gu, h;
   DBuf<bf16> k_dense, v_dense;  // drop mode: the valid cache slots packed, for the dense attention
   DBuf<int32_t> dense_slots;
@@ -114,6 +115,14 @@ struct CudaEngine::Impl final : LayerExecutor {
 
   void init_cache() {
     const size_t per = static_cast<size_t>(n_ctx * hp.kv_dim()) * static_cast<size_t>(hp.n_layer);
+    // Checked before allocating, with the sizes in the message (cudaMalloc's own error names neither).
+    const double need = 2.0 * static_cast<double>(per) * sizeof(bf16) + static_cast<double>(n_ctx) * static_cast<double>(hp.n_layer);
+    const double free_bytes = static_cast<double>(cu::device_free_memory());
+    if (need > free_bytes) {
+      fail("the KV cache for a context of {} tokens needs {:.0f} MiB of device memory, and the device has {:.0f} MiB free "
+           "(after the weights): use a smaller context (--ctx)",
+           n_ctx, need / 1048576.0, free_bytes / 1048576.0);
+    }
     k_cache.resize(per);
     v_cache.resize(per);
     cu::fill_bytes(k_cache.get(), 0, per * sizeof(bf16));
@@ -235,6 +244,16 @@ struct CudaEngine::Impl final : LayerExecutor {
     return cu::attention_dense(q.get(), n, k_dense.get(), v_dense.get(), nc, ap, attn.get());
   }
 
+  // Decoding (at most cu::kDecodeMaxRows rows): the keys split over many CTAs, merged by
+  // log-sum-exp, with this engine's own workspace (a recorded decode graph points at it).
+  bool attend_decode(int il, const LayerIO& io, int64_t n_kv, const cu::AttentionParams& ap) {
+    if (!cu::split_decode_enabled() || !cu::attention_decode_supported(ap, io.n)) return false;
+    decode_ws.reserve(cu::attention_decode_workspace(ap, io.n));
+    cu::attention_decode(q.get(), io.pos, io.n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get(),
+                         decode_ws.get(), decode_ws.size());
+    return true;
+  }
+
   void forward_layer(int il, const LayerIO& io) {
     const Layer& L = layers[static_cast<size_t>(il)];
     const int64_t d = hp.n_embd, n = io.n, qd = hp.q_dim(), qkvw = qkv_w();
@@ -249,7 +268,7 @@ struct CudaEngine::Impl final : LayerExecutor {
 
     const cu::AttentionParams ap = attention_params(il);
     const int64_t n_kv = io.n_kv > 0 ? io.n_kv : static_cast<int64_t>(io.pos_host[n - 1]) + 1;
-    if (!attend_cudnn(il, io, n_kv, ap))
+    if (!attend_decode(il, io, n_kv, ap) && !attend_cudnn(il, io, n_kv, ap))
       cu::attention(q.get(), io.pos, n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get());
     if (io.attn_rows > 0) {
       const int64_t r = std::min<int64_t>(io.attn_rows, n);
@@ -604,6 +623,12 @@ std::vector<float> CudaEngine::decode(int32_t token) {
   }
   std::vector<float> out(static_cast<size_t>(hp_.n_vocab));
   m.logits.download(out.data(), out.size());
+  // The prefill driver checks its logits; this path bypasses it, so it checks its own.
+  if (!std::all_of(out.begin(), out.end(), [](float v) { return std::isfinite(v); })) {
+    fail("decoding at position {}: the logits are not finite (NaN or Inf); the model's weights or hyperparameters are broken, "
+         "or the activations overflowed",
+         n_past_);
+  }
   ++n_past_;
   return out;
 }
@@ -614,7 +639,8 @@ std::string CudaEngine::kernels() const {
                                     ? "attention: cuDNN for dense causal and DASH query subsets, dashlm's kernel otherwise"
                                     : "attention: dashlm's kernel (" + why + ")";
   const std::string graphs = impl_->graphs_on ? "CUDA graphs for decode" : "no CUDA graphs (" + impl_->graphs_off_why + ")";
-  return "cuda " + cu::device_name() + ", bf16 weights, cuBLASLt GEMMs, " + attention + ", " + graphs;
+  const std::string decode = cu::split_decode_enabled() ? "split-over-keys decode attention" : "decode attention unsplit";
+  return "cuda " + cu::device_name() + ", bf16 weights, cuBLASLt GEMMs, " + attention + ", " + decode + ", " + graphs;
 }
 
 void CudaEngine::read_cache(int il, std::vector<float>* k, std::vector<float>* v, std::vector<uint8_t>* valid) const {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <random>
 
+#include "common/error.h"
 #include "cuda/cuda_test_util.h"
 #include "gguf_writer.h"
 #include "model/model.h"
@@ -149,8 +150,8 @@ int count_halting_mismatches(const HaltingTrace& a, const HaltingTrace& b) {
 void compare_engines(const Model& model, const std::vector<int32_t>& toks, double budget) {
   const auto n = static_cast<int64_t>(toks.size());
   {
-    Engine cpu(model, n + 8);
-    CudaEngine gpu(model, n + 8);
+    Engine cpu(model, n + 16);
+    CudaEngine gpu(model, n + 16);
     const Run rc = run(cpu, toks, nullptr), rg = run(gpu, toks, nullptr);
     EXPECT_LT(norm_err(rg.logits, rc.logits), budget) << "full prefill logits";
     EXPECT_LT(norm_err(rg.hidden, rc.hidden), budget) << "hidden states";
@@ -164,13 +165,20 @@ void compare_engines(const Model& model, const std::vector<int32_t>& toks, doubl
       const auto dc = cpu.decode(toks[static_cast<size_t>(3 + i)]), dg = gpu.decode(toks[static_cast<size_t>(3 + i)]);
       EXPECT_LT(norm_err(dg, dc), budget) << "decode step " << i;
     }
+    // A prefill after the recorded graph (the graph is dropped and recorded anew), then decoding on.
+    const std::vector<int32_t> more(toks.begin(), toks.begin() + std::min<int64_t>(n, 3));
+    EXPECT_LT(norm_err(gpu.prefill(more), cpu.prefill(more)), budget) << "prefill after decoding";
+    for (int i = 0; i < 4; ++i) {
+      const auto dc = cpu.decode(toks[static_cast<size_t>(i)]), dg = gpu.decode(toks[static_cast<size_t>(i)]);
+      EXPECT_LT(norm_err(dg, dc), budget) << "decode step " << i << " after the second prefill";
+    }
     EXPECT_EQ(gpu.n_past(), cpu.n_past());
   }
   for (KVMode kv : {KVMode::Retain, KVMode::Drop}) {
     SCOPED_TRACE(kv_mode_name(kv));
     const HaltingConfig hc = topk(kv);
-    Engine cpu(model, n + 8);
-    CudaEngine gpu(model, n + 8);
+    Engine cpu(model, n + 16);
+    CudaEngine gpu(model, n + 16);
     const Run rc = run(cpu, toks, &hc), rg = run(gpu, toks, &hc);
     EXPECT_EQ(rg.trace.active_per_layer, rc.trace.active_per_layer);
     const int mism = count_halting_mismatches(rg.trace, rc.trace);
@@ -191,6 +199,11 @@ void compare_engines(const Model& model, const std::vector<int32_t>& toks, doubl
       EXPECT_LT(norm_err(std::vector<float>(v.begin(), v.begin() + static_cast<long>(used)),
                          std::vector<float>(cv.begin(), cv.begin() + static_cast<long>(used))), budget) << "V cache";
       EXPECT_EQ(valid, cpu.cache().valid[static_cast<size_t>(il)]);
+      // Decoding after the halted prefill: retained slots, or around the dropped ones.
+      for (int i = 0; i < 4; ++i) {
+        const auto dc = cpu.decode(toks[static_cast<size_t>(i)]), dg = gpu.decode(toks[static_cast<size_t>(i)]);
+        EXPECT_LT(norm_err(dg, dc), budget) << "decode step " << i << " after the halted prefill";
+      }
     }
   }
 }
@@ -294,6 +307,18 @@ TEST(CudaEngine, RandomWeightsOnDeviceRun) {
   EXPECT_EQ(e.n_past(), 501);
   e.reset();
   EXPECT_EQ(e.n_past(), 0);
+}
+
+// A cache larger than the device's free memory is refused before allocating, with the sizes.
+TEST(CudaEngine, CacheLargerThanDeviceMemoryRefused) {
+  DASHLM_REQUIRE_CUDA();
+  const HParams hp = small_hparams(Arch::Llama, 700, 256, 4, 4, 512);
+  try {
+    CudaEngine e(hp, int64_t{1} << 30, 11);  // 4 layers x 2^30 slots x 128 x 2 x 2 bytes = 2 TiB
+    FAIL() << "a 2 TiB cache was allocated";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("MiB of device memory"), std::string::npos) << err.what();
+  }
 }
 
 // The decode graph replays exactly what plain launches compute, after a full prefill and after a

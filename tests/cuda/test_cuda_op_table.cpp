@@ -711,6 +711,7 @@ struct AttnSpec {
   Layout layout = Layout::Last;
   int window = 0;
   double holes = 0;  // fraction of slots marked invalid; with holes the first 5 slots are invalid too
+  int64_t extra = 0;  // decode route: cache slots past n_kv (NaN, valid) that no row may read
 };
 
 I32 positions(Rng& rng, Layout layout, int64_t n_kv, int64_t n_q) {
@@ -772,7 +773,7 @@ int64_t visible_keys(const AttnData& d, const AttnSpec& s, int64_t i) {
   return c;
 }
 
-enum class AttnRoute { Ours, Simple, Cudnn };
+enum class AttnRoute { Ours, Simple, Cudnn, Decode };
 
 // The cuDNN op returned false. Without cuDNN that is a skip of this route. With it, the API still
 // lets cuDNN decline a shape (the caller then runs attention()): a failure for the shapes the
@@ -809,6 +810,20 @@ Report run_attention(Rng& rng, const AttnSpec& s, AttnRoute route, bool must_tak
                          : cu::attention_subset(dq.get(), dpos.get(), d.pos.data(), s.n_q, dk.get(), dv.get(), s.n_kv, d.gp,
                                                 out.get());
     if (!ran) return cudnn_declined(s.layout == Layout::Last ? "attention_dense" : "attention_subset", must_take);
+  } else if (route == AttnRoute::Decode) {
+    // The whole cache as the engine passes it while decoding: n_kv + extra slots, the ones past the
+    // rows' positions NaN; the key range comes from the positions on the device.
+    std::vector<uint16_t> kb = to_bf16_bits(d.k), vb = to_bf16_bits(d.v);
+    kb.resize(static_cast<size_t>((s.n_kv + s.extra) * d.ks), 0xFFFF);
+    vb.resize(kb.size(), 0xFFFF);
+    U8 valid = d.valid;
+    valid.resize(static_cast<size_t>(s.n_kv + s.extra), 1);
+    Dev<uint16_t> ck(kb), cv(vb);
+    Dev<uint8_t> cvalid(valid);
+    Dev<float> ws(cu::attention_decode_workspace(d.gp, s.n_q));
+    cu::attention_decode(dq.get(), dpos.get(), s.n_q, ck.get(), cv.get(), s.n_kv + s.extra, d.masked ? cvalid.get() : nullptr,
+                         d.gp, out.get(), ws.get(), ws.size());
+    cu::synchronize();
   } else {
     cu::attention(dq.get(), dpos.get(), s.n_q, dk.get(), dv.get(), s.n_kv, d.masked ? dvalid.get() : nullptr, d.gp, out.get(),
                   route == AttnRoute::Simple);
@@ -1066,6 +1081,7 @@ std::string attn_name(const AttnSpec& s) {
   }
   if (s.window) n += "_win" + std::to_string(s.window);
   if (s.holes > 0) n += "_holes" + std::to_string(static_cast<int>(std::lround(s.holes * 100)));
+  if (s.extra > 0) n += "_cap+" + std::to_string(s.extra);
   return n;
 }
 
@@ -1201,6 +1217,31 @@ std::vector<Case> build_table() {
       {2, 1, 200, 150, 40, L::Subset, 30},
   };
   for (const AttnSpec& s : ours) add("attention_" + attn_name(s), [=](Rng& g) { return run_attention(g, s, AttnRoute::Ours); });
+  // Decoding (attention_decode: keys split over CTAs, merged by log-sum-exp): one to four rows,
+  // the Llama-3 8B (32/8) and Qwen2.5 7B (28/4) groups, MQA groups wider than one CTA's eight query
+  // vectors, every head dim, windows, dropped slots, a cache longer than the positions (NaN there),
+  // key counts that are not multiples of the chunk rounding, and rows with gaps between them.
+  const AttnSpec decode[] = {
+      {32, 8, 128, 4096, 1},
+      {32, 8, 128, 4100, 1, L::Last, 0, 0, 3000},
+      {28, 4, 128, 5003, 1, L::Last, 0, 0, 77},
+      {28, 4, 128, 1, 1},
+      {14, 2, 64, 777, 1},
+      {9, 3, 64, 17, 1, L::Last, 0, 0, 100},
+      {4, 1, 256, 2049, 1, L::Last, 512},
+      {4, 1, 256, 600, 1, L::Last, 512, 0.3},
+      {32, 8, 128, 3000, 1, L::Last, 0, 0.4, 1000},
+      {16, 1, 128, 1500, 1},
+      {16, 1, 64, 300, 3},
+      {32, 8, 128, 2000, 4},
+      {28, 4, 128, 999, 2, L::Last, 0, 0.2, 50},
+      {8, 2, 128, 1000, 4, L::Subset},
+      {4, 2, 64, 500, 3, L::SubsetNo0, 100},
+      {2, 1, 256, 40, 2, L::Last, 0, 0.5},
+      {8, 8, 128, 20000, 1},
+  };
+  for (const AttnSpec& s : decode)
+    add("attention_decode_" + attn_name(s), [=](Rng& g) { return run_attention(g, s, AttnRoute::Decode); });
   const AttnSpec simple[] = {
       {4, 2, 128, 400, 400, L::Last, 30, 0.1},
       {2, 1, 256, 300, 50, L::Subset},

@@ -12,7 +12,10 @@
 //   O / l -> bf16.
 // Shared-memory tiles are rows of HD bf16 in 16-byte chunks, chunk c of row r stored at chunk
 // c ^ (r % 8): the 8 rows an ldmatrix phase reads fall in 8 distinct bank groups.
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/cuda_ops.h"
@@ -434,6 +437,228 @@ __global__ void k_merge(nvbf16* out, const float* lse, const nvbf16* part, const
   }
 }
 
+// --- decode: keys split over CTAs, merged by log-sum-exp ----------------------------------------
+//
+// For a few query rows (decoding), one CTA per (chunk of keys, KV head, group of up to QV query
+// vectors), where a query vector is one (row, query head) of the KV head's group. The key range
+// is read from the positions on the device and cut into gridDim.x chunks there, so a recorded
+// CUDA graph replays it at any cache length. Each lane holds 8 dimensions of each query vector
+// and of its partial output; LPK = HD / 8 lanes share a key (16-byte loads, a row of K or V read
+// by consecutive lanes), a warp takes 32 / LPK keys at a time. Invalid keys (dropped slots, keys
+// past the position or outside the window) are neither loaded nor counted. Each CTA writes its
+// normalised partial output and its log-sum-exp (log2 domain) for every query vector; k_decode_merge
+// joins the chunks.
+
+struct DecodeArgs {
+  const nvbf16* q;
+  const int32_t* q_pos;
+  int n_q;
+  const nvbf16* k;
+  const nvbf16* v;
+  int64_t n_kv;
+  const uint8_t* valid;
+  int n_head, group;
+  float scale_log2;
+  int window;
+  int64_t q_stride, kv_stride;
+  float* part_o;    // [split][n_q * n_head][HD]
+  float* part_lse;  // [split][n_q * n_head], log2 domain, -inf: no key
+};
+
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeUnroll = 2;
+
+__device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(h[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+template <int HD, int QV>
+__global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs a) {
+  constexpr int LPK = HD / 8;     // lanes per key
+  constexpr int KPW = 32 / LPK;   // keys per warp step
+  constexpr int STEP = KPW * kDecodeWarps * kDecodeUnroll;
+  static_assert(HD == 64 || HD == 128 || HD == 256, "head dim");
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kg = lane / LPK, li = lane % LPK;
+  const int kvh = blockIdx.y, split = blockIdx.x, n_split = gridDim.x;
+  const int n_vec = a.n_q * a.group;
+  const int j0 = blockIdx.z * QV;
+  const int nv = min(QV, n_vec - j0);
+
+  // Rows this CTA serves and its key range [lo, hi].
+  const int r_first = j0 / a.group, r_last = (j0 + nv - 1) / a.group;
+  const int64_t p_first = a.q_pos[r_first], p_last = a.q_pos[r_last];
+  const int64_t hi = dmin(p_last, a.n_kv - 1);
+  const int64_t lo = a.window > 0 ? dmax(0, p_first - a.window + 1) : 0;
+  const int64_t total = hi - lo + 1;
+  int64_t c_lo = 0, c_hi = -1;
+  if (total > 0) {
+    int64_t chunk = (total + n_split - 1) / n_split;
+    chunk = (chunk + 15) & ~int64_t{15};
+    c_lo = lo + split * chunk;
+    c_hi = dmin(hi, c_lo + chunk - 1);
+  }
+
+  // Query vectors (8 dims each, pre-scaled into the log2 domain) and their positions.
+  float qf[QV][8];
+  int64_t qp[QV];
+#pragma unroll
+  for (int j = 0; j < QV; ++j) {
+    qp[j] = -1;
+    if (j < nv) {
+      const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
+      qp[j] = a.q_pos[r];
+      const uint4 u = *reinterpret_cast<const uint4*>(a.q + r * a.q_stride + static_cast<int64_t>(h) * HD + li * 8);
+      bf16x8_to_f32(u, qf[j]);
+#pragma unroll
+      for (int d = 0; d < 8; ++d) qf[j][d] *= a.scale_log2;
+    } else {
+#pragma unroll
+      for (int d = 0; d < 8; ++d) qf[j][d] = 0.f;
+    }
+  }
+  float m[QV], l[QV], o[QV][8];
+#pragma unroll
+  for (int j = 0; j < QV; ++j) {
+    m[j] = -INFINITY;
+    l[j] = 0.f;
+#pragma unroll
+    for (int d = 0; d < 8; ++d) o[j][d] = 0.f;
+  }
+
+  const int64_t kv_off = static_cast<int64_t>(kvh) * HD + li * 8;
+  for (int64_t base = c_lo; base <= c_hi; base += STEP) {
+    int64_t key[kDecodeUnroll];
+    bool ok[kDecodeUnroll];
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      key[u] = base + (u * kDecodeWarps + warp) * KPW + kg;
+      ok[u] = key[u] <= c_hi;
+    }
+    if (a.valid) {
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) ok[u] = ok[u] && a.valid[key[u]];
+    }
+    uint4 kr[kDecodeUnroll], vr[kDecodeUnroll];
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      if (ok[u]) {
+        kr[u] = *reinterpret_cast<const uint4*>(a.k + key[u] * a.kv_stride + kv_off);
+        vr[u] = *reinterpret_cast<const uint4*>(a.v + key[u] * a.kv_stride + kv_off);
+      } else {
+        kr[u] = make_uint4(0, 0, 0, 0);
+        vr[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      float kf[8], vf[8];
+      bf16x8_to_f32(kr[u], kf);
+      bf16x8_to_f32(vr[u], vf);
+#pragma unroll
+      for (int j = 0; j < QV; ++j) {
+        float s = 0.f;
+#pragma unroll
+        for (int d = 0; d < 8; ++d) s = fmaf(qf[j][d], kf[d], s);
+#pragma unroll
+        for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        const bool vis = ok[u] && key[u] <= qp[j] && (a.window <= 0 || qp[j] - key[u] < a.window);
+        if (vis) {  // uniform within the key's lanes
+          const float mn = fmaxf(m[j], s);
+          const float alpha = exp2f(m[j] - mn);  // m = -inf: 0
+          const float pk = exp2f(s - mn);
+          l[j] = l[j] * alpha + pk;
+#pragma unroll
+          for (int d = 0; d < 8; ++d) o[j][d] = fmaf(pk, vf[d], o[j][d] * alpha);
+          m[j] = mn;
+        }
+      }
+    }
+  }
+
+  // Join the key groups of the warp (lanes li, li + LPK, ...), then the warps through shared memory.
+  __shared__ float s_o[kDecodeWarps][QV][HD];
+  __shared__ float s_m[kDecodeWarps][QV], s_l[kDecodeWarps][QV];
+#pragma unroll
+  for (int j = 0; j < QV; ++j) {
+    float mx = m[j];
+#pragma unroll
+    for (int off = LPK; off < 32; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    const float sc = mx == -INFINITY ? 0.f : exp2f(m[j] - mx);
+    float lj = l[j] * sc;
+#pragma unroll
+    for (int off = LPK; off < 32; off <<= 1) lj += __shfl_xor_sync(0xffffffffu, lj, off);
+#pragma unroll
+    for (int d = 0; d < 8; ++d) {
+      float x = o[j][d] * sc;
+#pragma unroll
+      for (int off = LPK; off < 32; off <<= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+      o[j][d] = x;
+    }
+    if (kg == 0) {
+#pragma unroll
+      for (int d = 0; d < 8; ++d) s_o[warp][j][li * 8 + d] = o[j][d];
+      if (li == 0) {
+        s_m[warp][j] = mx;
+        s_l[warp][j] = lj;
+      }
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < nv * HD; e += kDecodeWarps * 32) {
+    const int j = e / HD, d = e % HD;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, s_m[w][j]);
+    float lsum = 0.f, osum = 0.f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kDecodeWarps; ++w) {
+        const float sc = exp2f(s_m[w][j] - mx);
+        lsum += s_l[w][j] * sc;
+        osum += s_o[w][j][d] * sc;
+      }
+    }
+    const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
+    const int64_t qi = static_cast<int64_t>(r) * a.n_head + h;
+    const int64_t slot = static_cast<int64_t>(split) * a.n_q * a.n_head + qi;
+    a.part_o[slot * HD + d] = lsum > 0.f ? osum / lsum : 0.f;
+    if (d == 0) a.part_lse[slot] = lsum > 0.f ? mx + __log2f(lsum) : -INFINITY;
+  }
+}
+
+// out[row, head] = the chunks' partial outputs weighted by exp2(lse); zeros for a row that saw no key.
+__global__ void k_decode_merge(const float* part_o, const float* part_lse, int n_split, int64_t n_vec, int hd, nvbf16* out) {
+  extern __shared__ float w[];  // n_split weights
+  __shared__ float red[32];
+  const int64_t qi = blockIdx.x;
+  float mx = -INFINITY;
+  for (int s = threadIdx.x; s < n_split; s += blockDim.x) mx = fmaxf(mx, part_lse[s * n_vec + qi]);
+  mx = detail::block_max(mx, red);
+  float wsum = 0.f;
+  for (int s = threadIdx.x; s < n_split; s += blockDim.x) {
+    const float x = part_lse[s * n_vec + qi];
+    const float ws = mx == -INFINITY || x == -INFINITY ? 0.f : exp2f(x - mx);
+    w[s] = ws;
+    wsum += ws;
+  }
+  wsum = detail::block_sum(wsum, red);  // synchronises: w is complete
+  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float acc = 0.f;
+    for (int s = 0; s < n_split; ++s)
+      if (w[s] > 0.f) acc += w[s] * part_o[(s * n_vec + qi) * hd + d];
+    out[qi * hd + d] = __float2bfloat16_rn(acc * inv);
+  }
+}
+
 FlashArgs make_args(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
                     const uint8_t* kv_valid, const AttentionParams& p, bf16* out) {
   if (p.n_head <= 0 || p.n_head_kv <= 0 || p.n_head % p.n_head_kv) detail::raise_error("CUDA attention: bad head counts");
@@ -503,6 +728,74 @@ void attention_received(const bf16* q, const int32_t* q_pos, int64_t n_q, const 
   dim3 grid(static_cast<unsigned>(n_q), static_cast<unsigned>(p.n_head));
   k_attn_received<<<grid, 256, 0, stream()>>>(a, p.head_dim, out);
   DASHLM_CUDA_LAUNCHED("attention_received");
+}
+
+namespace {
+bool split_decode_on = [] {
+  const char* e = std::getenv("DASHLM_CUDA_SPLIT_DECODE");
+  return !(e && std::string(e) == "0");
+}();
+}  // namespace
+
+void set_split_decode_enabled(bool on) { split_decode_on = on; }
+bool split_decode_enabled() { return split_decode_on; }
+
+int attention_decode_splits(const AttentionParams& p, int64_t n_q) {
+  const int64_t vecs = n_q * (p.n_head / std::max(1, p.n_head_kv));
+  const int64_t z = (vecs + kDecodeMaxVectors - 1) / kDecodeMaxVectors;
+  // About three CTAs per multiprocessor at long contexts, at most 128 chunks.
+  const int64_t want = (3 * static_cast<int64_t>(multiprocessor_count()) + p.n_head_kv * z - 1) / (p.n_head_kv * z);
+  return static_cast<int>(std::clamp<int64_t>(want, 1, 128));
+}
+
+bool attention_decode_supported(const AttentionParams& p, int64_t n_q) {
+  return n_q >= 1 && n_q <= kDecodeMaxRows && (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256);
+}
+
+size_t attention_decode_workspace(const AttentionParams& p, int64_t n_q) {
+  return static_cast<size_t>(attention_decode_splits(p, n_q)) * static_cast<size_t>(n_q * p.n_head) *
+         static_cast<size_t>(p.head_dim + 1);
+}
+
+void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
+                      const uint8_t* kv_valid, const AttentionParams& p, bf16* out, float* workspace, size_t workspace_floats) {
+  if (n_q <= 0) return;
+  if (!attention_decode_supported(p, n_q)) detail::raise_error("attention_decode: needs 1..4 query rows and head dim 64, 128 or 256");
+  const FlashArgs f = make_args(q, q_pos, n_q, k, v, n_kv, kv_valid, p, out);
+  const int n_split = attention_decode_splits(p, n_q);
+  const size_t need = attention_decode_workspace(p, n_q);
+  if (!workspace || workspace_floats < need) detail::raise_error("attention_decode: workspace too small");
+  const int64_t n_vec = n_q * p.n_head;
+  DecodeArgs a{};
+  a.q = f.q;
+  a.q_pos = q_pos;
+  a.n_q = static_cast<int>(n_q);
+  a.k = f.k;
+  a.v = f.v;
+  a.n_kv = n_kv;
+  a.valid = kv_valid;
+  a.n_head = f.n_head;
+  a.group = f.group;
+  a.scale_log2 = f.scale_log2;
+  a.window = f.window;
+  a.q_stride = f.q_stride;
+  a.kv_stride = f.kv_stride;
+  a.part_o = workspace;
+  a.part_lse = workspace + static_cast<size_t>(n_split) * static_cast<size_t>(n_vec) * static_cast<size_t>(p.head_dim);
+  const int vecs_per_head = static_cast<int>(n_q) * a.group;
+  const bool narrow = vecs_per_head <= 4;
+  const unsigned zs = static_cast<unsigned>((vecs_per_head + (narrow ? 4 : kDecodeMaxVectors) - 1) / (narrow ? 4 : kDecodeMaxVectors));
+  dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(p.n_head_kv), zs);
+  const unsigned threads = kDecodeWarps * 32;
+  switch (p.head_dim) {
+    case 64: narrow ? k_decode<64, 4><<<grid, threads, 0, stream()>>>(a) : k_decode<64, kDecodeMaxVectors><<<grid, threads, 0, stream()>>>(a); break;
+    case 128: narrow ? k_decode<128, 4><<<grid, threads, 0, stream()>>>(a) : k_decode<128, kDecodeMaxVectors><<<grid, threads, 0, stream()>>>(a); break;
+    default: narrow ? k_decode<256, 4><<<grid, threads, 0, stream()>>>(a) : k_decode<256, kDecodeMaxVectors><<<grid, threads, 0, stream()>>>(a); break;
+  }
+  DASHLM_CUDA_LAUNCHED("decode attention");
+  k_decode_merge<<<static_cast<unsigned>(n_vec), 128, static_cast<size_t>(n_split) * sizeof(float), stream()>>>(
+      a.part_o, a.part_lse, n_split, n_vec, p.head_dim, reinterpret_cast<nvbf16*>(out));
+  DASHLM_CUDA_LAUNCHED("decode attention merge");
 }
 
 }  // namespace dashlm::cuda

@@ -60,6 +60,15 @@ std::string device_name() {
   return prop.name;
 }
 
+int multiprocessor_count() {
+  static const int n = [] {
+    int v = 0;
+    DASHLM_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, 0));
+    return v > 0 ? v : 1;
+  }();
+  return n;
+}
+
 void* device_alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   void* p = nullptr;

@@ -25,6 +25,7 @@ using bf16 = uint16_t;  // a bfloat16 bit pattern (device memory only in the cal
 // false with the reason in *why.
 bool device_available(std::string* why);
 std::string device_name();
+int multiprocessor_count();  // of device 0, read once
 
 void* device_alloc(size_t bytes);  // throws on failure; never returns null for bytes > 0
 void device_free(void* p) noexcept;
@@ -215,6 +216,26 @@ void attention_tail(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16
 // [block][head][row in block]); rows of a block whose first position is 0 keep out.
 void attention_merge(bf16* out, const float* lse, const bf16* part, const float* lse_part, const int32_t* q_pos, int64_t n_q,
                      int n_head, int head_dim, int block);
+// Decoding: attention of at most kDecodeMaxRows query rows (positions ascending, on the device)
+// with the keys split over many CTAs (flash-decoding): the key range of the rows, read from the
+// positions on the device and cut into attention_decode_splits() chunks there (so a recorded graph
+// replays at any cache length, n_kv being the whole cache), each chunk's partial output and
+// log-sum-exp into `workspace`, then one merge. Same arguments and result as attention();
+// invalid slots (kv_valid 0) are not read. Head dims 64, 128, 256 (attention_decode_supported).
+// workspace: attention_decode_workspace() floats on the device, owned by the caller (a graph that
+// recorded the call keeps pointing at it).
+constexpr int64_t kDecodeMaxRows = 4;
+constexpr int kDecodeMaxVectors = 8;  // query vectors (row, head of a KV head's group) per CTA
+bool attention_decode_supported(const AttentionParams& p, int64_t n_q);
+int attention_decode_splits(const AttentionParams& p, int64_t n_q);
+size_t attention_decode_workspace(const AttentionParams& p, int64_t n_q);
+// Off: the engine decodes with attention() (benchmarks compare the two); DASHLM_CUDA_SPLIT_DECODE=0
+// switches it off at start.
+void set_split_decode_enabled(bool on);
+bool split_decode_enabled();
+void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
+                      const uint8_t* kv_valid, const AttentionParams& p, bf16* out, float* workspace, size_t workspace_floats);
+
 // DASH's topk decision on the device: of n rows with scores (largest first, ties to the earlier
 // row), the n_keep best eligible ones stay; halt[i] = 1 for every other eligible row, 0 for the
 // rest. eligible: n bytes on the device (null: all rows). The same choice as the host policy
