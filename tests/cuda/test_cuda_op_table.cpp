@@ -1081,7 +1081,7 @@ std::string attn_name(const AttnSpec& s) {
   }
   if (s.window) n += "_win" + std::to_string(s.window);
   if (s.holes > 0) n += "_holes" + std::to_string(static_cast<int>(std::lround(s.holes * 100)));
-  if (s.extra > 0) n += "_cap+" + std::to_string(s.extra);
+  if (s.extra > 0) n += "_spare" + std::to_string(s.extra);
   return n;
 }
 
