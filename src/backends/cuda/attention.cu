@@ -635,8 +635,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs a) {
 }
 
 // out[row, head] = the chunks' partial outputs weighted by exp2(lse); zeros for a row that saw no key.
+constexpr int kDecodeMaxSplits = 128;
+
 __global__ void k_decode_merge(const float* part_o, const float* part_lse, int n_split, int64_t n_vec, int hd, nvbf16* out) {
-  extern __shared__ float w[];  // n_split weights
+  __shared__ float w[kDecodeMaxSplits];  // the chunks' weights
   __shared__ float red[32];
   const int64_t qi = blockIdx.x;
   float mx = -INFINITY;
@@ -745,7 +747,7 @@ int attention_decode_splits(const AttentionParams& p, int64_t n_q) {
   const int64_t z = (vecs + kDecodeMaxVectors - 1) / kDecodeMaxVectors;
   // About three CTAs per multiprocessor at long contexts, at most 128 chunks.
   const int64_t want = (3 * static_cast<int64_t>(multiprocessor_count()) + p.n_head_kv * z - 1) / (p.n_head_kv * z);
-  return static_cast<int>(std::clamp<int64_t>(want, 1, 128));
+  return static_cast<int>(std::clamp<int64_t>(want, 1, kDecodeMaxSplits));
 }
 
 bool attention_decode_supported(const AttentionParams& p, int64_t n_q) {
@@ -793,7 +795,7 @@ void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf
     default: narrow ? k_decode<256, 4><<<grid, threads, 0, stream()>>>(a) : k_decode<256, kDecodeMaxVectors><<<grid, threads, 0, stream()>>>(a); break;
   }
   DASHLM_CUDA_LAUNCHED("decode attention");
-  k_decode_merge<<<static_cast<unsigned>(n_vec), 128, static_cast<size_t>(n_split) * sizeof(float), stream()>>>(
+  k_decode_merge<<<static_cast<unsigned>(n_vec), 128, 0, stream()>>>(
       a.part_o, a.part_lse, n_split, n_vec, p.head_dim, reinterpret_cast<nvbf16*>(out));
   DASHLM_CUDA_LAUNCHED("decode attention merge");
 }
