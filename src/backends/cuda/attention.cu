@@ -466,7 +466,6 @@ struct DecodeArgs {
 };
 
 constexpr int kDecodeWarps = 4;
-constexpr int kDecodeUnroll = 2;
 
 __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -480,9 +479,10 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
 
 template <int HD, int QV>
 __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs a) {
+  constexpr int U = QV <= 4 ? 4 : 2;  // keys per lane group and iteration (registers: QV * U scores)
   constexpr int LPK = HD / 8;     // lanes per key
   constexpr int KPW = 32 / LPK;   // keys per warp step
-  constexpr int STEP = KPW * kDecodeWarps * kDecodeUnroll;
+  constexpr int STEP = KPW * kDecodeWarps * U;
   static_assert(HD == 64 || HD == 128 || HD == 256, "head dim");
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -535,20 +535,20 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs a) {
 
   const int64_t kv_off = static_cast<int64_t>(kvh) * HD + li * 8;
   for (int64_t base = c_lo; base <= c_hi; base += STEP) {
-    int64_t key[kDecodeUnroll];
-    bool ok[kDecodeUnroll];
+    int64_t key[U];
+    bool ok[U];
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       key[u] = base + (u * kDecodeWarps + warp) * KPW + kg;
       ok[u] = key[u] <= c_hi;
     }
     if (a.valid) {
 #pragma unroll
-      for (int u = 0; u < kDecodeUnroll; ++u) ok[u] = ok[u] && a.valid[key[u]];
+      for (int u = 0; u < U; ++u) ok[u] = ok[u] && a.valid[key[u]];
     }
-    uint4 kr[kDecodeUnroll], vr[kDecodeUnroll];
+    uint4 kr[U], vr[U];
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       if (ok[u]) {
         kr[u] = *reinterpret_cast<const uint4*>(a.k + key[u] * a.kv_stride + kv_off);
         vr[u] = *reinterpret_cast<const uint4*>(a.v + key[u] * a.kv_stride + kv_off);
@@ -557,29 +557,53 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs a) {
         vr[u] = make_uint4(0, 0, 0, 0);
       }
     }
+    // Scores of the U keys for every query vector (independent dot products), then one rescale
+    // of the running output per query vector for the whole batch.
+    float sc[U][QV];
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
-      float kf[8], vf[8];
+    for (int u = 0; u < U; ++u) {
+      float kf[8];
       bf16x8_to_f32(kr[u], kf);
-      bf16x8_to_f32(vr[u], vf);
 #pragma unroll
       for (int j = 0; j < QV; ++j) {
-        float s = 0.f;
+        float t = 0.f;
 #pragma unroll
-        for (int d = 0; d < 8; ++d) s = fmaf(qf[j][d], kf[d], s);
-#pragma unroll
-        for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        const bool vis = ok[u] && key[u] <= qp[j] && (a.window <= 0 || qp[j] - key[u] < a.window);
-        if (vis) {  // uniform within the key's lanes
-          const float mn = fmaxf(m[j], s);
-          const float alpha = exp2f(m[j] - mn);  // m = -inf: 0
-          const float pk = exp2f(s - mn);
-          l[j] = l[j] * alpha + pk;
-#pragma unroll
-          for (int d = 0; d < 8; ++d) o[j][d] = fmaf(pk, vf[d], o[j][d] * alpha);
-          m[j] = mn;
-        }
+        for (int d = 0; d < 8; ++d) t = fmaf(qf[j][d], kf[d], t);
+        sc[u][j] = t;
       }
+    }
+#pragma unroll
+    for (int off = LPK / 2; off > 0; off >>= 1) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int j = 0; j < QV; ++j) sc[u][j] += __shfl_xor_sync(0xffffffffu, sc[u][j], off);
+    }
+#pragma unroll
+    for (int j = 0; j < QV; ++j) {
+      float mn = m[j];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const bool vis = ok[u] && key[u] <= qp[j] && (a.window <= 0 || qp[j] - key[u] < a.window);
+        sc[u][j] = vis ? sc[u][j] : -INFINITY;
+        mn = fmaxf(mn, sc[u][j]);
+      }
+      if (mn == -INFINITY) continue;  // nothing visible yet (uniform within the key's lanes)
+      const float alpha = exp2f(m[j] - mn);  // m = -inf: 0
+      float lj = l[j] * alpha;
+#pragma unroll
+      for (int d = 0; d < 8; ++d) o[j][d] *= alpha;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pk = exp2f(sc[u][j] - mn);  // -inf: 0
+        lj += pk;
+        float vf[8];
+        bf16x8_to_f32(vr[u], vf);
+#pragma unroll
+        for (int d = 0; d < 8; ++d) o[j][d] = fmaf(pk, vf[d], o[j][d]);
+      }
+      l[j] = lj;
+      m[j] = mn;
     }
   }
 
@@ -745,8 +769,8 @@ bool split_decode_enabled() { return split_decode_on; }
 int attention_decode_splits(const AttentionParams& p, int64_t n_q) {
   const int64_t vecs = n_q * (p.n_head / std::max(1, p.n_head_kv));
   const int64_t z = (vecs + kDecodeMaxVectors - 1) / kDecodeMaxVectors;
-  // About three CTAs per multiprocessor at long contexts, at most 128 chunks.
-  const int64_t want = (3 * static_cast<int64_t>(multiprocessor_count()) + p.n_head_kv * z - 1) / (p.n_head_kv * z);
+  // One wave: two CTAs per multiprocessor (about 200 registers a thread), at most 128 chunks.
+  const int64_t want = (2 * static_cast<int64_t>(multiprocessor_count()) + p.n_head_kv * z - 1) / (p.n_head_kv * z);
   return static_cast<int>(std::clamp<int64_t>(want, 1, kDecodeMaxSplits));
 }
 
