@@ -333,6 +333,30 @@ TEST(Halting, PrefillWithoutTraceEqualsPrefillWithTrace) {
   }
 }
 
+// A trace without deltas (the server's statistics): the same tokens halt after the same layers,
+// the same FLOP counts and logits as a trace with deltas, and every delta left NaN.
+TEST(Halting, TraceWithoutDeltasRecordsTheSameSchedule) {
+  const Model& m = stories();
+  const auto toks = prompt_tokens();
+  for (KVMode kv : {KVMode::Retain, KVMode::Drop}) {
+    const HaltingConfig hc = topk(0.4, kv);
+    Engine a(m, static_cast<int64_t>(toks.size()) + 8), b(m, static_cast<int64_t>(toks.size()) + 8);
+    HaltingTrace full, light;
+    PrefillOptions with, without;
+    with.halting = without.halting = &hc;
+    with.trace = &full;
+    without.trace = &light;
+    without.trace_deltas = false;
+    EXPECT_EQ(a.prefill(toks, with), b.prefill(toks, without)) << kv_mode_name(kv);
+    EXPECT_EQ(light.halted_after, full.halted_after);
+    EXPECT_EQ(light.active_per_layer, full.active_per_layer);
+    EXPECT_EQ(light.flops_done, full.flops_done);
+    EXPECT_EQ(light.flops_full, full.flops_full);
+    EXPECT_EQ(light.decision_layers, full.decision_layers);
+    EXPECT_TRUE(std::all_of(light.delta.begin(), light.delta.end(), [](float v) { return std::isnan(v); }));
+  }
+}
+
 // Staged schedules: each decision keeps its fraction of the tokens eligible at the start, ranking
 // only the tokens still active; every ranking policy, both KV modes; the FLOP model counts what
 // ran.

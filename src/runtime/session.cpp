@@ -60,6 +60,7 @@ PrefillResult Session::prefill(const Prompt& p, const PrefillRequest& req) {
   po.halting = req.halting;
   po.trace = req.trace;
   po.trace_signal = req.trace_signal;
+  po.trace_deltas = req.trace_deltas;
   po.progress = req.progress;
   po.query_rows = r.joint ? static_cast<int64_t>(p.query.size()) : 0;
   std::vector<float> last = run_segment(first, 0, po, &r.stats, &r.document_ms);

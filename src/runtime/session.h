@@ -38,6 +38,7 @@ struct PrefillRequest {
   int64_t logits_last = 1;
   HaltingTrace* trace = nullptr;  // of the first segment (the document, or the whole prompt)
   DeltaSignal trace_signal = DeltaSignal::Abs;  // what the trace records when nothing halts
+  bool trace_deltas = true;                     // PrefillOptions::trace_deltas
   // Fill PrefillResult::stats (per-layer times; on the GPU this waits for every layer).
   bool layer_times = false;
   std::function<void(int layers_done, int n_layers)> progress;  // of the first segment

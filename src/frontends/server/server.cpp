@@ -213,6 +213,7 @@ Outcome App::run(Job& j, Slot& slot, const std::function<bool(const std::string&
     PrefillRequest pq;
     pq.halting = halting ? &j.halting : nullptr;
     pq.trace = halting ? &trace : nullptr;
+    pq.trace_deltas = j.req.halting_map;  // the statistics need no deltas; the map draws them
     pq.progress = [&](int, int) {
       if (Clock::now() > j.deadline) throw TimedOut(fmt::format("the request ran out of its {} s during prefill", o_.timeout_s));
     };

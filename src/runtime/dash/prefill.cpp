@@ -186,9 +186,10 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
     r.n = na;
     r.rows = active.data();
     r.pos = all ? pos.data() : sets.pos_active.data();
-    r.signal = signal_wanted(policy.get(), tr != nullptr, il, L);
+    const bool trace_delta = tr != nullptr && opt.trace_deltas;
+    r.signal = signal_wanted(policy.get(), trace_delta, il, L);
     r.kind = signal;
-    r.signal_out = r.signal && (tr || !device_topk) ? delta.data() : nullptr;
+    r.signal_out = r.signal && (trace_delta || !device_topk) ? delta.data() : nullptr;
     r.attention_rows = attn_rows;
     r.attention_out = attn_rows > 0 ? recv_slots.data() : nullptr;
     if (!all && !sets.halted.empty()) {
@@ -207,7 +208,8 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
       tr->flops_full += layer_flops(hp, n, visible_keys(pos.data(), n, window, nullptr, prefix), 0);
       const int64_t n_kv_only = hc && hc->kv == KVMode::Retain ? n - na : 0;
       tr->flops_done += layer_flops(hp, na, visible_keys(r.pos, na, window, ex.valid_slots(il), prefix), n_kv_only);
-      for (int64_t i = 0; i < na; ++i) tr->delta[static_cast<size_t>(active[static_cast<size_t>(i)] * L + il)] = delta[static_cast<size_t>(i)];
+      if (trace_delta)
+        for (int64_t i = 0; i < na; ++i) tr->delta[static_cast<size_t>(active[static_cast<size_t>(i)] * L + il)] = delta[static_cast<size_t>(i)];
     }
     if (opt.hidden_per_layer) ex.read_hidden(opt.hidden_per_layer->data() + static_cast<size_t>(il + 1) * nd);
 

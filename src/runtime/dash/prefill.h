@@ -43,6 +43,10 @@ struct HaltingTrace {
 struct PrefillOptions {
   const HaltingConfig* halting = nullptr;  // null or "none": full prefill
   HaltingTrace* trace = nullptr;           // filled when given (deltas recorded for every layer)
+  // Off: the trace keeps who halted where and the FLOP counts but no deltas (they stay NaN), so
+  // the layers compute the halting signal only where the policy reads it and nothing is copied
+  // back per layer: what a server needs for its statistics, at the cost of a plain halted prefill.
+  bool trace_deltas = true;
   DeltaSignal trace_signal = DeltaSignal::Abs;  // the signal a trace records without halting
   // The segment's last query_rows tokens are the query: they never halt, and a policy that reads
   // the query ranks the others by the attention these rows pay them (0: no query here).
