@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backends/cpu/ops.h"
+#include "backends/cpu/quants.h"
 #include "common/error.h"
 #include "model/model.h"
 #include "stories.h"
@@ -532,8 +533,8 @@ TEST(Halting, StagedAndStablePoliciesReadTheLayersOfTheirSchedule) {
 
 TEST(Halting, F16CacheRunsBothKvModesCloseToF32) {
   // An f16 KV cache in both KV modes: drop leaves the halted tokens' slots out exactly as with
-  // f32, retain stores their projections rounded to f16 (to half precision of the f32 values),
-  // the logits stay close to the f32 cache's, and decoding after either runs on the f16 cache.
+  // f32, retain stores their projections rounded to f16, the logits stay close to the f32
+  // cache's, and decoding after either runs on the f16 cache.
   const Model& m = stories();
   const HParams& hp = m.hp();
   const auto n = static_cast<int64_t>(prompt_tokens().size());
@@ -551,7 +552,15 @@ TEST(Halting, F16CacheRunsBothKvModesCloseToF32) {
       EXPECT_EQ(e32.cache().valid[static_cast<size_t>(il)], e16.cache().valid[static_cast<size_t>(il)]);
       for (int64_t t = 0; t < n; ++t) {
         const std::vector<float> k32 = e32.cache().k_at(il, t), k16 = e16.cache().k_at(il, t);
-        for (size_t j = 0; j < k32.size(); ++j) ASSERT_NEAR(k16[j], k32[j], 2e-3f * std::max(1.f, std::abs(k32[j]))) << il << " " << t;
+        for (size_t j = 0; j < k32.size(); ++j) {
+          // Layer 0's keys come from the embeddings alone: exactly the f32 keys rounded to f16.
+          // Later layers' differ also by what the earlier layers' rounded keys did to the states.
+          if (il == 0) {
+            ASSERT_EQ(k16[j], cpu::fp16_to_fp32(cpu::fp32_to_fp16(k32[j]))) << t;
+          } else {
+            ASSERT_NEAR(k16[j], k32[j], 2e-2f * std::max(1.f, std::abs(k32[j]))) << il << " " << t;
+          }
+        }
       }
     }
     EXPECT_EQ(e16.cache().bytes() * 2, e32.cache().bytes());
