@@ -214,6 +214,10 @@ namespace {
 
 #if defined(__x86_64__) || defined(__i386__)
 #define DASHLM_X86_F16 1
+// GCC 12's AVX-512 conversion intrinsics pass an _mm*_undefined_* operand, which -Wmaybe-uninitialized
+// reports as used uninitialized (a known false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 __attribute__((target("avx512f"))) void f16_to_f32_avx512(const uint16_t* src, float* dst, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -243,6 +247,7 @@ __attribute__((target("avx,f16c"))) void f32_to_f16_f16c(const float* src, uint1
   }
   for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
 }
+#pragma GCC diagnostic pop
 #endif
 
 void f16_to_f32_portable(const uint16_t* src, float* dst, int64_t n) {
