@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backends/cpu/ops.h"
+#include "backends/cpu/quants.h"
 #include "common/error.h"
 #include "model/model.h"
 #include "stories.h"
@@ -551,5 +552,45 @@ TEST(Halting, StagedAndStablePoliciesReadTheLayersOfTheirSchedule) {
     EXPECT_EQ(decided, overlap == 1.0 ? 7 : 5) << overlap;
     EXPECT_EQ(q->decision_layers(), (std::vector<int>{decided}));
     EXPECT_EQ(h.size(), 10u);
+  }
+}
+
+TEST(Halting, F16CacheRunsBothKvModesCloseToF32) {
+  // An f16 KV cache in both KV modes: drop leaves the halted tokens' slots out exactly as with
+  // f32, retain stores their projections rounded to f16, the logits stay close to the f32
+  // cache's, and decoding after either runs on the f16 cache.
+  const Model& m = stories();
+  const HParams& hp = m.hp();
+  const auto n = static_cast<int64_t>(prompt_tokens().size());
+  for (const HaltingConfig& hc : {HaltingConfig{}, topk(1.0 / 3.0), topk(1.0 / 3.0, KVMode::Drop)}) {
+    Engine e32(m, n + 8), e16(m, n + 8, cpu::KvType::F16);
+    const PrefillRun a = prefill(hc, &e32), b = prefill(hc, &e16);
+    EXPECT_EQ(a.trace.halted_after, b.trace.halted_after) << hc.policy;
+    float mx = 1.f, diff = 0.f;
+    for (size_t i = 0; i < a.logits.size(); ++i) {
+      mx = std::max(mx, std::abs(a.logits[i]));
+      diff = std::max(diff, std::abs(a.logits[i] - b.logits[i]));
+    }
+    EXPECT_LE(diff, 1e-2f * mx) << hc.policy << (hc.enabled() ? kv_mode_name(hc.kv) : "");
+    for (int il = 0; il < hp.n_layer; ++il) {
+      EXPECT_EQ(e32.cache().valid[static_cast<size_t>(il)], e16.cache().valid[static_cast<size_t>(il)]);
+      for (int64_t t = 0; t < n; ++t) {
+        const std::vector<float> k32 = e32.cache().k_at(il, t), k16 = e16.cache().k_at(il, t);
+        for (size_t j = 0; j < k32.size(); ++j) {
+          // Layer 0's keys come from the embeddings alone: exactly the f32 keys rounded to f16.
+          // Later layers' differ also by what the earlier layers' rounded keys did to the states.
+          if (il == 0) {
+            ASSERT_EQ(k16[j], cpu::fp16_to_fp32(cpu::fp32_to_fp16(k32[j]))) << t;
+          } else {
+            ASSERT_NEAR(k16[j], k32[j], 2e-2f * std::max(1.f, std::abs(k32[j]))) << il << " " << t;
+          }
+        }
+      }
+    }
+    EXPECT_EQ(e16.cache().bytes() * 2, e32.cache().bytes());
+    const std::vector<float> d32 = e32.decode(5), d16 = e16.decode(5);
+    float dd = 0.f;
+    for (size_t i = 0; i < d32.size(); ++i) dd = std::max(dd, std::abs(d32[i] - d16[i]));
+    EXPECT_LE(dd, 1e-2f * mx);
   }
 }

@@ -1,6 +1,7 @@
 // CPU ops against plain reference implementations written out in the test.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -203,4 +204,101 @@ TEST(Ops, FlashAttentionAwkwardSizesAtEveryLevel) {
     }
   }
   gemm_set_level(saved);
+}
+
+namespace {
+
+std::vector<uint16_t> to_f16(const std::vector<float>& x) {
+  std::vector<uint16_t> h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) h[i] = fp32_to_fp16(x[i]);
+  return h;
+}
+std::vector<float> from_f16(const std::vector<uint16_t>& h) {
+  std::vector<float> x(h.size());
+  for (size_t i = 0; i < h.size(); ++i) x[i] = fp16_to_fp32(h[i]);
+  return x;
+}
+
+}  // namespace
+
+TEST(Ops, F16RowConversionsAgreeWithScalarAtEveryLevel) {
+  // Lengths around the vector widths; normal, subnormal, tiny, huge, signed zero and infinite values.
+  const GemmLevel saved = gemm_level();
+  std::vector<float> x = randn(77, 31, 3.f);
+  const float specials[] = {0.f, -0.f, 1e-6f, -3e-8f, 6.1e-5f, 65504.f, 65519.f, 65520.f, -1e6f, INFINITY, -INFINITY, 1.f / 3.f};
+  for (size_t i = 0; i < std::size(specials); ++i) x[i * 5] = specials[i];
+  for (int level = 0; level <= static_cast<int>(gemm_max_level()); ++level) {
+    gemm_set_level(static_cast<GemmLevel>(level));
+    for (int64_t n : {1, 7, 8, 9, 16, 17, 33, 77}) {
+      std::vector<uint16_t> h(static_cast<size_t>(n));
+      f32_to_f16_row(x.data(), h.data(), n);
+      std::vector<float> back(static_cast<size_t>(n));
+      f16_to_f32_row(h.data(), back.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(h[static_cast<size_t>(i)], fp32_to_fp16(x[static_cast<size_t>(i)])) << f16_conversion_name() << " n " << n << " at " << i;
+        ASSERT_EQ(std::bit_cast<uint32_t>(back[static_cast<size_t>(i)]), std::bit_cast<uint32_t>(fp16_to_fp32(h[static_cast<size_t>(i)])))
+            << f16_conversion_name() << " at " << i;
+      }
+    }
+  }
+  gemm_set_level(saved);
+}
+
+TEST(Ops, FlashAttentionF16CacheAndSplitsAtEveryLevel) {
+  // An f16 cache gives the attention of its rounded keys and values; few queries over many keys
+  // (decoding) take the split path with more threads than tasks; holes, windows and GQA as above.
+  const GemmLevel saved = gemm_level();
+  const int saved_threads = num_threads();
+  const int64_t n_kv = 1500;
+  auto k = randn(static_cast<size_t>(n_kv * 2 * 24), 32), v = randn(static_cast<size_t>(n_kv * 2 * 24), 33);
+  const std::vector<uint16_t> k16 = to_f16(k), v16 = to_f16(v);
+  const std::vector<float> kr = from_f16(k16), vr = from_f16(v16);
+  std::vector<uint8_t> valid(n_kv, 1);
+  for (int64_t j = 2; j < n_kv; j += 3) valid[static_cast<size_t>(j)] = 0;
+  for (int64_t j = 700; j < 1100; ++j) valid[static_cast<size_t>(j)] = 0;
+  const std::vector<std::vector<int32_t>> query_sets = {{1499}, {3, 900, 1499}, {}};
+  std::vector<int32_t> many;
+  for (int32_t p = 0; p < n_kv; p += 1 + (p * 5) % 13) many.push_back(p);
+  for (int threads : {1, 4, 7}) {
+    set_num_threads(threads);
+    for (int level = 0; level <= static_cast<int>(gemm_max_level()); ++level) {
+      gemm_set_level(static_cast<GemmLevel>(level));
+      for (const auto& qs0 : query_sets) {
+        const std::vector<int32_t>& pos = qs0.empty() ? many : qs0;
+        const auto nq = static_cast<int64_t>(pos.size());
+        auto q = randn(static_cast<size_t>(nq * 6 * 24), 34);
+        for (int window : {0, 300}) {
+          for (bool holes : {false, true}) {
+            for (bool f16 : {false, true}) {
+              AttentionParams p{6, 2, 24, 0.4f, window};
+              std::vector<float> out(q.size(), 123.f);
+              const KvRef kv = f16 ? KvRef{k16.data(), v16.data(), KvType::F16} : KvRef{k.data(), v.data(), KvType::F32};
+              attention(q.data(), pos.data(), nq, kv, n_kv, holes ? valid.data() : nullptr, p, out.data());
+              const auto ref = attention_ref(q, pos, f16 ? kr : k, f16 ? vr : v, n_kv, holes ? &valid : nullptr, p);
+              for (size_t i = 0; i < out.size(); ++i) {
+                ASSERT_NEAR(out[i], ref[i], 2e-5f) << gemm_level_name(static_cast<GemmLevel>(level)) << " threads " << threads
+                                                   << " queries " << nq << " window " << window << (holes ? " holes" : "")
+                                                   << (f16 ? " f16" : "") << " at " << i;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  set_num_threads(saved_threads);
+  gemm_set_level(saved);
+}
+
+TEST(Ops, AttentionReceivedReadsAnF16Cache) {
+  AttentionParams p{4, 2, 16, 0.25f, 0};
+  const int64_t n_kv = 50;
+  std::vector<int32_t> pos{10, 30, 49};
+  auto q = randn(static_cast<size_t>(3 * 64), 41), k = randn(static_cast<size_t>(n_kv * 32), 42);
+  const std::vector<uint16_t> k16 = to_f16(k);
+  const std::vector<float> kr = from_f16(k16);
+  std::vector<float> a(n_kv), b(n_kv);
+  attention_received(q.data(), pos.data(), 3, kr.data(), n_kv, nullptr, p, a.data());
+  attention_received(q.data(), pos.data(), 3, k16.data(), KvType::F16, n_kv, nullptr, p, b.data());
+  expect_close(a, b, 1e-6f);
 }

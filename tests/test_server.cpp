@@ -116,7 +116,7 @@ TEST(Slots, PrefixReuseGivesTheLogitsOfAFreshPrefill) {
   b = std::vector<int32_t>(a.begin(), a.begin() + 40);
   for (int i = 0; i < 25; ++i) b.push_back(2 + (i * 11) % 500);
 
-  Engine fresh(model, 256);
+  Engine fresh(model, 256, kDefaultKvType);  // the pool's engines have the default cache type
   const std::vector<float> want = fresh.prefill(b);
 
   Slot& s = pool.acquire(a);

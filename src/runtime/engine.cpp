@@ -13,14 +13,68 @@
 
 namespace dashlm {
 
-void KVCache::init(int n_layer, int64_t n_ctx_, int64_t kv_dim_) {
+void KVCache::init(int n_layer, int64_t n_ctx_, int64_t kv_dim_, cpu::KvType type_) {
   n_ctx = n_ctx_;
   kv_dim = kv_dim_;
+  type = type_;
   const auto L = static_cast<size_t>(n_layer);
-  k.assign(L, std::vector<float>(static_cast<size_t>(n_ctx * kv_dim)));
-  v.assign(L, std::vector<float>(static_cast<size_t>(n_ctx * kv_dim)));
+  const auto n = static_cast<size_t>(n_ctx * kv_dim);
+  if (type == cpu::KvType::F16) {
+    k.clear();
+    v.clear();
+    k16.assign(L, std::vector<uint16_t>(n));
+    v16.assign(L, std::vector<uint16_t>(n));
+  } else {
+    k16.clear();
+    v16.clear();
+    k.assign(L, std::vector<float>(n));
+    v.assign(L, std::vector<float>(n));
+  }
   valid.assign(L, std::vector<uint8_t>(static_cast<size_t>(n_ctx), 1));
   has_holes.assign(L, 0);
+}
+
+void KVCache::store(int il, const float* k_rows, const float* v_rows, const int32_t* pos, int64_t n) {
+  const auto l = static_cast<size_t>(il);
+  if (type == cpu::KvType::F32) {
+    cpu::scatter_rows(k_rows, pos, n, kv_dim, k[l].data());
+    cpu::scatter_rows(v_rows, pos, n, kv_dim, v[l].data());
+    return;
+  }
+  uint16_t* kd = k16[l].data();
+  uint16_t* vd = v16[l].data();
+  const int64_t d = kv_dim;
+#pragma omp parallel for schedule(static) num_threads(cpu::num_threads()) if (n * d > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    cpu::f32_to_f16_row(k_rows + i * d, kd + pos[i] * d, d);
+    cpu::f32_to_f16_row(v_rows + i * d, vd + pos[i] * d, d);
+  }
+}
+
+std::vector<float> KVCache::k_at(int il, int64_t pos) const {
+  std::vector<float> r(static_cast<size_t>(kv_dim));
+  if (type == cpu::KvType::F32) {
+    std::copy_n(k[static_cast<size_t>(il)].data() + pos * kv_dim, kv_dim, r.data());
+  } else {
+    cpu::f16_to_f32_row(k16[static_cast<size_t>(il)].data() + pos * kv_dim, r.data(), kv_dim);
+  }
+  return r;
+}
+
+std::vector<float> KVCache::v_at(int il, int64_t pos) const {
+  std::vector<float> r(static_cast<size_t>(kv_dim));
+  if (type == cpu::KvType::F32) {
+    std::copy_n(v[static_cast<size_t>(il)].data() + pos * kv_dim, kv_dim, r.data());
+  } else {
+    cpu::f16_to_f32_row(v16[static_cast<size_t>(il)].data() + pos * kv_dim, r.data(), kv_dim);
+  }
+  return r;
+}
+
+cpu::KvRef KVCache::layer(int il) const {
+  const auto l = static_cast<size_t>(il);
+  if (type == cpu::KvType::F16) return {k16[l].data(), v16[l].data(), type};
+  return {k[l].data(), v[l].data(), type};
 }
 
 void KVCache::clear_holes() {
@@ -44,7 +98,9 @@ void Engine::truncate(int64_t n) {
   cache_.clear_holes_from(n);
 }
 
-size_t KVCache::bytes() const { return 2 * k.size() * static_cast<size_t>(n_ctx * kv_dim) * sizeof(float); }
+size_t KVCache::bytes() const {
+  return 2 * valid.size() * static_cast<size_t>(n_ctx * kv_dim) * cpu::kv_type_bytes(type);
+}
 
 void Engine::Buffer::reserve(size_t n) {
   if (n <= cap) return;
@@ -83,7 +139,7 @@ bool consecutive(const int32_t* v, int64_t n) { return n > 0 && static_cast<int6
 
 }  // namespace
 
-uint64_t Engine::memory_bytes(const Model& model, int64_t n_ctx, int64_t chunk_rows) {
+uint64_t Engine::memory_bytes(const Model& model, int64_t n_ctx, cpu::KvType kv_type, int64_t chunk_rows) {
   const HParams& hp = model.hp();
   using u128 = unsigned __int128;
   int64_t ff_max = 0;
@@ -92,7 +148,7 @@ uint64_t Engine::memory_bytes(const Model& model, int64_t n_ctx, int64_t chunk_r
   const auto kvd = static_cast<u128>(hp.kv_dim()), qd = static_cast<u128>(std::max(hp.q_dim(), hp.n_embd));
   const u128 rows = static_cast<u128>(std::min(n_ctx, chunk_rows));
   const u128 ff = std::max(rows * static_cast<u128>(ff_max), static_cast<u128>(std::min<int64_t>(n_ctx, 3) * hp.n_ff));
-  const u128 kv = L * ctx * (2 * kvd * sizeof(float) + 1);  // K, V and the validity flags
+  const u128 kv = L * ctx * (2 * kvd * cpu::kv_type_bytes(kv_type) + 1);  // K, V and the validity flags
   const u128 hidden = ctx * d * sizeof(float);             // a prompt filling the context
   const u128 scratch = (rows * (3 * d + 2 * qd + 2 * kvd + 1) + 2 * ff) * sizeof(float);
   const u128 logits = static_cast<u128>(hp.n_vocab) * sizeof(float);
@@ -100,15 +156,15 @@ uint64_t Engine::memory_bytes(const Model& model, int64_t n_ctx, int64_t chunk_r
   return total > std::numeric_limits<uint64_t>::max() ? std::numeric_limits<uint64_t>::max() : static_cast<uint64_t>(total);
 }
 
-void Engine::check_memory_for(const Model& model, int64_t n_ctx) {
+void Engine::check_memory_for(const Model& model, int64_t n_ctx, cpu::KvType kv) {
   check_context_size(n_ctx);
-  check_memory(memory_bytes(model, n_ctx), fmt::format("the KV cache and buffers of a {}-token context", n_ctx));
+  check_memory(memory_bytes(model, n_ctx, kv), fmt::format("the KV cache and buffers of a {}-token context", n_ctx));
 }
 
-Engine::Engine(const Model& model, int64_t n_ctx) : model_(model) {
+Engine::Engine(const Model& model, int64_t n_ctx, cpu::KvType kv) : model_(model) {
   // Refused before allocating: the cache is zero-filled at once, the rest grows with the prompt.
-  check_memory_for(model, n_ctx);
-  cache_.init(model.hp().n_layer, n_ctx, model.hp().kv_dim());
+  check_memory_for(model, n_ctx, kv);
+  cache_.init(model.hp().n_layer, n_ctx, model.hp().kv_dim(), kv);
   for (int il = 0; il < model.hp().n_layer; ++il) ff_slice_max_ = std::max(ff_slice_max_, ff_slice(model, il));
   const auto half = static_cast<size_t>(std::max(0, model.hp().n_rot / 2));
   rope_freq_global_.resize(half);
@@ -147,10 +203,7 @@ void Engine::write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n,
   const LayerWeights& L = model_.layer(il);
   if (L.k_norm) cpu::rmsnorm_heads(k, L.k_norm, n * hp.n_head_kv, hp.head_dim, hp.norm_eps);
   cpu::rope(k, n, hp.n_head_kv, hp.kv_dim(), pos, rope_params(il));
-  if (!in_cache) {
-    cpu::scatter_rows(k, pos, n, hp.kv_dim(), cache_.k[static_cast<size_t>(il)].data());
-    cpu::scatter_rows(v, pos, n, hp.kv_dim(), cache_.v[static_cast<size_t>(il)].data());
-  }
+  if (!in_cache) cache_.store(il, k, v, pos, n);
 }
 
 void Engine::project_kv(int il, float* x, const int32_t* rows, const int32_t* pos, int64_t n) {
@@ -166,8 +219,8 @@ void Engine::project_kv(int il, float* x, const int32_t* rows, const int32_t* po
       xr = s_.xc.data();
     }
     cpu::rmsnorm(xr, L.attn_norm, s_.xn.data(), m, d, hp.norm_eps);
-    // Consecutive positions write K and V straight into their cache slots.
-    const bool in_cache = consecutive(pos + i0, m);
+    // Consecutive positions write K and V straight into their slots of a float32 cache.
+    const bool in_cache = cache_.type == cpu::KvType::F32 && consecutive(pos + i0, m);
     float* k = in_cache ? cache_.k_row(il, pos[i0]) : s_.k.data();
     float* v = in_cache ? cache_.v_row(il, pos[i0]) : s_.v.data();
     cpu::matmul(L.wk, s_.xn.data(), m, k, L.bk);
@@ -187,8 +240,7 @@ void Engine::forward_layer(int il, const LayerIO& io) {
 
   const cpu::AttentionParams ap = attention_params(il);
   const cpu::RopeParams rp = rope_params(il);
-  const float* kc = cache_.k[static_cast<size_t>(il)].data();
-  const float* vc = cache_.v[static_cast<size_t>(il)].data();
+  const cpu::KvRef kv = cache_.layer(il);
   const uint8_t* valid = cache_.valid_mask(il);
   // Rows from tail0 on are the last attn_rows, whose attention received is recorded.
   const int64_t tail0 = io.attn_rows > 0 ? n - std::min<int64_t>(io.attn_rows, n) : n;
@@ -217,7 +269,7 @@ void Engine::forward_layer(int il, const LayerIO& io) {
     cpu::matmul(L.wq, xn, m, q, L.bq);
     if (L.q_norm) cpu::rmsnorm_heads(q, L.q_norm, m * hp.n_head, hp.head_dim, hp.norm_eps);
     cpu::rope(q, m, hp.n_head, qd, pos, rp);
-    cpu::attention(q, pos, m, kc, vc, pos[m - 1] + 1, valid, ap, attn);
+    cpu::attention(q, pos, m, kv, pos[m - 1] + 1, valid, ap, attn);
     if (i0 + m > tail0) {
       const int64_t a = std::max(i0, tail0);
       std::copy_n(q + (a - i0) * qd, (i0 + m - a) * qd, io.q_tail + (a - tail0) * qd);
@@ -281,7 +333,8 @@ void Engine::forward_layer(int il, const LayerIO& io) {
   }
 
   if (tail0 < n) {
-    cpu::attention_received(io.q_tail, io.pos + tail0, n - tail0, kc, io.pos[n - 1] + 1, valid, ap, io.attn_received);
+    cpu::attention_received(io.q_tail, io.pos + tail0, n - tail0, kv.k, kv.type, io.pos[n - 1] + 1, valid, ap,
+                            io.attn_received);
   }
 }
 
@@ -297,7 +350,9 @@ void Engine::logits_of_rows(const float* x, int64_t n, float* out) {
 }
 
 std::string Engine::kernels() const {
-  return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", float32 activations and cache, " +
+  const bool f16 = cache_.type == cpu::KvType::F16;
+  return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", float32 activations, " +
+         (f16 ? std::string("f16 KV cache (") + cpu::f16_conversion_name() + " conversion)" : std::string("f32 KV cache")) + ", " +
          std::to_string(cpu::num_threads()) + " threads";
 }
 

@@ -21,23 +21,31 @@ namespace dashlm {
 struct KVCache {
   int64_t n_ctx = 0;    // slots per layer; slot s holds the token at position s
   int64_t kv_dim = 0;
-  std::vector<std::vector<float>> k, v;     // per layer: n_ctx x kv_dim
-  std::vector<std::vector<uint8_t>> valid;  // per layer: 0 where a halted token's K/V were dropped
-  std::vector<uint8_t> has_holes;           // per layer: any slot invalid?
+  cpu::KvType type = cpu::KvType::F32;
+  std::vector<std::vector<float>> k, v;         // f32: per layer n_ctx x kv_dim (empty for f16)
+  std::vector<std::vector<uint16_t>> k16, v16;  // f16: per layer n_ctx x kv_dim halves (empty for f32)
+  std::vector<std::vector<uint8_t>> valid;      // per layer: 0 where a halted token's K/V were dropped
+  std::vector<uint8_t> has_holes;               // per layer: any slot invalid?
 
-  void init(int n_layer, int64_t n_ctx_, int64_t kv_dim_);
+  void init(int n_layer, int64_t n_ctx_, int64_t kv_dim_, cpu::KvType type_ = cpu::KvType::F32);
   void clear_holes();  // every slot valid again
   void clear_holes_from(int64_t pos);  // slots pos.. valid again
-  float* k_row(int il, int64_t pos) { return k[static_cast<size_t>(il)].data() + pos * kv_dim; }
-  float* v_row(int il, int64_t pos) { return v[static_cast<size_t>(il)].data() + pos * kv_dim; }
+  float* k_row(int il, int64_t pos) { return k[static_cast<size_t>(il)].data() + pos * kv_dim; }  // f32 only
+  float* v_row(int il, int64_t pos) { return v[static_cast<size_t>(il)].data() + pos * kv_dim; }  // f32 only
+  // Rows k[i], v[i] (kv_dim floats each) into the slots pos[i], converted to the cache's type.
+  void store(int il, const float* k_rows, const float* v_rows, const int32_t* pos, int64_t n);
+  // Slot `pos` of layer il as float32 (tests, tools).
+  std::vector<float> k_at(int il, int64_t pos) const;
+  std::vector<float> v_at(int il, int64_t pos) const;
+  cpu::KvRef layer(int il) const;
   const uint8_t* valid_mask(int il) const { return has_holes[static_cast<size_t>(il)] ? valid[static_cast<size_t>(il)].data() : nullptr; }
   size_t bytes() const;
 };
 
 class Engine final : public InferenceEngine, private LayerExecutor {
  public:
-  // n_ctx: KV cache size in tokens (prompt plus generated tokens).
-  Engine(const Model& model, int64_t n_ctx);
+  // n_ctx: KV cache size in tokens (prompt plus generated tokens); kv: the cache's element type.
+  Engine(const Model& model, int64_t n_ctx, cpu::KvType kv = cpu::KvType::F32);
 
   // Runs `tokens` at positions n_past() .. n_past()+T-1 through every layer, appends their keys
   // and values to the cache, and returns the logits of the last token.
@@ -55,10 +63,11 @@ class Engine final : public InferenceEngine, private LayerExecutor {
   std::string kernels() const override;
   // Bytes an engine holds with a context of n_ctx tokens and a prompt that fills it: the KV cache,
   // the hidden states, the layer scratch and a row of logits.
-  static uint64_t memory_bytes(const Model& model, int64_t n_ctx, int64_t chunk_rows = kChunkRows);
+  static uint64_t memory_bytes(const Model& model, int64_t n_ctx, cpu::KvType kv = cpu::KvType::F32,
+                               int64_t chunk_rows = kChunkRows);
   // Throws, naming both numbers, when a context of n_ctx tokens is out of range or its
   // memory_bytes exceed the memory available; the constructor checks this before allocating.
-  static void check_memory_for(const Model& model, int64_t n_ctx);
+  static void check_memory_for(const Model& model, int64_t n_ctx, cpu::KvType kv = cpu::KvType::F32);
   const KVCache& cache() const { return cache_; }
   const Model& model() const { return model_; }
   // Most rows a layer computes at once (default kChunkRows); tests set small values to cross

@@ -69,17 +69,23 @@ std::string cuda_device_missing() {
 
 }  // namespace
 
-void check_engine_fits(const Model& model, int64_t n_ctx, const std::string& backend) {
+cpu::KvType parse_kv_type(const std::string& name) {
+  if (name == "f32") return cpu::KvType::F32;
+  if (name == "f16") return cpu::KvType::F16;
+  fail("unknown KV cache type '{}' (f32, f16)", name);
+}
+
+void check_engine_fits(const Model& model, int64_t n_ctx, const std::string& backend, cpu::KvType kv) {
   if (backend == "cpu") {
-    Engine::check_memory_for(model, n_ctx);
+    Engine::check_memory_for(model, n_ctx, kv);
   } else {
     check_context_size(n_ctx);
   }
 }
 
-std::unique_ptr<InferenceEngine> make_engine(const Model& model, int64_t n_ctx, const std::string& backend) {
+std::unique_ptr<InferenceEngine> make_engine(const Model& model, int64_t n_ctx, const std::string& backend, cpu::KvType kv) {
   check_context_size(n_ctx);
-  if (backend == "cpu") return std::make_unique<Engine>(model, n_ctx);
+  if (backend == "cpu") return std::make_unique<Engine>(model, n_ctx, kv);
   if (backend == "cuda") {
     static const std::string missing = cuda_device_missing();
     if (!missing.empty()) fail("--backend cuda: {}", missing);
@@ -96,7 +102,7 @@ InferenceEngine& EngineSlot::get(int64_t n_ctx) {
     engine_->reset();
   } else {
     engine_.reset();  // free the old cache before allocating the larger one
-    engine_ = make_engine(model_, n_ctx, backend_);
+    engine_ = make_engine(model_, n_ctx, backend_, kv_);
   }
   return *engine_;
 }

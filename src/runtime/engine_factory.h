@@ -5,24 +5,35 @@
 #include <string>
 #include <utility>
 
+#include "backends/cpu/ops.h"
 #include "model/model.h"
 #include "runtime/engine_iface.h"
 
 namespace dashlm {
 
+// The CPU KV cache's element type when none is asked for (--kv-type): f16, chosen by measurement
+// (docs/PERFORMANCE.md: half the cache memory, faster decoding after long prompts, prefill speed
+// within noise of f32). The float32 cache remains the exactness oracle (--kv-type f32).
+inline constexpr cpu::KvType kDefaultKvType = cpu::KvType::F16;
+// "f32" / "f16" to a type; throws naming the choices for anything else.
+cpu::KvType parse_kv_type(const std::string& name);
+
 // Throws dashlm::Error for an unknown backend, or "cuda" when this build has no CUDA backend or
-// no device is usable (the message says why).
-std::unique_ptr<InferenceEngine> make_engine(const Model& model, int64_t n_ctx, const std::string& backend);
+// no device is usable (the message says why). kv: the CPU engine's cache type (the CUDA engine
+// keeps its bf16 cache).
+std::unique_ptr<InferenceEngine> make_engine(const Model& model, int64_t n_ctx, const std::string& backend,
+                                             cpu::KvType kv = kDefaultKvType);
 // What make_engine checks before it allocates, for callers that prepare a long prompt first: the
 // context's range, and on the CPU whether its cache and buffers fit the memory available.
-void check_engine_fits(const Model& model, int64_t n_ctx, const std::string& backend);
+void check_engine_fits(const Model& model, int64_t n_ctx, const std::string& backend, cpu::KvType kv = kDefaultKvType);
 
 // One engine serving many prompts in turn: created on first use, recreated only when a prompt
 // needs a larger cache, reset between prompts. Weights are loaded (on the GPU: converted and
 // uploaded) once, not once per prompt.
 class EngineSlot {
  public:
-  EngineSlot(const Model& model, std::string backend) : model_(model), backend_(std::move(backend)) {}
+  EngineSlot(const Model& model, std::string backend, cpu::KvType kv = kDefaultKvType)
+      : model_(model), backend_(std::move(backend)), kv_(kv) {}
   // An engine with an empty cache of at least n_ctx slots.
   InferenceEngine& get(int64_t n_ctx);
   const Model& model() const { return model_; }
@@ -30,6 +41,7 @@ class EngineSlot {
  private:
   const Model& model_;
   std::string backend_;
+  cpu::KvType kv_;
   std::unique_ptr<InferenceEngine> engine_;
 };
 

@@ -95,13 +95,14 @@ void Slot::truncate(int64_t n) {
   tokens_.resize(std::min(tokens_.size(), static_cast<size_t>(n)));
 }
 
-SlotPool::SlotPool(const Model& model, int n_slots, int64_t n_ctx, const std::string& backend, int max_waiting)
+SlotPool::SlotPool(const Model& model, int n_slots, int64_t n_ctx, const std::string& backend, int max_waiting,
+                   cpu::KvType kv)
     : n_ctx_(n_ctx), max_waiting_(max_waiting) {
   if (n_slots < 1) fail("at least one slot is needed, got {}", n_slots);
   if (max_waiting < 0) fail("the queue length must be >= 0, got {}", max_waiting);
   for (int i = 0; i < n_slots; ++i) {
     std::unique_ptr<InferenceEngine> e;
-    compute_.run([&] { e = make_engine(model, n_ctx, backend); });
+    compute_.run([&] { e = make_engine(model, n_ctx, backend, kv); });
     slots_.push_back(std::make_unique<Slot>(i, std::move(e), compute_));
   }
   busy_.assign(slots_.size(), 0);

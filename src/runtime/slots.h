@@ -20,6 +20,7 @@
 
 #include "common/error.h"
 #include "model/model.h"
+#include "runtime/engine_factory.h"
 #include "runtime/engine_iface.h"
 
 namespace dashlm {
@@ -89,7 +90,8 @@ class SlotPool {
  public:
   // n_slots engines of n_ctx tokens each on `backend`, created on the compute thread; at most
   // max_waiting requests wait for a slot.
-  SlotPool(const Model& model, int n_slots, int64_t n_ctx, const std::string& backend, int max_waiting);
+  SlotPool(const Model& model, int n_slots, int64_t n_ctx, const std::string& backend, int max_waiting,
+           cpu::KvType kv = kDefaultKvType);
   ~SlotPool();
 
   // A free slot for this prompt, waiting in line (first come, first served) while all are busy:

@@ -12,10 +12,14 @@ base = ["bench", "-m", os.path.join(st, "stories260K.bin"), "--tokenizer", os.pa
 
 rows = json.loads(run(dashlm, *base, "-p", "64,128", "-n", "8", "--halting", "topk", "--kv", "drop", "-o", "json").stdout)
 assert [r["test"] for r in rows] == ["pp64", "pp64+dash(topk(l=2,keep=0.33,drop))", "pp128",
-                                      "pp128+dash(topk(l=2,keep=0.33,drop))", "tg8"], [r["test"] for r in rows]
+                                      "pp128+dash(topk(l=2,keep=0.33,drop))", "tg8 @ 64", "tg8 @ 128"], [r["test"] for r in rows]
 for r in rows:
     assert r["avg_ts"] > 0 and len(r["ms"]) == 2 and r["peak_rss_mib"] > 0 and r["threads"] >= 1
     assert r["kernels"].startswith("cpu "), r["kernels"]
+    assert r["kv_type"] == "f16" and "f16 KV cache" in r["kernels"], r
+    assert r["median_ms"] > 0
+    # tgN @ P: N tokens after a P-token prompt; prompt rows have no depth.
+    assert (r["n_tokens"], r["n_depth"]) == ((8, int(r["test"].split("@ ")[1])) if r["test"].startswith("tg") else (r["n_tokens"], 0)), r
     if "dash" in r["test"]:
         assert r["flop_speedup"] > 1.0 and r["speedup"] > 0
 
@@ -24,10 +28,18 @@ assert table.splitlines()[0].startswith("| model |") and "pp256" in table, table
 assert "stories260K" in table
 c = list(csv.DictReader(io.StringIO(run(dashlm, *base, "-p", "32", "-o", "csv").stdout.decode())))
 assert len(c) == 1 and c[0]["test"] == "pp32" and float(c[0]["avg_ts"]) > 0
+# The same columns for a tg row, and the float32 cache on request.
+c = list(csv.DictReader(io.StringIO(run(dashlm, *base, "-p", "32", "-n", "4", "--kv-type", "f32", "-o", "csv").stdout.decode())))
+assert [r["test"] for r in c] == ["pp32", "tg4 @ 32"], c
+assert c[1]["n_tokens"] == "4" and c[1]["n_depth"] == "32" and c[1]["kv_type"] == "f32" and float(c[1]["avg_ts"]) > 0, c
+rows = json.loads(run(dashlm, *base, "-p", "16", "--kv-type", "f32", "-o", "json").stdout)
+assert rows[0]["kv_type"] == "f32" and "f32 KV cache" in rows[0]["kernels"], rows
 
 expect_error(dashlm, *base, "-p", "0")
 expect_error(dashlm, *base, "-p", "abc")
 expect_error(dashlm, *base, "-p", "4096", contains="context")
 expect_error(dashlm, *base, "-o", "xml")
+expect_error(dashlm, *base, "--kv-type", "q4")
+expect_error(dashlm, *base, "-p", "500", "-n", "100", contains="context")
 expect_error(dashlm, *base, "--halting", "topk", "--keep", "2")
 print("bench: rows and formats ok")

@@ -11,6 +11,10 @@
 #include "backends/cpu/quants.h"
 #include "common/error.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace dashlm::cpu {
 
 namespace {
@@ -199,81 +203,298 @@ void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_
   }
 }
 
-// Flash attention: per block of kBlock queries and head, the visible keys in tiles of kTile;
-// per tile one GEMM for the scores (scaled), the mask where the tile crosses a query's causal
-// or window edge or holds invalid slots, an online-softmax step (running maximum and sum per
-// row; the output so far is rescaled when the maximum grows) and one GEMM adding P V to the
-// output rows, which serve as the accumulator; at the end each row is divided by its sum.
-// Scratch: kBlock x kTile scores per thread, whatever the number of keys.
-void attention(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, const float* v, int64_t n_kv,
+const char* kv_type_name(KvType t) { return t == KvType::F16 ? "f16" : "f32"; }
+size_t kv_type_bytes(KvType t) { return t == KvType::F16 ? 2 : 4; }
+
+// Half <-> float conversions: vcvtph2ps / vcvtps2ph with F16C (8 at a time) or AVX-512F (16 at a
+// time), compiled for those instruction sets function by function and picked at run time; the
+// portable path is the scalar conversion of quants.h. All round to nearest even, so they agree
+// bit for bit (NaN payloads aside).
+namespace {
+
+#if defined(__x86_64__) || defined(__i386__)
+#define DASHLM_X86_F16 1
+// GCC 12's AVX-512 conversion intrinsics pass an _mm*_undefined_* operand, which -Wmaybe-uninitialized
+// reports as used uninitialized (a known false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) void f16_to_f32_avx512(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  }
+  for (; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+__attribute__((target("avx512f"))) void f32_to_f16_avx512(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+__attribute__((target("avx,f16c"))) void f16_to_f32_f16c(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
+  for (; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+__attribute__((target("avx,f16c"))) void f32_to_f16_f16c(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+#pragma GCC diagnostic pop
+#endif
+
+void f16_to_f32_portable(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = fp16_to_fp32(src[i]);
+}
+void f32_to_f16_portable(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+}
+
+struct F16Route {
+  const char* name;
+  void (*to_f32)(const uint16_t*, float*, int64_t);
+  void (*to_f16)(const float*, uint16_t*, int64_t);
+};
+
+// The route follows the GEMM's kernel level in use (DASHLM_GEMM=scalar, or gemm_set_level as the
+// tests use to reach the portable kernels, reaches the portable conversions too) and what the CPU
+// has.
+const F16Route& f16_route() {
+  static const F16Route portable{"portable", f16_to_f32_portable, f32_to_f16_portable};
+#ifdef DASHLM_X86_F16
+  static const F16Route avx512{"avx512", f16_to_f32_avx512, f32_to_f16_avx512};
+  static const F16Route f16c{"f16c", f16_to_f32_f16c, f32_to_f16_f16c};
+  static const bool has_avx512 = (__builtin_cpu_init(), __builtin_cpu_supports("avx512f"));
+  static const bool has_f16c = (__builtin_cpu_init(), __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx"));
+  const GemmLevel level = gemm_level();
+  if (level == GemmLevel::avx512 && has_avx512) return avx512;
+  if (level != GemmLevel::scalar && has_f16c) return f16c;
+#endif
+  return portable;
+}
+
+}  // namespace
+
+void f16_to_f32_row(const uint16_t* src, float* dst, int64_t n) { f16_route().to_f32(src, dst, n); }
+void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n) { f16_route().to_f16(src, dst, n); }
+const char* f16_conversion_name() { return f16_route().name; }
+
+// Flash attention. A task is a block of queries and one KV head with the query heads that share
+// it (GQA), packed as rows (head g, query i) -> row g * nb + i, so that each key tile serves every
+// head of the group; optionally only a share of the block's keys (a split: decoding has one
+// query block, and its few tasks would leave threads idle; splits' partial results are merged at
+// the end). Per key tile: one GEMM for the scores (scaled), the mask where the tile crosses a
+// query's causal or window edge, an online-softmax step (running maximum and sum per row; the
+// output so far is rescaled when the maximum grows) and one GEMM adding P V to the output rows.
+// Key tiles are read in place (float32 cache, no dropped slots) or gathered into per-thread
+// buffers: f16 rows converted to float, and with dropped slots (kv_valid) only the valid ones,
+// so that the tiles are dense in valid keys and a dropped key costs nothing.
+void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& kv, int64_t n_kv,
                const uint8_t* kv_valid, const AttentionParams& p, float* out) {
-  constexpr int64_t kBlock = 32;
   constexpr int64_t kTile = 256;
+  constexpr int64_t kRowsTarget = 64;  // rows (queries x heads of a group) per task
+  if (n_q <= 0) return;
   const int64_t hd = p.head_dim;
   const int64_t q_stride = static_cast<int64_t>(p.n_head) * hd;
   const int64_t kv_stride = static_cast<int64_t>(p.n_head_kv) * hd;
   const int group = p.n_head / p.n_head_kv;
-  const int64_t n_blocks = (n_q + kBlock - 1) / kBlock;
+  const int64_t qb = std::max<int64_t>(1, kRowsTarget / group);  // queries per block
+  const int64_t rows_max = qb * group;
+  const int64_t n_blocks = (n_q + qb - 1) / qb;
   const float neg_inf = -std::numeric_limits<float>::infinity();
+  const bool f16 = kv.type == KvType::F16;
+  const auto to_f32 = f16_route().to_f32;
 
-#pragma omp parallel num_threads(num_threads())
+  // With dropped slots: the positions of the valid ones, ascending (tiles are ranges of it).
+  thread_local std::vector<int32_t> slot_list;
+  const int32_t* slots = nullptr;
+  int64_t n_slots = 0;
+  if (kv_valid) {
+    slot_list.clear();
+    for (int64_t j = 0; j < n_kv; ++j) {
+      if (kv_valid[j]) slot_list.push_back(static_cast<int32_t>(j));
+    }
+    slots = slot_list.data();
+    n_slots = static_cast<int64_t>(slot_list.size());
+  }
+  const bool in_place = !f16 && !slots;
+  // The key range of a block, as indices into the slot list (or slots themselves).
+  auto key_range = [&](int64_t b, int64_t& a, int64_t& e) {
+    const int64_t i0 = b * qb, nb = std::min(qb, n_q - i0);
+    const int64_t hi = std::min<int64_t>(q_pos[i0 + nb - 1], n_kv - 1);
+    const int64_t lo = p.window > 0 ? std::max<int64_t>(0, q_pos[i0] - p.window + 1) : 0;
+    if (!slots) {
+      a = lo;
+      e = std::max(lo, hi + 1);
+      return;
+    }
+    const int32_t* end = slots + n_slots;
+    a = std::lower_bound(slots, end, static_cast<int32_t>(lo)) - slots;
+    e = std::max(a, static_cast<int64_t>(std::upper_bound(slots, end, static_cast<int32_t>(hi)) - slots));
+  };
+
+  // Splits of the key range when the tasks are fewer than the threads (decoding, short chunks).
+  const int threads = num_threads();
+  const int64_t tasks0 = n_blocks * p.n_head_kv;
+  int64_t splits = 1;
+  if (tasks0 < threads) {
+    int64_t a = 0, e = 0;
+    key_range(n_blocks - 1, a, e);
+    splits = std::max<int64_t>(1, std::min<int64_t>((threads + tasks0 - 1) / tasks0, (e - a) / (2 * kTile)));
+  }
+  // Partial results of splits: per task, rows_max x hd outputs, then maxima and sums.
+  std::vector<float> partial;
+  if (splits > 1) partial.resize(static_cast<size_t>(tasks0 * splits * rows_max * (hd + 2)));
+  const int64_t n_tasks = tasks0 * splits;
+
+#pragma omp parallel num_threads(threads) if (n_tasks > 1)
   {
-    float* s = attention_scratch(static_cast<size_t>(kBlock * kTile));
-#pragma omp for schedule(dynamic, 1) collapse(2)
-    for (int64_t b = 0; b < n_blocks; ++b) {
-      for (int h = 0; h < p.n_head; ++h) {
-        const int64_t i0 = b * kBlock, nb = std::min(kBlock, n_q - i0);
-        const int64_t p_first = q_pos[i0], p_last = q_pos[i0 + nb - 1];
-        // Keys this block can see: slots [lo, hi].
-        const int64_t hi = std::min<int64_t>(p_last, n_kv - 1);
-        const int64_t lo = p.window > 0 ? std::max<int64_t>(0, p_first - p.window + 1) : 0;
-        float* o = out + i0 * q_stride + h * hd;
-        const float* qb = q + i0 * q_stride + h * hd;
-        const int kvh = h / group;
-        float m[kBlock], l[kBlock], corr[kBlock];
-        std::fill(m, m + nb, neg_inf);
-        std::fill(l, l + nb, 0.f);
-        bool first = true;
-        for (int64_t j0 = lo; j0 <= hi; j0 += kTile) {
-          const int64_t nt = std::min(kTile, hi - j0 + 1);
-          gemm_nt(nb, nt, hd, qb, q_stride, k + j0 * kv_stride + kvh * hd, kv_stride, s, kTile, false, p.scale, 1);
-          // The mask, where some key of the tile is hidden from some query of the block.
-          bool holes = false;
-          if (kv_valid) {
-            for (int64_t j = 0; j < nt && !holes; ++j) holes = !kv_valid[j0 + j];
-          }
-          const bool causal_edge = j0 + nt - 1 > p_first;
-          const bool window_edge = p.window > 0 && j0 < p_last - p.window + 1;
-          if (holes || causal_edge || window_edge) {
-            for (int64_t i = 0; i < nb; ++i) {
-              float* row = s + i * kTile;
-              const int64_t qp = q_pos[i0 + i];
-              const int64_t j_lo = p.window > 0 ? qp - p.window + 1 - j0 : 0;  // first visible index
-              const int64_t j_hi = qp - j0;                                     // last visible index
-              for (int64_t j = 0; j < nt; ++j) {
-                if (j < j_lo || j > j_hi || (holes && !kv_valid[j0 + j])) row[j] = neg_inf;
-              }
+    // Scratch: scores, packed queries and outputs, gathered key and value tiles.
+    float* scratch = attention_scratch(static_cast<size_t>(rows_max * kTile + 2 * rows_max * hd + 2 * kTile * hd));
+    float* s = scratch;
+    float* qs = s + rows_max * kTile;
+    float* os = qs + rows_max * hd;
+    float* kt_buf = os + rows_max * hd;
+    float* vt_buf = kt_buf + kTile * hd;
+    float m[256], l[256], corr[256];
+    std::vector<float> m_heap, l_heap, corr_heap;
+    float* mp = m;
+    float* lp = l;
+    float* cp = corr;
+    if (rows_max > 256) {
+      m_heap.resize(static_cast<size_t>(rows_max));
+      l_heap.resize(static_cast<size_t>(rows_max));
+      corr_heap.resize(static_cast<size_t>(rows_max));
+      mp = m_heap.data();
+      lp = l_heap.data();
+      cp = corr_heap.data();
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < n_tasks; ++task) {
+      const int64_t sp = task % splits;
+      const int64_t b = task / splits / p.n_head_kv;
+      const int kvh = static_cast<int>(task / splits % p.n_head_kv);
+      const int64_t i0 = b * qb, nb = std::min(qb, n_q - i0), rows = nb * group;
+      const int64_t p_first = q_pos[i0], p_last = q_pos[i0 + nb - 1];
+      int64_t a = 0, e = 0;
+      key_range(b, a, e);
+      if (splits > 1) {  // this split's share, in whole tiles
+        const int64_t tiles = (e - a + kTile - 1) / kTile;
+        const int64_t t0 = tiles * sp / splits, t1 = tiles * (sp + 1) / splits;
+        e = std::min(e, a + t1 * kTile);
+        a = a + t0 * kTile;
+      }
+      for (int g = 0; g < group; ++g) {
+        const float* src = q + i0 * q_stride + (static_cast<int64_t>(kvh) * group + g) * hd;
+        for (int64_t i = 0; i < nb; ++i) std::copy_n(src + i * q_stride, hd, qs + (g * nb + i) * hd);
+      }
+      std::fill(mp, mp + rows, neg_inf);
+      std::fill(lp, lp + rows, 0.f);
+      bool first = true;
+      for (int64_t t0 = a; t0 < e; t0 += kTile) {
+        const int64_t nt = std::min(kTile, e - t0);
+        const float* kt = nullptr;
+        const float* vt = nullptr;
+        int64_t ld = hd;
+        if (in_place) {
+          kt = static_cast<const float*>(kv.k) + t0 * kv_stride + kvh * hd;
+          vt = static_cast<const float*>(kv.v) + t0 * kv_stride + kvh * hd;
+          ld = kv_stride;
+        } else {
+          for (int64_t j = 0; j < nt; ++j) {
+            const int64_t slot = slots ? slots[t0 + j] : t0 + j;
+            const int64_t off = slot * kv_stride + kvh * hd;
+            if (f16) {
+              to_f32(static_cast<const uint16_t*>(kv.k) + off, kt_buf + j * hd, hd);
+              to_f32(static_cast<const uint16_t*>(kv.v) + off, vt_buf + j * hd, hd);
+            } else {
+              std::copy_n(static_cast<const float*>(kv.k) + off, hd, kt_buf + j * hd);
+              std::copy_n(static_cast<const float*>(kv.v) + off, hd, vt_buf + j * hd);
             }
           }
-          softmax_tile(nb, nt, s, kTile, m, l, corr);
-          if (!first) {
-            for (int64_t i = 0; i < nb; ++i) {
-              if (corr[i] != 1.f) scale_inplace(o + i * q_stride, corr[i], hd);
-            }
-          }
-          // O (+)= P V
-          gemm_nn(nb, hd, nt, s, kTile, v + j0 * kv_stride + kvh * hd, kv_stride, o, q_stride, !first, 1.f, 1);
-          first = false;
+          kt = kt_buf;
+          vt = vt_buf;
         }
-        for (int64_t i = 0; i < nb; ++i) {
-          float* orow = o + i * q_stride;
-          if (first || !(l[i] > 0.f)) {  // no visible key: a zero output
-            std::fill(orow, orow + hd, 0.f);
-          } else {
-            scale_inplace(orow, 1.f / l[i], hd);
+        gemm_nt(rows, nt, hd, qs, hd, kt, ld, s, kTile, false, p.scale, 1);
+        // The mask, where some key of the tile is hidden from some query of the block.
+        const int64_t k_first = slots ? slots[t0] : t0, k_last = slots ? slots[t0 + nt - 1] : t0 + nt - 1;
+        const bool causal_edge = k_last > p_first;
+        const bool window_edge = p.window > 0 && k_first < p_last - p.window + 1;
+        if (causal_edge || window_edge) {
+          for (int64_t r = 0; r < rows; ++r) {
+            float* row = s + r * kTile;
+            const int64_t qp = q_pos[i0 + r % nb];
+            const int64_t lo_pos = p.window > 0 ? qp - p.window + 1 : std::numeric_limits<int64_t>::min();
+            for (int64_t j = 0; j < nt; ++j) {
+              const int64_t kp = slots ? slots[t0 + j] : t0 + j;
+              if (kp < lo_pos || kp > qp) row[j] = neg_inf;
+            }
           }
+        }
+        softmax_tile(rows, nt, s, kTile, mp, lp, cp);
+        if (!first) {
+          for (int64_t r = 0; r < rows; ++r) {
+            if (cp[r] != 1.f) scale_inplace(os + r * hd, cp[r], hd);
+          }
+        }
+        // O (+)= P V
+        gemm_nn(rows, hd, nt, s, kTile, vt, ld, os, hd, !first, 1.f, 1);
+        first = false;
+      }
+      if (first) std::fill(os, os + rows * hd, 0.f);  // no key in range
+      if (splits > 1) {
+        float* po = partial.data() + task * rows_max * (hd + 2);
+        std::copy_n(os, rows * hd, po);
+        std::copy_n(mp, rows, po + rows_max * hd);
+        std::copy_n(lp, rows, po + rows_max * hd + rows_max);
+        continue;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t g = r / nb, i = r % nb;
+        float* orow = out + (i0 + i) * q_stride + (static_cast<int64_t>(kvh) * group + g) * hd;
+        if (first || !(lp[r] > 0.f)) {  // no visible key: a zero output
+          std::fill(orow, orow + hd, 0.f);
+        } else {
+          const float inv = 1.f / lp[r];
+          for (int64_t d = 0; d < hd; ++d) orow[d] = os[r * hd + d] * inv;
         }
       }
+    }
+  }
+  if (splits == 1) return;
+  // Merge the splits: O = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s.
+#pragma omp parallel for schedule(static) num_threads(threads) if (tasks0 > 1)
+  for (int64_t t = 0; t < tasks0; ++t) {
+    const int64_t b = t / p.n_head_kv;
+    const int kvh = static_cast<int>(t % p.n_head_kv);
+    const int64_t i0 = b * qb, nb = std::min(qb, n_q - i0), rows = nb * group;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t g = r / nb, i = r % nb;
+      float* orow = out + (i0 + i) * q_stride + (static_cast<int64_t>(kvh) * group + g) * hd;
+      float mx = neg_inf;
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const float* po = partial.data() + (t * splits + sp) * rows_max * (hd + 2);
+        if (po[rows_max * hd + rows_max + r] > 0.f) mx = std::max(mx, po[rows_max * hd + r]);
+      }
+      std::fill(orow, orow + hd, 0.f);
+      if (mx == neg_inf) continue;
+      float sum = 0.f;
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const float* po = partial.data() + (t * splits + sp) * rows_max * (hd + 2);
+        const float ls = po[rows_max * hd + rows_max + r];
+        if (!(ls > 0.f)) continue;
+        const float w = std::exp(po[rows_max * hd + r] - mx);
+        sum += w * ls;
+        for (int64_t d = 0; d < hd; ++d) orow[d] += w * po[r * hd + d];
+      }
+      scale_inplace(orow, 1.f / sum, hd);
     }
   }
 }
@@ -318,7 +539,7 @@ void row_l2_norms(const float* x, int64_t n, int64_t dim, float* out) {
 
 namespace dashlm::cpu {
 
-void attention_received(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, int64_t n_kv,
+void attention_received(const float* q, const int32_t* q_pos, int64_t n_q, const void* k, KvType type, int64_t n_kv,
                         const uint8_t* kv_valid, const AttentionParams& p, float* out) {
   const int64_t hd = p.head_dim, qs = int64_t{p.n_head} * hd, ks = int64_t{p.n_head_kv} * hd;
   const int group = p.n_head / p.n_head_kv;
@@ -341,9 +562,15 @@ void attention_received(const float* q, const int32_t* q_pos, int64_t n_q, const
       const int64_t hi = std::min<int64_t>(q_pos[i], n_kv - 1);
       const int64_t lo = p.window > 0 ? std::max<int64_t>(0, q_pos[i] - p.window + 1) : 0;
       float mx = -std::numeric_limits<float>::infinity();
+      float* key = type == KvType::F16 ? attention_scratch(static_cast<size_t>(hd)) : nullptr;
       for (int64_t j = lo; j <= hi; ++j) {
         if (kv_valid && !kv_valid[j]) continue;
-        wp[j] = p.scale * dot(q + i * qs + h * hd, k + j * ks + kvh * hd, hd);
+        const float* kr = static_cast<const float*>(k) + j * ks + kvh * hd;
+        if (key) {
+          f16_to_f32_row(static_cast<const uint16_t*>(k) + j * ks + kvh * hd, key, hd);
+          kr = key;
+        }
+        wp[j] = p.scale * dot(q + i * qs + h * hd, kr, hd);
         mx = std::max(mx, wp[j]);
       }
       any[static_cast<size_t>(pb)] = mx != -std::numeric_limits<float>::infinity();

@@ -1,6 +1,7 @@
 // CPU operations on plain float32 arrays. They know nothing of models: a caller passes
 // pointers, sizes and strides. Row-major throughout: a matrix [rows x cols] has cols contiguous.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "backends/dtype.h"
@@ -63,12 +64,38 @@ struct AttentionParams {
   float scale = 1.f;
   int window = 0;             // sliding window (0 = none): key j visible to query i if i - j < window
 };
+// Element type of a KV cache: float32, or IEEE half (converted to float32 as the attention loads
+// each key tile; stored with round-to-nearest-even).
+enum class KvType : uint8_t { F32 = 0, F16 = 1 };
+const char* kv_type_name(KvType t);  // "f32", "f16"
+size_t kv_type_bytes(KvType t);      // bytes per element
+
+// Keys and values of a cache, rows of n_head_kv*head_dim elements of `type`.
+struct KvRef {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  KvType type = KvType::F32;
+};
+
 // Causal attention by position. q: n_q rows of n_head*head_dim at positions q_pos (ascending).
-// k, v: the cache, slot s holds the token at position s (n_kv slots, row stride
-// n_head_kv*head_dim). kv_valid (optional, n_kv bytes) marks slots that hold a key; others are
-// skipped. out: n_q rows of n_head*head_dim.
-void attention(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, const float* v,
-               int64_t n_kv, const uint8_t* kv_valid, const AttentionParams& p, float* out);
+// kv: the cache, slot s holds the token at position s (n_kv slots, row stride
+// n_head_kv*head_dim). kv_valid (optional, n_kv bytes) marks slots that hold a key; the others
+// are left out of the key tiles altogether (the tiles hold valid keys only, so dropped keys cost
+// nothing). out: n_q rows of n_head*head_dim. The query heads that share a KV head are computed
+// together, so each key tile is loaded (and converted from f16) once for all of them.
+void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& kv, int64_t n_kv,
+               const uint8_t* kv_valid, const AttentionParams& p, float* out);
+inline void attention(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, const float* v,
+                      int64_t n_kv, const uint8_t* kv_valid, const AttentionParams& p, float* out) {
+  attention(q, q_pos, n_q, KvRef{k, v, KvType::F32}, n_kv, kv_valid, p, out);
+}
+
+// n halves (IEEE binary16) to float32 and back (round to nearest even), with F16C or AVX-512
+// conversions where the CPU has them, else portable code; the same results either way.
+void f16_to_f32_row(const uint16_t* src, float* dst, int64_t n);
+void f32_to_f16_row(const float* src, uint16_t* dst, int64_t n);
+// The conversion route in use: "avx512", "f16c" or "portable".
+const char* f16_conversion_name();
 
 // Activations of gated MLPs: g[i] = act(g[i]) * u[i].
 void silu_mul(float* g, const float* u, int64_t n);
@@ -85,9 +112,14 @@ namespace dashlm::cpu {
 
 // For each key slot, the attention it receives from the n_q query rows, summed over queries and
 // heads (softmax probabilities, same masking as attention()). out has n_kv values. Used by the
-// attention-score pruning baseline for a handful of query rows only.
-void attention_received(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, int64_t n_kv,
+// attention-score pruning baseline for a handful of query rows only. k: the keys of a cache of
+// `type` elements.
+void attention_received(const float* q, const int32_t* q_pos, int64_t n_q, const void* k, KvType type, int64_t n_kv,
                         const uint8_t* kv_valid, const AttentionParams& p, float* out);
+inline void attention_received(const float* q, const int32_t* q_pos, int64_t n_q, const float* k, int64_t n_kv,
+                               const uint8_t* kv_valid, const AttentionParams& p, float* out) {
+  attention_received(q, q_pos, n_q, k, KvType::F32, n_kv, kv_valid, p, out);
+}
 
 // Rows: dst[i] = src[idx[i]] and dst[idx[i]] = src[i], rows of `width` floats.
 void gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t width, float* dst);

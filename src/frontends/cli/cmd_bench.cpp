@@ -1,5 +1,7 @@
 // dashlm bench: prompt-processing and generation speed in the style of llama-bench, with DASH
-// rows measured side by side with full prefill (alternating repetitions).
+// rows measured side by side with full prefill (alternating repetitions), and generation after
+// each prompt length (tgN @ P: N greedy tokens decoded after a P-token prompt, on the cache the
+// timed full prefill left).
 #include <malloc.h>
 #include <sys/resource.h>
 
@@ -33,7 +35,7 @@ namespace dashlm::cli {
 namespace {
 
 struct BenchOptions {
-  std::string model, tokenizer, prompts = "512", text_file, output = "md", backend = "cpu";
+  std::string model, tokenizer, prompts = "512", text_file, output = "md", backend = "cpu", kv_type;
   int n_gen = 0;
   int reps = 3;
   int threads = 0;
@@ -42,9 +44,10 @@ struct BenchOptions {
 };
 
 struct Row {
-  Row(std::string t, int64_t n) : test(std::move(t)), n_tokens(n) {}
+  Row(std::string t, int64_t n, int64_t depth = 0) : test(std::move(t)), n_tokens(n), n_depth(depth) {}
   std::string test;
   int64_t n_tokens = 0;
+  int64_t n_depth = 0;     // tg rows: the prompt tokens in the cache before the first decoded token
   std::vector<double> ms;  // per repetition
   double flop_speedup = 1.0;
   double speedup = 0;      // DASH rows: median full time / median DASH time
@@ -121,6 +124,7 @@ int bench(const BenchOptions& o) {
   if (o.output != "md" && o.output != "json" && o.output != "csv") fail("-o must be md, json or csv");
   const std::vector<int64_t> lengths = parse_lengths(o.prompts, "-p");
   const int threads = resolve_threads(o.threads);
+  const cpu::KvType kv_type = resolve_kv_type(o.kv_type, o.backend);
   cpu::set_num_threads(threads);
   auto model = Model::load(o.model, o.tokenizer);
   const HParams& hp = model->hp();
@@ -129,7 +133,11 @@ int bench(const BenchOptions& o) {
     if (n > hp.n_ctx_train) fail("-p {} is longer than the model's context of {} tokens", n, hp.n_ctx_train);
   }
   // Before any prompt is made: the longest must fit in memory.
-  check_engine_fits(*model, std::max(*std::max_element(lengths.begin(), lengths.end()), int64_t{o.n_gen} + 1), o.backend);
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  if (longest + o.n_gen > hp.n_ctx_train) {
+    fail("-p {} with -n {} is longer than the model's context of {} tokens", longest, o.n_gen, hp.n_ctx_train);
+  }
+  check_engine_fits(*model, longest + o.n_gen, o.backend, kv_type);
   std::vector<int32_t> text_ids;
   if (!o.text_file.empty()) {
     text_ids = model->tokenizer().encode(read_file(o.text_file), false, false);
@@ -137,29 +145,47 @@ int bench(const BenchOptions& o) {
   }
   const bool tty = stderr_is_tty();
   std::string kernels;  // the first engine's description
-  auto timed_prefill = [&](const std::vector<int32_t>& ids, const HaltingConfig* h, HaltingTrace* tr) {
-    auto e = make_engine(*model, static_cast<int64_t>(ids.size()), o.backend);
+  // The prompt's prefill, timed; with n_gen > 0 (and tg_ms given), then n_gen greedy tokens
+  // decoded after it, timed on their own.
+  auto timed_prefill = [&](const std::vector<int32_t>& ids, const HaltingConfig* h, HaltingTrace* tr, int n_gen = 0,
+                           double* tg_ms = nullptr) {
+    auto e = make_engine(*model, static_cast<int64_t>(ids.size()) + n_gen, o.backend, kv_type);
     if (kernels.empty()) kernels = e->kernels();
     PrefillRequest req;
     req.halting = h;
     req.trace = tr;
-    return Session(*e, model->tokenizer()).prefill(Prompt{ids, {}}, req).document_ms;
+    Session session(*e, model->tokenizer());
+    const PrefillResult pr = session.prefill(Prompt{ids, {}}, req);
+    if (n_gen > 0 && tg_ms) {
+      const std::vector<float>& first = pr.logits;
+      int32_t id = static_cast<int32_t>(std::max_element(first.begin(), first.end()) - first.begin());
+      const auto t0 = Clock::now();
+      for (int i = 0; i < n_gen; ++i) {
+        const std::vector<float> l = e->decode(id);
+        id = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+      }
+      *tg_ms = ms_since(t0);
+    }
+    return pr.document_ms;
   };
   {  // Warm-up: first-touch of the weights, thread start-up.
     auto ids = bench_tokens(*model, text_ids, std::min<int64_t>(64, lengths.front()), o.seed);
     timed_prefill(ids, nullptr, nullptr);
   }
 
-  std::vector<Row> rows;
+  std::vector<Row> rows, tg_rows;
   for (int64_t n : lengths) {
     const auto ids = bench_tokens(*model, text_ids, n, o.seed);
     Row full(fmt::format("pp{}", n), n);
     Row dash(fmt::format("pp{}+dash({})", n, hc.describe(hp.n_layer)), n);
+    Row tg(fmt::format("tg{} @ {}", o.n_gen, n), o.n_gen, n);
     PeakRss rss;
     rss.start();
     for (int r = 0; r < o.reps; ++r) {
       if (tty) fmt::print(stderr, "\rpp{} rep {}/{}   ", n, r + 1, o.reps);
-      full.ms.push_back(timed_prefill(ids, nullptr, nullptr));
+      double tg_ms = 0;
+      full.ms.push_back(timed_prefill(ids, nullptr, nullptr, o.n_gen, &tg_ms));
+      if (o.n_gen > 0) tg.ms.push_back(tg_ms);
       if (hc.enabled()) {
         HaltingTrace tr;
         dash.ms.push_back(timed_prefill(ids, &hc, &tr));
@@ -173,28 +199,12 @@ int bench(const BenchOptions& o) {
       dash.peak_rss_mib = full.peak_rss_mib;
       rows.push_back(dash);
     }
-  }
-  if (o.n_gen > 0) {
-    Row tg(fmt::format("tg{}", o.n_gen), o.n_gen);
-    PeakRss rss;
-    rss.start();
-    for (int r = 0; r < o.reps; ++r) {
-      if (tty) fmt::print(stderr, "\rtg{} rep {}/{}   ", o.n_gen, r + 1, o.reps);
-      auto e = make_engine(*model, o.n_gen + 1, o.backend);
-      if (kernels.empty()) kernels = e->kernels();
-      const auto first = bench_tokens(*model, text_ids, 1, o.seed);
-      std::vector<float> l = e->prefill(first, {}, nullptr);
-      const auto t0 = Clock::now();
-      int32_t id = first[0];
-      for (int i = 0; i < o.n_gen; ++i) {
-        l = e->decode(id);
-        id = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
-      }
-      tg.ms.push_back(ms_since(t0));
+    if (o.n_gen > 0) {
+      tg.peak_rss_mib = full.peak_rss_mib;
+      tg_rows.push_back(tg);
     }
-    tg.peak_rss_mib = rss.mib();
-    rows.push_back(tg);
   }
+  rows.insert(rows.end(), tg_rows.begin(), tg_rows.end());
   if (tty) fmt::print(stderr, "\r{:<40}\r", "");
 
   const double size_mib = [&] {
@@ -202,11 +212,14 @@ int bench(const BenchOptions& o) {
     for (const TensorInfo& t : model->file().tensors) b += static_cast<double>(t.nbytes);
     return b / (1024.0 * 1024.0);
   }();
+  // The CPU cache's type; other backends keep their own.
+  const std::string kv_type_label = o.backend == "cpu" ? cpu::kv_type_name(kv_type) : "";
   if (o.output == "json") {
     nlohmann::json arr = nlohmann::json::array();
     for (const Row& r : rows) {
       nlohmann::json j{{"model", model->name()}, {"arch", hp.arch_str}, {"backend", o.backend}, {"size_mib", size_mib}, {"threads", threads},
-                       {"test", r.test}, {"n_tokens", r.n_tokens}, {"reps", r.ms.size()}, {"ms", r.ms},
+                       {"kv_type", kv_type_label}, {"test", r.test}, {"n_tokens", r.n_tokens}, {"n_depth", r.n_depth},
+                       {"reps", r.ms.size()}, {"ms", r.ms}, {"median_ms", median(r.ms)},
                        {"avg_ts", r.mean_tps()}, {"stddev_ts", r.std_tps()}, {"peak_rss_mib", r.peak_rss_mib},
                        {"kernels", kernels}};
       if (r.test.find("dash") != std::string::npos) {
@@ -217,10 +230,11 @@ int bench(const BenchOptions& o) {
     }
     fmt::print("{}\n", arr.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
   } else if (o.output == "csv") {
-    fmt::print("model,arch,size_mib,threads,test,n_tokens,avg_ts,stddev_ts,speedup,flop_speedup,peak_rss_mib\n");
+    fmt::print("model,arch,size_mib,threads,test,n_tokens,avg_ts,stddev_ts,speedup,flop_speedup,peak_rss_mib,n_depth,kv_type,median_ms\n");
     for (const Row& r : rows) {
-      fmt::print("\"{}\",{},{:.2f},{},{},{},{:.3f},{:.3f},{:.4f},{:.4f},{:.1f}\n", model->name(), hp.arch_str, size_mib, threads,
-                 r.test, r.n_tokens, r.mean_tps(), r.std_tps(), r.speedup, r.flop_speedup, r.peak_rss_mib);
+      fmt::print("\"{}\",{},{:.2f},{},\"{}\",{},{:.3f},{:.3f},{:.4f},{:.4f},{:.1f},{},{},{:.3f}\n", model->name(), hp.arch_str, size_mib,
+                 threads, r.test, r.n_tokens, r.mean_tps(), r.std_tps(), r.speedup, r.flop_speedup, r.peak_rss_mib, r.n_depth,
+                 kv_type_label, median(r.ms));
     }
   } else {
     fmt::print("| model | size | threads | test | t/s | speedup | FLOP speedup | peak RSS |\n");
@@ -244,13 +258,14 @@ void add_bench_command(CLI::App& app, Action& action) {
   c->add_option("-m,--model", o->model, "Model file")->required();
   c->add_option("--tokenizer", o->tokenizer, "Tokenizer file (for llama2.c checkpoints)");
   c->add_option("-p,--prompt-lengths", o->prompts, "Prompt lengths, comma-separated (k = 1024)")->capture_default_str();
-  c->add_option("-n,--n-gen", o->n_gen, "Generated tokens for a tgN row (0: none)")->capture_default_str();
+  c->add_option("-n,--n-gen", o->n_gen, "Generated tokens for a tgN @ P row after each prompt length P (0: none)")->capture_default_str();
   c->add_option("-r,--reps", o->reps, "Repetitions of each test")->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("-f,--file", o->text_file, "Take prompt tokens from this text (repeated); default: seeded random tokens");
   c->add_option("--seed", o->seed, "Seed for random tokens and the random policy")->check(seed_range())->capture_default_str();
   c->add_option("-o,--output", o->output, "Output format: md, json or csv")->capture_default_str();
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
+  add_kv_type_option(c, o->kv_type);
   add_halting_flags(c, o->halting);
   c->callback([o, &action] { action = [o] { return bench(*o); }; });
 }

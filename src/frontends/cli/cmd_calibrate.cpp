@@ -41,7 +41,7 @@ std::string calibrated_policy_names() {
 }
 
 struct CalibrateOptions {
-  std::string model, tokenizer, policy = "topk", text_file, dataset_dir, output, kv = "retain", delta = "abs", backend = "cpu";
+  std::string model, tokenizer, policy = "topk", text_file, dataset_dir, output, kv = "retain", delta = "abs", backend = "cpu", kv_type;
   std::string length = "2k";
   double budget = -1;
   int samples = 2, cont_tokens = 256, threads = 0;
@@ -121,7 +121,7 @@ int calibrate(const CalibrateOptions& o) {
   }
   const bool tty = !o.quiet && stderr_is_tty();
   const auto t0 = Clock::now();
-  EngineSlot slot(*model, o.backend);
+  EngineSlot slot(*model, o.backend, resolve_kv_type(o.kv_type, o.backend));
   std::vector<eval::RunOutput> refs;
   double nll_full = 0;
   for (const eval::Sample& s : samples) {
@@ -231,6 +231,7 @@ void add_calibrate_command(CLI::App& app, Action& action) {
   c->add_option("--seed", o->seed, "Seed of the samples")->check(seed_range())->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
+  add_kv_type_option(c, o->kv_type);
   c->add_flag("-q,--quiet", o->quiet, "No progress on stderr");
   c->callback([o, &action] { action = [o] { return calibrate(*o); }; });
 }

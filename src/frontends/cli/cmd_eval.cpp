@@ -72,7 +72,7 @@ namespace {
 struct EvalOptions {
   std::string model, tokenizer, tasks = "needle,passkey,multi-needle,continuation,fidelity", lengths = "1k,4k";
   std::string configs = "topk:0.4:0.33:retain,topk:0.4:0.33:drop,random:0.4:0.33:retain";
-  std::string json_path, plot_path, resume_path, dataset_dir, chat = "auto", backend = "cpu", plot_x = "measured";
+  std::string json_path, plot_path, resume_path, dataset_dir, chat = "auto", backend = "cpu", plot_x = "measured", kv_type;
   int samples = 5, n_gen = 32, cont_tokens = 256, threads = 0;
   uint64_t seed = 0;
   bool quiet = false;
@@ -240,6 +240,7 @@ int eval_main(const EvalOptions& o) {
   if (tasks.empty()) fail("--tasks: give at least one task");
   const std::vector<int64_t> lengths = parse_lengths(o.lengths);
   const int threads = resolve_threads(o.threads);
+  const cpu::KvType kv_type = resolve_kv_type(o.kv_type, o.backend);
   cpu::set_num_threads(threads);
 
   auto model = Model::load(o.model, o.tokenizer);
@@ -270,7 +271,8 @@ int eval_main(const EvalOptions& o) {
   // Results must not be mixed across settings that change the samples or the numbers.
   std::string books;
   for (const eval::Book& b : ds.books) books += b.id + ",";
-  const nlohmann::json raw_settings = {{"model", model->name()}, {"n_layers", hp.n_layer}, {"backend", o.backend}, {"chat", so.chat},
+  const nlohmann::json raw_settings = {{"model", model->name()}, {"n_layers", hp.n_layer}, {"backend", o.backend},
+                                       {"kv_type", cpu::kv_type_name(kv_type)}, {"chat", so.chat},
                                        {"seed", o.seed}, {"samples", o.samples}, {"n_gen", o.n_gen}, {"cont_tokens", o.cont_tokens},
                                        {"dataset_books", books}, {"dataset_facts", ds.facts.size()}};
   // As the resume file will hold them (text that is not UTF-8, e.g. a model name, is replaced),
@@ -318,7 +320,7 @@ int eval_main(const EvalOptions& o) {
   const bool tty = !o.quiet && stderr_is_tty();
   const auto t_start = Clock::now();
   // One engine for every run, its cache sized for the longest prompt plus its generated tokens.
-  EngineSlot slot(*model, o.backend);
+  EngineSlot slot(*model, o.backend, kv_type);
   if (total > 0) {  // warm-up: first touch of the weights, thread start-up
     const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
     const int64_t room = std::max<int64_t>({so.n_generate, so.fidelity_tokens, 64});
@@ -577,6 +579,7 @@ void add_eval_command(CLI::App& app, Action& action) {
   c->add_option("--seed", o->seed, "Seed of the samples")->check(seed_range())->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
+  add_kv_type_option(c, o->kv_type);
   c->add_flag("-q,--quiet", o->quiet, "No progress on stderr");
   c->add_flag("--report-only", o->report_only,
               "Run nothing: report the --resume file's results, over the samples every configuration finished");

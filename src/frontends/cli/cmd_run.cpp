@@ -40,7 +40,7 @@ struct RunOptions {
   bool ignore_eos = false;
   bool quiet = false;
   HaltingFlags halting;
-  std::string halting_map, dump_deltas, backend = "cpu";
+  std::string halting_map, dump_deltas, backend = "cpu", kv_type;
   size_t given_sources = 0;  // how many of -p, -f, --prompt-ids were given (an empty -p counts)
 };
 
@@ -136,7 +136,7 @@ int run(const RunOptions& o) {
   const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed, o.model);
   if (!hc.enabled() && !o.halting_map.empty()) fail("--halting-map needs a --halting policy");
 
-  auto engine_ptr = make_engine(*model, n_prompt + n_predict, o.backend);
+  auto engine_ptr = make_engine(*model, n_prompt + n_predict, o.backend, resolve_kv_type(o.kv_type, o.backend));
   InferenceEngine& engine = *engine_ptr;
   Session session(engine, tok);
   const bool show_progress = !o.quiet && stderr_is_tty() && n_prompt >= 256;
@@ -247,6 +247,7 @@ void add_run_command(CLI::App& app, Action& action) {
   c->add_option("--save-logits", o->logits_path, "Write the logits of every prompt position (float32, tokens x vocab)");
   c->add_option("--save-logits-last", o->logits_last, "With --save-logits: only the last N prompt positions")->check(whole_number(0, std::numeric_limits<int32_t>::max()));
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
+  add_kv_type_option(c, o->kv_type);
   add_halting_flags(c, o->halting);
   c->add_option("--halting-map", o->halting_map, "Draw where tokens halted and their deltas (.png or .svg)");
   c->add_option("--dump-deltas", o->dump_deltas, "Write the deltas, tokens x layers (.npy float32, or .csv)");

@@ -36,6 +36,7 @@ int serve(ServeFlags& f) {
   if (o.ctx > model->hp().n_ctx_train) {
     fmt::print(stderr, "warning: --ctx {} is more than the {} tokens the model was trained for\n", o.ctx, model->hp().n_ctx_train);
   }
+  (void)resolve_kv_type(o.kv_type, o.backend);  // refuses --kv-type off the CPU
   o.halting = resolve_halting(f.halting, model->hp().n_layer, o.seed, o.model_path);
 #ifdef DASHLM_NO_SERVER
   fail("this build has no server: build with cpp-httplib (Debian: libcpp-httplib-dev)");
@@ -56,6 +57,7 @@ void add_serve_command(CLI::App& app, Action& action) {
   c->add_option("--host", o.host, "Address to listen on")->capture_default_str();
   c->add_option("--port", o.port, "Port (0: any free port; the one chosen is printed)")->capture_default_str();
   c->add_option("--backend", o.backend, "Compute backend: cpu or cuda")->capture_default_str();
+  add_kv_type_option(c, o.kv_type);
   c->add_option("-t,--threads", o.threads, "Compute threads (default: all cores)");
   c->add_option("-c,--ctx", o.ctx, fmt::format("Tokens per slot, prompt and answer (default: the model's context, at most {})", server::kDefaultCtx));
   c->add_option("--slots", o.slots, "Requests served at once, each with its own KV cache")->capture_default_str();

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "runtime/engine_factory.h"
 
 namespace dashlm::cli {
 
@@ -47,6 +48,17 @@ size_t prompt_file_cap(int64_t n_ctx) { return static_cast<size_t>(std::max<int6
 int resolve_threads(int requested) {
   if (requested < 0 || requested > kMaxThreads) fail("--threads must be between 1 and {} (0: all cores), got {}", kMaxThreads, requested);
   return requested > 0 ? requested : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+void add_kv_type_option(CLI::App* c, std::string& kv_type) {
+  c->add_option("--kv-type", kv_type, fmt::format("KV cache element type on the CPU: f32 or f16 (default {})", cpu::kv_type_name(kDefaultKvType)))
+      ->check(CLI::IsMember({"f32", "f16"}));
+}
+
+cpu::KvType resolve_kv_type(const std::string& kv_type, const std::string& backend) {
+  if (kv_type.empty()) return kDefaultKvType;
+  if (backend != "cpu") fail("--kv-type is for the CPU engine; the {} engine keeps its own cache type (bf16)", backend);
+  return parse_kv_type(kv_type);
 }
 
 bool stderr_is_tty() { return isatty(STDERR_FILENO) == 1; }

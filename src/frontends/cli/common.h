@@ -6,6 +6,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "backends/cpu/ops.h"
+
 namespace dashlm::cli {
 
 // A check for an integer option, run on its text before CLI11 converts it (CLI11 keeps the clamped
@@ -25,6 +27,12 @@ size_t prompt_file_cap(int64_t n_ctx);
 // The threads a command uses: --threads N (1..kMaxThreads), or all cores for 0.
 inline constexpr int kMaxThreads = 1024;
 int resolve_threads(int requested);
+// --kv-type f32|f16: the CPU engine's KV cache type (default kDefaultKvType, runtime/engine_factory.h).
+void add_kv_type_option(CLI::App* c, std::string& kv_type);
+// The type asked for ("" for the default) on `backend`: another backend than "cpu" refuses an
+// explicit choice (the CUDA engine's cache is bf16).
+cpu::KvType resolve_kv_type(const std::string& kv_type, const std::string& backend);
+
 // True when stderr is a terminal (progress bars are drawn only then).
 bool stderr_is_tty();
 // Draws or clears a one-line progress bar on stderr.
