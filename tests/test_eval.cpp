@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,14 @@ TEST(EvalMetrics, ExactMatchNormalisation) {
   EXPECT_FALSE(eval::answer_found("NewYork", "new york"));
   EXPECT_FALSE(eval::answer_found("anything", ""));
   EXPECT_FALSE(eval::answer_found("anything", "  "));
+  // With wrong answers: whole words only, and the right one first.
+  const std::vector<std::string> wrong = {"22222", "raven"};
+  EXPECT_TRUE(eval::answer_found_first("VAR X = 12345.", "12345", wrong));
+  EXPECT_FALSE(eval::answer_found_first("123456", "12345", wrong));
+  EXPECT_FALSE(eval::answer_found_first("22222 or 12345", "12345", wrong));
+  EXPECT_TRUE(eval::answer_found_first("12345, not 22222", "12345", wrong));
+  EXPECT_TRUE(eval::answer_found_first("\"Falcon\"", "falcon", wrong));
+  EXPECT_FALSE(eval::answer_found_first("Ravens and falcons", "falcon", wrong));
 }
 
 // ---- configuration specs ---------------------------------------------------------------------
@@ -258,7 +267,7 @@ TEST(EvalSamples, NeedleLengthDepthAndDeterminism) {
 TEST(EvalSamples, OtherTasks) {
   const Tokenizer& tok = stories().tokenizer();
   const eval::SampleBuilder builder(tok, small_dataset(), options());
-  for (const std::string task : {"passkey", "multi-needle", "continuation", "fidelity"}) {
+  for (const std::string task : {"passkey", "multi-needle", "variable-tracking", "aggregation", "continuation", "fidelity"}) {
     for (int i = 0; i < 3; ++i) {
       const eval::Sample s = builder.build(task, 400, i);
       EXPECT_EQ(s.n_tokens(), 400) << task;
@@ -278,6 +287,48 @@ TEST(EvalSamples, OtherTasks) {
           const std::vector<int32_t> n = builder.encode_unit(s.needles[k], " ");
           EXPECT_TRUE(std::equal(n.begin(), n.end(), s.document.begin() + s.needle_offsets[k])) << k;
         }
+      }
+      if (task == "variable-tracking" || task == "aggregation") {
+        // Every planted statement is in the document where the sample says, in order of depth,
+        // and the question is in the query.
+        ASSERT_EQ(s.needles.size(), 8u) << task;
+        for (size_t k = 0; k < s.needles.size(); ++k) {
+          const std::vector<int32_t> n = builder.encode_unit(s.needles[k], " ");
+          EXPECT_TRUE(std::equal(n.begin(), n.end(), s.document.begin() + s.needle_offsets[k])) << task << " " << k;
+          if (k > 0) EXPECT_GT(s.needle_offsets[k], s.needle_offsets[k - 1]);
+        }
+        EXPECT_NE(tok.decode(s.query).find(s.question), std::string::npos) << task;
+        ASSERT_EQ(s.answers.size(), 1u);
+        EXPECT_FALSE(s.wrong_answers.empty());
+        for (const std::string& w : s.wrong_answers) EXPECT_NE(w, s.answers[0]);
+      }
+      if (task == "variable-tracking") {
+        // Two chains of four: the first assigns the answer, and each copy names a variable
+        // assigned before it; the question asks for the last variable of the answer's chain.
+        ASSERT_EQ(s.wrong_answers.size(), 1u);
+        std::map<std::string, std::string> value;
+        for (const std::string& n : s.needles) {
+          ASSERT_EQ(n.rfind("VAR ", 0), 0u) << n;
+          const size_t eq = n.find(" = ");
+          const std::string var = n.substr(4, eq - 4), rhs = n.substr(eq + 3, n.size() - eq - 4);
+          if (rhs.rfind("VAR ", 0) == 0) {
+            ASSERT_TRUE(value.count(rhs.substr(4))) << "used before it is assigned: " << n;
+            value[var] = value[rhs.substr(4)];
+          } else {
+            value[var] = rhs;
+          }
+        }
+        const std::string last = s.question.substr(s.question.find("VAR ") + 4, 5);
+        EXPECT_EQ(value.at(last), s.answers[0]);
+      }
+      if (task == "aggregation") {
+        // The answer is carved 4 times, the wrong answers 2, 1 and 1 times.
+        auto count = [&](const std::string& w) {
+          return std::count_if(s.needles.begin(), s.needles.end(), [&](const std::string& n) { return n.find("\"" + w + "\"") != std::string::npos; });
+        };
+        EXPECT_EQ(count(s.answers[0]), 4);
+        ASSERT_EQ(s.wrong_answers.size(), 3u);
+        EXPECT_EQ(count(s.wrong_answers[0]) + count(s.wrong_answers[1]) + count(s.wrong_answers[2]), 4);
       }
       if (task == "continuation") EXPECT_EQ(s.query.size(), 64u);
       if (task == "fidelity") EXPECT_TRUE(s.ignore_eos);

@@ -88,6 +88,34 @@ bool answer_found(std::string_view generated, std::string_view expected) {
   return !e.empty() && normalize_answer(generated).find(e) != std::string::npos;
 }
 
+namespace {
+
+bool is_alnum(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return (u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z');
+}
+
+// Where the normalised needle first occurs in the normalised text as a whole word (no letter or
+// digit on either side); npos when it does not.
+size_t find_word(const std::string& text, const std::string& word) {
+  if (word.empty()) return std::string::npos;
+  for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) {
+    const bool left = at == 0 || !is_alnum(text[at - 1]);
+    const bool right = at + word.size() >= text.size() || !is_alnum(text[at + word.size()]);
+    if (left && right) return at;
+  }
+  return std::string::npos;
+}
+
+}  // namespace
+
+bool answer_found_first(std::string_view generated, std::string_view expected, const std::vector<std::string>& wrong) {
+  const std::string g = normalize_answer(generated);
+  const size_t at = find_word(g, normalize_answer(expected));
+  if (at == std::string::npos) return false;
+  return std::none_of(wrong.begin(), wrong.end(), [&](const std::string& w) { return find_word(g, normalize_answer(w)) < at; });
+}
+
 // ---- random numbers ---------------------------------------------------------------------------
 
 uint64_t Rng::next() {  // SplitMix64
@@ -263,11 +291,20 @@ std::vector<std::string> split_sentences(const std::string& paragraph) {
 // ---- samples ------------------------------------------------------------------------------
 
 const std::vector<std::string>& task_names() {
-  static const std::vector<std::string> names = {"needle", "passkey", "multi-needle", "continuation", "fidelity"};
+  static const std::vector<std::string> names = {"needle",      "passkey",      "multi-needle", "variable-tracking",
+                                                 "aggregation", "continuation", "fidelity"};
   return names;
 }
 
-bool is_retrieval_task(const std::string& task) { return task == "needle" || task == "passkey" || task == "multi-needle"; }
+std::string task_names_text() {
+  std::string s;
+  for (const std::string& t : task_names()) s += (s.empty() ? "" : ", ") + t;
+  return s;
+}
+
+bool is_retrieval_task(const std::string& task) {
+  return task == "needle" || task == "passkey" || task == "multi-needle" || task == "variable-tracking" || task == "aggregation";
+}
 
 Planted plant_needles(const Haystack& hay, const std::vector<std::vector<int32_t>>& needles, const std::vector<double>& depths) {
   if (needles.size() != depths.size()) fail("plant_needles: {} needles, {} depths", needles.size(), depths.size());
@@ -386,10 +423,19 @@ Sample SampleBuilder::build(const std::string& task, int64_t length, int index) 
   if (is_retrieval_task(task)) return retrieval(task, length, index);
   if (task == "continuation") return continuation(length, index);
   if (task == "fidelity") return fidelity(length, index);
-  fail("unknown task '{}' (needle, passkey, multi-needle, continuation, fidelity)", task);
+  fail("unknown task '{}' ({})", task, task_names_text());
 }
 
 namespace {
+
+// variable-tracking: variables in each of its two chains.
+constexpr size_t kVarChain = 4;
+// aggregation: the words carved on the door; none is part of another or of a common word.
+constexpr const char* kAggregationWords[] = {
+    "anchor", "basket", "candle", "dragon", "falcon", "hammer", "island", "jacket", "kettle",  "lantern",
+    "marble", "orchid", "pepper", "quartz", "ribbon", "saddle", "tunnel", "violin", "walnut",  "zebra",
+    "bishop", "copper", "dolphin", "glacier", "harbor", "jasmine", "lemon", "meadow", "nutmeg", "otter",
+    "parrot", "raven",  "thimble", "umbrella", "velvet", "willow", "cobalt", "mango", "pirate", "tulip"};
 
 // The depth of sample `index` of n: evenly from 0 (start of the document) to 1 (its end).
 double spread_depth(int index, int n) {
@@ -418,6 +464,66 @@ Sample SampleBuilder::retrieval(const std::string& task, int64_t length, int ind
     s.question = "What is the pass key?";
     depths = {spread_depth(index, opt_.n_samples)};
     query_text = opt_.chat ? "\n\nWhat is the pass key? Answer with the number only." : "\n\nWhat is the pass key? The pass key is";
+  } else if (task == "variable-tracking") {
+    // Two chains of kVarChain assignments (VAR A = 12345. VAR B = VAR A. ...), interleaved in
+    // order at random depths; the question asks for the value of the first chain's last
+    // variable, and the second chain's value is a wrong answer planted beside it.
+    std::vector<std::string> names;
+    while (names.size() < 2 * kVarChain) {
+      std::string n;
+      for (int k = 0; k < 5; ++k) n += static_cast<char>('A' + rng.below(26));
+      if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
+    }
+    std::string values[2];
+    do {
+      for (std::string& v : values) v = std::to_string(10000 + rng.below(90000));
+    } while (values[0] == values[1]);
+    std::vector<std::string> chain[2];
+    for (int c = 0; c < 2; ++c) {
+      const std::string* var = &names[static_cast<size_t>(c) * kVarChain];
+      chain[c].push_back(fmt::format("VAR {} = {}.", var[0], values[c]));
+      for (size_t k = 1; k < kVarChain; ++k) chain[c].push_back(fmt::format("VAR {} = VAR {}.", var[k], var[k - 1]));
+    }
+    // A random interleaving that keeps each chain in order, at sorted random depths.
+    size_t next[2] = {0, 0};
+    while (next[0] < kVarChain || next[1] < kVarChain) {
+      const int c = next[0] == kVarChain ? 1 : next[1] == kVarChain ? 0 : static_cast<int>(rng.below(2));
+      s.needles.push_back(chain[c][next[c]++]);
+    }
+    for (size_t k = 0; k < s.needles.size(); ++k) depths.push_back(rng.uniform());
+    std::sort(depths.begin(), depths.end());
+    const std::string& last = names[kVarChain - 1];
+    s.answers = {values[0]};
+    s.wrong_answers = {values[1]};
+    s.question = fmt::format("What is the value of VAR {}?", last);
+    query_text = opt_.chat ? fmt::format("\n\nThe text above assigns values to variables, some by copying another variable.\n"
+                                         "Question: {} Answer with the number only.",
+                                         s.question)
+                           : fmt::format("\n\nThe text above assigns values to variables, some by copying another variable.\n"
+                                         "Question: {}\nAnswer: VAR {} =",
+                                         s.question, last);
+  } else if (task == "aggregation") {
+    // Four words carved on a door 4, 2, 1 and 1 times at random depths: which word most often?
+    std::vector<size_t> picked;
+    const size_t n_words = std::size(kAggregationWords);
+    while (picked.size() < 4) {
+      const size_t w = rng.below(n_words);
+      if (std::find(picked.begin(), picked.end(), w) == picked.end()) picked.push_back(w);
+    }
+    const int counts[] = {4, 2, 1, 1};
+    std::vector<std::string> planted;
+    for (size_t k = 0; k < picked.size(); ++k)
+      for (int c = 0; c < counts[k]; ++c) planted.push_back(fmt::format("Someone carved the word \"{}\" into the old oak door.", kAggregationWords[picked[k]]));
+    // Shuffled (Fisher-Yates), then at sorted random depths.
+    for (size_t k = planted.size(); k > 1; --k) std::swap(planted[k - 1], planted[rng.below(k)]);
+    s.needles = planted;
+    for (size_t k = 0; k < s.needles.size(); ++k) depths.push_back(rng.uniform());
+    std::sort(depths.begin(), depths.end());
+    s.answers = {kAggregationWords[picked[0]]};
+    for (size_t k = 1; k < picked.size(); ++k) s.wrong_answers.push_back(kAggregationWords[picked[k]]);
+    s.question = "Which word was carved into the old oak door most often?";
+    query_text = opt_.chat ? fmt::format("\n\nAnswer the question using the text above.\nQuestion: {} Answer with the word only.", s.question)
+                           : fmt::format("\n\nQuestion: {}\nAnswer: the word", s.question);
   } else {
     if (ds_.facts.empty()) fail("the dataset {} has no facts (facts.jsonl): run scripts/build-datasets", ds_.dir);
     if (task == "needle") {
@@ -580,6 +686,13 @@ std::string generate_text(EngineSlot& slot, const std::vector<int32_t>& prompt, 
   return tok.decode(g.ids);
 }
 
+std::vector<bool> answers_found(const Sample& s, std::string_view text) {
+  std::vector<bool> found;
+  for (const std::string& a : s.answers)
+    found.push_back(s.wrong_answers.empty() ? answer_found(text, a) : answer_found_first(text, a, s.wrong_answers));
+  return found;
+}
+
 nlohmann::json score_run(const Sample& s, const RunOutput& out, const RunOutput& ref, int64_t n_vocab) {
   // Scores of logits that are not numbers would be numbers (argmax, clamped divergences).
   for (const RunOutput* r : {&out, &ref}) {
@@ -596,8 +709,7 @@ nlohmann::json score_run(const Sample& s, const RunOutput& out, const RunOutput&
   j["top1_last"] = argmax(last_row(out)) == argmax(last_row(ref)) ? 1.0 : 0.0;
   j["kl_last"] = kl_divergence(last_row(ref), last_row(out));
   if (is_retrieval_task(s.task)) {
-    std::vector<bool> found;
-    for (const std::string& a : s.answers) found.push_back(answer_found(out.text, a));
+    const std::vector<bool> found = answers_found(s, out.text);
     j["found"] = found;
     j["score"] = found.empty() ? 0.0 : static_cast<double>(std::count(found.begin(), found.end(), true)) / static_cast<double>(found.size());
   } else if (s.task == "continuation") {

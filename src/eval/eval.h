@@ -33,6 +33,9 @@ int64_t common_prefix(std::span<const int32_t> a, std::span<const int32_t> b);
 std::string normalize_answer(std::string_view s);
 // Exact match: the normalised expected answer occurs in the normalised generation.
 bool answer_found(std::string_view generated, std::string_view expected);
+// The same, and no wrong answer occurs before the expected one (a generation that lists every
+// candidate counts only when the right one comes first).
+bool answer_found_first(std::string_view generated, std::string_view expected, const std::vector<std::string>& wrong);
 
 // ---- deterministic random numbers (the same on every platform and standard library) ----------
 class Rng {
@@ -72,7 +75,12 @@ Dataset dataset_from_text(const std::string& path, const std::string& text);
 std::vector<std::string> split_sentences(const std::string& paragraph);
 
 // ---- samples ------------------------------------------------------------------------------
-const std::vector<std::string>& task_names();  // needle, passkey, multi-needle, continuation, fidelity
+// needle, passkey, multi-needle, variable-tracking, aggregation, continuation, fidelity
+const std::vector<std::string>& task_names();
+// "needle, passkey, ..." for messages.
+std::string task_names_text();
+// The tasks answered by a greedy generation checked for exact answers (all but continuation and
+// fidelity).
 bool is_retrieval_task(const std::string& task);
 
 struct Sample {
@@ -84,6 +92,9 @@ struct Sample {
   // continuation task the query is the continuation itself (teacher-forced).
   std::vector<int32_t> document, query;
   std::vector<std::string> answers;    // retrieval: expected answer strings
+  // retrieval: answers that are wrong but planted in the document (the other chain's value, the
+  // less frequent words); an answer counts as found only when none of these comes before it.
+  std::vector<std::string> wrong_answers;
   std::vector<double> depths;          // retrieval: where each planted text starts, 0..1
   std::vector<int64_t> needle_offsets; // ... as token offsets in the document
   std::vector<std::string> needles;    // ... and the planted text
@@ -166,6 +177,10 @@ struct RunOutput {
 RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc, DeltaSignal trace_signal = DeltaSignal::Abs);
 // Greedy generation of a prompt prefilled in full (closed-book control).
 std::string generate_text(EngineSlot& slot, const std::vector<int32_t>& prompt, int n);
+
+// For each of a retrieval sample's answers, whether the generated text gives it (answer_found, or
+// answer_found_first when the sample has wrong answers).
+std::vector<bool> answers_found(const Sample& s, std::string_view text);
 
 // The metrics of one run, as JSON fields: retrieval "score" (fraction of answers found) and
 // "found"; continuation "nll"; fidelity "top1", "kl", "greedy_match"; every task "top1_last" and

@@ -34,6 +34,7 @@
 #include "common/lists.h"
 #include "eval/eval.h"
 #include "eval/resume.h"
+#include "eval/stats.h"
 
 namespace dashlm::cli {
 
@@ -74,6 +75,7 @@ struct EvalOptions {
   std::string configs = "topk:0.4:0.33:retain,topk:0.4:0.33:drop,random:0.4:0.33:retain";
   std::string json_path, plot_path, resume_path, dataset_dir, chat = "auto", backend = "cpu", plot_x = "measured", kv_type;
   int samples = 5, n_gen = 32, cont_tokens = 256, threads = 0;
+  double tolerance = 0.02;
   uint64_t seed = 0;
   bool quiet = false;
   bool report_only = false;
@@ -98,16 +100,20 @@ std::string fmt_duration(double s) {
   return fmt::format("{:.0f}h{:02.0f}m", std::floor(s / 3600), std::fmod(s / 60, 60));
 }
 
-// Means over the records of one configuration, optionally at one length.
+// Means over the records of one configuration, optionally at one length, with their intervals
+// and the paired comparison against full prefill on the same samples.
 struct Aggregate {
   int n_runs = 0;
   double speedup = NAN, flop_speedup = NAN;
-  // task -> metric -> (mean, mean paired change against full prefill, samples)
   struct Stat {
-    double mean = NAN, delta = NAN;
+    double mean = NAN, delta = NAN;  // mean, mean paired change against full prefill
     int n = 0;
+    eval::stats::MeanCI ci;          // the mean's 95% interval
+    eval::stats::Paired paired;      // the change's, over the samples full prefill also ran (n_paired)
+    double full_mean = NAN;          // full prefill's mean over those samples
+    eval::stats::Verdict verdict = eval::stats::Verdict::Unresolved;
   };
-  std::map<std::string, std::map<std::string, Stat>> tasks;
+  std::map<std::string, std::map<std::string, Stat>> tasks;  // task -> metric -> stat
 };
 
 const std::vector<std::string>& task_metrics(const std::string& task) {
@@ -118,11 +124,18 @@ const std::vector<std::string>& task_metrics(const std::string& task) {
   return task == "continuation" ? cont : fid;
 }
 
+// Metrics whose values are shares (0/1 per sample for most tasks): their paired changes use
+// McNemar and Newcombe where every value is 0 or 1.
+bool proportion_metric(const std::string& metric) { return metric == "score" || metric == "top1_last"; }
+
 Aggregate aggregate(const std::vector<nlohmann::json>& records, const std::map<std::string, const nlohmann::json*>& by_key,
-                    const std::string& config, int64_t length /* 0: all */) {
+                    const std::string& config, int64_t length /* 0: all */, double tolerance) {
   Aggregate a;
   double full_ms = 0, ms = 0, f_full = 0, f_done = 0;
-  std::map<std::string, std::map<std::string, std::array<double, 3>>> acc;  // sum, sum of deltas, n
+  struct Values {
+    std::vector<double> all, paired, ref;
+  };
+  std::map<std::string, std::map<std::string, Values>> acc;
   for (const nlohmann::json& r : records) {
     if (r["config"] != config || (length > 0 && r["length"].get<int64_t>() != length)) continue;
     ++a.n_runs;
@@ -134,11 +147,13 @@ Aggregate aggregate(const std::vector<nlohmann::json>& records, const std::map<s
     const auto ref_it = by_key.find(record_key(task, r["length"], r["sample"], "full"));
     for (const std::string& m : task_metrics(task)) {
       if (!r.contains(m)) continue;
-      auto& s = acc[task][m];
-      const double v = r[m].get<double>();
-      s[0] += v;
-      s[2] += 1;
-      if (ref_it != by_key.end() && ref_it->second->contains(m)) s[1] += v - (*ref_it->second)[m].get<double>();
+      Values& v = acc[task][m];
+      const double x = r[m].get<double>();
+      v.all.push_back(x);
+      if (ref_it != by_key.end() && ref_it->second->contains(m)) {
+        v.paired.push_back(x);
+        v.ref.push_back((*ref_it->second)[m].get<double>());
+      }
     }
   }
   if (a.n_runs > 0) {
@@ -146,7 +161,21 @@ Aggregate aggregate(const std::vector<nlohmann::json>& records, const std::map<s
     a.flop_speedup = f_done > 0 ? f_full / f_done : NAN;
   }
   for (auto& [task, ms_] : acc) {
-    for (auto& [m, s] : ms_) a.tasks[task][m] = {s[0] / s[2], s[1] / s[2], static_cast<int>(s[2])};
+    for (auto& [m, v] : ms_) {
+      Aggregate::Stat s;
+      s.ci = eval::stats::mean_ci(v.all);
+      s.mean = s.ci.mean;
+      s.n = static_cast<int>(v.all.size());
+      if (!v.paired.empty()) {
+        s.paired = eval::stats::paired_compare(v.paired, v.ref, proportion_metric(m));
+        s.delta = s.paired.diff;
+        double sum = 0;
+        for (double x : v.ref) sum += x;
+        s.full_mean = sum / static_cast<double>(v.ref.size());
+        s.verdict = eval::stats::judge(s.full_mean, s.paired.ci, eval::higher_is_better(m), tolerance);
+      }
+      a.tasks[task][m] = std::move(s);
+    }
   }
   return a;
 }
@@ -182,7 +211,7 @@ std::vector<Column> columns_for(const std::vector<std::string>& tasks) {
 }
 
 void print_table(const std::vector<ConfigRow>& rows, const std::vector<Column>& cols, const std::vector<nlohmann::json>& records,
-                 const std::map<std::string, const nlohmann::json*>& by_key, int64_t length) {
+                 const std::map<std::string, const nlohmann::json*>& by_key, int64_t length, double tolerance) {
   std::string head = "| config | speedup | FLOP speedup |", rule = "| --- | ---: | ---: |";
   for (const Column& c : cols) {
     head += fmt::format(" {} |", c.title);
@@ -190,13 +219,55 @@ void print_table(const std::vector<ConfigRow>& rows, const std::vector<Column>& 
   }
   fmt::print("{}\n{}\n", head, rule);
   for (const ConfigRow& row : rows) {
-    const Aggregate a = aggregate(records, by_key, row.key, length);
+    const Aggregate a = aggregate(records, by_key, row.key, length, tolerance);
     if (a.n_runs == 0) continue;
     const bool full = row.key == "full";
     std::string line = fmt::format("| {} | {} | {} |", full ? "full prefill" : row.key, full ? "1.00x" : fmt::format("{:.2f}x", a.speedup),
                                    full ? "1.00x" : fmt::format("{:.2f}x", a.flop_speedup));
     for (const Column& c : cols) line += fmt::format(" {} |", cell(a, c.task, c.metric, full, c.decimals));
     fmt::print("{}\n", line);
+  }
+}
+
+std::string fmt_interval(const eval::stats::Interval& ci, int decimals, bool sign) {
+  if (std::isnan(ci.lo) || std::isnan(ci.hi)) return "n/a";
+  return sign ? fmt::format("{:+.{}f} to {:+.{}f}", ci.lo, decimals, ci.hi, decimals)
+              : fmt::format("{:.{}f} to {:.{}f}", ci.lo, decimals, ci.hi, decimals);
+}
+
+std::string fmt_p(double p) {
+  if (std::isnan(p)) return "";
+  return p < 0.001 ? "<0.001" : fmt::format("{:.3f}", p);
+}
+
+// Each task's primary score per configuration: sample count, mean with its 95% interval, the
+// paired change against full prefill with its interval, the samples better and worse, the p of
+// no change, and whether the change is within the tolerance (or the samples cannot tell).
+void print_statistics(const std::vector<ConfigRow>& rows, const std::vector<std::string>& tasks, const std::vector<nlohmann::json>& records,
+                      const std::map<std::string, const nlohmann::json*>& by_key, int64_t length, double tolerance) {
+  fmt::print("| task | config | n | mean | 95% interval | change | 95% interval of change | better/worse | p | within {:g}%? |\n",
+             tolerance * 100);
+  fmt::print("| --- | --- | ---: | ---: | --- | ---: | --- | ---: | ---: | --- |\n");
+  for (const std::string& task : tasks) {
+    const std::string metric = eval::primary_metric(task);
+    const int dec = metric == "nll" ? 3 : 2;
+    for (const ConfigRow& row : rows) {
+      const Aggregate a = aggregate(records, by_key, row.key, length, tolerance);
+      const auto t = a.tasks.find(task);
+      if (t == a.tasks.end() || !t->second.count(metric)) continue;
+      const Aggregate::Stat& st = t->second.at(metric);
+      std::string line = fmt::format("| {} | {} | {} | {:.{}f} | {} |", task, row.key == "full" ? "full prefill" : row.key, st.n, st.mean, dec,
+                                     fmt_interval(st.ci.ci, dec, false));
+      if (row.key == "full" || st.paired.n == 0) {
+        line += " | | | | |";
+      } else {
+        const bool hib = eval::higher_is_better(metric);
+        line += fmt::format(" {:+.{}f} | {} ({}) | {}/{} | {} | {} |", st.paired.diff, dec, fmt_interval(st.paired.ci, dec, true),
+                            st.paired.method, hib ? st.paired.higher : st.paired.lower, hib ? st.paired.lower : st.paired.higher,
+                            fmt_p(st.paired.p), eval::stats::verdict_name(st.verdict));
+      }
+      fmt::print("{}\n", line);
+    }
   }
 }
 
@@ -213,10 +284,28 @@ std::string settings_difference(const nlohmann::json& theirs, const nlohmann::js
   return "?";
 }
 
-nlohmann::json aggregate_json(const Aggregate& a) {
+nlohmann::json interval_json(const eval::stats::Interval& ci) { return nlohmann::json::array({ci.lo, ci.hi}); }
+
+// mean, change and n as before; ci (95%) and ci_method; for the paired change against full
+// prefill: n_paired, change_ci, change_method, better, worse, p, full_mean and verdict.
+nlohmann::json aggregate_json(const Aggregate& a, bool is_full) {
   nlohmann::json j{{"n_runs", a.n_runs}, {"speedup", a.speedup}, {"flop_speedup", a.flop_speedup}};
   for (const auto& [task, ms] : a.tasks) {
-    for (const auto& [m, s] : ms) j["tasks"][task][m] = {{"mean", s.mean}, {"change", s.delta}, {"n", s.n}};
+    for (const auto& [m, s] : ms) {
+      nlohmann::json e = {{"mean", s.mean}, {"change", s.delta}, {"n", s.n}, {"ci", interval_json(s.ci.ci)}, {"ci_method", s.ci.method}};
+      if (!is_full && s.paired.n > 0) {
+        e["n_paired"] = s.paired.n;
+        e["change_ci"] = interval_json(s.paired.ci);
+        e["change_method"] = s.paired.method;
+        const bool hib = eval::higher_is_better(m);  // samples better and worse than full prefill
+        e["better"] = hib ? s.paired.higher : s.paired.lower;
+        e["worse"] = hib ? s.paired.lower : s.paired.higher;
+        e["p"] = s.paired.p;
+        e["full_mean"] = s.full_mean;
+        e["verdict"] = eval::stats::verdict_name(s.verdict);
+      }
+      j["tasks"][task][m] = std::move(e);
+    }
   }
   return j;
 }
@@ -234,7 +323,7 @@ int eval_main(const EvalOptions& o) {
   std::vector<std::string> tasks = split_list(o.tasks);
   for (const std::string& t : tasks) {
     if (std::find(eval::task_names().begin(), eval::task_names().end(), t) == eval::task_names().end()) {
-      fail("unknown task '{}' (needle, passkey, multi-needle, continuation, fidelity)", t);
+      fail("unknown task '{}' ({})", t, eval::task_names_text());
     }
   }
   if (tasks.empty()) fail("--tasks: give at least one task");
@@ -385,6 +474,7 @@ int eval_main(const EvalOptions& o) {
           if (!out.trace.decision_layers.empty()) r["decision_layers"] = out.trace.decision_layers;
           if (eval::is_retrieval_task(task)) {
             r["answers"] = s.answers;
+            if (!s.wrong_answers.empty()) r["wrong_answers"] = s.wrong_answers;
             r["depths"] = s.depths;
             r["question"] = s.question;
           }
@@ -397,8 +487,8 @@ int eval_main(const EvalOptions& o) {
             // Control: the question without the document. Answers the model gives from what it
             // already knows are not evidence of reading the document.
             const std::string cb = eval::generate_text(slot, s.closed_book, s.n_generate);
-            int found = 0;
-            for (const std::string& a : s.answers) found += eval::answer_found(cb, a) ? 1 : 0;
+            const std::vector<bool> cb_found = eval::answers_found(s, cb);
+            const auto found = std::count(cb_found.begin(), cb_found.end(), true);
             r["closed_book_generated"] = cb;
             r["closed_book_score"] = static_cast<double>(found) / static_cast<double>(s.answers.size());
           }
@@ -459,30 +549,38 @@ int eval_main(const EvalOptions& o) {
              o.backend, threads, so.chat ? "on" : "off", o.samples, o.seed);
   fmt::print("# speedup: measured time of the document prefill, full / config (alternating on each sample); FLOP speedup: the cost model\n");
   fmt::print("# scores: mean (change against full prefill on the same samples); continuation NLL and KL: lower is better\n");
+  fmt::print("# statistics: n samples; 95% intervals of the mean (Wilson for 0/1 scores, else Student's t) and of the paired change\n"
+             "# against full prefill (newcombe: Newcombe's score interval for paired 0/1 scores, p from McNemar's exact test;\n"
+             "# bootstrap: paired percentile bootstrap, p from the sign test; t: paired t); within/outside: the change's whole\n"
+             "# interval within/beyond a loss of {:g}% of full prefill's mean (--tolerance); unresolved: the samples cannot tell\n",
+             o.tolerance * 100);
+  auto section = [&](int64_t len) {
+    print_table(rows, cols, sel, by_key, len, o.tolerance);
+    fmt::print("\n");
+    print_statistics(rows, tasks, sel, by_key, len, o.tolerance);
+  };
   for (int64_t len : lengths) {
     fmt::print("\n## length {}\n\n", len);
-    print_table(rows, cols, sel, by_key, len);
+    section(len);
   }
   if (lengths.size() > 1) {
     fmt::print("\n## all lengths\n\n");
-    print_table(rows, cols, sel, by_key, 0);
+    section(0);
   }
   // Closed-book control.
   std::string control;
-  nlohmann::json closed = nlohmann::json::object();
+  nlohmann::json closed = nlohmann::json::object(), closed_stats = nlohmann::json::object();
   for (const std::string& t : tasks) {
     if (!eval::is_retrieval_task(t)) continue;
-    double sum = 0;
-    int n = 0;
+    std::vector<double> v;
     for (const nlohmann::json& r : sel) {
-      if (r["task"] == t && r["config"] == "full" && r.contains("closed_book_score")) {
-        sum += r["closed_book_score"].get<double>();
-        ++n;
-      }
+      if (r["task"] == t && r["config"] == "full" && r.contains("closed_book_score")) v.push_back(r["closed_book_score"].get<double>());
     }
-    if (n > 0) {
-      closed[t] = sum / n;
-      control += fmt::format("{}{} {:.2f}", control.empty() ? "" : ", ", t, sum / n);
+    if (!v.empty()) {
+      const eval::stats::MeanCI m = eval::stats::mean_ci(v);
+      closed[t] = m.mean;
+      closed_stats[t] = {{"mean", m.mean}, {"n", m.n}, {"ci", interval_json(m.ci)}, {"ci_method", m.method}};
+      control += fmt::format("{}{} {:.2f} (n {}, {})", control.empty() ? "" : ", ", t, m.mean, m.n, fmt_interval(m.ci, 2, false));
     }
   }
   if (!control.empty()) {
@@ -501,17 +599,19 @@ int eval_main(const EvalOptions& o) {
     for (const ConfigRow& r : rows) j["configs"].push_back({{"config", r.key}, {"describe", r.describe}, {"policy", r.policy}, {"kv", r.kv}});
     for (const ConfigRow& r : rows) {
       for (int64_t len : lengths) {
-        nlohmann::json a = aggregate_json(aggregate(sel, by_key, r.key, len));
+        nlohmann::json a = aggregate_json(aggregate(sel, by_key, r.key, len, o.tolerance), r.key == "full");
         a["config"] = r.key;
         a["length"] = len;
         j["summary"].push_back(a);
       }
-      nlohmann::json a = aggregate_json(aggregate(sel, by_key, r.key, 0));
+      nlohmann::json a = aggregate_json(aggregate(sel, by_key, r.key, 0, o.tolerance), r.key == "full");
       a["config"] = r.key;
       a["length"] = "all";
       j["summary"].push_back(a);
     }
     j["closed_book"] = closed;
+    j["closed_book_stats"] = closed_stats;
+    j["tolerance"] = o.tolerance;
     j["records"] = sel;
     write_file_atomically(o.json_path, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
@@ -526,7 +626,7 @@ int eval_main(const EvalOptions& o) {
       for (const ConfigRow& r : rows) {
         if (r.key == "full") continue;
         for (size_t li = 0; li < lengths.size(); ++li) {
-          const Aggregate a = aggregate(sel, by_key, r.key, lengths[li]);
+          const Aggregate a = aggregate(sel, by_key, r.key, lengths[li], o.tolerance);
           const auto it = a.tasks.find(t);
           if (it == a.tasks.end() || !it->second.count(metric)) continue;
           const double x = o.plot_x == "flops" ? a.flop_speedup : a.speedup;
@@ -549,6 +649,9 @@ void add_eval_command(CLI::App& app, Action& action) {
   c->footer(
       "Tasks: needle (a fact from the quiz tables planted at depths 0..100% of book text, question with an exact answer),\n"
       "passkey (a 5-7 digit number in long text), multi-needle (four facts, a question needing two of them),\n"
+      "variable-tracking (two interleaved chains of four assignments VAR A = 12345. VAR B = VAR A. ...; the value of\n"
+      "one chain's last variable), aggregation (four words carved on a door 4, 2, 1 and 1 times; the most frequent;\n"
+      "these two count an answer only when no planted wrong answer comes before it),\n"
       "continuation (mean NLL of the next --cont-tokens tokens of a book, teacher-forced after the prefilled document),\n"
       "fidelity (top-1 agreement and KL of the next-token distributions at the query positions, and greedy tokens\n"
       "matching full prefill over the first 32).\n"
@@ -577,6 +680,10 @@ void add_eval_command(CLI::App& app, Action& action) {
   c->add_option("--n-gen", o->n_gen, "Greedy tokens generated for retrieval answers")->capture_default_str();
   c->add_option("--cont-tokens", o->cont_tokens, "Continuation: teacher-forced tokens (at most half the length)")->capture_default_str();
   c->add_option("--seed", o->seed, "Seed of the samples")->check(seed_range())->capture_default_str();
+  c->add_option("--tolerance", o->tolerance,
+                "Loss tolerated against full prefill, as a fraction of its mean, for the within/outside/unresolved verdicts")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   c->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   add_kv_type_option(c, o->kv_type);

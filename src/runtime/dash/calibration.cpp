@@ -26,6 +26,11 @@ Calibration load_calibration(const std::string& model_path, int n_layer) {
     c.delta_nll = o.number_or("delta_nll", 0.0);
     c.budget = o.number_or("budget", 0.0);
     c.flop_speedup = o.number_or("flop_speedup", 1.0);
+    if (o.has("max_retrieval_drop")) {
+      c.max_retrieval_drop = o.number("max_retrieval_drop");
+      c.retrieval_drop = o.number_or("retrieval_drop", NAN);
+      if (o.has("retrieval")) c.retrieval_task = o.object("retrieval").string_or("task", "");
+    }
   } catch (const Error& e) {
     fail("{} (not a calibration file: run dashlm calibrate again)", e.what());
   }
@@ -48,8 +53,13 @@ HaltingConfig resolve_halting_settings(const std::vector<std::pair<Setting, std:
     const PolicyInfo* p = find_halting_policy(c.config.policy);
     if (c.config.seed == 0 && p && p->reads(Setting::Seed)) c.config.seed = seed;
     if (chosen) {
-      *chosen = fmt::format("{} from {} (continuation NLL {:+.4f} within a budget of {}, FLOP speedup {:.2f}x)",
-                            c.config.describe(n_layer), c.path, c.delta_nll, c.budget, c.flop_speedup);
+      const std::string retrieval =
+          std::isnan(c.max_retrieval_drop)
+              ? ""
+              : fmt::format(", {} score {:+.2f} against full prefill within a drop of {}", c.retrieval_task.empty() ? "retrieval" : c.retrieval_task,
+                            -c.retrieval_drop, c.max_retrieval_drop);
+      *chosen = fmt::format("{} from {} (continuation NLL {:+.4f} within a budget of {}{}, FLOP speedup {:.2f}x)", c.config.describe(n_layer),
+                            c.path, c.delta_nll, c.budget, retrieval, c.flop_speedup);
     }
     return c.config;
   }

@@ -1,6 +1,7 @@
 // The halting setting that `dashlm calibrate` chose for a model, saved beside the model file and
 // used by `--halting auto` (run, bench, and any other frontend).
 #pragma once
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +19,10 @@ struct Calibration {
   double delta_nll = 0;     // the continuation NLL change it was chosen with
   double budget = 0;        // within this budget
   double flop_speedup = 1;  // its FLOP-model speedup on the calibration text
+  // With a retrieval budget (calibrate --max-retrieval-drop): the task, the score's fall below full
+  // prefill's that the setting was chosen with, and that budget; NaN without one.
+  std::string retrieval_task;
+  double retrieval_drop = NAN, max_retrieval_drop = NAN;
 };
 
 // The calibrated setting for a model of n_layer layers; throws an Error that says to run
