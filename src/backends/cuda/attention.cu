@@ -450,17 +450,7 @@ __global__ void k_merge(nvbf16* out, const float* lse, const nvbf16* part, const
 // joins the chunks.
 
 struct DecodeArgs {
-  const nvbf16* q;
-  const int32_t* q_pos;
-  int n_q;
-  const nvbf16* k;
-  const nvbf16* v;
-  int64_t n_kv;
-  const uint8_t* valid;
-  int n_head, group;
-  float scale_log2;
-  int window;
-  int64_t q_stride, kv_stride;
+  FlashArgs f;      // the attention's arguments (n_q at most kDecodeMaxRows)
   float* part_o;    // [split][n_q * n_head][HD]
   float* part_lse;  // [split][n_q * n_head], log2 domain, -inf: no key
 };
@@ -478,7 +468,8 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
 }
 
 template <int HD, int QV>
-__global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs a) {
+__global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
+  const FlashArgs& a = da.f;
   constexpr int U = QV <= 4 ? 4 : 2;  // keys per lane group and iteration (registers: QV * U scores)
   constexpr int LPK = HD / 8;     // lanes per key
   constexpr int KPW = 32 / LPK;   // keys per warp step
@@ -488,7 +479,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kg = lane / LPK, li = lane % LPK;
   const int kvh = blockIdx.y, split = blockIdx.x, n_split = gridDim.x;
-  const int n_vec = a.n_q * a.group;
+  const int n_vec = static_cast<int>(a.n_q) * a.group;
   const int j0 = blockIdx.z * QV;
   const int nv = min(QV, n_vec - j0);
 
@@ -653,8 +644,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs a) {
     const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
     const int64_t qi = static_cast<int64_t>(r) * a.n_head + h;
     const int64_t slot = static_cast<int64_t>(split) * a.n_q * a.n_head + qi;
-    a.part_o[slot * HD + d] = lsum > 0.f ? osum / lsum : 0.f;
-    if (d == 0) a.part_lse[slot] = lsum > 0.f ? mx + __log2f(lsum) : -INFINITY;
+    da.part_o[slot * HD + d] = lsum > 0.f ? osum / lsum : 0.f;
+    if (d == 0) da.part_lse[slot] = lsum > 0.f ? mx + __log2f(lsum) : -INFINITY;
   }
 }
 
@@ -793,22 +784,10 @@ void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf
   if (!workspace || workspace_floats < need) detail::raise_error("attention_decode: workspace too small");
   const int64_t n_vec = n_q * p.n_head;
   DecodeArgs a{};
-  a.q = f.q;
-  a.q_pos = q_pos;
-  a.n_q = static_cast<int>(n_q);
-  a.k = f.k;
-  a.v = f.v;
-  a.n_kv = n_kv;
-  a.valid = kv_valid;
-  a.n_head = f.n_head;
-  a.group = f.group;
-  a.scale_log2 = f.scale_log2;
-  a.window = f.window;
-  a.q_stride = f.q_stride;
-  a.kv_stride = f.kv_stride;
+  a.f = f;
   a.part_o = workspace;
   a.part_lse = workspace + static_cast<size_t>(n_split) * static_cast<size_t>(n_vec) * static_cast<size_t>(p.head_dim);
-  const int vecs_per_head = static_cast<int>(n_q) * a.group;
+  const int vecs_per_head = static_cast<int>(n_q) * f.group;
   const bool narrow = vecs_per_head <= 4;
   const unsigned zs = static_cast<unsigned>((vecs_per_head + (narrow ? 4 : kDecodeMaxVectors) - 1) / (narrow ? 4 : kDecodeMaxVectors));
   dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(p.n_head_kv), zs);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iterator>
+#include <set>
 
 namespace dashlm {
 
@@ -118,6 +119,35 @@ std::string ranked_schedule(const HaltingConfig& hc, int n_layer) {
 
 std::string describe_ranked(const HaltingConfig& hc, int n_layer) {
   return fmt::format("{}({},{})", hc.policy, ranked_schedule(hc, n_layer), kv_mode_name(hc.kv));
+}
+
+std::vector<HaltingConfig> ranked_grid(const HaltingConfig& base, const char* policy, int n_layer,
+                                       std::initializer_list<double> layer_fractions, std::initializer_list<double> keeps,
+                                       std::initializer_list<StagedPoint> staged) {
+  const auto layer = [&](double f) { return std::clamp(static_cast<int>(std::lround(f * n_layer)), 1, n_layer - 1); };
+  std::set<int> layers;
+  for (double f : layer_fractions) layers.insert(layer(f));
+  std::vector<HaltingConfig> grid;
+  for (int l : layers) {
+    for (double keep : keeps) {
+      HaltingConfig c = base;
+      c.policy = policy;
+      c.halt_layer = l;
+      c.keep = keep;
+      grid.push_back(c);
+    }
+  }
+  for (const StagedPoint& st : staged) {
+    const int l0 = layer(st.layer0), l1 = layer(st.layer1);
+    if (l1 <= l0) continue;  // too few layers to stage
+    HaltingConfig c = base;
+    c.policy = policy;
+    c.halt_layer = l0;
+    c.keep = st.keep0;
+    c.then = {{static_cast<double>(l1), st.keep1}};
+    grid.push_back(c);
+  }
+  return grid;
 }
 
 }  // namespace dashlm

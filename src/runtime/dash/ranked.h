@@ -61,4 +61,14 @@ std::string ranked_schedule(const HaltingConfig& hc, int n_layer);
 // "name(l=12,keep=0.33,retain)".
 std::string describe_ranked(const HaltingConfig& hc, int n_layer);
 
+// A calibration grid of a ranked policy: every decision layer at the given fractions of the depth
+// with every keep fraction, then the staged schedules {first layer fraction, its keep, second layer
+// fraction, its keep} whose two layers fall apart at this depth.
+struct StagedPoint {
+  double layer0, keep0, layer1, keep1;
+};
+std::vector<HaltingConfig> ranked_grid(const HaltingConfig& base, const char* policy, int n_layer,
+                                       std::initializer_list<double> layer_fractions, std::initializer_list<double> keeps,
+                                       std::initializer_list<StagedPoint> staged);
+
 }  // namespace dashlm

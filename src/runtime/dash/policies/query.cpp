@@ -78,31 +78,8 @@ std::string describe_query(const HaltingConfig& hc, int n_layer) {
 // smaller keep fractions than the query-agnostic policies), and staged schedules that halve the
 // document early and cut deeper later.
 std::vector<HaltingConfig> query_grid(const HaltingConfig& base, int n_layer, const PolicyInfo::Quantile&) {
-  const auto layer = [&](double f) { return std::clamp(static_cast<int>(std::lround(f * n_layer)), 1, n_layer - 1); };
-  std::set<int> layers;
-  for (double f : {0.25, 0.3, 0.4, 0.5}) layers.insert(layer(f));
-  std::vector<HaltingConfig> grid;
-  for (int l : layers) {
-    for (double keep : {0.1, 0.2, 0.33, 0.5}) {
-      HaltingConfig c = base;
-      c.policy = "query";
-      c.halt_layer = l;
-      c.keep = keep;
-      grid.push_back(c);
-    }
-  }
-  const double staged[][4] = {{0.2, 0.5, 0.4, 0.2}, {0.25, 0.5, 0.5, 0.2}, {0.3, 0.5, 0.6, 0.2}, {0.25, 0.33, 0.5, 0.1}};
-  for (const auto& st : staged) {
-    const int l0 = layer(st[0]), l1 = layer(st[2]);
-    if (l1 <= l0) continue;  // too few layers to stage
-    HaltingConfig c = base;
-    c.policy = "query";
-    c.halt_layer = l0;
-    c.keep = st[1];
-    c.then = {{static_cast<double>(l1), st[3]}};
-    grid.push_back(c);
-  }
-  return grid;
+  return ranked_grid(base, "query", n_layer, {0.25, 0.3, 0.4, 0.5}, {0.1, 0.2, 0.33, 0.5},
+                     {{0.2, 0.5, 0.4, 0.2}, {0.25, 0.5, 0.5, 0.2}, {0.3, 0.5, 0.6, 0.2}, {0.25, 0.33, 0.5, 0.1}});
 }
 
 }  // namespace

@@ -25,31 +25,8 @@ class TopKPolicy final : public RankedPolicy {
 // Decision layers at 0.2 .. 0.8 of the depth, keep fractions from 1/5 to 4/5; and a few staged
 // schedules (a first cut early, a deeper one later) at similar budgets.
 std::vector<HaltingConfig> topk_grid(const HaltingConfig& base, int n_layer, const PolicyInfo::Quantile&) {
-  std::set<int> layers;
-  for (double f : {0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8}) layers.insert(std::clamp(static_cast<int>(std::lround(f * n_layer)), 1, n_layer - 1));
-  std::vector<HaltingConfig> grid;
-  for (int l : layers) {
-    for (double keep : {0.2, 0.33, 0.5, 0.67, 0.8}) {
-      HaltingConfig c = base;
-      c.policy = "topk";
-      c.halt_layer = l;
-      c.keep = keep;
-      grid.push_back(c);
-    }
-  }
-  const double staged[][4] = {{0.25, 0.5, 0.5, 0.2}, {0.2, 0.67, 0.4, 0.33}, {0.3, 0.5, 0.6, 0.25}, {0.4, 0.5, 0.7, 0.2}};
-  for (const auto& s : staged) {
-    const int l0 = std::clamp(static_cast<int>(std::lround(s[0] * n_layer)), 1, n_layer - 1);
-    const int l1 = std::clamp(static_cast<int>(std::lround(s[2] * n_layer)), 1, n_layer - 1);
-    if (l1 <= l0) continue;  // too few layers to stage
-    HaltingConfig c = base;
-    c.policy = "topk";
-    c.halt_layer = l0;
-    c.keep = s[1];
-    c.then = {{static_cast<double>(l1), s[3]}};
-    grid.push_back(c);
-  }
-  return grid;
+  return ranked_grid(base, "topk", n_layer, {0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8}, {0.2, 0.33, 0.5, 0.67, 0.8},
+                     {{0.25, 0.5, 0.5, 0.2}, {0.2, 0.67, 0.4, 0.33}, {0.3, 0.5, 0.6, 0.25}, {0.4, 0.5, 0.7, 0.2}});
 }
 
 }  // namespace
