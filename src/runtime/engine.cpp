@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "backends/cpu/gemm.h"
+#include "backends/cpu/q8.h"
 #include "common/error.h"
 #include "common/memory.h"
 #include "runtime/layer_params.h"
@@ -297,7 +298,10 @@ void Engine::logits_of_rows(const float* x, int64_t n, float* out) {
 }
 
 std::string Engine::kernels() const {
-  return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", float32 activations and cache, " +
+  const std::string compute = cpu::compute_mode() == cpu::Compute::q8
+                                  ? std::string("compute q8 (") + cpu::q8_kernel_name() + " integer dot products for decode)"
+                                  : std::string("compute f32");
+  return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", " + compute + ", float32 cache, " +
          std::to_string(cpu::num_threads()) + " threads";
 }
 
