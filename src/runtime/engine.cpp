@@ -299,7 +299,7 @@ void Engine::logits_of_rows(const float* x, int64_t n, float* out) {
 
 std::string Engine::kernels() const {
   const std::string compute = cpu::compute_mode() == cpu::Compute::q8
-                                  ? std::string("compute q8 (") + cpu::q8_kernel_name() + " integer dot products for decode)"
+                                  ? std::string("compute q8 (") + cpu::q8_kernel_name() + " integer kernels)"
                                   : std::string("compute f32");
   return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", " + compute + ", float32 cache, " +
          std::to_string(cpu::num_threads()) + " threads";

@@ -62,8 +62,8 @@ int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 
 namespace {
 
-// Most rows of x that go through the integer kernels in the q8 compute mode (more go through the
-// float GEMM).
+// Most rows of x that go through the integer kernels in the q8 compute mode for a type without
+// prefill kernels (more go through the float GEMM).
 constexpr int64_t kQ8MaxRows = 3;
 
 // The product of matmul / matmul_cols: input features k0 .. k1-1 of W against x (row stride ldx).
@@ -75,9 +75,11 @@ void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, in
   if (w.type == DType::F32) {
     // No conversion needed: one GEMM.
     gemm_nt(m, out, kw, x, ldx, static_cast<const float*>(w.data) + k0, in, y, out, accumulate);
-  } else if (m <= kQ8MaxRows && compute_mode() == Compute::q8 && q8_supports(w.type)) {
+  } else if (compute_mode() == Compute::q8 && q8_supports(w.type) &&
+             (m <= kQ8MaxRows || q8_prefill_supports(w.type))) {
     // Quantized compute: x quantized to 8 bits per block of 32, integer dot products with the
-    // quantized rows (cpu::q8_matmul).
+    // quantized rows (decode) or with panels of them repacked for register tiles (prefill; see
+    // cpu::q8_matmul).
     thread_local Q8Activations qx;
     qx.quantize(x, ldx, m, kw);
     q8_matmul(w.type, row_ptr(w, 0) + col_offset, row_bytes(w), out, qx, y, out, accumulate);

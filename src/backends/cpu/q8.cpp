@@ -90,7 +90,7 @@ void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t ro
   const int64_t block_rows = kBlockPanels * q8_detail::kPanelRows;
   const int64_t items = (n + block_rows - 1) / block_rows;
   const size_t panel_bytes = static_cast<size_t>(k / 16 * q8_detail::kGroupBytes);
-  const Q8View v{x.q(0), x.d(0), x.sums(0), k, k / kBlock, k / 16, m};
+  const Q8View v{x.q(0), x.d(0), x.sums(0), x.scaled_sums(0), k, k / kBlock, k / 16, m};
   auto run_item = [&](int64_t it) {
     thread_local std::vector<uint8_t> buf;
     if (buf.size() < panel_bytes * kBlockPanels) buf.resize(panel_bytes * kBlockPanels);
@@ -146,6 +146,8 @@ bool q8_supports(DType type) {
   }
 }
 
+bool q8_prefill_supports(DType type) { return q8_detail::q8_panel_max_u(static_cast<uint32_t>(type)) > 0; }
+
 const char* q8_kernel_name() { return kernels().name; }
 
 Q8Activations::~Q8Activations() { std::free(data_); }
@@ -153,10 +155,11 @@ Q8Activations::~Q8Activations() { std::free(data_); }
 void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k) {
   if (m < 0 || k < 0 || k % kBlock != 0) fail("Q8Activations: {} rows of {} values (a multiple of 32 needed)", m, k);
   const int64_t nb = k / kBlock;
-  // q, then d (aligned to 64 bytes), then the sums.
+  // q, then d, the scaled sums and the sums (each aligned to 64 bytes).
   const size_t q_bytes = (static_cast<size_t>(m * k) + 63) / 64 * 64;
   const size_t d_bytes = (static_cast<size_t>(m * nb) * sizeof(float) + 63) / 64 * 64;
-  const size_t need = q_bytes + d_bytes + static_cast<size_t>(m * nb * 2) * sizeof(int16_t) + 64;
+  const size_t ds_bytes = (static_cast<size_t>(m * nb * 2) * sizeof(float) + 63) / 64 * 64;
+  const size_t need = q_bytes + d_bytes + ds_bytes + static_cast<size_t>(m * nb * 2) * sizeof(int16_t) + 64;
   if (need > capacity_) {
     std::free(data_);
     data_ = nullptr;
@@ -169,7 +172,8 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k) 
   auto* base = static_cast<uint8_t*>(data_);
   q_ = reinterpret_cast<int8_t*>(base);
   d_ = reinterpret_cast<float*>(base + q_bytes);
-  s_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes);
+  ds_ = reinterpret_cast<float*>(base + q_bytes + d_bytes);
+  s_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes);
   m_ = m;
   k_ = k;
   auto one_row = [&](int64_t i) {
@@ -203,6 +207,8 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k) 
       }
       s_[i * 2 * nb + 2 * b] = static_cast<int16_t>(s0);
       s_[i * 2 * nb + 2 * b + 1] = static_cast<int16_t>(s1);
+      ds_[i * 2 * nb + 2 * b] = d_[i * nb + b] * static_cast<float>(s0);
+      ds_[i * 2 * nb + 2 * b + 1] = d_[i * nb + b] * static_cast<float>(s1);
     }
   };
   if (m * k >= (int64_t{1} << 16) && !omp_in_parallel() && num_threads() > 1) {
@@ -234,7 +240,7 @@ void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const 
     const int64_t r0 = n * pc / pieces, r1 = n * (pc + 1) / pieces;
     if (r1 <= r0) return;
     for (int64_t i = 0; i < m; i += kMaxRows) {
-      const Q8View v{x.q(i), x.d(i), x.sums(i), k, k / kBlock, k / 16, std::min(kMaxRows, m - i)};
+      const Q8View v{x.q(i), x.d(i), x.sums(i), x.scaled_sums(i), k, k / kBlock, k / 16, std::min(kMaxRows, m - i)};
       (void)ks.gemv(static_cast<uint32_t>(type), w + r0 * static_cast<int64_t>(row_bytes), static_cast<int64_t>(row_bytes),
                     r1 - r0, k, v, y + i * ldy + r0, ldy, accumulate);
     }

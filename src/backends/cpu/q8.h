@@ -30,6 +30,10 @@ bool parse_compute(const char* s, Compute* out);
 // Weight types with integer kernels: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
 bool q8_supports(DType type);
 
+// Types whose products with many rows of activations (prefill) have integer kernels too (all
+// of q8_supports but Q8_0, whose 8-bit quants would overflow the AVX2 kernels' 16-bit sums).
+bool q8_prefill_supports(DType type);
+
 // Name of the integer kernels in use: "scalar", "avx2" or "avx512vnni".
 const char* q8_kernel_name();
 
@@ -46,16 +50,19 @@ class Q8Activations {
 
   int64_t m() const { return m_; }
   int64_t k() const { return k_; }
-  // Row i: k quants, k / 32 scales, k / 16 sums of 16 quants.
+  // Row i: k quants, k / 32 scales, k / 16 sums of 16 quants and the same sums times their
+  // block's scale.
   const int8_t* q(int64_t i) const { return q_ + i * k_; }
   const float* d(int64_t i) const { return d_ + i * (k_ / 32); }
   const int16_t* sums(int64_t i) const { return s_ + i * (k_ / 16); }
+  const float* scaled_sums(int64_t i) const { return ds_ + i * (k_ / 16); }
 
  private:
   int64_t m_ = 0, k_ = 0;
   int8_t* q_ = nullptr;
   float* d_ = nullptr;
   int16_t* s_ = nullptr;
+  float* ds_ = nullptr;
   void* data_ = nullptr;
   size_t capacity_ = 0;
 };

@@ -15,11 +15,13 @@ constexpr int64_t kMaxRows = 4;
 
 // Activations quantized per block of 32: for row i and block b, the values are
 // d[i * ldd + b] * q[i * ldq + 32 * b + j] (j < 32) with q in -127..127, and
-// s16[i * lds + 2 * b + h] is the sum of q over the half h (16 values) of the block.
+// s16[i * lds + 2 * b + h] is the sum of q over the half h (16 values) of the block and
+// ds[i * lds + 2 * b + h] that sum times d.
 struct Q8View {
   const int8_t* q;
   const float* d;
   const int16_t* s16;
+  const float* ds;
   int64_t ldq, ldd, lds;
   int64_t m;  // rows (at most kMaxRows when handed to a kernel)
 };

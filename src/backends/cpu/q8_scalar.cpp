@@ -196,11 +196,11 @@ void panel_gemm(const uint8_t* panels, int64_t rows, int64_t k, const Q8View& x,
       for (int64_t g = 0; g < ng; ++g) {
         const uint8_t* grp = panel + g * kGroupBytes;
         const float d = x.d[i * x.ldd + g / 2];
-        const float sum = static_cast<float>(x.s16[i * x.lds + g]);
+        const float ds = x.ds[i * x.lds + g];
         for (int64_t r = 0; r < cols; ++r) {
           int32_t dot = 0;
           for (int j = 0; j < 16; ++j) dot += int32_t{grp[32 * (j / 4) + 4 * r + j % 4]} * int32_t{q[16 * g + j]};
-          acc[r] += get_f32(grp + 128 + 4 * r) * (d * static_cast<float>(dot)) + get_f32(grp + 160 + 4 * r) * (d * sum);
+          acc[r] += get_f32(grp + 128 + 4 * r) * (d * static_cast<float>(dot)) + get_f32(grp + 160 + 4 * r) * ds;
         }
       }
       float* out = y + i * ldy + r0;
