@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "backends/cpu/gemm.h"
+#include "backends/cpu/q8.h"
 #include "common/error.h"
 #include "common/memory.h"
 #include "runtime/layer_params.h"
@@ -351,7 +352,10 @@ void Engine::logits_of_rows(const float* x, int64_t n, float* out) {
 
 std::string Engine::kernels() const {
   const bool f16 = cache_.type == cpu::KvType::F16;
-  return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", float32 activations, " +
+  const std::string compute = cpu::compute_mode() == cpu::Compute::q8
+                                  ? std::string("compute q8 (") + cpu::q8_kernel_name() + " integer kernels)"
+                                  : std::string("compute f32");
+  return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", " + compute + ", " +
          (f16 ? std::string("f16 KV cache (") + cpu::f16_conversion_name() + " conversion)" : std::string("f32 KV cache")) + ", " +
          std::to_string(cpu::num_threads()) + " threads";
 }

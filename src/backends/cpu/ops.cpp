@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backends/cpu/gemm.h"
+#include "backends/cpu/q8.h"
 #include "backends/cpu/quants.h"
 #include "common/error.h"
 
@@ -65,6 +66,10 @@ int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 
 namespace {
 
+// Most rows of x that go through the integer kernels in the q8 compute mode for a type without
+// prefill kernels (more go through the float GEMM).
+constexpr int64_t kQ8MaxRows = 3;
+
 // The product of matmul / matmul_cols: input features k0 .. k1-1 of W against x (row stride ldx).
 void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, int64_t ldx, int64_t m, float* y,
                  bool accumulate) {
@@ -74,6 +79,14 @@ void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, in
   if (w.type == DType::F32) {
     // No conversion needed: one GEMM.
     gemm_nt(m, out, kw, x, ldx, static_cast<const float*>(w.data) + k0, in, y, out, accumulate);
+  } else if (compute_mode() == Compute::q8 && q8_supports(w.type) &&
+             (m <= kQ8MaxRows || q8_prefill_supports(w.type))) {
+    // Quantized compute: x quantized to 8 bits per block of 32, integer dot products with the
+    // quantized rows (decode) or with panels of them repacked for register tiles (prefill; see
+    // cpu::q8_matmul).
+    thread_local Q8Activations qx;
+    qx.quantize(x, ldx, m, kw);
+    q8_matmul(w.type, row_ptr(w, 0) + col_offset, row_bytes(w), out, qx, y, out, accumulate);
   } else if (m < 4) {
     // Decode-sized: stream the quantized rows once; each row is dequantized a piece at a time
     // into a buffer on the stack and dotted with each row of x, with the kernel level's vector

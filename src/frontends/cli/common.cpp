@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "backends/cpu/q8.h"
 #include "common/error.h"
 #include "runtime/engine_factory.h"
 
@@ -41,6 +42,23 @@ void check_int_options(CLI::App& app) {
     if (o->get_type_name() == "INT") o->check(whole_number(std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
   }
   for (CLI::App* sub : app.get_subcommands({})) check_int_options(*sub);
+}
+
+void add_compute_option(CLI::App& app) {
+  for (CLI::App* sub : app.get_subcommands({})) {
+    const std::string& name = sub->get_name();
+    if (name != "run" && name != "bench" && name != "eval" && name != "calibrate" && name != "serve") continue;
+    sub->add_option_function<std::string>(
+           "--compute",
+           [](const std::string& v) {
+             cpu::Compute c = cpu::Compute::q8;
+             if (cpu::parse_compute(v.c_str(), &c)) cpu::set_compute_mode(c);
+           },
+           "Products with quantized weights: q8 (activations quantized to 8 bits, integer dot products; the "
+           "default) or f32 (weights dequantized, float32 throughout: the exact reference). Default from "
+           "DASHLM_COMPUTE, else q8")
+        ->check(CLI::IsMember({"f32", "q8"}));
+  }
 }
 
 size_t prompt_file_cap(int64_t n_ctx) { return static_cast<size_t>(std::max<int64_t>(n_ctx, 1)) * 64; }

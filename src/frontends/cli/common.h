@@ -20,6 +20,8 @@ CLI::Validator seed_range();
 // few int64 options, which have narrower checks of their own) the check whole_number(-2^31,
 // 2^31 - 1), so that 2^31 is refused with the range rather than "Could not convert".
 void check_int_options(CLI::App& app);
+// --compute f32|q8 on the commands that run a model (sets cpu::set_compute_mode while parsing).
+void add_compute_option(CLI::App& app);
 
 // The most bytes a prompt file may hold for a context of n_ctx tokens: 64 bytes a token, far
 // above what text tokenizes to (3-5 bytes a token), so that no file that could fit is refused.

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   dashlm::cli::add_eval_command(app, action);
   dashlm::cli::add_calibrate_command(app, action);
   dashlm::cli::add_serve_command(app, action);
+  dashlm::cli::add_compute_option(app);
   dashlm::cli::check_int_options(app);
   try {
     app.parse(argc, argv);

@@ -1,0 +1,256 @@
+// Quantized compute: the mode switch, the activations' quantization, the choice of kernels and
+// the sharing of weight rows among threads. The kernels are in q8_scalar.cpp, q8_avx2.cpp and
+// q8_avx512vnni.cpp (q8_kernels.h).
+#include "backends/cpu/q8.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "backends/cpu/gemm.h"
+#include "backends/cpu/ops.h"
+#include "backends/cpu/q8_kernels.h"
+#include "common/error.h"
+
+namespace dashlm::cpu {
+
+namespace {
+
+using q8_detail::kBlock;
+using q8_detail::kMaxRows;
+using q8_detail::Q8KernelSet;
+using q8_detail::Q8View;
+
+Compute initial_compute() {
+  Compute c = Compute::q8;
+  if (const char* env = std::getenv("DASHLM_COMPUTE")) (void)parse_compute(env, &c);
+  return c;
+}
+
+std::atomic<int>& compute_state() {
+  static std::atomic<int> state{static_cast<int>(initial_compute())};
+  return state;
+}
+
+bool cpu_has_vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  // As for the float kernels, __builtin_cpu_supports reports AVX-512 features only when the OS
+  // saves the AVX-512 registers (XCR0).
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+const Q8KernelSet& kernels() {
+  static const bool vnni = cpu_has_vnni() && q8_detail::q8_avx512vnni;
+  const GemmLevel level = gemm_level();
+  if (level >= GemmLevel::avx512 && vnni) return *q8_detail::q8_avx512vnni;
+  if (level >= GemmLevel::avx2 && q8_detail::q8_avx2) return *q8_detail::q8_avx2;
+  return *q8_detail::q8_scalar;
+}
+
+// Weight rows per piece of work: enough to hand each kernel call a good stretch of rows, few
+// enough that a piece's rows stay in the L2 cache while every group of activation rows goes over
+// them.
+int64_t rows_per_piece(size_t row_bytes) {
+  return std::clamp<int64_t>(static_cast<int64_t>((256u << 10) / std::max<size_t>(row_bytes, 1)), 8, 256);
+}
+
+// Round to nearest, ties to even, for |v| <= 2^22: the float addition does the rounding.
+inline float round_even(float v) {
+  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
+  return (v + kMagic) - kMagic;
+}
+
+int thread_count(int threads, double flops, int64_t items) {
+  const int t0 = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
+  // Below ~1 Mflop a thread, fork/join costs more than it saves.
+  return static_cast<int>(
+      std::max<double>(1.0, std::min<double>({static_cast<double>(t0), flops / 1.0e6, static_cast<double>(items)})));
+}
+
+// Many rows of x: the weights are repacked, a block of kBlockPanels panels at a time (each
+// thread its own blocks, into its own buffer), and each block is multiplied by every row of x
+// while it sits in the cache.
+constexpr int64_t kBlockPanels = 8;
+
+void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t row_bytes, int64_t n,
+                  const Q8Activations& x, float* y, int64_t ldy, bool accumulate, int threads, int max_u) {
+  const int64_t m = x.m(), k = x.k();
+  const int64_t block_rows = kBlockPanels * q8_detail::kPanelRows;
+  const int64_t items = (n + block_rows - 1) / block_rows;
+  const size_t panel_bytes = static_cast<size_t>(k / 16 * q8_detail::kGroupBytes);
+  const Q8View v{x.q(0), x.d(0), x.sums(0), x.scaled_sums(0), k, k / kBlock, k / 16, m};
+  auto run_item = [&](int64_t it) {
+    thread_local std::vector<uint8_t> buf;
+    if (buf.size() < panel_bytes * kBlockPanels) buf.resize(panel_bytes * kBlockPanels);
+    const int64_t r0 = it * block_rows, rows = std::min(block_rows, n - r0);
+    for (int64_t p = 0; p * q8_detail::kPanelRows < rows; ++p) {
+      const int64_t pr = p * q8_detail::kPanelRows;
+      (void)ks.pack_panel(static_cast<uint32_t>(type), w + (r0 + pr) * static_cast<int64_t>(row_bytes),
+                          static_cast<int64_t>(row_bytes), std::min(q8_detail::kPanelRows, rows - pr), k,
+                          buf.data() + p * panel_bytes);
+    }
+    ks.panel_gemm(buf.data(), rows, k, v, y + r0, ldy, accumulate, max_u);
+  };
+  const int t = thread_count(threads, 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m), items);
+  if (t <= 1) {
+    for (int64_t it = 0; it < items; ++it) run_item(it);
+    return;
+  }
+  // Blocks claimed one at a time: a thread slowed down by a busy machine takes fewer.
+#pragma omp parallel for schedule(dynamic, 1) num_threads(t)
+  for (int64_t it = 0; it < items; ++it) run_item(it);
+}
+
+}  // namespace
+
+Compute compute_mode() { return static_cast<Compute>(compute_state().load(std::memory_order_relaxed)); }
+
+void set_compute_mode(Compute c) { compute_state().store(static_cast<int>(c), std::memory_order_relaxed); }
+
+const char* compute_name(Compute c) { return c == Compute::f32 ? "f32" : "q8"; }
+
+bool parse_compute(const char* s, Compute* out) {
+  if (!s) return false;
+  for (Compute c : {Compute::f32, Compute::q8}) {
+    if (std::strcmp(s, compute_name(c)) == 0) {
+      *out = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool q8_supports(DType type) {
+  switch (type) {
+    case DType::Q4_0:
+    case DType::Q4_1:
+    case DType::Q5_0:
+    case DType::Q5_1:
+    case DType::Q8_0:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K: return true;
+    default: return false;
+  }
+}
+
+bool q8_prefill_supports(DType type) { return q8_detail::q8_panel_max_u(static_cast<uint32_t>(type)) > 0; }
+
+const char* q8_kernel_name() { return kernels().name; }
+
+Q8Activations::~Q8Activations() { std::free(data_); }
+
+void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k) {
+  if (m < 0 || k < 0 || k % kBlock != 0) fail("Q8Activations: {} rows of {} values (a multiple of 32 needed)", m, k);
+  const int64_t nb = k / kBlock;
+  // q, then d, the scaled sums and the sums (each aligned to 64 bytes).
+  const size_t q_bytes = (static_cast<size_t>(m * k) + 63) / 64 * 64;
+  const size_t d_bytes = (static_cast<size_t>(m * nb) * sizeof(float) + 63) / 64 * 64;
+  const size_t ds_bytes = (static_cast<size_t>(m * nb * 2) * sizeof(float) + 63) / 64 * 64;
+  const size_t need = q_bytes + d_bytes + ds_bytes + static_cast<size_t>(m * nb * 2) * sizeof(int16_t) + 64;
+  if (need > capacity_) {
+    std::free(data_);
+    data_ = nullptr;
+    capacity_ = 0;
+    const size_t bytes = (need + 63) / 64 * 64;
+    data_ = std::aligned_alloc(64, bytes);
+    if (!data_) throw std::bad_alloc();
+    capacity_ = bytes;
+  }
+  auto* base = static_cast<uint8_t*>(data_);
+  q_ = reinterpret_cast<int8_t*>(base);
+  d_ = reinterpret_cast<float*>(base + q_bytes);
+  ds_ = reinterpret_cast<float*>(base + q_bytes + d_bytes);
+  s_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes);
+  m_ = m;
+  k_ = k;
+  auto one_row = [&](int64_t i) {
+    const float* xi = x + i * ldx;
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* v = xi + b * kBlock;
+      float amax = 0.f;
+      for (int j = 0; j < kBlock; ++j) {
+        const float a = std::fabs(v[j]);
+        amax = a > amax ? a : amax;
+      }
+      bool finite = true;
+      for (int j = 0; j < kBlock; ++j) finite &= std::isfinite(v[j]);
+      int8_t* q = q_ + i * k + b * kBlock;
+      float qf[kBlock];
+      if (finite && amax > 0.f) {
+        const float id = 127.f / amax;
+        for (int j = 0; j < kBlock; ++j) qf[j] = round_even(v[j] * id);
+        d_[i * nb + b] = amax / 127.f;
+      } else {
+        // All zeros; or a value that is not finite, which the scale carries on (NaN) so that
+        // the outputs it reaches are NaN as in float32.
+        for (int j = 0; j < kBlock; ++j) qf[j] = 0.f;
+        d_[i * nb + b] = finite ? 0.f : std::nanf("");
+      }
+      int32_t s0 = 0, s1 = 0;
+      for (int j = 0; j < kBlock; ++j) {
+        const auto qi = static_cast<int32_t>(qf[j]);
+        q[j] = static_cast<int8_t>(qi);
+        (j < 16 ? s0 : s1) += qi;
+      }
+      s_[i * 2 * nb + 2 * b] = static_cast<int16_t>(s0);
+      s_[i * 2 * nb + 2 * b + 1] = static_cast<int16_t>(s1);
+      ds_[i * 2 * nb + 2 * b] = d_[i * nb + b] * static_cast<float>(s0);
+      ds_[i * 2 * nb + 2 * b + 1] = d_[i * nb + b] * static_cast<float>(s1);
+    }
+  };
+  if (m * k >= (int64_t{1} << 16) && !omp_in_parallel() && num_threads() > 1) {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t i = 0; i < m; ++i) one_row(i);
+  } else {
+    for (int64_t i = 0; i < m; ++i) one_row(i);
+  }
+}
+
+void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const Q8Activations& x, float* y,
+               int64_t ldy, bool accumulate, int threads) {
+  if (!q8_supports(type)) fail("no integer kernels for tensor type {}", dtype_name(type));
+  const int64_t m = x.m(), k = x.k();
+  if (n <= 0 || m <= 0) return;
+  if (k % dtype_traits(type).block_size != 0) fail("q8_matmul: {} values are not whole blocks of {}", k, dtype_name(type));
+  const Q8KernelSet& ks = kernels();
+  const int max_u = q8_detail::q8_panel_max_u(static_cast<uint32_t>(type));
+  if (m > kMaxRows && max_u > 0) return panel_matmul(ks, type, w, row_bytes, n, x, y, ldy, accumulate, threads, max_u);
+  const int t0 = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
+  // About 2 flops per weight and row of x; below ~1 Mflop a thread, fork/join costs more.
+  const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m);
+  const int t = static_cast<int>(
+      std::max<double>(1.0, std::min<double>({static_cast<double>(t0), flops / 1.0e6, static_cast<double>(n)})));
+  // The rows cut into pieces of about equal size, a multiple of t of them (equal shares).
+  const int64_t max_piece = rows_per_piece(row_bytes);
+  const int64_t pieces = t * ((n + t * max_piece - 1) / (t * max_piece));
+  auto run_piece = [&](int64_t pc) {
+    const int64_t r0 = n * pc / pieces, r1 = n * (pc + 1) / pieces;
+    if (r1 <= r0) return;
+    for (int64_t i = 0; i < m; i += kMaxRows) {
+      const Q8View v{x.q(i), x.d(i), x.sums(i), x.scaled_sums(i), k, k / kBlock, k / 16, std::min(kMaxRows, m - i)};
+      (void)ks.gemv(static_cast<uint32_t>(type), w + r0 * static_cast<int64_t>(row_bytes), static_cast<int64_t>(row_bytes),
+                    r1 - r0, k, v, y + i * ldy + r0, ldy, accumulate);
+    }
+  };
+  if (t <= 1) {
+    for (int64_t pc = 0; pc < pieces; ++pc) run_piece(pc);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(t)
+  for (int64_t pc = 0; pc < pieces; ++pc) run_piece(pc);
+}
+
+}  // namespace dashlm::cpu

@@ -1,0 +1,76 @@
+// Quantized compute on the CPU: activations quantized to 8 bits per block of 32 values (one
+// float scale per block, round to nearest even), multiplied against the quantized weights with
+// integer dot products, with run-time dispatch on the instruction set: AVX-512 VNNI (vpdpbusd),
+// AVX2 (vpmaddubsw / vpmaddwd) or portable C++. The level follows the float GEMM's
+// (gemm_level(): DASHLM_CPU lowers both); the AVX-512 level uses VNNI when the CPU has
+// AVX512BW, AVX512VL and AVX512VNNI, and the AVX2 kernels otherwise.
+//
+// Error: the integer sums are exact, so the only error beyond float32 rounding is that of the
+// activations' quantization: |x - d q| <= d / 2 per value with d = max |x| / 127 over its block,
+// hence for one output |y_q8 - y| <= sum over blocks of d_b / 2 * sum_{j in b} |w_j| (plus the
+// float32 rounding of the scales and the sums).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "backends/dtype.h"
+
+namespace dashlm::cpu {
+
+// How products with quantized weights are computed: f32 dequantizes the weights and multiplies
+// in float32 (the exactness oracle), q8 uses the integer kernels below where the weight type
+// has them. The start value is q8, or the environment variable DASHLM_COMPUTE=f32|q8.
+enum class Compute : int { f32 = 0, q8 = 1 };
+Compute compute_mode();
+void set_compute_mode(Compute c);
+const char* compute_name(Compute c);
+// "f32" or "q8"; false for anything else.
+bool parse_compute(const char* s, Compute* out);
+
+// Weight types with integer kernels: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
+bool q8_supports(DType type);
+
+// Types whose products with many rows of activations (prefill) have integer kernels too (all
+// of q8_supports but Q8_0, whose 8-bit quants would overflow the AVX2 kernels' 16-bit sums).
+bool q8_prefill_supports(DType type);
+
+// Name of the integer kernels in use: "scalar", "avx2" or "avx512vnni".
+const char* q8_kernel_name();
+
+// Rows of activations quantized per block of 32. The storage only grows.
+class Q8Activations {
+ public:
+  Q8Activations() = default;
+  Q8Activations(const Q8Activations&) = delete;
+  Q8Activations& operator=(const Q8Activations&) = delete;
+  ~Q8Activations();
+
+  // Quantizes m rows of k values (k a multiple of 32; row stride ldx).
+  void quantize(const float* x, int64_t ldx, int64_t m, int64_t k);
+
+  int64_t m() const { return m_; }
+  int64_t k() const { return k_; }
+  // Row i: k quants, k / 32 scales, k / 16 sums of 16 quants and the same sums times their
+  // block's scale.
+  const int8_t* q(int64_t i) const { return q_ + i * k_; }
+  const float* d(int64_t i) const { return d_ + i * (k_ / 32); }
+  const int16_t* sums(int64_t i) const { return s_ + i * (k_ / 16); }
+  const float* scaled_sums(int64_t i) const { return ds_ + i * (k_ / 16); }
+
+ private:
+  int64_t m_ = 0, k_ = 0;
+  int8_t* q_ = nullptr;
+  float* d_ = nullptr;
+  int16_t* s_ = nullptr;
+  float* ds_ = nullptr;
+  void* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// y[i * ldy + r] (+= with accumulate) = W_r . x_i for the n rows of W starting at w (row stride
+// row_bytes, x.k() elements each of `type`) and every row i of x. Rows of W are shared among
+// `threads` threads as for gemm_nt (0: the default). Throws for a type without kernels.
+void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const Q8Activations& x, float* y,
+               int64_t ldy, bool accumulate, int threads = 0);
+
+}  // namespace dashlm::cpu

@@ -1,0 +1,75 @@
+// Internal to the quantized compute (q8.cpp): what each instruction-set translation unit
+// (q8_scalar.cpp, q8_avx2.cpp, q8_avx512vnni.cpp) hands to the driver. As for the float
+// kernels (gemm_kernels.h), these units are compiled with different instruction-set flags and so
+// export nothing but their one constant pointer; everything else sits in an anonymous namespace
+// and no standard-library template is used.
+#pragma once
+#include <cstdint>
+
+namespace dashlm::cpu::q8_detail {
+
+// Elements per activation block: one float scale per 32 values.
+constexpr int64_t kBlock = 32;
+// Rows of activations one call of a kernel handles at most.
+constexpr int64_t kMaxRows = 4;
+
+// Activations quantized per block of 32: for row i and block b, the values are
+// d[i * ldd + b] * q[i * ldq + 32 * b + j] (j < 32) with q in -127..127, and
+// s16[i * lds + 2 * b + h] is the sum of q over the half h (16 values) of the block and
+// ds[i * lds + 2 * b + h] that sum times d.
+struct Q8View {
+  const int8_t* q;
+  const float* d;
+  const int16_t* s16;
+  const float* ds;
+  int64_t ldq, ldd, lds;
+  int64_t m;  // rows (at most kMaxRows when handed to a kernel)
+};
+
+// Prefill: weights repacked per matmul into panels of kPanelRows rows, for integer register tiles
+// (kPanelRows output columns per vector, one x value of 4 bytes broadcast to every lane). A panel
+// of k elements is k / 16 groups of kGroupBytes bytes; group g (elements 16 g .. 16 g + 15):
+//   bytes [0, 128):   4 steps of 32 bytes; step s holds, for row r, u[r][16 g + 4 s .. + 3] at
+//                     bytes 4 r .. 4 r + 3 (unsigned quants, as in q8_scalar.cpp);
+//   bytes [128, 160): float sc[8], each row's scale for the group;
+//   bytes [160, 192): float c0[8] = mn - sc * z, each row's offset per unit of sum(q).
+// Rows past the matrix are zero throughout.
+constexpr int64_t kPanelRows = 8;
+constexpr int64_t kGroupBytes = 192;
+
+struct Q8KernelSet {
+  const char* name;
+  // y[i * ldy + r] (+= with accumulate) = W_r . x_i for weight rows r in [0, n) (row r at
+  // w + r * row_bytes, k elements of the DType `type`) and the x.m <= kMaxRows rows of x, whose
+  // k values (a multiple of the type's block size) line up with the row's. False, with nothing
+  // written, for a type the set does not know.
+  bool (*gemv)(uint32_t type, const uint8_t* w, int64_t row_bytes, int64_t n, int64_t k, const Q8View& x, float* y,
+               int64_t ldy, bool accumulate);
+  // Packs rows [0, rows) (rows <= kPanelRows) of W into one panel (k / 16 * kGroupBytes bytes).
+  // False for a type without panels (see q8_panel_bits).
+  bool (*pack_panel)(uint32_t type, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t k, uint8_t* panel);
+  // y[i * ldy + j] (+= with accumulate) = W_j . x_i for the `rows` rows of W packed in
+  // ceil(rows / kPanelRows) consecutive panels and all x.m rows of x (any number). max_u: the
+  // largest quant of the type (15, 31 or 63), which bounds how many products may be summed in 16
+  // bits.
+  void (*panel_gemm)(const uint8_t* panels, int64_t rows, int64_t k, const Q8View& x, float* y, int64_t ldy,
+                     bool accumulate, int max_u);
+};
+
+// The largest quant of a type with panels (0 for the others: 8-bit quants would overflow
+// vpmaddubsw's 16-bit sums).
+inline int q8_panel_max_u(uint32_t type) {
+  switch (type) {
+    case 2: case 3: case 12: return 15;  // Q4_0, Q4_1, Q4_K
+    case 6: case 7: case 13: return 31;  // Q5_0, Q5_1, Q5_K
+    case 14: return 63;                  // Q6_K
+    default: return 0;
+  }
+}
+
+// nullptr where the build has no such kernels.
+extern const Q8KernelSet* const q8_scalar;
+extern const Q8KernelSet* const q8_avx2;
+extern const Q8KernelSet* const q8_avx512vnni;
+
+}  // namespace dashlm::cpu::q8_detail
