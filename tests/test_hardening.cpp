@@ -226,6 +226,10 @@ TEST(HardeningNonFinite, NaNWeightsNameTheFirstLayerThatIsNotFinite) {
   const std::vector<Case> cases = {
       {"blk.1.ffn_down.weight", nan, "stopped being finite at layer 1 (of layers 0..1)"},
       {"blk.0.attn_v.weight", inf, "stopped being finite at layer 0 (of layers 0..1)"},
+      // Every score of a head NaN (a query or key projection): the softmax must not take it
+      // for a row that sees no key and output zeros.
+      {"blk.1.attn_q.weight", nan, "stopped being finite at layer 1 (of layers 0..1)"},
+      {"blk.0.attn_k.weight", inf, "stopped being finite at layer 0 (of layers 0..1)"},
       {"token_embd.weight", nan, "the token embeddings already are"},
       {"output_norm.weight", inf, "the output norm or projection"},
   };

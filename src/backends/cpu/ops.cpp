@@ -472,7 +472,7 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& k
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t g = r / nb, i = r % nb;
         float* orow = out + (i0 + i) * q_stride + (static_cast<int64_t>(kvh) * group + g) * hd;
-        if (first || !(lp[r] > 0.f)) {  // no visible key: a zero output
+        if (first || lp[r] == 0.f) {  // no visible key: a zero output (a NaN sum stays NaN)
           std::fill(orow, orow + hd, 0.f);
         } else {
           const float inv = 1.f / lp[r];
@@ -492,12 +492,15 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& k
       const int64_t g = r / nb, i = r % nb;
       float* orow = out + (i0 + i) * q_stride + (static_cast<int64_t>(kvh) * group + g) * hd;
       float mx = neg_inf;
+      bool nan = false;
       for (int64_t sp = 0; sp < splits; ++sp) {
         const float* po = partial.data() + (t * splits + sp) * rows_max * (hd + 2);
-        if (po[rows_max * hd + rows_max + r] > 0.f) mx = std::max(mx, po[rows_max * hd + r]);
+        const float ls = po[rows_max * hd + rows_max + r];
+        nan |= ls != ls;
+        if (ls > 0.f) mx = std::max(mx, po[rows_max * hd + r]);
       }
-      std::fill(orow, orow + hd, 0.f);
-      if (mx == neg_inf) continue;
+      std::fill(orow, orow + hd, nan ? std::numeric_limits<float>::quiet_NaN() : 0.f);
+      if (nan || mx == neg_inf) continue;
       float sum = 0.f;
       for (int64_t sp = 0; sp < splits; ++sp) {
         const float* po = partial.data() + (t * splits + sp) * rows_max * (hd + 2);
