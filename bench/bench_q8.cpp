@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_threads.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/ops.h"
 #include "backends/cpu/q8.h"
@@ -110,22 +111,8 @@ std::vector<Shape> shapes() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int> thread_counts = {1};
-  if (num_threads() > 1) thread_counts.push_back(num_threads());
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--threads=", 10) == 0) {
-      thread_counts.clear();
-      for (const char* p = argv[i] + 10; *p;) {
-        thread_counts.push_back(std::atoi(p));
-        while (*p && *p != ',') ++p;
-        if (*p == ',') ++p;
-      }
-    } else {
-      rest.push_back(argv[i]);
-    }
-  }
-  int rest_argc = static_cast<int>(rest.size());
+  // Our own flag first, then Google Benchmark's.
+  const std::vector<int> thread_counts = dashlm::bench::take_thread_counts(argc, argv);
   for (const Shape& s : shapes()) {
     for (int t : thread_counts) {
       for (int l = 0; l <= static_cast<int>(gemm_max_level()); ++l) {
@@ -140,7 +127,7 @@ int main(int argc, char** argv) {
       }
     }
   }
-  benchmark::Initialize(&rest_argc, rest.data());
+  benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

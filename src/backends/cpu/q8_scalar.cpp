@@ -12,6 +12,7 @@
 
 #include <cstring>
 
+#include "backends/cpu/q8.h"
 #include "backends/dtype.h"
 
 namespace dashlm::cpu::q8_detail {
@@ -111,24 +112,10 @@ void decode32(DType type, const uint8_t* row, int64_t b, Block32& o) {
   }
 }
 
-bool supported(DType type) {
-  switch (type) {
-    case DType::Q4_0:
-    case DType::Q4_1:
-    case DType::Q5_0:
-    case DType::Q5_1:
-    case DType::Q8_0:
-    case DType::Q4_K:
-    case DType::Q5_K:
-    case DType::Q6_K: return true;
-    default: return false;
-  }
-}
-
 bool gemv(uint32_t type_u, const uint8_t* w, int64_t row_bytes, int64_t n, int64_t k, const Q8View& x, float* y,
           int64_t ldy, bool accumulate) {
   const auto type = static_cast<DType>(type_u);
-  if (!supported(type)) return false;
+  if (!q8_supports(type)) return false;
   const int64_t nb = k / kBlock;
   Block32 blk;
   for (int64_t r = 0; r < n; ++r) {
