@@ -218,11 +218,13 @@ HaltingConfig dash_topk(KVMode kv) {
   return hc;
 }
 
-// Decoding after a prompt of T tokens: one prefill, then n steps replayed from the CUDA graph with
-// the split-over-keys attention and with the unsplit one, alternating, three times each (the
-// cache grows by a few hundred tokens over the passes); medians. The bound: the bytes one step
-// must read (every weight once, the K and V of every cached token once) at the copy rate
-// measured in this run.
+// Decoding after a prompt of T tokens: one prefill, then n steps replayed from the CUDA graph in
+// four variants, alternating, three times each (the cache grows by a few hundred tokens over the
+// passes): the engine's default (split-over-keys attention, our GEMV, programmatic dependent
+// launches), the unsplit attention, cuBLAS for the M=1 products, and plain launches; medians. The bound: the bytes one step must read (every weight
+// once, the K and V of every cached token once) at the copy rate measured in this run.
+constexpr int kDecodePasses = 12;  // four variants, three passes each
+
 json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double copy_gbs) {
   const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, 7);
   const double weight_bytes = 2.0 * static_cast<double>(hp.n_layer) *
@@ -239,28 +241,76 @@ json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double cop
   j["bound_ms"] = bound_ms;
   e.reset();
   e.prefill(toks);
-  std::vector<double> per[2];
-  for (int pass = 0; pass < 6; ++pass) {
-    const bool split = pass % 2 == 0;
-    cu::set_split_decode_enabled(split);
-    e.set_cuda_graphs(true);  // drops the graph: recorded anew with this attention
+  std::vector<double> per[4];  // default, unsplit attention, cuBLAS GEMMs, plain launches
+  for (int pass = 0; pass < kDecodePasses; ++pass) {
+    const int variant = pass % 4;
+    cu::set_split_decode_enabled(variant != 1);
+    cu::set_gemv_enabled(variant != 2);
+    cu::set_pdl_enabled(variant != 3);
+    e.set_cuda_graphs(true);  // drops the graph: recorded anew with these kernels
     e.decode(1);
     e.decode(2);  // the graph is recorded here
     cu::synchronize();
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < n; ++i) e.decode(static_cast<int32_t>(3 + i));
-    per[split ? 1 : 0].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
+    per[variant].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
   }
   cu::set_split_decode_enabled(true);
+  cu::set_gemv_enabled(true);
+  cu::set_pdl_enabled(true);
   for (auto& v : per) std::sort(v.begin(), v.end());
-  const double split_ms = per[1][1], unsplit_ms = per[0][1];
-  std::printf("| %ld | %.3f | %.3f | %.3f | %.2fx | %.2fx | %.0f |\n", static_cast<long>(T), bound_ms, split_ms, unsplit_ms,
-              split_ms / bound_ms, unsplit_ms / split_ms, (weight_bytes + kv_bytes) / (split_ms * 1e-3) / 1e9);
+  const double ms = per[0][1], unsplit_ms = per[1][1], cublas_ms = per[2][1], plain_ms = per[3][1];
+  std::printf("| %ld | %.3f | %.3f | %.2fx | %.3f | %.3f | %.3f | %.0f |\n", static_cast<long>(T), bound_ms, ms, ms / bound_ms,
+              unsplit_ms, cublas_ms, plain_ms, (weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9);
   std::fflush(stdout);
-  j["split_ms"] = split_ms;
+  j["split_ms"] = ms;
   j["unsplit_ms"] = unsplit_ms;
-  j["split_x_bound"] = split_ms / bound_ms;
+  j["cublas_m1_ms"] = cublas_ms;
+  j["plain_launch_ms"] = plain_ms;
+  j["split_x_bound"] = ms / bound_ms;
   return j;
+}
+
+// Each projection of one decoding step alone (one row times the weight), our GEMV against cuBLAS,
+// alternating, medians of 5 timings of 20 calls; the floor is the weight's bytes at the copy rate.
+// The weights are 8 copies over 1 GiB or more, used in turn, so no call finds them in L2.
+json projection_speed(const HParams& hp, double copy_gbs) {
+  struct Proj {
+    const char* name;
+    int64_t n, k;
+  };
+  const Proj projs[] = {{"qkv", hp.q_dim() + 2 * hp.kv_dim(), hp.n_embd}, {"out", hp.n_embd, hp.q_dim()},
+                        {"gate+up", 2 * hp.n_ff, hp.n_embd},               {"down", hp.n_embd, hp.n_ff},
+                        {"logits", hp.n_vocab, hp.n_embd}};
+  json out = json::array();
+  std::printf("| projection | n x k | MB | floor us | GEMV us | cuBLAS us | GEMV / floor | cuBLAS / GEMV |\n|---|---|---|---|---|---|---|---|\n");
+  for (const Proj& p : projs) {
+    const size_t elems = static_cast<size_t>(p.n * p.k);
+    const int copies = static_cast<int>(std::max<size_t>(2, std::min<size_t>(8, (size_t{1} << 30) / (2 * elems) + 1)));
+    cu::DeviceBuffer<cu::bf16> w(elems * copies), x(static_cast<size_t>(p.k));
+    cu::DeviceBuffer<float> y(static_cast<size_t>(p.n));
+    cu::fill_random_bf16(w.get(), static_cast<int64_t>(elems * copies), 0, 0.02f, 11);
+    cu::fill_random_bf16(x.get(), p.k, 0, 1, 12);
+    std::vector<double> t[2];
+    for (int pass = 0; pass < 10; ++pass) {
+      const bool gemv = pass % 2 == 0;
+      cu::set_gemv_enabled(gemv);
+      int c = 0;
+      t[gemv ? 0 : 1].push_back(time_ms(1, false, [&] {
+        for (int i = 0; i < 20; ++i) cu::gemm(x.get(), w.get() + elems * (c++ % copies), 1, p.n, p.k, y.get());
+      }) / 20);
+    }
+    cu::set_gemv_enabled(true);
+    for (auto& v : t) std::sort(v.begin(), v.end());
+    const double bytes = 2.0 * static_cast<double>(elems);
+    const double floor_us = bytes / (copy_gbs * 1e9) * 1e6, gemv_us = t[0][2] * 1e3, cublas_us = t[1][2] * 1e3;
+    std::printf("| %s | %ld x %ld | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx |\n", p.name, static_cast<long>(p.n),
+                static_cast<long>(p.k), bytes / 1e6, floor_us, gemv_us, cublas_us, gemv_us / floor_us, cublas_us / gemv_us);
+    out.push_back({{"projection", p.name}, {"n", p.n}, {"k", p.k}, {"floor_us", floor_us}, {"gemv_us", gemv_us}, {"cublas_us", cublas_us}});
+  }
+  std::printf("\n");
+  std::fflush(stdout);
+  return out;
 }
 
 // Device-to-device copy rate in GB/s, counting the bytes read and written (the bandwidth bound
@@ -534,7 +584,7 @@ int main(int argc, char** argv) {
     }
     if (decode_n > 0 && decode_at.empty()) decode_at = {lengths.front()};
     int64_t max_len = prefill_table ? *std::max_element(lengths.begin(), lengths.end()) : 0;
-    if (decode_n > 0) max_len = std::max(max_len, *std::max_element(decode_at.begin(), decode_at.end()) + 6 * (decode_n + 2));
+    if (decode_n > 0) max_len = std::max(max_len, *std::max_element(decode_at.begin(), decode_at.end()) + kDecodePasses * (decode_n + 2));
     if (stages_T > 0) {
       std::printf("## %s shape: one layer's stages alone\n\n", name.c_str());
       out["stages_" + name] = stage_breakdown(hp, stages_T, gemm_tflops);
@@ -620,10 +670,11 @@ int main(int argc, char** argv) {
       if (copy_gbs <= 0) copy_gbs = copy_rate_gbs();
       std::printf("Decode, %s shape, %d steps from the CUDA graph (medians of 3 passes); bound: weights + KV read once at the measured copy rate %.0f GB/s\n\n",
                   name.c_str(), decode_n, copy_gbs);
-      std::printf("| after T tokens | bound ms | split-over-keys ms/token | unsplit ms/token | split / bound | unsplit / split | GB/s |\n|---|---|---|---|---|---|---|\n");
+      std::printf("| after T tokens | bound ms | ms/token | / bound | unsplit attention ms/token | cuBLAS M=1 ms/token | plain launches ms/token | GB/s |\n|---|---|---|---|---|---|---|---|\n");
       json jd = json::array();
       for (int64_t T : decode_at) jd.push_back(decode_speed(e, hp, T, decode_n, copy_gbs));
-      std::printf("\n");
+      std::printf("\nThe decoding step's projections, one row, %s shape:\n\n", name.c_str());
+      out["projections_" + name] = projection_speed(hp, copy_gbs);
       out["decode_" + name] = jd;
       out["copy_gbs"] = copy_gbs;
     }

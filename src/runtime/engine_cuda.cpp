@@ -26,21 +26,29 @@ namespace {
 
 
 // Rows of a (possibly quantized) weight matrix as bf16, appended to out.
-void append_bf16(const WeightView& w, std::vector<uint16_t>& out) {
+// Appends w's rows to out as bf16; returns how many of its values are not finite (counted while
+// converting: a NaN in a query or key projection would otherwise only blank attention rows).
+int64_t append_bf16(const WeightView& w, std::vector<uint16_t>& out) {
   const int64_t in = w.in_features, rows = w.out_features;
   const size_t base = out.size();
   out.resize(base + static_cast<size_t>(rows * in));
   const size_t rb = dtype_row_bytes(w.type, in);
-#pragma omp parallel
+  int64_t bad = 0;
+#pragma omp parallel reduction(+ : bad)
   {
     std::vector<float> row(static_cast<size_t>(in));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       cpu::dequantize_row(w.type, static_cast<const uint8_t*>(w.data) + static_cast<size_t>(r) * rb, row.data(), in);
       uint16_t* dst = out.data() + base + static_cast<size_t>(r * in);
-      for (int64_t i = 0; i < in; ++i) dst[i] = cpu::fp32_to_bf16(row[static_cast<size_t>(i)]);
+      for (int64_t i = 0; i < in; ++i) {
+        const float v = row[static_cast<size_t>(i)];
+        bad += std::isfinite(v) ? 0 : 1;
+        dst[i] = cpu::fp32_to_bf16(v);
+      }
     }
   }
+  return bad;
 }
 
 template <typename T>
@@ -299,11 +307,10 @@ struct CudaEngine::Impl final : LayerExecutor {
     const bool post_ffn = L.post_ffn_norm.size() > 0;
     for (int64_t r0 = 0; r0 < n; r0 += kMlpChunk) {
       const int64_t c = std::min(kMlpChunk, n - r0);
-      cu::gemm(xn.get() + static_cast<size_t>(r0 * d), L.w_gu.get(), c, 2 * hp.n_ff, d, gu.get());
-      if (hp.act == Activation::GeluTanh) {
-        cu::geglu_tanh(gu.get(), h.get(), c, hp.n_ff);
-      } else {
-        cu::swiglu(gu.get(), h.get(), c, hp.n_ff);
+      const bool gelu = hp.act == Activation::GeluTanh;
+      if (!cu::gemv_glu(xn.get() + static_cast<size_t>(r0 * d), L.w_gu.get(), c, hp.n_ff, d, gelu, h.get())) {
+        cu::gemm(xn.get() + static_cast<size_t>(r0 * d), L.w_gu.get(), c, 2 * hp.n_ff, d, gu.get());
+        (gelu ? cu::geglu_tanh : cu::swiglu)(gu.get(), h.get(), c, hp.n_ff);
       }
       if (post_ffn) {
         cu::gemm(h.get(), L.w_down.get(), c, d, hp.n_ff, u.get() + static_cast<size_t>(r0 * d));
@@ -473,19 +480,22 @@ CudaEngine::CudaEngine(const Model& model, int64_t n_ctx) : impl_(std::make_uniq
   const HParams& hp = hp_;
   const int64_t d = hp.n_embd;
   std::vector<uint16_t> buf;
-  auto up = [&](std::initializer_list<const WeightView*> ws) {
+  auto up = [&](std::initializer_list<const WeightView*> ws, const std::string& what) {
     buf.clear();
-    for (const WeightView* w : ws) append_bf16(*w, buf);
+    int64_t bad = 0;
+    for (const WeightView* w : ws) bad += append_bf16(*w, buf);
+    if (bad) fail("{}: {} values are NaN or Inf; the model file is broken", what, bad);
     return upload(buf);
   };
   m.layers.resize(static_cast<size_t>(hp.n_layer));
   for (int il = 0; il < hp.n_layer; ++il) {
     const LayerWeights& L = model.layer(il);
     Impl::Layer& D = m.layers[static_cast<size_t>(il)];
-    D.w_qkv = up({&L.wq, &L.wk, &L.wv});
-    D.wo = up({&L.wo});
-    D.w_gu = up({&L.w_gate, &L.w_up});
-    D.w_down = up({&L.w_down});
+    const std::string blk = "tensors blk." + std::to_string(il) + ".";
+    D.w_qkv = up({&L.wq, &L.wk, &L.wv}, blk + "attn_q/attn_k/attn_v");
+    D.wo = up({&L.wo}, blk + "attn_output");
+    D.w_gu = up({&L.w_gate, &L.w_up}, blk + "ffn_gate/ffn_up");
+    D.w_down = up({&L.w_down}, blk + "ffn_down");
     if (L.bq || L.bk || L.bv) {
       std::vector<float> b(static_cast<size_t>(m.qkv_w()), 0.f);
       if (L.bq) std::copy_n(L.bq, hp.q_dim(), b.begin());
@@ -500,11 +510,11 @@ CudaEngine::CudaEngine(const Model& model, int64_t n_ctx) : impl_(std::make_uniq
     D.post_attn_norm = upload_f32(L.post_attn_norm, d);
     D.post_ffn_norm = upload_f32(L.post_ffn_norm, d);
   }
-  m.tok_embd = up({&model.tok_embd()});
+  m.tok_embd = up({&model.tok_embd()}, "tensor token_embd");
   if (hp.tied_embeddings) {
     m.output = m.tok_embd.get();
   } else {
-    m.output_own = up({&model.output()});
+    m.output_own = up({&model.output()}, "tensor output");
     m.output = m.output_own.get();
   }
   m.output_norm = upload_f32(model.output_norm(), d);

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 
 #include "common/error.h"
@@ -36,6 +37,7 @@ struct Shape {
   int layers = 4, heads = 4, heads_kv = 2;
   int window = 0;
   bool tied = false;
+  std::string poisoned;  // a tensor whose first value is NaN
 };
 
 // A random model of this shape as a GGUF file (F32 tensors holding bf16-representable values).
@@ -68,8 +70,9 @@ std::string write_random_model(const Shape& s, uint32_t seed) {
   uint32_t sd = seed;
   auto mat = [&](const std::string& name, int64_t in, int64_t out) {
     const float a_ = std::sqrt(3.f / static_cast<float>(in));  // std 1/sqrt(in)
-    w.add_f32(name, {static_cast<uint64_t>(in), static_cast<uint64_t>(out)},
-              round_bf16(random_floats(static_cast<size_t>(in * out), ++sd, -a_, a_)));
+    std::vector<float> v = round_bf16(random_floats(static_cast<size_t>(in * out), ++sd, -a_, a_));
+    if (name == s.poisoned) v[0] = std::numeric_limits<float>::quiet_NaN();
+    w.add_f32(name, {static_cast<uint64_t>(in), static_cast<uint64_t>(out)}, v);
   };
   auto vec = [&](const std::string& name, int64_t n, float lo, float hi) {
     w.add_f32(name, {static_cast<uint64_t>(n)}, random_floats(static_cast<size_t>(n), ++sd, lo, hi));
@@ -310,6 +313,27 @@ TEST(CudaEngine, RandomWeightsOnDeviceRun) {
 }
 
 // A cache larger than the device's free memory is refused before allocating, with the sizes.
+// A NaN in a query or key projection blanks attention rows instead of spreading (the softmax
+// skips NaN scores on the GPU), so the engine refuses non-finite weights while it converts them.
+TEST(CudaEngine, NonFiniteWeightsRefusedAtLoad) {
+  DASHLM_REQUIRE_CUDA();
+  for (const std::string& t : {std::string("blk.1.attn_q.weight"), std::string("blk.2.attn_k.weight"),
+                               std::string("blk.0.ffn_down.weight")}) {
+    Shape s;
+    s.arch = "llama";
+    s.poisoned = t;
+    auto model = Model::load(write_random_model(s, 400));
+    try {
+      CudaEngine e(*model, 64);
+      FAIL() << "loaded a model with a NaN in " << t;
+    } catch (const Error& err) {
+      const std::string blk = t.substr(0, t.find('.', 4) + 1);
+      EXPECT_NE(std::string(err.what()).find("tensors " + blk), std::string::npos) << err.what();
+      EXPECT_NE(std::string(err.what()).find("1 values are NaN or Inf"), std::string::npos) << err.what();
+    }
+  }
+}
+
 TEST(CudaEngine, CacheLargerThanDeviceMemoryRefused) {
   DASHLM_REQUIRE_CUDA();
   const HParams hp = small_hparams(Arch::Llama, 700, 256, 4, 4, 512);

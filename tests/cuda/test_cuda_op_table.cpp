@@ -436,6 +436,37 @@ Report run_glu(Rng& rng, bool gelu, int64_t n, int64_t ff, bool misalign) {
   return r;
 }
 
+// gemv_glu: act(x Wg^T) * (x Wu^T) for 1 to 4 rows, against the products in double on the host
+// and the activation on their float32 values.
+Report run_gemv_glu(Rng& rng, bool gelu, int64_t m, int64_t ff, int64_t k) {
+  const F x = rng.bf16(static_cast<size_t>(m * k), -1, 1), w = rng.bf16(static_cast<size_t>(2 * ff * k), -0.2f, 0.2f);
+  F g(static_cast<size_t>(m * ff)), u(static_cast<size_t>(m * ff));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < ff; ++j) {
+      double sg = 0, su = 0;
+      for (int64_t t = 0; t < k; ++t) {
+        sg += static_cast<double>(x[static_cast<size_t>(i * k + t)]) * w[static_cast<size_t>(j * k + t)];
+        su += static_cast<double>(x[static_cast<size_t>(i * k + t)]) * w[static_cast<size_t>((ff + j) * k + t)];
+      }
+      g[static_cast<size_t>(i * ff + j)] = static_cast<float>(sg);
+      u[static_cast<size_t>(i * ff + j)] = static_cast<float>(su);
+    }
+  (gelu ? cpu::gelu_tanh_mul : cpu::silu_mul)(g.data(), u.data(), m * ff);
+  const D ref(g.begin(), g.end());
+  Dev<uint16_t> dx = dev_bf16(x), dw = dev_bf16(w), h(static_cast<size_t>(m * ff));
+  Report r;
+  if (!cu::gemv_glu(dx.get(), dw.get(), m, ff, k, gelu, h.get())) {
+    Check c;
+    c.what = "h (bf16)";
+    c.bad = 1;
+    c.note = "gemv_glu declined a shape it supports";
+    r.checks.push_back(c);
+    return r;
+  }
+  r.checks.push_back(check_bf16("h (bf16)", h, ref, kBf16Gemm));
+  return r;
+}
+
 // silu_mul / gelu_tanh_mul on float32, in place.
 Report run_act_f32(Rng& rng, bool gelu, int64_t n) {
   F g = rng.uniform(static_cast<size_t>(n), -6, 6);
@@ -981,7 +1012,12 @@ Report run_cudnn_refusal(Rng& rng, Refusal what) {
 
 enum class GemmOut { F32, Bf16, Accumulate };
 
-Report run_gemm(Rng& rng, GemmOut kind, int64_t m, int64_t n, int64_t k, int64_t ldy_arg) {
+Report run_gemm(Rng& rng, GemmOut kind, int64_t m, int64_t n, int64_t k, int64_t ldy_arg, bool gemv = true) {
+  struct GemvSwitch {  // restored on every exit, a failed check's too
+    bool was = cu::gemv_enabled();
+    explicit GemvSwitch(bool on) { cu::set_gemv_enabled(on); }
+    ~GemvSwitch() { cu::set_gemv_enabled(was); }
+  } gemv_switch(gemv);
   const int64_t ldy = ldy_arg ? ldy_arg : n;
   const F x = rng.bf16(static_cast<size_t>(m * k), -1, 1), w = rng.bf16(static_cast<size_t>(n * k), -1, 1);
   const F y0 = rng.uniform(static_cast<size_t>(m * n), -1, 1);
@@ -1132,6 +1168,9 @@ std::vector<Case> build_table() {
     for (auto [n, ff] : {std::pair<int64_t, int64_t>{1, 8}, {17, 1003}, {19, 1024}, {100, 4096}, {3, 3}})
       add(op + rows + std::to_string(n) + "_ff" + std::to_string(ff), [=](Rng& g) { return run_glu(g, gelu, n, ff, false); });
     add(op + "_misaligned_rows17_ff1024", [=](Rng& g) { return run_glu(g, gelu, 17, 1024, true); });
+    for (int64_t m : {1, 2, 4})
+      add("gemv_" + op + "_m" + std::to_string(m) + "_ff1000_k1032", [=](Rng& g) { return run_gemv_glu(g, gelu, m, 1000, 1032); });
+    add("gemv_" + op + "_m3_ff7_k8", [=](Rng& g) { return run_gemv_glu(g, gelu, 3, 7, 8); });
     const std::string op32 = gelu ? "gelu_tanh_mul" : "silu_mul";
     for (int64_t n : {1, 1000, 100003}) add(op32 + "_n" + std::to_string(n), [=](Rng& g) { return run_act_f32(g, gelu, n); });
   }
@@ -1327,6 +1366,20 @@ std::vector<Case> build_table() {
   for (const Gemm& v : {Gemm{1, 64, 64, 0}, Gemm{17, 100, 35, 0}, Gemm{129, 515, 1000, 0}, Gemm{300, 256, 2048, 0}})
     add("gemm_accumulate_m" + std::to_string(v.m) + "_n" + std::to_string(v.n) + "_k" + std::to_string(v.k),
         [=](Rng& g) { return run_gemm(g, GemmOut::Accumulate, v.m, v.n, v.k, 0); });
+  // Products of 1 to 4 rows: the GEMV (k a multiple of 8; rows of W shorter than one pass of the
+  // warp, between one and four passes, and longer with a remainder; a row stride), and the same
+  // shapes through cuBLAS with the GEMV switched off.
+  for (const Gemm& v : {Gemm{1, 4099, 4104, 0}, Gemm{2, 33, 8, 0}, Gemm{3, 1000, 264, 1003}, Gemm{4, 515, 2056, 0},
+                        Gemm{1, 1, 1032, 0}, Gemm{4, 7, 9216, 12}})
+    for (bool gemv : {true, false}) {
+      const std::string shape = "_m" + std::to_string(v.m) + "_n" + std::to_string(v.n) + "_k" + std::to_string(v.k) +
+                                (v.ldy ? "_ldy" + std::to_string(v.ldy) : "");
+      const std::string path = gemv ? "gemv" : "gemv_off";
+      for (GemmOut kind : {GemmOut::F32, GemmOut::Bf16})
+        add(path + (kind == GemmOut::F32 ? "_f32" : "_bf16") + shape,
+            [=](Rng& g) { return run_gemm(g, kind, v.m, v.n, v.k, v.ldy, gemv); });
+      if (!v.ldy) add(path + "_accumulate" + shape, [=](Rng& g) { return run_gemm(g, GemmOut::Accumulate, v.m, v.n, v.k, 0, gemv); });
+    }
 
   // topk_halt_flags against a stable sort on the host.
   for (int64_t n : {1, 7, 300, 4099, 70000})

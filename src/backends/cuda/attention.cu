@@ -478,6 +478,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kg = lane / LPK, li = lane % LPK;
+  detail::pdl_wait();  // see common.cuh: q and the newest keys come from the kernels before
+  detail::pdl_launch_dependents();
   const int kvh = blockIdx.y, split = blockIdx.x, n_split = gridDim.x;
   const int n_vec = static_cast<int>(a.n_q) * a.group;
   const int j0 = blockIdx.z * QV;
@@ -656,6 +658,8 @@ __global__ void k_decode_merge(const float* part_o, const float* part_lse, int n
   __shared__ float w[kDecodeMaxSplits];  // the chunks' weights
   __shared__ float red[32];
   const int64_t qi = blockIdx.x;
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
   float mx = -INFINITY;
   for (int s = threadIdx.x; s < n_split; s += blockDim.x) mx = fmaxf(mx, part_lse[s * n_vec + qi]);
   mx = detail::block_max(mx, red);
@@ -792,15 +796,12 @@ void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf
   const unsigned zs = static_cast<unsigned>((vecs_per_head + (narrow ? 4 : kDecodeMaxVectors) - 1) / (narrow ? 4 : kDecodeMaxVectors));
   dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(p.n_head_kv), zs);
   const unsigned threads = kDecodeWarps * 32;
-  switch (p.head_dim) {
-    case 64: narrow ? k_decode<64, 4><<<grid, threads, 0, stream()>>>(a) : k_decode<64, kDecodeMaxVectors><<<grid, threads, 0, stream()>>>(a); break;
-    case 128: narrow ? k_decode<128, 4><<<grid, threads, 0, stream()>>>(a) : k_decode<128, kDecodeMaxVectors><<<grid, threads, 0, stream()>>>(a); break;
-    default: narrow ? k_decode<256, 4><<<grid, threads, 0, stream()>>>(a) : k_decode<256, kDecodeMaxVectors><<<grid, threads, 0, stream()>>>(a); break;
-  }
-  DASHLM_CUDA_LAUNCHED("decode attention");
-  k_decode_merge<<<static_cast<unsigned>(n_vec), 128, 0, stream()>>>(
-      a.part_o, a.part_lse, n_split, n_vec, p.head_dim, reinterpret_cast<nvbf16*>(out));
-  DASHLM_CUDA_LAUNCHED("decode attention merge");
+  void (*kernel)(DecodeArgs) = p.head_dim == 64    ? (narrow ? k_decode<64, 4> : k_decode<64, kDecodeMaxVectors>)
+                               : p.head_dim == 128 ? (narrow ? k_decode<128, 4> : k_decode<128, kDecodeMaxVectors>)
+                                                   : (narrow ? k_decode<256, 4> : k_decode<256, kDecodeMaxVectors>);
+  detail::launch("decode attention", kernel, grid, threads, 0, a);
+  detail::launch("decode attention merge", k_decode_merge, static_cast<unsigned>(n_vec), 128, 0, a.part_o, a.part_lse,
+                 n_split, n_vec, p.head_dim, reinterpret_cast<nvbf16*>(out));
 }
 
 }  // namespace dashlm::cuda

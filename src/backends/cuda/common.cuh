@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace dashlm::cuda::detail {
 
@@ -27,6 +28,13 @@ inline unsigned blocks_for(int64_t n, int threads, int64_t max_blocks = 65535LL 
   if (b < 1) b = 1;
   if (b > max_blocks) b = max_blocks;
   return static_cast<unsigned>(b);
+}
+
+// The MLP's gate activations (the CPU's in backends/cpu/ops.cpp).
+__device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
+__device__ __forceinline__ float gelu_tanh(float x) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f, kCoef = 0.044715f;
+  return 0.5f * x * (1.f + tanhf(kSqrt2OverPi * x * (1.f + kCoef * x * x)));
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -69,6 +77,43 @@ template <>
 __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Programmatic dependent launch (Hopper): a kernel launched with launch() may start while the
+// kernel before it on the stream is finishing, once that one's blocks have all called
+// pdl_launch_dependents() (or exited). It must call pdl_wait() before it reads anything the kernels
+// before it write, and before it writes anything they read; what it does before (reading weights,
+// computing from its arguments) overlaps their tail. Without the launch attribute both calls do
+// nothing, so the same kernel runs either way.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// Whether launch() asks for programmatic dependent launch (DASHLM_CUDA_PDL=0: never).
+bool pdl_enabled();
+
+// kernel<<<grid, block, smem, stream()>>>(args...), with programmatic dependent launch when on:
+// only for kernels that call pdl_wait() as described above.
+template <typename... KArgs, typename... Args>
+void launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), name, __FILE__, __LINE__);
+}
 
 }  // namespace dashlm::cuda::detail
 

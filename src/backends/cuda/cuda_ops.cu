@@ -1,5 +1,7 @@
 // Device management and the element-wise / row kernels of cuda_ops.h.
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/cuda_ops.h"
@@ -16,6 +18,16 @@ nvbf16* as_nv(bf16* p) { return reinterpret_cast<nvbf16*>(p); }
 }  // namespace
 
 // --- device, memory --------------------------------------------------------------------------
+
+namespace {
+bool pdl_on = [] {
+  const char* e = std::getenv("DASHLM_CUDA_PDL");
+  return !(e && std::string(e) == "0");
+}();
+}  // namespace
+
+bool detail::pdl_enabled() { return pdl_on; }
+void set_pdl_enabled(bool on) { pdl_on = on; }
 
 cudaStream_t detail::stream() {
   static const cudaStream_t s = [] {
@@ -207,6 +219,8 @@ int row_threads(int64_t dim) {
 template <typename OutT>
 __global__ void k_rmsnorm(const float* x, const float* w, OutT* y, int64_t dim, float eps) {
   __shared__ float red[32];
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
   const int64_t r = blockIdx.x;
   const float* xr = x + r * dim;
   OutT* yr = y + r * dim;
@@ -229,6 +243,8 @@ __device__ __forceinline__ void store4(nvbf16* y, float a, float b, float c, flo
 template <typename OutT, int kPer>
 __global__ void k_rmsnorm_vec(const float* x, const float* w, OutT* y, int64_t dim, float eps) {
   __shared__ float red[32];
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
   const int64_t r = blockIdx.x, d4 = dim / 4;
   const float4* xr = reinterpret_cast<const float4*>(x + r * dim);
   float4 v[kPer];
@@ -255,6 +271,8 @@ __global__ void k_rmsnorm_vec(const float* x, const float* w, OutT* y, int64_t d
 __global__ void k_add_residual(float* x, const float* u, int64_t dim, float* norm_u, float* norm_x, const float* w_next,
                                nvbf16* xn, float eps) {
   __shared__ float red[32];
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
   const int64_t r = blockIdx.x;
   float* xr = x + r * dim;
   const float* ur = u + r * dim;
@@ -316,11 +334,6 @@ __global__ void k_row_l2(const float* x, int64_t dim, float* out) {
   if (threadIdx.x == 0) out[r] = sqrtf(ss);
 }
 
-__device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
-__device__ __forceinline__ float gelu_tanh(float x) {
-  constexpr float kSqrt2OverPi = 0.7978845608028654f, kCoef = 0.044715f;
-  return 0.5f * x * (1.f + tanhf(kSqrt2OverPi * x * (1.f + kCoef * x * x)));
-}
 
 template <bool kGelu>
 __global__ void k_glu(const nvbf16* gu, nvbf16* h, int64_t n, int64_t ff) {
@@ -328,7 +341,7 @@ __global__ void k_glu(const nvbf16* gu, nvbf16* h, int64_t n, int64_t ff) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = i / ff, c = i - r * ff;
     const float g = __bfloat162float(gu[r * 2 * ff + c]), u = __bfloat162float(gu[r * 2 * ff + ff + c]);
-    h[i] = __float2bfloat16_rn((kGelu ? gelu_tanh(g) : silu(g)) * u);
+    h[i] = __float2bfloat16_rn((kGelu ? detail::gelu_tanh(g) : detail::silu(g)) * u);
   }
 }
 // The same, 8 columns per thread in 16-byte loads and stores (n_ff % 8 == 0).
@@ -345,7 +358,7 @@ __global__ void k_glu_vec(const uint4* gu, uint4* h, int64_t n, int64_t ff8) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const float2 g = __bfloat1622float2(g2[j]), u = __bfloat1622float2(u2[j]);
-      o2[j] = __floats2bfloat162_rn((kGelu ? gelu_tanh(g.x) : silu(g.x)) * u.x, (kGelu ? gelu_tanh(g.y) : silu(g.y)) * u.y);
+      o2[j] = __floats2bfloat162_rn((kGelu ? detail::gelu_tanh(g.x) : detail::silu(g.x)) * u.x, (kGelu ? detail::gelu_tanh(g.y) : detail::silu(g.y)) * u.y);
     }
     h[i] = o4;
   }
@@ -353,7 +366,7 @@ __global__ void k_glu_vec(const uint4* gu, uint4* h, int64_t n, int64_t ff8) {
 template <bool kGelu>
 __global__ void k_glu_f32(float* g, const float* u, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
-    g[i] = (kGelu ? gelu_tanh(g[i]) : silu(g[i])) * u[i];
+    g[i] = (kGelu ? detail::gelu_tanh(g[i]) : detail::silu(g[i])) * u[i];
 }
 
 __global__ void k_add(float* y, const float* x, int64_t n) {
@@ -405,12 +418,12 @@ template <typename OutT>
 void launch_rmsnorm(const float* x, const float* w, OutT* y, int64_t n, int64_t dim, float eps) {
   if (dim % 4 == 0 && dim <= 8192 && aligned16(x) && aligned16(y) && (!w || aligned16(w))) {
     if (dim <= 2048) {
-      k_rmsnorm_vec<OutT, 2><<<static_cast<unsigned>(n), 256, 0, stream()>>>(x, w, y, dim, eps);
+      detail::launch("rmsnorm", k_rmsnorm_vec<OutT, 2>, static_cast<unsigned>(n), 256, 0, x, w, y, dim, eps);
     } else {
-      k_rmsnorm_vec<OutT, 8><<<static_cast<unsigned>(n), 256, 0, stream()>>>(x, w, y, dim, eps);
+      detail::launch("rmsnorm", k_rmsnorm_vec<OutT, 8>, static_cast<unsigned>(n), 256, 0, x, w, y, dim, eps);
     }
   } else {
-    k_rmsnorm<OutT><<<static_cast<unsigned>(n), row_threads(dim), 0, stream()>>>(x, w, y, dim, eps);
+    detail::launch("rmsnorm", k_rmsnorm<OutT>, static_cast<unsigned>(n), row_threads(dim), 0, x, w, y, dim, eps);
   }
 }
 
@@ -445,9 +458,8 @@ void add_residual(float* x, const float* u, int64_t n, int64_t dim, float* norm_
                   bf16* xn, float eps) {
   if (n <= 0) return;
   check_rows(n);
-  k_add_residual<<<static_cast<unsigned>(n), row_threads(dim), 0, stream()>>>(x, u, dim, norm_u, norm_x, w_next,
-                                                                             xn ? as_nv(xn) : nullptr, eps);
-  DASHLM_CUDA_LAUNCHED("add_residual");
+  detail::launch("add_residual", k_add_residual, static_cast<unsigned>(n), row_threads(dim), 0, x, u, dim, norm_u, norm_x,
+                 w_next, xn ? as_nv(xn) : nullptr, eps);
 }
 void block_delta(const float* a, const float* b, int64_t n, int64_t dim, float* out) {
   if (n <= 0) return;
@@ -540,6 +552,8 @@ __global__ void k_prep_heads(const float* in, int64_t in_stride, int n_heads, co
   float* sn = sh + half;             // half sin values
   float* buf = sh + 2 * half + warp * hd;
   const int64_t r = blockIdx.x;
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
   if (half > 0) {
     const double p = static_cast<double>(pos[r]) * static_cast<double>(rp.freq_scale);
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
@@ -594,9 +608,8 @@ void launch_prep(const float* in, int64_t in_stride, int64_t n, int n_heads, con
   if (rope.n_rot > 0 && !pos) detail::raise_error("CUDA prep_heads: RoPE needs positions");
   const int nw = n_heads < 8 ? n_heads : 8;
   const size_t smem = (static_cast<size_t>(rope.n_rot) + static_cast<size_t>(nw) * rope.head_dim) * sizeof(float);
-  k_prep_heads<OutT><<<static_cast<unsigned>(n), nw * 32, smem, stream()>>>(in, in_stride, n_heads, bias, norm_w, eps,
-                                                                          rope_args(rope), pos, out, out_stride, rows);
-  DASHLM_CUDA_LAUNCHED("prep_heads");
+  detail::launch("prep_heads", k_prep_heads<OutT>, static_cast<unsigned>(n), nw * 32, smem, in, in_stride, n_heads, bias,
+                 norm_w, eps, rope_args(rope), pos, out, out_stride, rows);
 }
 
 }  // namespace

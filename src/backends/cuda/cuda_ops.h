@@ -263,5 +263,19 @@ void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* 
 void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, bf16* y, int64_t ldy = 0);
 // y[m x n] += x[m x k] * W^T (float32 y; the residual add done by the GEMM's epilogue).
 void gemm_accumulate(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y);
+// Products of at most 4 rows with k % 8 == 0 and 16-byte aligned x and W run our own GEMV
+// (bandwidth-bound decoding); off: cuBLAS runs them too (benchmarks compare the two).
+// DASHLM_CUDA_GEMV=0 switches it off at start.
+void set_gemv_enabled(bool on);
+bool gemv_enabled();
+// The decoding step's kernels (GEMV, norms, head preparation, decode attention) launched with
+// programmatic dependent launch, each starting while the one before it finishes; off: plain
+// launches (benchmarks compare the two). DASHLM_CUDA_PDL=0 switches it off at start.
+void set_pdl_enabled(bool on);
+// The MLP's first half for at most 4 rows in one GEMV: h[m x n_ff] = act(x Wg^T) * (x Wu^T) in
+// bf16, with w_gate_up = [Wg; Wu] (2 n_ff rows of k), act SiLU or GELU (tanh). The products stay
+// in float32 until the activation (gemm then swiglu rounds them to bf16 first). False, and nothing
+// done, where the GEMV does not apply (see above): the caller runs gemm and swiglu/geglu_tanh.
+bool gemv_glu(const bf16* x, const bf16* w_gate_up, int64_t m, int64_t n_ff, int64_t k, bool gelu, bf16* h);
 
 }  // namespace dashlm::cuda

@@ -1,10 +1,14 @@
 // GEMMs through cuBLASLt: bf16 operands, fp32 accumulation, fp32 or bf16 results. A plan
 // (descriptors and the heuristic's algorithm) is cached per shape, type and pointer alignment.
 // When cuBLASLt has no algorithm for a shape (odd leading dimensions), cublasGemmEx runs it.
+// Products of at most four rows (decoding) run a GEMV of our own instead: they are bound by
+// reading the weights once, which cuBLASLt's M=1 kernels do at about two thirds of the copy rate.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
+#include <cstdlib>
 #include <map>
+#include <string>
 #include <mutex>
 #include <tuple>
 
@@ -91,12 +95,123 @@ Plan make_plan(State& st, int64_t m, int64_t n, int64_t k, int64_t ldy, cudaData
   return p;
 }
 
+// --- GEMV: y[m x n] (+)= x[m x k] * W^T for m <= 4 ------------------------------------------------
+// One warp per output column (a row of W): each lane streams 16-byte vectors of the row, four in
+// flight, against the same slice of every x row (x is small and stays in L1; read with coherent
+// loads, not the read-only path, since the kernel starts before the one writing x has finished),
+// and the warp sums its lanes at the end. Needs k % 8 == 0 and 16-byte aligned x and W; other calls go to cuBLAS.
+
+constexpr int kGemvThreads = 128;
+constexpr int64_t kGemvMaxRows = 4;
+
+__device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b) {
+  const uint32_t av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    s = fmaf(__uint_as_float(av[i] << 16), __uint_as_float(bv[i] << 16), s);
+    s = fmaf(__uint_as_float(av[i] & 0xffff0000u), __uint_as_float(bv[i] & 0xffff0000u), s);
+  }
+  return s;
+}
+
+__device__ __forceinline__ void store_out(float* y, float v, bool accumulate) { *y = accumulate ? *y + v : v; }
+__device__ __forceinline__ void store_out(__nv_bfloat16* y, float v, bool) { *y = __float2bfloat16(v); }
+
+// kAct != kNoAct: the fused gate/up product of the MLP. W is [gate; up] (2n rows): the warp of
+// column c reads rows c and n + c and writes act(gate) * up in bf16.
+constexpr int kNoAct = 0, kSilu = 1, kGelu = 2;
+
+template <int M, int kAct, typename OutT>
+__global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uint4* __restrict__ w, int64_t n,
+                                                        int64_t kv, OutT* __restrict__ y, int64_t ldy, bool accumulate) {
+  constexpr int P = kAct == kNoAct ? 1 : 2;  // rows of W per output column
+  const int lane = threadIdx.x & 31;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * (kGemvThreads / 32) + (threadIdx.x >> 5);
+  if (col >= n) return;
+  const uint4* wr[P];
+#pragma unroll
+  for (int p = 0; p < P; ++p) wr[p] = w + (col + p * n) * kv;
+  float acc[P][M];
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int r = 0; r < M; ++r) acc[p][r] = 0.f;
+  // The first vectors of W are loaded before waiting for the kernel before this one (they are
+  // weights: nothing writes them), so the loads overlap its tail; x and y only after.
+  int64_t i = lane;
+  uint4 wv[P][4];
+  bool more = i + 96 < kv;
+  if (more)
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) wv[p][u] = __ldcs(wr[p] + i + 32 * u);  // read once: do not keep in cache
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
+  while (more) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+      for (int r = 0; r < M; ++r) {
+        const uint4 xv = __ldca(x + r * kv + i + 32 * u);
+#pragma unroll
+        for (int p = 0; p < P; ++p) acc[p][r] += dot8_bf16(wv[p][u], xv);
+      }
+    i += 128;
+    more = i + 96 < kv;
+    if (more)
+#pragma unroll
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) wv[p][u] = __ldcs(wr[p] + i + 32 * u);
+  }
+  for (; i < kv; i += 32)
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      const uint4 xv = __ldca(x + r * kv + i);
+#pragma unroll
+      for (int p = 0; p < P; ++p) acc[p][r] += dot8_bf16(__ldcs(wr[p] + i), xv);
+    }
+#pragma unroll
+  for (int r = 0; r < M; ++r) {
+    float v = detail::warp_sum(acc[0][r]);
+    if constexpr (kAct != kNoAct) v = (kAct == kGelu ? detail::gelu_tanh(v) : detail::silu(v)) * detail::warp_sum(acc[P - 1][r]);
+    if (lane == r) store_out(y + r * ldy + col, v, accumulate);
+  }
+}
+
+bool gemv_on = [] {
+  const char* e = std::getenv("DASHLM_CUDA_GEMV");
+  return !(e && std::string(e) == "0");
+}();
+
+template <int kAct, typename OutT>
+bool try_gemv(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, OutT* y, int64_t ldy, bool accumulate) {
+  if (!gemv_on || m > kGemvMaxRows || k % 8 != 0 || alignment_of(x) < 16 || alignment_of(w) < 16) return false;
+  const auto* xv = reinterpret_cast<const uint4*>(x);
+  const auto* wv = reinterpret_cast<const uint4*>(w);
+  const unsigned blocks = detail::blocks_for(n, kGemvThreads / 32, int64_t{1} << 31);
+  const int64_t kv = k / 8;
+  void (*kernel)(const uint4*, const uint4*, int64_t, int64_t, OutT*, int64_t, bool) =
+      m == 1 ? k_gemv<1, kAct, OutT> : m == 2 ? k_gemv<2, kAct, OutT> : m == 3 ? k_gemv<3, kAct, OutT> : k_gemv<4, kAct, OutT>;
+  detail::launch("gemv", kernel, blocks, kGemvThreads, 0, xv, wv, n, kv, y, ldy, accumulate);
+  return true;
+}
+
+bool gemv_dispatch(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, void* y, int64_t ldy, cudaDataType_t ty,
+                   float beta) {
+  if (ty == CUDA_R_16BF) return beta == 0.f && try_gemv<kNoAct>(x, w, m, n, k, static_cast<__nv_bfloat16*>(y), ldy, false);
+  return try_gemv<kNoAct>(x, w, m, n, k, static_cast<float*>(y), ldy, beta != 0.f);
+}
+
 void gemm_any(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, void* y, int64_t ldy, cudaDataType_t ty,
               float beta = 0.f) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) detail::raise_error("CUDA gemm: k must be positive");
   if (ldy == 0) ldy = n;
   if (ldy < n) detail::raise_error("CUDA gemm: ldy < n");
+  if (gemv_dispatch(x, w, m, n, k, y, ldy, ty, beta)) return;
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mu);
   st.init();
@@ -119,6 +234,15 @@ void gemm_any(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, voi
 }
 
 }  // namespace
+
+void set_gemv_enabled(bool on) { gemv_on = on; }
+bool gemv_glu(const bf16* x, const bf16* w_gate_up, int64_t m, int64_t n_ff, int64_t k, bool gelu, bf16* h) {
+  if (m <= 0 || n_ff <= 0) return true;
+  auto* out = reinterpret_cast<__nv_bfloat16*>(h);
+  return gelu ? try_gemv<kGelu>(x, w_gate_up, m, n_ff, k, out, n_ff, false)
+              : try_gemv<kSilu>(x, w_gate_up, m, n_ff, k, out, n_ff, false);
+}
+bool gemv_enabled() { return gemv_on; }
 
 void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y, int64_t ldy) {
   gemm_any(x, w, m, n, k, y, ldy, CUDA_R_32F);
