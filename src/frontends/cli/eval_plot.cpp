@@ -27,6 +27,7 @@ Rgb policy_color(const std::string& p) {
   if (p == "threshold") return {255, 127, 14};
   if (p == "random") return {127, 127, 127};
   if (p == "attn") return {44, 160, 44};
+  if (p == "query") return {214, 39, 40};
   if (p == "none") return {148, 103, 189};
   return {0, 0, 0};  // full prefill
 }
@@ -235,7 +236,7 @@ int marker_radius(int rank) { return 3 + std::min(rank, 4); }
 // The policies and KV modes that occur, in a fixed order, for the legend.
 std::vector<std::string> legend_policies(const std::vector<PlotPanel>& panels) {
   std::vector<std::string> out;
-  for (const char* p : {"full", "none", "topk", "threshold", "random", "attn"}) {
+  for (const char* p : {"full", "none", "topk", "threshold", "random", "attn", "query"}) {
     for (const PlotPanel& pn : panels) {
       if (std::any_of(pn.points.begin(), pn.points.end(), [&](const PlotPoint& q) { return q.policy == p; })) {
         out.push_back(p);
