@@ -249,6 +249,23 @@ TEST(HardeningNonFinite, NaNWeightsNameTheFirstLayerThatIsNotFinite) {
   }
 }
 
+// --attn-queries beyond the prompt's length means every row (it once sized a buffer by it).
+TEST(HardeningBounds, AttnQueriesBeyondThePromptMeanEveryRow) {
+  TempDir dir("attnq");
+  TinyLlama t;
+  auto m = Model::load(t.write(dir, "m.gguf"));
+  const std::vector<int32_t> toks = {1, 3, 3, 3, 3, 3, 3, 3};
+  auto prefill = [&](int q) {
+    HaltingConfig hc = HaltingConfig::parse("attn:0.5:0.5:drop:pf=1");
+    hc.attn_queries = q;
+    PrefillOptions po;
+    po.halting = &hc;
+    Engine e(*m, 16);
+    return e.prefill(toks, po);
+  };
+  EXPECT_EQ(prefill(100000000), prefill(static_cast<int>(toks.size())));
+}
+
 TEST(HardeningNonFinite, EvalScoresOfNonFiniteLogitsAreAnError) {
   eval::Sample s;
   s.task = "fidelity";

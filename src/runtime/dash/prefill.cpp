@@ -176,7 +176,8 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
     const auto tl = Clock::now();
     const auto na = static_cast<int64_t>(active.size());
     const bool all = na == n;
-    const int attn_rows = policy ? policy->attention_rows(il) : 0;
+    // The policy's "last N rows" is at most the segment (a larger --attn-queries means all rows).
+    const int attn_rows = policy ? static_cast<int>(std::min<int64_t>(policy->attention_rows(il), n)) : 0;
     if (attn_rows > 0) recv_slots.assign(static_cast<size_t>(n_ctx), 0.f);
     const bool device_topk = topk && topk->layer == il && il + 1 < L;
 
