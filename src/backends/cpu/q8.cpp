@@ -229,10 +229,10 @@ void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const 
   const int max_u = q8_detail::q8_panel_max_u(static_cast<uint32_t>(type));
   if (m > kMaxRows && max_u > 0) return panel_matmul(ks, type, w, row_bytes, n, x, y, ldy, accumulate, threads, max_u);
   const int t0 = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
-  // About 2 flops per weight and row of x; below ~1 Mflop a thread, fork/join costs more.
+  // About 2 flops per weight and row of x; below ~0.2 Mflop a thread (tens of microseconds), fork/join costs more.
   const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m);
   const int t = static_cast<int>(
-      std::max<double>(1.0, std::min<double>({static_cast<double>(t0), flops / 1.0e6, static_cast<double>(n)})));
+      std::max<double>(1.0, std::min<double>({static_cast<double>(t0), flops / 2.0e5, static_cast<double>(n)})));
   // The rows cut into pieces of about equal size, a multiple of t of them (equal shares).
   const int64_t max_piece = rows_per_piece(row_bytes);
   const int64_t pieces = t * ((n + t * max_piece - 1) / (t * max_piece));
