@@ -97,7 +97,7 @@ Bounds bounds_for(const float* w, const float* x, const cpu::Q8Activations& qx, 
 
 std::vector<int64_t> sizes_for(DType type) {
   if (dtype_traits(type).block_size == 256) return {256, 768, 2304};
-  return {32, 96, 544, 1056};
+  return {32, 64, 96, 544, 1056};
 }
 
 }  // namespace

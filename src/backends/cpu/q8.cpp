@@ -45,7 +45,18 @@ bool cpu_has_vnni() {
   // saves the AVX-512 registers (XCR0).
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+// The AVX2 kernels convert the weights' fp16 scales with F16C (every AVX2 CPU made has it, but
+// the flag is checked all the same).
+bool cpu_has_f16c() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif
@@ -55,7 +66,8 @@ const Q8KernelSet& kernels() {
   static const bool vnni = cpu_has_vnni() && q8_detail::q8_avx512vnni;
   const GemmLevel level = gemm_level();
   if (level >= GemmLevel::avx512 && vnni) return *q8_detail::q8_avx512vnni;
-  if (level >= GemmLevel::avx2 && q8_detail::q8_avx2) return *q8_detail::q8_avx2;
+  static const bool f16c = cpu_has_f16c();
+  if (level >= GemmLevel::avx2 && f16c && q8_detail::q8_avx2) return *q8_detail::q8_avx2;
   return *q8_detail::q8_scalar;
 }
 

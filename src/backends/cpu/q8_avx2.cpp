@@ -1,5 +1,5 @@
 // Quantized dot products with AVX2 (q8_dots_x86.inc): 8-bit products by vpmaddubsw, pairs of
-// 16-bit sums widened by vpmaddwd. This file alone is compiled with -mavx2 -mfma (see
+// 16-bit sums widened by vpmaddwd. This file alone is compiled with -mavx2 -mfma -mf16c (see
 // CMakeLists.txt); the driver calls into it only after checking the CPU at run time.
 #include "backends/cpu/q8_kernels.h"
 

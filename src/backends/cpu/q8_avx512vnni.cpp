@@ -2,8 +2,8 @@
 // bytes of the weights by the signed bytes of the activations and sums each four into a 32-bit
 // lane in one instruction, with no 16-bit intermediate to saturate. On 256-bit vectors (AVX512VL):
 // one activation block of 32 per vector. This file alone is compiled with the AVX-512 F, BW, VL
-// and VNNI flags (see CMakeLists.txt); the driver calls into it only when the CPU reports all
-// four (and AVX2, FMA) and the OS saves the AVX-512 state. AMX is never used.
+// and VNNI flags and F16C (see CMakeLists.txt); the driver calls into it only when the CPU
+// reports all four (and AVX2, FMA, F16C) and the OS saves the AVX-512 state. AMX is never used.
 #include "backends/cpu/q8_kernels.h"
 
 #include <cstring>
