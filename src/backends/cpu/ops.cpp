@@ -353,14 +353,21 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& k
     e = std::max(a, static_cast<int64_t>(std::upper_bound(slots, end, static_cast<int32_t>(hi)) - slots));
   };
 
-  // Splits of the key range when the tasks are fewer than the threads (decoding, short chunks).
+  // Splits of the key range when the tasks are few and do not share evenly among the threads
+  // (decoding, short chunks): 3 KV heads on 2 threads would leave one thread idle a third of
+  // the time. The fewest splits that give every thread as many tasks, or enough tasks that
+  // dynamic scheduling evens them out; each split at least two tiles of keys.
   const int threads = num_threads();
   const int64_t tasks0 = n_blocks * p.n_head_kv;
   int64_t splits = 1;
-  if (tasks0 < threads) {
+  if (threads > 1 && tasks0 % threads != 0 && tasks0 < 8 * threads) {
     int64_t a = 0, e = 0;
     key_range(n_blocks - 1, a, e);
-    splits = std::max<int64_t>(1, std::min<int64_t>((threads + tasks0 - 1) / tasks0, (e - a) / (2 * kTile)));
+    const int64_t most = (e - a) / (2 * kTile);
+    for (int64_t sp = 2; sp <= most; ++sp) {
+      splits = sp;
+      if ((tasks0 * sp) % threads == 0 || tasks0 * sp >= 8 * threads) break;
+    }
   }
   // Partial results of splits: per task, rows_max x hd outputs, then maxima and sums.
   std::vector<float> partial;
