@@ -555,6 +555,50 @@ TEST(Halting, StagedAndStablePoliciesReadTheLayersOfTheirSchedule) {
   }
 }
 
+// The query policy with words: a word ranks as its best token and is kept or halted whole (cut
+// every `words` tokens); the last word kept may take the kept count past the keep fraction.
+TEST(Halting, QueryPolicyKeepsWholeWords) {
+  const int L = 8;
+  const int64_t n = 16;
+  std::vector<uint8_t> eligible(static_cast<size_t>(n), 1);
+  eligible.back() = 0;
+  std::vector<int32_t> all(static_cast<size_t>(n));
+  std::iota(all.begin(), all.end(), 0);
+  // Tokens 4..9 are one word; token 6 draws the most attention, then 9, then 12.
+  std::vector<uint8_t> starts(static_cast<size_t>(n), 1);
+  for (int t = 5; t <= 9; ++t) starts[static_cast<size_t>(t)] = 0;
+  std::vector<float> att(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) att[static_cast<size_t>(t)] = 0.01f * static_cast<float>(t);
+  att[6] = 1.f;
+  att[9] = 0.9f;
+  att[12] = 0.8f;
+  auto halted = [&](const char* spec, bool with_starts) {
+    HaltingConfig hc = HaltingConfig::parse(spec);
+    hc.protect_first = 0;
+    auto p = make_halting_policy(hc, L);
+    if (with_starts) p->set_word_starts(starts);
+    p->begin(n, eligible);
+    const int layer = hc.decision_layer(L);
+    EXPECT_GT(p->attention_rows(layer), 0);
+    LayerSignals s;
+    s.active = all;
+    s.attention_received = att;
+    std::vector<int32_t> h = p->observe(layer, s);
+    std::vector<int32_t> kept;
+    std::set_difference(all.begin(), all.end() - 1, h.begin(), h.end(), std::back_inserter(kept));
+    return kept;
+  };
+  ASSERT_EQ(halting_keep_count(0.2, n - 1), 3);
+  EXPECT_EQ(halted("query:2:0.2:drop:pool=0", true), (std::vector<int32_t>{6, 9, 12}));
+  EXPECT_EQ(halted("query:2:0.2:drop:pool=0:words=4", false), (std::vector<int32_t>{6, 9, 12}));  // no word starts given
+  EXPECT_EQ(halted("query:2:0.2:drop:pool=0:words=4", true), (std::vector<int32_t>{4, 5, 6, 7}));
+  EXPECT_EQ(halted("query:2:0.2:drop:pool=0:words=16", true), (std::vector<int32_t>{4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(halted("query:2:0.5:drop:pool=0:words=16", true), (std::vector<int32_t>{4, 5, 6, 7, 8, 9, 12, 14}));
+  EXPECT_EQ(HaltingConfig::parse("query:2:0.2:drop:words=4").describe(L), "query(l=2,keep=0.20,pool=3,words=4,drop)");
+  EXPECT_THROW(HaltingConfig::parse("topk:2:0.2:drop:words=4").validate(L), Error);
+  EXPECT_THROW(HaltingConfig::parse("query:2:0.2:drop:words=65").validate(L), Error);
+}
+
 TEST(Halting, F16CacheRunsBothKvModesCloseToF32) {
   // An f16 KV cache in both KV modes: drop leaves the halted tokens' slots out exactly as with
   // f32, retain stores their projections rounded to f16, the logits stay close to the f32

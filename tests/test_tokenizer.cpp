@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fmt/ranges.h>
+
 #include "common/error.h"
 #include "model/chat.h"
 #include "model/model_file.h"
@@ -539,6 +541,39 @@ TEST(TokenizerReal, SmolLM2) {
   EXPECT_EQ(chat_format_of(file->meta), ChatFormat::ChatML);
   EXPECT_EQ(chat_default_system_prompt(file->meta), "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
   check_against_llama_cpp(*tok, "SmolLM2-135M-Instruct.Q4_1.json");
+}
+
+// Word starts: pieces that continue a letter or digit run join the word before them.
+TEST(TokenizerReal, WordStarts) {
+  const std::string dir = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
+  auto file = open_model_file(dir + "stories260K.bin", dir + "tok512.bin");
+  auto tok = Tokenizer::from_metadata(file->meta);
+  // Every token, and the number of words a text's tokens form against the words the text has.
+  auto words = [&](const Tokenizer& t, const std::string& text, bool bos) {
+    const std::vector<int32_t> ids = t.encode(text, bos, true);
+    const std::vector<uint8_t> st = t.word_starts(ids);
+    EXPECT_EQ(st.size(), ids.size());
+    if (!st.empty()) EXPECT_EQ(st[0], 1);
+    std::vector<std::string> out;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (st[i] || out.empty()) out.emplace_back();
+      out.back() += t.token_to_piece(ids[i]);
+    }
+    return out;
+  };
+  // stories260K's 512 pieces cut most words into several.
+  const auto w = words(*tok, "Once upon a time, Lily played.", true);
+  EXPECT_EQ(w, (std::vector<std::string>{"<s>", " Once", " upon", " a", " time", ",", " Lily", " played", "."}))
+      << fmt::format("{}", fmt::join(w, "|"));
+  EXPECT_TRUE(tok->word_starts({}).empty());
+  auto smol = gguf_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf");
+  if (!smol) GTEST_SKIP() << "models/SmolLM2-135M-Instruct.Q4_1.gguf not present";
+  // Digits are single tokens there (the space before them one more): a number is still one word,
+  // the control tokens stand alone.
+  const auto n = words(*smol, "<|im_start|>user\nThe pass key is 4025902. Remember it.", false);
+  EXPECT_EQ(n, (std::vector<std::string>{"<|im_start|>", "user", "\n", "The", " pass", " key", " is", " ", "4025902", ".", " Remember", " it",
+                                     "."}))
+      << fmt::format("{}", fmt::join(n, "|"));
 }
 
 TEST(TokenizerReal, SmolLM2VocabularyWithOtherPreTokenizers) {

@@ -299,6 +299,23 @@ std::vector<Tokenizer::Fragment> Tokenizer::partition_special(std::string_view t
 
 // ---- detokenization -------------------------------------------------------------------------
 
+std::vector<uint8_t> Tokenizer::word_starts(std::span<const int32_t> ids) const {
+  const auto word_byte = [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 0x80 || std::isalnum(u) != 0;
+  };
+  std::vector<uint8_t> starts(ids.size(), 1);
+  bool prev_ends_word = false;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const auto id = static_cast<size_t>(ids[i]);
+    const bool control = ids[i] < 0 || id >= tokens_.size() || (id < types_.size() && types_[id] == TokenType::CONTROL);
+    const std::string piece = control ? std::string() : token_to_piece(ids[i]);
+    if (!piece.empty() && prev_ends_word && word_byte(piece.front())) starts[i] = 0;
+    prev_ends_word = !piece.empty() && word_byte(piece.back());
+  }
+  return starts;
+}
+
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   size_t i = 0;

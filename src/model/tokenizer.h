@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -36,6 +37,10 @@ class Tokenizer {
   // Detokenize a whole sequence (for SentencePiece vocabularies the leading space that
   // follows BOS is dropped, as llama.cpp and llama2.c do).
   virtual std::string decode(const std::vector<int32_t>& ids) const;
+  // Per token, 1 where it begins a word: unless its text starts with a letter, a digit or a
+  // non-ASCII byte and the previous token's ends with one (so "4025902" spelled digit by digit,
+  // or a word cut into pieces, is one word). Control tokens stand alone.
+  std::vector<uint8_t> word_starts(std::span<const int32_t> ids) const;
 
   int32_t n_vocab() const { return static_cast<int32_t>(tokens_.size()); }
   int32_t bos() const { return bos_; }  // -1 if none

@@ -30,6 +30,8 @@ void add_halting_flags(CLI::App* c, HaltingFlags& f) {
       {Setting::Patience, "threshold: for this many consecutive layers"},
       {Setting::AttnQueries, "attn (and query without a query): last tokens whose attention ranks the document"},
       {Setting::Pool, "query: a token scores the most attention within this many neighbours"},
+      {Setting::Words, "query: keep or halt whole words (tokens with no word boundary between them, such as a number's digits) "
+                       "of up to this many tokens; 0: single tokens"},
       {Setting::Mix, "query: weight of the delta's rank beside the attention's (0..1)"},
       {Setting::Then, "topk/random/attn/query: later decisions L@KEEP[/L@KEEP...], layers ascending, keep fractions (of the "
                       "tokens eligible at the start) falling"},

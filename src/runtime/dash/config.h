@@ -49,8 +49,8 @@ struct HaltStage {
 
 // The settings, by one name each. The policy's name is a setting too.
 enum class Setting {
-  Policy, HaltLayer, Keep, MinLayer, Tau, Patience, Seed, AttnQueries, Pool, Mix, Then, Decide, Overlap, Kv, Signal, ProtectFirst,
-  ProtectLast
+  Policy, HaltLayer, Keep, MinLayer, Tau, Patience, Seed, AttnQueries, Pool, Words, Mix, Then, Decide, Overlap, Kv, Signal,
+  ProtectFirst, ProtectLast
 };
 // "keep", "halt_layer", ...: the name in messages and JSON.
 const char* setting_name(Setting s);
@@ -81,6 +81,9 @@ struct HaltingConfig {
   uint64_t seed = 0;            // random choices
   int attn_queries = 8;         // the last prompt tokens whose attention ranks the others
   int pool = 3;                 // query policy: a token's score is the largest within this many neighbours
+  // query policy: > 0 keeps or halts whole words (runs of tokens without a word boundary between
+  // them, such as the digits of a number) of at most this many tokens; 0: single tokens.
+  int words = 0;
   double mix = 0;               // query policy: weight of the delta's rank beside the attention's
   // Ranking policies: the decisions after the first (halt_layer, keep), ascending in layer with
   // falling keep fractions (spec option then=L@KEEP/L@KEEP...); empty: one decision.

@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/dash/config.h"
@@ -60,10 +61,14 @@ class HaltingPolicy {
   // Before begin(): the segment's last n rows are the query (they never halt), for the policies
   // that read it (PolicyInfo::reads_query); 0: no query in the segment.
   void set_query_rows(int64_t n) { query_rows_ = n; }
+  // Before begin(): word_starts[t] is 1 where token t of the segment begins a word (empty: every
+  // token is a word), for the policies that keep whole words.
+  void set_word_starts(std::vector<uint8_t> w) { word_starts_ = std::move(w); }
 
  protected:
   std::vector<uint8_t> eligible_;
   int64_t query_rows_ = 0;
+  std::vector<uint8_t> word_starts_;
 };
 
 // A policy as the registry knows it.

@@ -154,8 +154,12 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
   }
   std::vector<uint8_t> eligible = hc ? halting_eligibility(*hc, n) : std::vector<uint8_t>{};
   if (hc) std::fill(eligible.end() - opt.query_rows, eligible.end(), uint8_t{0});
+  if (!opt.word_starts.empty() && static_cast<int64_t>(opt.word_starts.size()) != n) {
+    fail("word starts for {} tokens in a segment of {}", opt.word_starts.size(), n);
+  }
   if (policy) {
     policy->set_query_rows(opt.query_rows);
+    policy->set_word_starts(opt.word_starts);
     policy->begin(n, eligible);
   }
   HaltingTrace* tr = opt.trace;

@@ -35,8 +35,9 @@ std::vector<int32_t> RankedPolicy::observe(int layer, const LayerSignals& s) {
     if (eligible_[static_cast<size_t>(t)]) cand.emplace_back(score(i, s), t);
   }
   // A fraction of the tokens eligible at the start; earlier decisions kept at least as many.
-  const int64_t n_keep = std::min<int64_t>(halting_keep_count(stages_[next_].keep, n_eligible_), static_cast<int64_t>(cand.size()));
+  int64_t n_keep = std::min<int64_t>(halting_keep_count(stages_[next_].keep, n_eligible_), static_cast<int64_t>(cand.size()));
   rank(cand);
+  if (cfg_.words > 0 && !word_starts_.empty()) n_keep = group_words(cand, n_keep);
   if (next_ == 0 && cfg_.decide == DecideRule::Stable && layer < stages_[0].layer) {
     // Decide here once the top set overlaps the previous layer's by `overlap` (the first layer of
     // the window only sets the reference).
@@ -55,6 +56,40 @@ std::vector<int32_t> RankedPolicy::observe(int layer, const LayerSignals& s) {
   for (size_t i = static_cast<size_t>(n_keep); i < cand.size(); ++i) halt.push_back(cand[i].second);
   std::sort(halt.begin(), halt.end());
   return halt;
+}
+
+int64_t RankedPolicy::group_words(std::vector<std::pair<float, int32_t>>& cand, int64_t n_keep) const {
+  // Word of each token of the segment: a new one at each word start and every cfg_.words tokens.
+  std::vector<int32_t> word(word_starts_.size());
+  int32_t w = -1, len = 0;
+  for (size_t t = 0; t < word_starts_.size(); ++t) {
+    if (w < 0 || word_starts_[t] || len == cfg_.words) {
+      ++w;
+      len = 0;
+    }
+    word[t] = w;
+    ++len;
+  }
+  // Words in the order of their best candidate (cand is ranked already), each with its candidates
+  // in rank order.
+  std::vector<std::vector<std::pair<float, int32_t>>> members(static_cast<size_t>(w + 1));
+  std::vector<int32_t> order;
+  for (const auto& c : cand) {
+    const int32_t wc = word.at(static_cast<size_t>(c.second));
+    if (members[static_cast<size_t>(wc)].empty()) order.push_back(wc);
+    members[static_cast<size_t>(wc)].push_back(c);
+  }
+  // Whole words are kept until n_keep tokens are: the last one kept may go past it.
+  std::vector<std::pair<float, int32_t>> grouped;
+  grouped.reserve(cand.size());
+  int64_t kept = 0;
+  for (int32_t wc : order) {
+    const auto& m = members[static_cast<size_t>(wc)];
+    grouped.insert(grouped.end(), m.begin(), m.end());
+    if (kept < n_keep) kept = static_cast<int64_t>(grouped.size());
+  }
+  cand.swap(grouped);
+  return kept;
 }
 
 void RankedPolicy::rank(std::vector<std::pair<float, int32_t>>& cand) const {

@@ -36,6 +36,10 @@ class RankedPolicy : public HaltingPolicy {
   // Puts the (score, token) candidates in the order of preference; default: largest score
   // first, ties to the earlier token.
   virtual void rank(std::vector<std::pair<float, int32_t>>& cand) const;
+  // With cfg_.words > 0: reorders the ranked candidates by word (a word ranks as its best token
+  // and brings its other candidates along) and returns how many lead the order once whole words
+  // are kept until at least n_keep tokens are.
+  int64_t group_words(std::vector<std::pair<float, int32_t>>& cand, int64_t n_keep) const;
 
   HaltingConfig cfg_;
 

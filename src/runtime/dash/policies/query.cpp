@@ -2,7 +2,9 @@
 // layer the document tokens that the query's rows pay the most attention stay active. A token's
 // score is the largest attention received within `pool` tokens on either side, so that a fact's
 // neighbouring tokens stay together; with mix > 0 the score's rank is mixed with the rank of the
-// token's delta (DASH's signal). The query rows themselves never halt. Without a query (a task
+// token's delta (DASH's signal). With words > 0 whole words are ranked (by their best token) and
+// kept or halted together, so that a number's digits stay or go as one. The query rows themselves
+// never halt. Without a query (a task
 // that may not read it, or a prompt without one) the segment's last attn_queries rows rank the
 // others instead, as the attn policy does.
 #include <algorithm>
@@ -65,11 +67,13 @@ void validate_query(const HaltingConfig& hc, int n_layer) {
   validate_ranked(hc, n_layer);
   if (hc.attn_queries < 1) fail_setting(Setting::AttnQueries, "must be >= 1, got {}", hc.attn_queries);
   if (hc.pool < 0 || hc.pool > 64) fail_setting(Setting::Pool, "must be in 0..64, got {}", hc.pool);
+  if (hc.words < 0 || hc.words > 64) fail_setting(Setting::Words, "must be in 0..64, got {}", hc.words);
   if (!(hc.mix >= 0 && hc.mix <= 1)) fail_setting(Setting::Mix, "must be in [0, 1], got {}", hc.mix);
 }
 
 std::string describe_query(const HaltingConfig& hc, int n_layer) {
   std::string s = fmt::format("query({},pool={}", ranked_schedule(hc, n_layer), hc.pool);
+  if (hc.words > 0) s += fmt::format(",words={}", hc.words);
   if (hc.mix > 0) s += fmt::format(",mix={:g}", hc.mix);
   return s + "," + kv_mode_name(hc.kv) + ")";
 }
@@ -88,8 +92,8 @@ const PolicyInfo& policy_query() {
   static const PolicyInfo info{
       "query", "keep the tokens the query attends to most (and their neighbours)",
       {Setting::HaltLayer, Setting::Keep, Setting::Kv}, 2,
-      ranked_options({Setting::Signal, Setting::AttnQueries, Setting::Pool, Setting::Mix}),
-      {Setting::HaltLayer, Setting::Keep, Setting::Pool, Setting::Mix, Setting::AttnQueries},
+      ranked_options({Setting::Signal, Setting::AttnQueries, Setting::Pool, Setting::Words, Setting::Mix}),
+      {Setting::HaltLayer, Setting::Keep, Setting::Pool, Setting::Words, Setting::Mix, Setting::AttnQueries},
       validate_query, describe_query,
       [](const HaltingConfig& hc, int n_layer) -> std::unique_ptr<HaltingPolicy> { return std::make_unique<QueryPolicy>(hc, n_layer); },
       query_grid, true};
