@@ -752,10 +752,7 @@ void attention_received(const bf16* q, const int32_t* q_pos, int64_t n_q, const 
 }
 
 namespace {
-bool split_decode_on = [] {
-  const char* e = std::getenv("DASHLM_CUDA_SPLIT_DECODE");
-  return !(e && std::string(e) == "0");
-}();
+bool split_decode_on = detail::env_switch("DASHLM_CUDA_SPLIT_DECODE");
 }  // namespace
 
 void set_split_decode_enabled(bool on) { split_decode_on = on; }

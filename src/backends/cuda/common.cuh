@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <utility>
 
@@ -97,6 +98,12 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 
 // Whether launch() asks for programmatic dependent launch (DASHLM_CUDA_PDL=0: never).
 bool pdl_enabled();
+
+// The starting state of a switch that is on unless the environment variable `name` is "0".
+inline bool env_switch(const char* name) {
+  const char* e = std::getenv(name);
+  return !(e && std::string(e) == "0");
+}
 
 // kernel<<<grid, block, smem, stream()>>>(args...), with programmatic dependent launch when on:
 // only for kernels that call pdl_wait() as described above.

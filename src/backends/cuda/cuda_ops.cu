@@ -20,10 +20,7 @@ nvbf16* as_nv(bf16* p) { return reinterpret_cast<nvbf16*>(p); }
 // --- device, memory --------------------------------------------------------------------------
 
 namespace {
-bool pdl_on = [] {
-  const char* e = std::getenv("DASHLM_CUDA_PDL");
-  return !(e && std::string(e) == "0");
-}();
+bool pdl_on = detail::env_switch("DASHLM_CUDA_PDL");
 }  // namespace
 
 bool detail::pdl_enabled() { return pdl_on; }

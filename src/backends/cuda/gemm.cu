@@ -181,10 +181,7 @@ __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uin
   }
 }
 
-bool gemv_on = [] {
-  const char* e = std::getenv("DASHLM_CUDA_GEMV");
-  return !(e && std::string(e) == "0");
-}();
+bool gemv_on = detail::env_switch("DASHLM_CUDA_GEMV");
 
 template <int kAct, typename OutT>
 bool try_gemv(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, OutT* y, int64_t ldy, bool accumulate) {
