@@ -727,6 +727,52 @@ Report run_prep_heads(Rng& rng, const PrepSpec& s, bool bf16_out) {
   return r;
 }
 
+// Q, K and V in one launch: bit for bit what prep_heads gives on each part (Q in order, K and V
+// scattered into cache slots), and nothing written elsewhere.
+struct QkvSpec {
+  int n_head, n_head_kv, hd, n_rot;
+  bool neox, norm, bias;
+  int64_t n, pad;
+};
+
+Report run_prep_qkv(Rng& rng, const QkvSpec& s) {
+  const float eps = 1e-6f;
+  const int64_t qd = int64_t{s.n_head} * s.hd, kvd = int64_t{s.n_head_kv} * s.hd, width = qd + 2 * kvd;
+  const int64_t stride = width + s.pad, n = s.n, n_slots = n + 5;
+  const F x = rng.uniform(static_cast<size_t>(n * stride), -2, 2);
+  const F bias = rng.uniform(static_cast<size_t>(width), -1, 1);
+  const F qn = rng.uniform(static_cast<size_t>(s.hd), 0.5f, 1.5f), kn = rng.uniform(static_cast<size_t>(s.hd), 0.5f, 1.5f);
+  const I32 slots = rng.distinct(n, n_slots);  // the positions: distinct cache slots, any order
+  Dev<float> dx(x), db(bias), dqn(qn), dkn(kn);
+  Dev<int32_t> dpos(slots);
+  cu::RopeParams gp;
+  gp.head_dim = s.hd;
+  gp.n_rot = s.n_rot;
+  gp.freq_base = 10000.f;
+  gp.neox = s.neox;
+  cu::RopeParams none = gp;
+  none.n_rot = 0;
+  const float* b = s.bias ? db.get() : nullptr;
+  const float* qnorm = s.norm ? dqn.get() : nullptr;
+  const float* knorm = s.norm ? dkn.get() : nullptr;
+  const size_t q_elems = static_cast<size_t>(n * qd), kv_elems = static_cast<size_t>(n_slots * kvd);
+  Dev<uint16_t> q1(q_elems), k1(kv_elems), v1(kv_elems), q2(q_elems), k2(kv_elems), v2(kv_elems);
+  cu::prep_heads(dx.get(), stride, n, s.n_head, b, qnorm, eps, gp, dpos.get(), q1.get(), qd, nullptr);
+  cu::prep_heads(dx.get() + qd, stride, n, s.n_head_kv, b ? b + qd : nullptr, knorm, eps, gp, dpos.get(), k1.get(), kvd,
+                 dpos.get());
+  cu::prep_heads(dx.get() + qd + kvd, stride, n, s.n_head_kv, b ? b + qd + kvd : nullptr, nullptr, eps, none, nullptr, v1.get(),
+                 kvd, dpos.get());
+  cu::prep_qkv(dx.get(), stride, n, s.n_head, s.n_head_kv, b, qnorm, knorm, eps, gp, dpos.get(), q2.get(), qd, k2.get(), v2.get(),
+               kvd);
+  Report r;
+  int64_t outside = 0;
+  r.checks.push_back(compare_bits("q", q2.fetch(&outside), q1.fetch(&outside)));
+  r.checks.push_back(compare_bits("k slots", k2.fetch(&outside), k1.fetch(&outside)));
+  r.checks.push_back(compare_bits("v slots", v2.fetch(&outside), v1.fetch(&outside)));
+  add_outside(r.checks.back(), outside);
+  return r;
+}
+
 // --- attention ---------------------------------------------------------------------------------
 
 enum class Layout {
@@ -1219,6 +1265,19 @@ std::vector<Case> build_table() {
                       (bf16 && s.scatter ? "_scatter" : "");
       add(n, [=](Rng& g) { return run_prep_heads(g, s, bf16); });
     }
+
+  // Q, K and V in one launch against three prep_heads: Llama (GQA 4:1), Qwen (bias, 7:1), Gemma
+  // (per-head norms, MQA), a partial rotation, no rotation, one row and padded rows.
+  const QkvSpec qkvs[] = {
+      {32, 8, 128, 128, true, false, false, 1, 0},    {28, 4, 128, 128, true, false, true, 3, 0},
+      {4, 1, 256, 256, true, true, false, 2, 16},     {12, 4, 64, 32, false, true, true, 17, 8},
+      {6, 2, 64, 0, false, false, true, 5, 0},        {3, 3, 80, 80, false, true, true, 1, 3},
+  };
+  for (const QkvSpec& s : qkvs)
+    add("prep_qkv_h" + std::to_string(s.n_head) + "_kv" + std::to_string(s.n_head_kv) + "_hd" + std::to_string(s.hd) + "_rot" +
+            std::to_string(s.n_rot) + (s.neox ? "_neox" : "") + (s.norm ? "_norm" : "") + (s.bias ? "_bias" : "") + rows +
+            std::to_string(s.n) + (s.pad ? "_pad" + std::to_string(s.pad) : ""),
+        [=](Rng& g) { return run_prep_qkv(g, s); });
 
   // Attention, our kernels: full causal, queries after a cached prefix, sliding windows, query
   // subsets with gaps, validity masks with holes (and rows that see nothing), GQA / MQA, head

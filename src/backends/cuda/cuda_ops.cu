@@ -535,13 +535,33 @@ struct RopeArgs {
   const float* freq_factors;
 };
 
+// Up to three groups of heads that one launch prepares from the same input row: a group's heads
+// start at column in_off of the row, have their own bias, norm and destination, and are rotated
+// or not (Q, K and V of the decode step in one launch; a single group for prep_heads).
+template <typename OutT>
+struct PrepGroup {
+  int64_t in_off;
+  int n_heads;
+  const float* bias;
+  const float* norm_w;
+  bool rope;
+  OutT* out;
+  int64_t out_stride;
+  const int32_t* rows;
+};
+template <typename OutT>
+struct PrepGroups {
+  PrepGroup<OutT> g[3];
+  int count;
+  int total_heads;
+};
+
 // One block per token row. First the rotation's cos/sin for this row's position (double-precision
 // angles, like the CPU: positions reach 10^5 and more), then one warp per head: bias, RMSNorm,
 // rotation, conversion, store.
 template <typename OutT>
-__global__ void k_prep_heads(const float* in, int64_t in_stride, int n_heads, const float* bias, const float* norm_w,
-                             float eps, RopeArgs rp, const int32_t* pos, OutT* out, int64_t out_stride,
-                             const int32_t* rows) {
+__global__ void k_prep_heads(const float* in, int64_t in_stride, PrepGroups<OutT> groups, float eps, RopeArgs rp,
+                             const int32_t* pos) {
   extern __shared__ float sh[];
   const int hd = rp.head_dim, half = rp.n_rot / 2;
   const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -563,29 +583,35 @@ __global__ void k_prep_heads(const float* in, int64_t in_stride, int n_heads, co
     }
   }
   __syncthreads();
-  const int64_t dst = rows ? rows[r] : r;
-  for (int h = warp; h < n_heads; h += nw) {
-    const float* src = in + r * in_stride + static_cast<int64_t>(h) * hd;
+  for (int hh = warp; hh < groups.total_heads; hh += nw) {
+    int gi = 0, h = hh;
+    while (gi + 1 < groups.count && h >= groups.g[gi].n_heads) h -= groups.g[gi++].n_heads;
+    const PrepGroup<OutT>& G = groups.g[gi];
+    const float* bias = G.bias;
+    const float* src = in + r * in_stride + G.in_off + static_cast<int64_t>(h) * hd;
     float ss = 0.f;
     for (int d = lane; d < hd; d += 32) {
       const float v = src[d] + (bias ? bias[h * hd + d] : 0.f);
       buf[d] = v;
       ss += v * v;
     }
-    if (norm_w) {
+    if (G.norm_w) {
       ss = detail::warp_sum(ss);
       const float inv = rsqrtf(ss / static_cast<float>(hd) + eps);
-      for (int d = lane; d < hd; d += 32) buf[d] = buf[d] * inv * norm_w[d];
+      for (int d = lane; d < hd; d += 32) buf[d] = buf[d] * inv * G.norm_w[d];
     }
     __syncwarp();
-    for (int i = lane; i < half; i += 32) {
-      const int a = rp.neox ? i : 2 * i, b = rp.neox ? i + half : 2 * i + 1;
-      const float x0 = buf[a], x1 = buf[b];
-      buf[a] = x0 * cs[i] - x1 * sn[i];
-      buf[b] = x0 * sn[i] + x1 * cs[i];
+    if (G.rope) {
+      for (int i = lane; i < half; i += 32) {
+        const int a = rp.neox ? i : 2 * i, b = rp.neox ? i + half : 2 * i + 1;
+        const float x0 = buf[a], x1 = buf[b];
+        buf[a] = x0 * cs[i] - x1 * sn[i];
+        buf[b] = x0 * sn[i] + x1 * cs[i];
+      }
     }
     __syncwarp();
-    OutT* o = out + dst * out_stride + static_cast<int64_t>(h) * hd;
+    const int64_t dst = G.rows ? G.rows[r] : r;
+    OutT* o = G.out + dst * G.out_stride + static_cast<int64_t>(h) * hd;
     for (int d = lane; d < hd; d += 32) o[d] = detail::from_f32<OutT>(buf[d]);
     __syncwarp();
   }
@@ -596,28 +622,58 @@ RopeArgs rope_args(const RopeParams& r) {
 }
 
 template <typename OutT>
-void launch_prep(const float* in, int64_t in_stride, int64_t n, int n_heads, const float* bias, const float* norm_w,
-                 float eps, const RopeParams& rope, const int32_t* pos, OutT* out, int64_t out_stride, const int32_t* rows) {
+void launch_prep(const float* in, int64_t in_stride, int64_t n, PrepGroups<OutT> groups, float eps, const RopeParams& rope,
+                 const int32_t* pos) {
   if (n <= 0) return;
   check_rows(n);
   if (rope.head_dim <= 0 || rope.n_rot < 0 || rope.n_rot > rope.head_dim || rope.n_rot % 2)
     detail::raise_error("CUDA prep_heads: bad head_dim/n_rot");
-  if (rope.n_rot > 0 && !pos) detail::raise_error("CUDA prep_heads: RoPE needs positions");
-  const int nw = n_heads < 8 ? n_heads : 8;
-  const size_t smem = (static_cast<size_t>(rope.n_rot) + static_cast<size_t>(nw) * rope.head_dim) * sizeof(float);
-  detail::launch("prep_heads", k_prep_heads<OutT>, static_cast<unsigned>(n), nw * 32, smem, in, in_stride, n_heads, bias,
-                 norm_w, eps, rope_args(rope), pos, out, out_stride, rows);
+  groups.total_heads = 0;
+  bool rotates = false;
+  for (int i = 0; i < groups.count; ++i) {
+    groups.g[i].rope = groups.g[i].rope && rope.n_rot > 0;
+    rotates = rotates || groups.g[i].rope;
+    groups.total_heads += groups.g[i].n_heads;
+  }
+  if (rotates && !pos) detail::raise_error("CUDA prep_heads: RoPE needs positions");
+  RopeParams r = rope;
+  if (!rotates) r.n_rot = 0;  // no table to compute
+  const int nw = groups.total_heads < 8 ? groups.total_heads : 8;
+  const size_t smem = (static_cast<size_t>(r.n_rot) + static_cast<size_t>(nw) * r.head_dim) * sizeof(float);
+  detail::launch("prep_heads", k_prep_heads<OutT>, static_cast<unsigned>(n), nw * 32, smem, in, in_stride, groups, eps,
+                 rope_args(r), pos);
+}
+
+template <typename OutT>
+PrepGroups<OutT> one_group(int n_heads, const float* bias, const float* norm_w, OutT* out, int64_t out_stride,
+                           const int32_t* rows) {
+  PrepGroups<OutT> g{};
+  g.g[0] = PrepGroup<OutT>{0, n_heads, bias, norm_w, true, out, out_stride, rows};
+  g.count = 1;
+  return g;
 }
 
 }  // namespace
 
 void prep_heads(const float* in, int64_t in_stride, int64_t n, int n_heads, const float* bias, const float* norm_w, float eps,
                 const RopeParams& rope, const int32_t* pos, bf16* out, int64_t out_stride, const int32_t* rows) {
-  launch_prep<nvbf16>(in, in_stride, n, n_heads, bias, norm_w, eps, rope, pos, as_nv(out), out_stride, rows);
+  launch_prep<nvbf16>(in, in_stride, n, one_group(n_heads, bias, norm_w, as_nv(out), out_stride, rows), eps, rope, pos);
 }
 void prep_heads_f32(float* x, int64_t stride, int64_t n, int n_heads, const float* bias, const float* norm_w, float eps,
                     const RopeParams& rope, const int32_t* pos) {
-  launch_prep<float>(x, stride, n, n_heads, bias, norm_w, eps, rope, pos, x, stride, nullptr);
+  launch_prep<float>(x, stride, n, one_group(n_heads, bias, norm_w, x, stride, static_cast<const int32_t*>(nullptr)), eps,
+                     rope, pos);
+}
+void prep_qkv(const float* in, int64_t in_stride, int64_t n, int n_head, int n_head_kv, const float* bias, const float* q_norm,
+              const float* k_norm, float eps, const RopeParams& rope, const int32_t* pos, bf16* q, int64_t q_stride, bf16* k,
+              bf16* v, int64_t kv_stride) {
+  const int64_t qd = int64_t{n_head} * rope.head_dim, kvd = int64_t{n_head_kv} * rope.head_dim;
+  PrepGroups<nvbf16> g{};
+  g.g[0] = PrepGroup<nvbf16>{0, n_head, bias, q_norm, true, as_nv(q), q_stride, nullptr};
+  g.g[1] = PrepGroup<nvbf16>{qd, n_head_kv, bias ? bias + qd : nullptr, k_norm, true, as_nv(k), kv_stride, pos};
+  g.g[2] = PrepGroup<nvbf16>{qd + kvd, n_head_kv, bias ? bias + qd + kvd : nullptr, nullptr, false, as_nv(v), kv_stride, pos};
+  g.count = 3;
+  launch_prep<nvbf16>(in, in_stride, n, g, eps, rope, pos);
 }
 
 }  // namespace dashlm::cuda

@@ -167,6 +167,14 @@ struct RopeParams {
 void prep_heads(const float* in, int64_t in_stride, int64_t n, int n_heads, const float* bias, const float* norm_w,
                 float eps, const RopeParams& rope, const int32_t* pos, bf16* out, int64_t out_stride,
                 const int32_t* rows);
+// The Q, K and V heads of n rows of stacked projections (Q's n_head heads, then K's and V's
+// n_head_kv each, row stride in_stride) in one launch: bias (optional, over the stacked row),
+// per-head RMSNorm of Q and K (q_norm, k_norm optional), RoPE of Q and K at pos[r]; Q in order into
+// q (row stride q_stride), K and V into the cache slots pos[r] of k and v (row stride kv_stride).
+// The same as prep_heads on each part.
+void prep_qkv(const float* in, int64_t in_stride, int64_t n, int n_head, int n_head_kv, const float* bias, const float* q_norm,
+              const float* k_norm, float eps, const RopeParams& rope, const int32_t* pos, bf16* q, int64_t q_stride, bf16* k,
+              bf16* v, int64_t kv_stride);
 // The same in float32, in place (tests and the CPU-shaped path).
 void prep_heads_f32(float* x, int64_t stride, int64_t n, int n_heads, const float* bias, const float* norm_w, float eps,
                     const RopeParams& rope, const int32_t* pos);
