@@ -219,11 +219,13 @@ HaltingConfig dash_topk(KVMode kv) {
 }
 
 // Decoding after a prompt of T tokens: one prefill, then n steps replayed from the CUDA graph in
-// four variants, alternating, three times each (the cache grows by a few hundred tokens over the
+// five variants, alternating, three times each (the cache grows by a few hundred tokens over the
 // passes): the engine's default (split-over-keys attention, our GEMV, programmatic dependent
-// launches), the unsplit attention, cuBLAS for the M=1 products, and plain launches; medians. The bound: the bytes one step must read (every weight
+// launches, Q/K/V prepared in one launch), the unsplit attention, cuBLAS for the M=1 products,
+// plain launches, and Q/K/V prepared in three launches; medians. The bound: the bytes one step must read (every weight
 // once, the K and V of every cached token once) at the copy rate measured in this run.
-constexpr int kDecodePasses = 12;  // four variants, three passes each
+constexpr int kDecodeVariants = 5;
+constexpr int kDecodePasses = 3 * kDecodeVariants;  // three passes of each variant
 
 json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double copy_gbs) {
   const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, 7);
@@ -241,12 +243,14 @@ json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double cop
   j["bound_ms"] = bound_ms;
   e.reset();
   e.prefill(toks);
-  std::vector<double> per[4];  // default, unsplit attention, cuBLAS GEMMs, plain launches
+  // default, unsplit attention, cuBLAS GEMMs, plain launches, three Q/K/V launches
+  std::vector<double> per[kDecodeVariants];
   for (int pass = 0; pass < kDecodePasses; ++pass) {
-    const int variant = pass % 4;
+    const int variant = pass % kDecodeVariants;
     cu::set_split_decode_enabled(variant != 1);
     cu::set_gemv_enabled(variant != 2);
     cu::set_pdl_enabled(variant != 3);
+    cu::set_fused_qkv_enabled(variant != 4);
     e.set_cuda_graphs(true);  // drops the graph: recorded anew with these kernels
     e.decode(1);
     e.decode(2);  // the graph is recorded here
@@ -258,15 +262,17 @@ json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double cop
   cu::set_split_decode_enabled(true);
   cu::set_gemv_enabled(true);
   cu::set_pdl_enabled(true);
+  cu::set_fused_qkv_enabled(true);
   for (auto& v : per) std::sort(v.begin(), v.end());
-  const double ms = per[0][1], unsplit_ms = per[1][1], cublas_ms = per[2][1], plain_ms = per[3][1];
-  std::printf("| %ld | %.3f | %.3f | %.2fx | %.3f | %.3f | %.3f | %.0f |\n", static_cast<long>(T), bound_ms, ms, ms / bound_ms,
-              unsplit_ms, cublas_ms, plain_ms, (weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9);
+  const double ms = per[0][1], unsplit_ms = per[1][1], cublas_ms = per[2][1], plain_ms = per[3][1], qkv3_ms = per[4][1];
+  std::printf("| %ld | %.3f | %.3f | %.2fx | %.3f | %.3f | %.3f | %.3f | %.0f |\n", static_cast<long>(T), bound_ms, ms,
+              ms / bound_ms, unsplit_ms, cublas_ms, plain_ms, qkv3_ms, (weight_bytes + kv_bytes) / (ms * 1e-3) / 1e9);
   std::fflush(stdout);
   j["split_ms"] = ms;
   j["unsplit_ms"] = unsplit_ms;
   j["cublas_m1_ms"] = cublas_ms;
   j["plain_launch_ms"] = plain_ms;
+  j["three_qkv_launches_ms"] = qkv3_ms;
   j["split_x_bound"] = ms / bound_ms;
   return j;
 }
@@ -670,7 +676,7 @@ int main(int argc, char** argv) {
       if (copy_gbs <= 0) copy_gbs = copy_rate_gbs();
       std::printf("Decode, %s shape, %d steps from the CUDA graph (medians of 3 passes); bound: weights + KV read once at the measured copy rate %.0f GB/s\n\n",
                   name.c_str(), decode_n, copy_gbs);
-      std::printf("| after T tokens | bound ms | ms/token | / bound | unsplit attention ms/token | cuBLAS M=1 ms/token | plain launches ms/token | GB/s |\n|---|---|---|---|---|---|---|---|\n");
+      std::printf("| after T tokens | bound ms | ms/token | / bound | unsplit attention ms/token | cuBLAS M=1 ms/token | plain launches ms/token | 3 Q/K/V launches ms/token | GB/s |\n|---|---|---|---|---|---|---|---|---|\n");
       json jd = json::array();
       for (int64_t T : decode_at) jd.push_back(decode_speed(e, hp, T, decode_n, copy_gbs));
       std::printf("\nThe decoding step's projections, one row, %s shape:\n\n", name.c_str());

@@ -270,9 +270,15 @@ struct CudaEngine::Impl final : LayerExecutor {
     // Attention branch: U = Wo Attn(RoPE(Wq Norm(x)), RoPE(Wk Norm(x)), Wv Norm(x)).
     cu::rmsnorm(xp, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
     cu::gemm(xn.get(), L.w_qkv.get(), n, qkvw, d, qkv.get());
-    // Q into q, K and V into the cache, in one launch.
-    cu::prep_qkv(qkv.get(), qkvw, n, hp.n_head, hp.n_head_kv, opt(L.b_qkv), opt(L.q_norm), opt(L.k_norm), hp.norm_eps,
-                 rope_params(il), io.pos, q.get(), qd, k_layer(il), v_layer(il), hp.kv_dim());
+    // Q into q, K and V into the cache, in one launch (or three).
+    if (cu::fused_qkv_enabled()) {
+      cu::prep_qkv(qkv.get(), qkvw, n, hp.n_head, hp.n_head_kv, opt(L.b_qkv), opt(L.q_norm), opt(L.k_norm), hp.norm_eps,
+                   rope_params(il), io.pos, q.get(), qd, k_layer(il), v_layer(il), hp.kv_dim());
+    } else {
+      cu::prep_heads(qkv.get(), qkvw, n, hp.n_head, opt(L.b_qkv), opt(L.q_norm), hp.norm_eps, rope_params(il), io.pos,
+                     q.get(), qd, nullptr);
+      write_kv(il, qkv.get() + qd, qkvw, io.pos, n);
+    }
 
     const cu::AttentionParams ap = attention_params(il);
     const int64_t n_kv = io.n_kv > 0 ? io.n_kv : static_cast<int64_t>(io.pos_host[n - 1]) + 1;

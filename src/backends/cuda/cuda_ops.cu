@@ -21,10 +21,13 @@ nvbf16* as_nv(bf16* p) { return reinterpret_cast<nvbf16*>(p); }
 
 namespace {
 bool pdl_on = detail::env_switch("DASHLM_CUDA_PDL");
+bool fused_qkv_on = detail::env_switch("DASHLM_CUDA_FUSED_QKV");
 }  // namespace
 
 bool detail::pdl_enabled() { return pdl_on; }
 void set_pdl_enabled(bool on) { pdl_on = on; }
+void set_fused_qkv_enabled(bool on) { fused_qkv_on = on; }
+bool fused_qkv_enabled() { return fused_qkv_on; }
 
 cudaStream_t detail::stream() {
   static const cudaStream_t s = [] {

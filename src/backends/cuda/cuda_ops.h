@@ -175,6 +175,10 @@ void prep_heads(const float* in, int64_t in_stride, int64_t n, int n_heads, cons
 void prep_qkv(const float* in, int64_t in_stride, int64_t n, int n_head, int n_head_kv, const float* bias, const float* q_norm,
               const float* k_norm, float eps, const RopeParams& rope, const int32_t* pos, bf16* q, int64_t q_stride, bf16* k,
               bf16* v, int64_t kv_stride);
+// Whether the engine's layers prepare Q, K and V with prep_qkv (one launch) rather than three
+// prep_heads (benchmarks compare the two). DASHLM_CUDA_FUSED_QKV=0 switches it off at start.
+void set_fused_qkv_enabled(bool on);
+bool fused_qkv_enabled();
 // The same in float32, in place (tests and the CPU-shaped path).
 void prep_heads_f32(float* x, int64_t stride, int64_t n, int n_heads, const float* bias, const float* norm_w, float eps,
                     const RopeParams& rope, const int32_t* pos);
