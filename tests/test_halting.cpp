@@ -494,6 +494,16 @@ std::vector<int32_t> observe_all(HaltingPolicy& p, int layer, const std::vector<
   return p.observe(layer, s);
 }
 
+// A segment of n tokens for a policy driven by hand: every token eligible but the last, and the
+// list 0 .. n - 1.
+std::pair<std::vector<uint8_t>, std::vector<int32_t>> hand_segment(int64_t n) {
+  std::vector<uint8_t> eligible(static_cast<size_t>(n), 1);
+  eligible.back() = 0;
+  std::vector<int32_t> all(static_cast<size_t>(n));
+  std::iota(all.begin(), all.end(), 0);
+  return {eligible, all};
+}
+
 }  // namespace
 
 // Where a ranking policy reads its signal follows its schedule; the stable rule decides at the
@@ -501,10 +511,7 @@ std::vector<int32_t> observe_all(HaltingPolicy& p, int layer, const std::vector<
 TEST(Halting, StagedAndStablePoliciesReadTheLayersOfTheirSchedule) {
   const int L = 12;
   const int64_t n = 21;
-  std::vector<uint8_t> eligible(static_cast<size_t>(n), 1);
-  eligible.back() = 0;
-  std::vector<int32_t> all(static_cast<size_t>(n));
-  std::iota(all.begin(), all.end(), 0);
+  const auto [eligible, all] = hand_segment(n);
   // Staged topk: layers 3 then 7; no rule for the device.
   HaltingConfig hc = topk(0.5);
   hc.protect_first = 0;
@@ -560,10 +567,7 @@ TEST(Halting, StagedAndStablePoliciesReadTheLayersOfTheirSchedule) {
 TEST(Halting, QueryPolicyKeepsWholeWords) {
   const int L = 8;
   const int64_t n = 16;
-  std::vector<uint8_t> eligible(static_cast<size_t>(n), 1);
-  eligible.back() = 0;
-  std::vector<int32_t> all(static_cast<size_t>(n));
-  std::iota(all.begin(), all.end(), 0);
+  const auto [eligible, all] = hand_segment(n);
   // Tokens 4..9 are one word; token 6 draws the most attention, then 9, then 12.
   std::vector<uint8_t> starts(static_cast<size_t>(n), 1);
   for (int t = 5; t <= 9; ++t) starts[static_cast<size_t>(t)] = 0;
