@@ -155,7 +155,7 @@ TEST(DashConfig, StagedAndStableSpecsRoundTripAndOldSpecsStayAsTheyWere) {
   ASSERT_EQ(st.then.size(), 1u);
   EXPECT_DOUBLE_EQ(st.then[0].layer, 0.5);
   EXPECT_DOUBLE_EQ(st.then[0].keep, 0.2);
-  EXPECT_EQ(st.describe(L), "query(l=6/12,keep=0.50/0.20,pool=3,drop)");
+  EXPECT_EQ(st.describe(L), "query(l=6/12,keep=0.50/0.20,pool=3,words=16,drop)");
   const nlohmann::json j = st.to_json(L);
   ASSERT_TRUE(j.contains("then"));
   EXPECT_EQ(j["then"][0]["layer"], 12);
@@ -317,8 +317,9 @@ TEST(QueryPolicy, OneSegmentWhoseQueryNeverHalts) {
   for (int64_t i = 0; i < n * V; ++i) ASSERT_NEAR(two.logits[static_cast<size_t>(i)], full.logits[static_cast<size_t>(i)], 1e-4f) << i;
 
   // Halting: the query rows and the protected first tokens never halt; the keep fraction of the
-  // rest stays.
-  for (const char* spec : {"query:0.4:0.25:drop", "query:2:0.5:retain:pool=0", "query:0.4:0.3:drop:pool=5:mix=0.5"}) {
+  // rest stays (with whole words, up to a word's length more: the last word kept is whole).
+  for (const char* spec : {"query:0.4:0.25:drop", "query:0.4:0.25:drop:words=0", "query:2:0.5:retain:pool=0:words=3",
+                           "query:0.4:0.3:drop:pool=5:mix=0.5"}) {
     SCOPED_TRACE(spec);
     const HaltingConfig hc = HaltingConfig::parse(spec);
     HaltingTrace t;
@@ -331,8 +332,10 @@ TEST(QueryPolicy, OneSegmentWhoseQueryNeverHalts) {
       if (i >= n - nq || i < hc.protect_first) EXPECT_FALSE(halts) << "token " << i;
       halted += halts;
     }
-    const int64_t eligible = n - nq - hc.protect_first;
-    EXPECT_EQ(halted, eligible - halting_keep_count(hc.keep, eligible));
+    const int64_t eligible = n - nq - hc.protect_first, most = eligible - halting_keep_count(hc.keep, eligible);
+    if (hc.words == 0) EXPECT_EQ(halted, most);
+    EXPECT_LE(halted, most);
+    EXPECT_GE(halted, most - std::max(0, hc.words - 1));
     for (float v : r.logits) ASSERT_TRUE(std::isfinite(v));
   }
   // A task that may not read the query: the document runs with halting, the query after it.

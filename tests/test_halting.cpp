@@ -562,8 +562,9 @@ TEST(Halting, StagedAndStablePoliciesReadTheLayersOfTheirSchedule) {
   }
 }
 
-// The query policy with words: a word ranks as its best token and is kept or halted whole (cut
-// every `words` tokens); the last word kept may take the kept count past the keep fraction.
+// The query policy with words (the default, 16): a word ranks as its best token and is kept or
+// halted whole (cut every `words` tokens); the last word kept may take the kept count past the
+// keep fraction.
 TEST(Halting, QueryPolicyKeepsWholeWords) {
   const int L = 8;
   const int64_t n = 16;
@@ -593,10 +594,10 @@ TEST(Halting, QueryPolicyKeepsWholeWords) {
     return kept;
   };
   ASSERT_EQ(halting_keep_count(0.2, n - 1), 3);
-  EXPECT_EQ(halted("query:2:0.2:drop:pool=0", true), (std::vector<int32_t>{6, 9, 12}));
+  EXPECT_EQ(halted("query:2:0.2:drop:pool=0:words=0", true), (std::vector<int32_t>{6, 9, 12}));
   EXPECT_EQ(halted("query:2:0.2:drop:pool=0:words=4", false), (std::vector<int32_t>{6, 9, 12}));  // no word starts given
   EXPECT_EQ(halted("query:2:0.2:drop:pool=0:words=4", true), (std::vector<int32_t>{4, 5, 6, 7}));
-  EXPECT_EQ(halted("query:2:0.2:drop:pool=0:words=16", true), (std::vector<int32_t>{4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(halted("query:2:0.2:drop:pool=0", true), (std::vector<int32_t>{4, 5, 6, 7, 8, 9}));
   EXPECT_EQ(halted("query:2:0.5:drop:pool=0:words=16", true), (std::vector<int32_t>{4, 5, 6, 7, 8, 9, 12, 14}));
   EXPECT_EQ(HaltingConfig::parse("query:2:0.2:drop:words=4").describe(L), "query(l=2,keep=0.20,pool=3,words=4,drop)");
   EXPECT_THROW(HaltingConfig::parse("topk:2:0.2:drop:words=4").validate(L), Error);

@@ -82,8 +82,9 @@ struct HaltingConfig {
   int attn_queries = 8;         // the last prompt tokens whose attention ranks the others
   int pool = 3;                 // query policy: a token's score is the largest within this many neighbours
   // query policy: > 0 keeps or halts whole words (runs of tokens without a word boundary between
-  // them, such as the digits of a number) of at most this many tokens; 0: single tokens.
-  int words = 0;
+  // them, such as the digits of a number) of at most this many tokens; 0: single tokens. On
+  // by default: cutting single digits out of a number cost answers (docs/RESULTS.md).
+  int words = 16;
   double mix = 0;               // query policy: weight of the delta's rank beside the attention's
   // Ranking policies: the decisions after the first (halt_layer, keep), ascending in layer with
   // falling keep fractions (spec option then=L@KEEP/L@KEEP...); empty: one decision.
