@@ -12,7 +12,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backends/cpu/gemm.h"
@@ -131,6 +133,43 @@ TEST(Q8, QuantizesWithinHalfAStep) {
   // The all-zero block: scale 0, quants 0.
   EXPECT_EQ(qx.d(0)[1], 0.f);
   EXPECT_THROW(qx.quantize(x.data(), k, 1, 40), Error);
+}
+
+// Every kernel level quantizes bit for bit as the portable loop: random blocks, a block of zeros,
+// one with a NaN and one with an infinity, values at the rounding ties.
+TEST(Q8, QuantizationIsTheSameAtEveryLevel) {
+  std::mt19937 rng(5);
+  const int64_t m = 5, k = 32 * 9;
+  std::vector<float> x = random_x(m, k, rng);
+  for (int j = 0; j < 32; ++j) x[static_cast<size_t>(32 + j)] = 0.f;
+  x[70] = std::nanf("");
+  x[100] = -std::numeric_limits<float>::infinity();
+  for (int j = 0; j < 32; ++j) x[static_cast<size_t>(k + 32 * 3 + j)] = 0.25f * static_cast<float>(2 * (j - 16) + 1);  // x 127 / 63.5: ties
+  x[static_cast<size_t>(k + 32 * 3)] = 63.5f;
+  std::vector<std::vector<uint8_t>> got;
+  std::vector<std::string> names;
+  for (const cpu::GemmLevel level : test::runnable_levels()) {
+    test::LevelGuard guard(level);
+    cpu::Q8Activations qx;
+    qx.quantize(x.data(), k, m, k);
+    std::vector<uint8_t> bytes;
+    auto put = [&](const void* p, size_t n) {
+      const auto* b = static_cast<const uint8_t*>(p);
+      bytes.insert(bytes.end(), b, b + n);
+    };
+    for (int64_t i = 0; i < m; ++i) {
+      put(qx.q(i), static_cast<size_t>(k));
+      put(qx.d(i), static_cast<size_t>(k / 32) * sizeof(float));
+      put(qx.sums(i), static_cast<size_t>(k / 16) * sizeof(int16_t));
+      put(qx.scaled_sums(i), static_cast<size_t>(k / 16) * sizeof(float));
+    }
+    EXPECT_TRUE(std::isnan(qx.d(0)[2])) << cpu::q8_kernel_name();
+    EXPECT_TRUE(std::isnan(qx.d(0)[3])) << cpu::q8_kernel_name();
+    EXPECT_EQ(qx.d(0)[1], 0.f) << cpu::q8_kernel_name();
+    got.push_back(bytes);
+    names.emplace_back(cpu::q8_kernel_name());
+  }
+  for (size_t l = 1; l < got.size(); ++l) EXPECT_EQ(got[l], got[0]) << names[l] << " against " << names[0];
 }
 
 TEST(Q8, NonFiniteActivationsGiveNan) {

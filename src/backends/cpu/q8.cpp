@@ -188,8 +188,13 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k) 
   s_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes);
   m_ = m;
   k_ = k;
+  const auto vector_row = kernels().quantize_row;
   auto one_row = [&](int64_t i) {
     const float* xi = x + i * ldx;
+    if (vector_row) {
+      vector_row(xi, k, q_ + i * k, d_ + i * nb, s_ + i * 2 * nb, ds_ + i * 2 * nb);
+      return;
+    }
     for (int64_t b = 0; b < nb; ++b) {
       const float* v = xi + b * kBlock;
       float amax = 0.f;

@@ -30,7 +30,7 @@ inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_
 
 #include "backends/cpu/q8_dots_x86.inc"
 
-constexpr Q8KernelSet kSet = {"avx512vnni", gemv, pack_panel, panel_gemm};
+constexpr Q8KernelSet kSet = {"avx512vnni", gemv, pack_panel, panel_gemm, quantize_row};
 
 }  // namespace
 

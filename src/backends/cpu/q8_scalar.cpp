@@ -196,7 +196,7 @@ void panel_gemm(const uint8_t* panels, int64_t rows, int64_t k, const Q8View& x,
   }
 }
 
-constexpr Q8KernelSet kSet = {"scalar", gemv, pack_panel, panel_gemm};
+constexpr Q8KernelSet kSet = {"scalar", gemv, pack_panel, panel_gemm, nullptr};
 
 }  // namespace
 
