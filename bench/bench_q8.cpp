@@ -91,13 +91,15 @@ std::vector<Shape> shapes() {
   std::vector<Shape> out;
   // (type, n, k) of the models' matrices: SmolLM2-135M (Q4_1: 576 x 576 attention, 1536 x 576 MLP
   // up, 576 x 1536 down), Gemma 3 270M and Qwen2.5-0.5B (K types only where k is a multiple of
-  // 256: the down projections; Q5_0 and Q8_0 elsewhere), the remaining types on Qwen's shapes.
+  // 256: the down projections; Q5_0 and Q8_0 elsewhere), the remaining types on Qwen's shapes,
+  // and Qwen2.5-1.5B's Q4_K_M MLP (8960 x 1536 gate/up, 1536 x 8960 down in Q4_K and Q6_K).
   const Shape base[] = {
       {DType::Q4_1, 0, 576, 576},   {DType::Q4_1, 0, 1536, 576}, {DType::Q4_1, 0, 576, 1536},
       {DType::Q5_0, 0, 2048, 640},  {DType::Q4_K, 0, 640, 2048}, {DType::Q6_K, 0, 640, 2048},
       {DType::Q5_0, 0, 4864, 896},  {DType::Q4_K, 0, 896, 4864}, {DType::Q6_K, 0, 896, 4864},
       {DType::Q8_0, 0, 896, 896},   {DType::Q4_0, 0, 4864, 896}, {DType::Q5_K, 0, 896, 4864},
-      {DType::Q5_1, 0, 4864, 896},
+      {DType::Q5_1, 0, 4864, 896},  {DType::Q4_K, 0, 8960, 1536}, {DType::Q4_K, 0, 1536, 8960},
+      {DType::Q6_K, 0, 1536, 8960},
   };
   for (int64_t m : {1, 2, 3, 4, 8, 16, 64, 512}) {
     for (Shape s : base) {

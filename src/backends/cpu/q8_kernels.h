@@ -63,7 +63,9 @@ struct Q8KernelSet {
 };
 
 // The largest quant of a type with panels (0 for the others: 8-bit quants would overflow
-// vpmaddubsw's 16-bit sums).
+// vpmaddubsw's 16-bit sums). The types up to 31 have one scale and one offset per 32 values, so
+// both groups of a block share sc and c0 in a panel (the kernels sum them in integers); Q6_K has
+// a scale per 16.
 inline int q8_panel_max_u(uint32_t type) {
   switch (type) {
     case 2: case 3: case 12: return 15;  // Q4_0, Q4_1, Q4_K
