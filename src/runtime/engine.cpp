@@ -224,8 +224,9 @@ void Engine::project_kv(int il, float* x, const int32_t* rows, const int32_t* po
     const bool in_cache = cache_.type == cpu::KvType::F32 && consecutive(pos + i0, m);
     float* k = in_cache ? cache_.k_row(il, pos[i0]) : s_.k.data();
     float* v = in_cache ? cache_.v_row(il, pos[i0]) : s_.v.data();
-    cpu::matmul(L.wk, s_.xn.data(), m, k, L.bk);
-    cpu::matmul(L.wv, s_.xn.data(), m, v, L.bv);
+    cpu::SharedInput in(s_.xn.data(), m, d, s_.xn_q8);
+    cpu::matmul(L.wk, in, k, L.bk);
+    cpu::matmul(L.wv, in, v, L.bv);
     write_kv(il, k, v, pos + i0, m, in_cache);
   }
 }
@@ -303,10 +304,11 @@ void Engine::forward_layer(int il, const LayerIO& io) {
     // (decode-sized chunks in one slice: their arrays are small, and each slice costs a few
     // thread fork/joins).
     const int64_t fs = m < 4 ? n_ff : ff_slice(model_, il);
+    cpu::SharedInput ffn_in(xn, m, d, s_.xn_q8);
     for (int64_t f0 = 0; f0 < n_ff; f0 += fs) {
       const int64_t nf = std::min(fs, n_ff - f0);
-      cpu::matmul(cpu::weight_rows(L.w_gate, f0, nf), xn, m, gate);
-      cpu::matmul(cpu::weight_rows(L.w_up, f0, nf), xn, m, up);
+      cpu::matmul(cpu::weight_rows(L.w_gate, f0, nf), ffn_in, gate);
+      cpu::matmul(cpu::weight_rows(L.w_up, f0, nf), ffn_in, up);
       if (hp.act == Activation::GeluTanh) {
         cpu::gelu_tanh_mul(gate, up, m * nf);
       } else {

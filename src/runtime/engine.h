@@ -108,6 +108,8 @@ class Engine final : public InferenceEngine, private LayerExecutor {
     // attention's output, q the attention's and the MLP's updates; gate and up hold one slice
     // of the MLP.
     Buffer xc, xn, q, k, v, gate, up, x_in, norms;
+    // xn quantized once for the products that share it (K and V; every slice of gate and up).
+    cpu::Q8Activations xn_q8;
     void reserve(const HParams& hp, int64_t rows, int64_t ff_slice);
   };
   struct LayerIO {

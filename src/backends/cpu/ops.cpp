@@ -71,8 +71,9 @@ namespace {
 constexpr int64_t kQ8MaxRows = 3;
 
 // The product of matmul / matmul_cols: input features k0 .. k1-1 of W against x (row stride ldx).
+// shared: the same rows when they come from a SharedInput (then quantized at most once).
 void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, int64_t ldx, int64_t m, float* y,
-                 bool accumulate) {
+                 bool accumulate, SharedInput* shared = nullptr) {
   const int64_t in = w.in_features, out = w.out_features, kw = k1 - k0;
   if (m <= 0 || out <= 0) return;
   const size_t col_offset = k0 > 0 ? dtype_row_bytes(w.type, k0) : 0;
@@ -84,9 +85,13 @@ void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, in
     // Quantized compute: x quantized to 8 bits per block of 32, integer dot products with the
     // quantized rows (decode) or with panels of them repacked for register tiles (prefill; see
     // cpu::q8_matmul).
-    thread_local Q8Activations qx;
-    qx.quantize(x, ldx, m, kw);
-    q8_matmul(w.type, row_ptr(w, 0) + col_offset, row_bytes(w), out, qx, y, out, accumulate);
+    if (shared) {
+      q8_matmul(w.type, row_ptr(w, 0) + col_offset, row_bytes(w), out, shared->q8(), y, out, accumulate);
+    } else {
+      thread_local Q8Activations qx;
+      qx.quantize(x, ldx, m, kw);
+      q8_matmul(w.type, row_ptr(w, 0) + col_offset, row_bytes(w), out, qx, y, out, accumulate);
+    }
   } else if (m < 4) {
     // Decode-sized: stream the quantized rows once; each row is dequantized a piece at a time
     // into a buffer on the stack and dotted with each row of x, with the kernel level's vector
@@ -118,14 +123,35 @@ void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, in
 
 }  // namespace
 
-void matmul(const WeightView& w, const float* x, int64_t m, float* y, const float* bias) {
+namespace {
+
+void matmul_rows(const WeightView& w, const float* x, int64_t m, float* y, const float* bias, SharedInput* shared) {
   const int64_t out = w.out_features;
   if (m <= 0 || out <= 0) return;
-  matmul_part(w, 0, w.in_features, x, w.in_features, m, y, false);
+  matmul_part(w, 0, w.in_features, x, w.in_features, m, y, false, shared);
   if (bias) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
     for (int64_t i = 0; i < m; ++i) add_inplace(y + i * out, bias, out);
   }
+}
+
+}  // namespace
+
+void matmul(const WeightView& w, const float* x, int64_t m, float* y, const float* bias) {
+  matmul_rows(w, x, m, y, bias, nullptr);
+}
+
+const Q8Activations& SharedInput::q8() {
+  if (!quantized_) {
+    q8_.quantize(x_, k_, m_, k_);
+    quantized_ = true;
+  }
+  return q8_;
+}
+
+void matmul(const WeightView& w, SharedInput& in, float* y, const float* bias) {
+  if (in.k() != w.in_features) fail("matmul: rows of {} values against a weight of {} inputs", in.k(), w.in_features);
+  matmul_rows(w, in.x(), in.m(), y, bias, &in);
 }
 
 void matmul_cols(const WeightView& w, int64_t k0, int64_t k1, const float* x, int64_t ldx, int64_t m, float* y,

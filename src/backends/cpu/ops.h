@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backends/cpu/q8.h"
 #include "backends/dtype.h"
 
 namespace dashlm::cpu {
@@ -18,6 +19,28 @@ int num_threads();
 // Small m runs row by row on the quantized weights; larger m dequantizes W in row blocks and
 // calls the BLAS.
 void matmul(const WeightView& w, const float* x, int64_t m, float* y, const float* bias = nullptr);
+
+// Rows that several products multiply (the normed rows under Q, K and V, or under every slice
+// of gate and up): x [m x k], contiguous. In the q8 compute they are quantized once, on the
+// first product that needs it, into `storage`; x must not change while the object is in use.
+class SharedInput {
+ public:
+  SharedInput(const float* x, int64_t m, int64_t k, Q8Activations& storage) : x_(x), m_(m), k_(k), q8_(storage) {}
+  const float* x() const { return x_; }
+  int64_t m() const { return m_; }
+  int64_t k() const { return k_; }
+  // The quantized rows (quantized on the first call).
+  const Q8Activations& q8();
+
+ private:
+  const float* x_;
+  int64_t m_, k_;
+  Q8Activations& q8_;
+  bool quantized_ = false;
+};
+
+// matmul on shared rows (in.k() must be w.in_features).
+void matmul(const WeightView& w, SharedInput& in, float* y, const float* bias = nullptr);
 
 // y[m x out] (+)= x[m x (k1 - k0)] * W[:, k0 .. k1-1]^T: the product with input features k0 .. k1-1
 // of W only (x has row stride ldx); with `accumulate` it is added to y. k0 and k1 must be
