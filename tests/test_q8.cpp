@@ -135,7 +135,7 @@ TEST(Q8, QuantizesWithinHalfAStep) {
   EXPECT_THROW(qx.quantize(x.data(), k, 1, 40), Error);
 }
 
-// Every kernel level quantizes bit for bit as the portable loop: random blocks, a block of zeros,
+// Every kernel level quantizes bit for bit as the scalar set (the reference loop): random blocks, a block of zeros,
 // one with a NaN and one with an infinity, values at the rounding ties.
 TEST(Q8, QuantizationIsTheSameAtEveryLevel) {
   std::mt19937 rng(5);

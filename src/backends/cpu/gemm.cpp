@@ -83,14 +83,27 @@ const KernelSet* kernels_for(GemmLevel level) {
   return gemm_detail::kernels_scalar;
 }
 
-GemmLevel detect_max_level() {
+CpuFeatures detect_features() {
+  CpuFeatures f;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2 && __builtin_cpu_supports("avx512f") && gemm_detail::kernels_avx512) return GemmLevel::avx512;
-  if (avx2 && gemm_detail::kernels_avx2) return GemmLevel::avx2;
+  f.avx = __builtin_cpu_supports("avx");
+  f.avx2 = __builtin_cpu_supports("avx2");
+  f.fma = __builtin_cpu_supports("fma");
+  f.f16c = __builtin_cpu_supports("f16c");
+  f.avx512f = __builtin_cpu_supports("avx512f");
+  f.avx512bw = __builtin_cpu_supports("avx512bw");
+  f.avx512vl = __builtin_cpu_supports("avx512vl");
+  f.avx512vnni = __builtin_cpu_supports("avx512vnni");
 #endif
+  return f;
+}
+
+GemmLevel detect_max_level() {
+  const CpuFeatures& f = cpu_features();
+  const bool avx2 = f.avx2 && f.fma;
+  if (avx2 && f.avx512f && gemm_detail::kernels_avx512) return GemmLevel::avx512;
+  if (avx2 && gemm_detail::kernels_avx2) return GemmLevel::avx2;
   return GemmLevel::scalar;
 }
 
@@ -472,6 +485,11 @@ const char* gemm_level_name(GemmLevel level) {
 }
 
 const char* gemm_kernel_name() { return current_kernels().name; }
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = detect_features();
+  return f;
+}
 
 GemmLevel gemm_max_level() { return max_level_cached(); }
 

@@ -85,6 +85,15 @@ void gemm_packed(int64_t m, const float* a, int64_t lda, const GemmPackedB& b, i
 // -inf); l = l * corr + the row's new sum; m = m'.
 void softmax_tile(int64_t nb, int64_t nt, float* s, int64_t lds, float* m, float* l, float* corr);
 
+// What this CPU (and its OS) can run, read once: every kernel family dispatches on these.
+// __builtin_cpu_supports reports the AVX and AVX-512 features only when the OS saves their
+// registers (XCR0). AMX is not among them: no kernel uses it.
+struct CpuFeatures {
+  bool avx = false, avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;
+};
+const CpuFeatures& cpu_features();
+
 // Instruction-set levels of the kernels, lowest first.
 enum class GemmLevel : int { scalar = 0, avx2 = 1, avx512 = 2 };
 

@@ -310,8 +310,8 @@ const F16Route& f16_route() {
 #ifdef DASHLM_X86_F16
   static const F16Route avx512{"avx512", f16_to_f32_avx512, f32_to_f16_avx512};
   static const F16Route f16c{"f16c", f16_to_f32_f16c, f32_to_f16_f16c};
-  static const bool has_avx512 = (__builtin_cpu_init(), __builtin_cpu_supports("avx512f"));
-  static const bool has_f16c = (__builtin_cpu_init(), __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx"));
+  const bool has_avx512 = cpu_features().avx512f;
+  const bool has_f16c = cpu_features().f16c && cpu_features().avx;
   const GemmLevel level = gemm_level();
   if (level == GemmLevel::avx512 && has_avx512) return avx512;
   if (level != GemmLevel::scalar && has_f16c) return f16c;

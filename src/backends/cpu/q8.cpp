@@ -39,35 +39,17 @@ std::atomic<int>& compute_state() {
 }
 
 bool cpu_has_vnni() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  // As for the float kernels, __builtin_cpu_supports reports AVX-512 features only when the OS
-  // saves the AVX-512 registers (XCR0).
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-#else
-  return false;
-#endif
-}
-
-// The AVX2 kernels convert the weights' fp16 scales with F16C (every AVX2 CPU made has it, but
-// the flag is checked all the same).
-bool cpu_has_f16c() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("f16c");
-#else
-  return false;
-#endif
+  const CpuFeatures& f = cpu_features();
+  return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c;
 }
 
 const Q8KernelSet& kernels() {
   static const bool vnni = cpu_has_vnni() && q8_detail::q8_avx512vnni;
   const GemmLevel level = gemm_level();
   if (level >= GemmLevel::avx512 && vnni) return *q8_detail::q8_avx512vnni;
-  static const bool f16c = cpu_has_f16c();
-  if (level >= GemmLevel::avx2 && f16c && q8_detail::q8_avx2) return *q8_detail::q8_avx2;
+  // The AVX2 kernels convert the weights' fp16 scales with F16C (every AVX2 CPU made has it, but
+  // the flag is checked all the same).
+  if (level >= GemmLevel::avx2 && cpu_features().f16c && q8_detail::q8_avx2) return *q8_detail::q8_avx2;
   return *q8_detail::q8_scalar;
 }
 
@@ -76,12 +58,6 @@ const Q8KernelSet& kernels() {
 // them.
 int64_t rows_per_piece(size_t row_bytes) {
   return std::clamp<int64_t>(static_cast<int64_t>((256u << 10) / std::max<size_t>(row_bytes, 1)), 8, 256);
-}
-
-// Round to nearest, ties to even, for |v| <= 2^22: the float addition does the rounding.
-inline float round_even(float v) {
-  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
-  return (v + kMagic) - kMagic;
 }
 
 int thread_count(int threads, double flops, int64_t items) {
@@ -188,45 +164,8 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k) 
   s_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes);
   m_ = m;
   k_ = k;
-  const auto vector_row = kernels().quantize_row;
   auto one_row = [&](int64_t i) {
-    const float* xi = x + i * ldx;
-    if (vector_row) {
-      vector_row(xi, k, q_ + i * k, d_ + i * nb, s_ + i * 2 * nb, ds_ + i * 2 * nb);
-      return;
-    }
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* v = xi + b * kBlock;
-      float amax = 0.f;
-      for (int j = 0; j < kBlock; ++j) {
-        const float a = std::fabs(v[j]);
-        amax = a > amax ? a : amax;
-      }
-      bool finite = true;
-      for (int j = 0; j < kBlock; ++j) finite &= std::isfinite(v[j]);
-      int8_t* q = q_ + i * k + b * kBlock;
-      float qf[kBlock];
-      if (finite && amax > 0.f) {
-        const float id = 127.f / amax;
-        for (int j = 0; j < kBlock; ++j) qf[j] = round_even(v[j] * id);
-        d_[i * nb + b] = amax / 127.f;
-      } else {
-        // All zeros; or a value that is not finite, which the scale carries on (NaN) so that
-        // the outputs it reaches are NaN as in float32.
-        for (int j = 0; j < kBlock; ++j) qf[j] = 0.f;
-        d_[i * nb + b] = finite ? 0.f : std::nanf("");
-      }
-      int32_t s0 = 0, s1 = 0;
-      for (int j = 0; j < kBlock; ++j) {
-        const auto qi = static_cast<int32_t>(qf[j]);
-        q[j] = static_cast<int8_t>(qi);
-        (j < 16 ? s0 : s1) += qi;
-      }
-      s_[i * 2 * nb + 2 * b] = static_cast<int16_t>(s0);
-      s_[i * 2 * nb + 2 * b + 1] = static_cast<int16_t>(s1);
-      ds_[i * 2 * nb + 2 * b] = d_[i * nb + b] * static_cast<float>(s0);
-      ds_[i * 2 * nb + 2 * b + 1] = d_[i * nb + b] * static_cast<float>(s1);
-    }
+    kernels().quantize_row(x + i * ldx, k, q_ + i * k, d_ + i * nb, s_ + i * 2 * nb, ds_ + i * 2 * nb);
   };
   if (m * k >= (int64_t{1} << 16) && !omp_in_parallel() && num_threads() > 1) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())

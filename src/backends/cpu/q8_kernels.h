@@ -57,8 +57,8 @@ struct Q8KernelSet {
   // Quantizes one row of k values (k % kBlock == 0) as Q8Activations::quantize does, bit for bit:
   // per block b, q[32 b + j] = round-to-even(x[32 b + j] * 127 / amax), d[b] = amax / 127, the
   // half sums s16[2 b + h] and ds[2 b + h] = d[b] * s16[2 b + h]; a block with a value that is not
-  // finite gets zeros and d = NaN, an all-zero block zeros and d = 0. nullptr: the driver's own
-  // portable loop.
+  // finite gets zeros and d = NaN, an all-zero block zeros and d = 0. The scalar set's loop is
+  // the reference.
   void (*quantize_row)(const float* x, int64_t k, int8_t* q, float* d, int16_t* s16, float* ds);
 };
 

@@ -10,6 +10,7 @@
 // where the dot products and sums are exact integers.
 #include "backends/cpu/q8_kernels.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "backends/cpu/q8.h"
@@ -196,7 +197,48 @@ void panel_gemm(const uint8_t* panels, int64_t rows, int64_t k, const Q8View& x,
   }
 }
 
-constexpr Q8KernelSet kSet = {"scalar", gemv, pack_panel, panel_gemm, nullptr};
+// Round to nearest, ties to even, for |v| <= 2^22: the float addition does the rounding.
+inline float round_even(float v) {
+  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
+  return (v + kMagic) - kMagic;
+}
+
+// The activations' quantization (the reference that the vector kernels match bit for bit).
+void quantize_row(const float* x, int64_t k, int8_t* q, float* d, int16_t* s16, float* ds) {
+  for (int64_t b = 0; b < k / kBlock; ++b) {
+    const float* v = x + b * kBlock;
+    float amax = 0.f;
+    bool finite = true;
+    for (int j = 0; j < kBlock; ++j) {
+      const float a = std::fabs(v[j]);
+      amax = a > amax ? a : amax;
+      finite &= std::isfinite(v[j]);
+    }
+    float qf[kBlock];
+    if (finite && amax > 0.f) {
+      const float id = 127.f / amax;
+      for (int j = 0; j < kBlock; ++j) qf[j] = round_even(v[j] * id);
+      d[b] = amax / 127.f;
+    } else {
+      // All zeros; or a value that is not finite, which the scale carries on (NaN) so that the
+      // outputs it reaches are NaN as in float32.
+      for (int j = 0; j < kBlock; ++j) qf[j] = 0.f;
+      d[b] = finite ? 0.f : std::nanf("");
+    }
+    int32_t s0 = 0, s1 = 0;
+    for (int j = 0; j < kBlock; ++j) {
+      const auto qi = static_cast<int32_t>(qf[j]);
+      q[b * kBlock + j] = static_cast<int8_t>(qi);
+      (j < 16 ? s0 : s1) += qi;
+    }
+    s16[2 * b] = static_cast<int16_t>(s0);
+    s16[2 * b + 1] = static_cast<int16_t>(s1);
+    ds[2 * b] = d[b] * static_cast<float>(s0);
+    ds[2 * b + 1] = d[b] * static_cast<float>(s1);
+  }
+}
+
+constexpr Q8KernelSet kSet = {"scalar", gemv, pack_panel, panel_gemm, quantize_row};
 
 }  // namespace
 
