@@ -3,12 +3,14 @@
 
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/ops.h"
 #include "backends/cpu/quants.h"
+#include "gemm_levels.h"
 
 using namespace dashlm;
 using namespace dashlm::cpu;
@@ -159,16 +161,48 @@ TEST(Ops, AttentionQuerySubsetAndKeyMask) {
   expect_close(out, attention_ref(q, pos, k, v, n_kv, &valid, p), 1e-4f);
 }
 
+// The gated MLP's activations at every kernel level against double precision: values across
+// [-30, 30] (a length that leaves a partial vector), the range ends, +inf and NaN. The bound is
+// a few float ulps (the vectorised exp is within 1-2 ulp) plus the rounding of exp's argument.
 TEST(Ops, Activations) {
-  std::vector<float> g{-1.f, 0.f, 2.f}, u{2.f, 3.f, 0.5f};
-  auto g2 = g;
-  silu_mul(g.data(), u.data(), 3);
-  gelu_tanh_mul(g2.data(), u.data(), 3);
-  for (int i = 0; i < 3; ++i) {
-    const double x = std::vector<double>{-1, 0, 2}[static_cast<size_t>(i)];
-    EXPECT_NEAR(g[static_cast<size_t>(i)], x / (1 + std::exp(-x)) * u[static_cast<size_t>(i)], 1e-6);
-    const double ge = 0.5 * x * (1 + std::tanh(0.7978845608 * (x + 0.044715 * x * x * x)));
-    EXPECT_NEAR(g2[static_cast<size_t>(i)], ge * u[static_cast<size_t>(i)], 1e-6);
+  std::vector<double> xs;
+  for (int i = 0; i <= 6001; ++i) xs.push_back(-30.0 + 60.0 * i / 6001.0);
+  for (double x : {-100.0, -88.5, -87.0, 87.0, 88.5, 100.0, 1e-20, -1e-20, 0.0}) xs.push_back(x);
+  const auto n = static_cast<int64_t>(xs.size());
+  std::vector<float> u(xs.size());
+  for (size_t i = 0; i < u.size(); ++i) u[i] = 0.5f + static_cast<float>(i % 7) * 0.25f;
+  const auto silu = [](double x) { return x / (1 + std::exp(-x)); };
+  // 0.5 x (1 + tanh(v)) as x / (1 + exp(-2 v)): the same function, without the cancellation of
+  // 1 + tanh(v) for very negative v (in double, tanh(-36) is -1 and the product 0).
+  const auto gelu = [](double x) { return x / (1 + std::exp(-2 * 0.7978845608028654 * (x + 0.044715 * x * x * x))); };
+  for (const GemmLevel level : test::runnable_levels()) {
+    test::LevelGuard guard(level);
+    for (int act = 0; act < 2; ++act) {
+      std::vector<float> g(xs.size());
+      for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(xs[i]);
+      if (act == 0) {
+        silu_mul(g.data(), u.data(), n);
+      } else {
+        gelu_tanh_mul(g.data(), u.data(), n);
+      }
+      for (size_t i = 0; i < g.size(); ++i) {
+        const double x = static_cast<double>(static_cast<float>(xs[i]));
+        const double want = (act == 0 ? silu(x) : gelu(x)) * u[i];
+        // The exponent's argument is rounded to float (a relative 6e-8, so an absolute error of
+        // |arg| 6e-8 that exp turns into a relative one): the bound grows with |arg|.
+        const double arg = act == 0 ? std::fabs(x) : 2 * 0.7978845608028654 * std::fabs(x + 0.044715 * x * x * x);
+        ASSERT_NEAR(g[i], want, (4e-7 + 3e-7 * arg) * std::fabs(want) + 1e-30)
+            << (act == 0 ? "silu" : "gelu") << " x=" << x << " level " << gemm_level_name(level);
+      }
+    }
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> g{inf, std::nanf("")}, g2 = g, one(2, 1.f);
+    silu_mul(g.data(), one.data(), 2);
+    gelu_tanh_mul(g2.data(), one.data(), 2);
+    for (const auto& v : {g, g2}) {
+      EXPECT_EQ(v[0], inf) << gemm_level_name(level);
+      EXPECT_TRUE(std::isnan(v[1])) << gemm_level_name(level);
+    }
   }
 }
 

@@ -351,6 +351,8 @@ void softmax_tile(int64_t nb, int64_t nt, float* s, int64_t lds, float* m, float
   current_kernels().softmax_tile(nb, nt, s, lds, m, l, corr);
 }
 
+void glu_mul(int act, float* g, const float* u, int64_t n) { current_kernels().glu_mul(act, g, u, n); }
+
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, bool accumulate, float alpha, int threads) {
   gemm(true, m, n, k, a, lda, b, ldb, c, ldc, accumulate, alpha, threads);

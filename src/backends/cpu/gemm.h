@@ -85,6 +85,10 @@ void gemm_packed(int64_t m, const float* a, int64_t lda, const GemmPackedB& b, i
 // -inf); l = l * corr + the row's new sum; m = m'.
 void softmax_tile(int64_t nb, int64_t nt, float* s, int64_t lds, float* m, float* l, float* corr);
 
+// g[i] = act(g[i]) * u[i] for i < n (act 0: SiLU, 1: GELU with the tanh approximation), on the
+// calling thread, vectorised at the kernel level in use (KernelSet::glu_mul).
+void glu_mul(int act, float* g, const float* u, int64_t n);
+
 // What this CPU (and its OS) can run, read once: every kernel family dispatches on these.
 // __builtin_cpu_supports reports the AVX and AVX-512 features only when the OS saves their
 // registers (XCR0). AMX is not among them: no kernel uses it.

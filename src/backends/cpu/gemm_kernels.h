@@ -58,6 +58,9 @@ struct KernelSet {
   // corr = exp(m - m') (0 while m was -inf; 1 for a row that still sees nothing), the factor the
   // caller applies to its accumulated output; l = l * corr + sum_j s_j; m = m'.
   void (*softmax_tile)(int64_t nb, int64_t nt, float* s, int64_t lds, float* m, float* l, float* corr);
+  // g[i] = act(g[i]) * u[i] for i < n: act 0 is SiLU, 1 GELU (tanh approximation); exp by
+  // elementwise.inc's polynomial (1-2 ulp), vectorised.
+  void (*glu_mul)(int act, float* g, const float* u, int64_t n);
   // Decode: acc[i] = x_i . w for m <= kSmallM rows of x (row stride ldx) and one row w of k
   // elements of a quantized type (a DType value; whole blocks of bs elements of bbytes bytes),
   // dequantized piece by piece on the stack (quant_dots.inc). False for a type it does not know.
