@@ -604,6 +604,51 @@ TEST(Halting, QueryPolicyKeepsWholeWords) {
   EXPECT_THROW(HaltingConfig::parse("query:2:0.2:drop:words=65").validate(L), Error);
 }
 
+// On a model whose sliding-window layers see only their window (Gemma 3), the attention rankings
+// read the attention of the latest full layer up to the decision layer: there a token far before
+// the query can draw attention, in the window it cannot. Layers 0-4 and 6-9 are windowed, 5 full.
+TEST(Halting, AttentionRankingsReadTheLatestFullLayer) {
+  const int L = 10;
+  const int64_t n = 16;
+  const auto [eligible, all] = hand_segment(n);
+  std::vector<int> windows(L, 4);
+  windows[5] = 0;
+  // What the rows pay at the full layer 5 (token 2 most, then 11) and at the windowed layer 7
+  // (only the last few tokens).
+  std::vector<float> full(static_cast<size_t>(n), 0.01f), windowed(static_cast<size_t>(n), 0.f);
+  full[2] = 1.f;
+  full[11] = 0.5f;
+  for (int64_t t = n - 4; t < n; ++t) windowed[static_cast<size_t>(t)] = 1.f;
+  for (const char* spec : {"query:7:0.2:drop:pool=0:words=0", "attn:7:0.2:drop"}) {
+    for (bool with_windows : {true, false}) {
+      HaltingConfig hc = HaltingConfig::parse(spec);
+      hc.protect_first = 0;
+      auto p = make_halting_policy(hc, L);
+      if (with_windows) p->set_layer_windows(windows);
+      p->begin(n, eligible);
+      std::vector<int32_t> h;
+      for (int layer = 0; layer <= 7; ++layer) {
+        const bool records = p->attention_rows(layer) > 0;
+        EXPECT_EQ(records, layer == (with_windows ? 5 : 7)) << spec << " layer " << layer;
+        LayerSignals s;
+        s.active = all;
+        if (records) s.attention_received = layer == 5 ? full : windowed;
+        h = p->observe(layer, s);
+        if (layer < 7) EXPECT_TRUE(h.empty()) << spec << " layer " << layer;
+      }
+      ASSERT_FALSE(h.empty()) << spec;
+      std::vector<int32_t> kept;
+      std::set_difference(all.begin(), all.end() - 1, h.begin(), h.end(), std::back_inserter(kept));
+      if (with_windows) {
+        EXPECT_TRUE(std::find(kept.begin(), kept.end(), 2) != kept.end()) << spec;
+        EXPECT_TRUE(std::find(kept.begin(), kept.end(), 11) != kept.end()) << spec;
+      } else {
+        EXPECT_TRUE(std::find(kept.begin(), kept.end(), 2) == kept.end()) << spec;
+      }
+    }
+  }
+}
+
 TEST(Halting, F16CacheRunsBothKvModesCloseToF32) {
   // An f16 KV cache in both KV modes: drop leaves the halted tokens' slots out exactly as with
   // f32, retain stores their projections rounded to f16, the logits stay close to the f32

@@ -64,11 +64,15 @@ class HaltingPolicy {
   // Before begin(): word_starts[t] is 1 where token t of the segment begins a word (empty: every
   // token is a word), for the policies that keep whole words.
   void set_word_starts(std::vector<uint8_t> w) { word_starts_ = std::move(w); }
+  // Before begin(): windows[l] is layer l's sliding attention window (0: it sees every earlier
+  // key; empty: every layer does).
+  void set_layer_windows(std::vector<int> windows) { layer_windows_ = std::move(windows); }
 
  protected:
   std::vector<uint8_t> eligible_;
   int64_t query_rows_ = 0;
   std::vector<uint8_t> word_starts_;
+  std::vector<int> layer_windows_;
 };
 
 // A policy as the registry knows it.

@@ -160,6 +160,9 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
   if (policy) {
     policy->set_query_rows(opt.query_rows);
     policy->set_word_starts(opt.word_starts);
+    std::vector<int> windows(static_cast<size_t>(L));
+    for (int il = 0; il < L; ++il) windows[static_cast<size_t>(il)] = hp.layer_window(il);
+    policy->set_layer_windows(std::move(windows));
     policy->begin(n, eligible);
   }
   HaltingTrace* tr = opt.trace;

@@ -18,12 +18,34 @@ void RankedPolicy::begin(int64_t n_tokens, std::span<const uint8_t> eligible) {
   next_ = 0;
   prev_top_.clear();
   decided_.clear();
+  attention_.clear();
 }
 
 bool RankedPolicy::ranks_at(int layer) const {
   if (next_ >= stages_.size()) return false;
   if (next_ == 0 && cfg_.decide == DecideRule::Stable) return layer >= cfg_.min_layer && layer <= stages_[0].layer;
   return layer == stages_[next_].layer;
+}
+
+int RankedPolicy::attention_source(int layer) const {
+  const auto full = [&](int l) { return static_cast<size_t>(l) >= layer_windows_.size() || layer_windows_[static_cast<size_t>(l)] == 0; };
+  for (int l = layer; l >= 0; --l) {
+    if (full(l)) return l;
+  }
+  return layer;  // no full layer before it: its own window is all there is
+}
+
+int RankedPolicy::attention_rows_for(int layer, int rows) const {
+  // Rankings come at this layer or later (at most the last stage's layer).
+  for (int l = layer; l <= stages_.back().layer; ++l) {
+    if (ranks_at(l) && attention_source(l) == layer) return rows;
+  }
+  return 0;
+}
+
+std::span<const float> RankedPolicy::ranking_attention(int layer, const LayerSignals& s) {
+  if (attention_rows_for(layer, 1) > 0) attention_.assign(s.attention_received.begin(), s.attention_received.end());
+  return attention_;
 }
 
 std::vector<int32_t> RankedPolicy::observe(int layer, const LayerSignals& s) {

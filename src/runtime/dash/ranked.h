@@ -7,6 +7,7 @@
 // layer at the latest.
 #pragma once
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,16 @@ class RankedPolicy : public HaltingPolicy {
   // are kept until at least n_keep tokens are.
   int64_t group_words(std::vector<std::pair<float, int32_t>>& cand, int64_t n_keep) const;
 
+  // The rankings by attention (attn, query) read the attention of the latest layer at or before
+  // the ranking layer that sees every earlier key: a sliding-window layer's rows see only their
+  // window, so on models that interleave windowed and full layers (Gemma 3) a token further back
+  // than the window would rank last whatever the query asks. attention_rows_for: `rows` at the
+  // layers whose attention an upcoming ranking reads, else 0. ranking_attention: called in
+  // observe() at every layer; keeps what such a layer recorded and returns, per token of the
+  // segment, the attention that the ranking at this layer reads.
+  int attention_rows_for(int layer, int rows) const;
+  std::span<const float> ranking_attention(int layer, const LayerSignals& s);
+
   HaltingConfig cfg_;
 
  private:
@@ -53,6 +64,9 @@ class RankedPolicy : public HaltingPolicy {
   int64_t n_eligible_ = 0;        // at the start of the prefill
   std::vector<int32_t> prev_top_; // decide=stable: the previous layer's top set, ascending
   std::vector<int> decided_;      // the layers of the decisions taken
+  std::vector<float> attention_;  // attention recorded at the last source layer
+  // The layer whose attention the ranking at `layer` reads (see attention_rows_for).
+  int attention_source(int layer) const;
 };
 
 // The settings every ranked policy reads: decision layer and keep fraction (spec fields

@@ -1,5 +1,6 @@
 // attn (attention-score pruning, the FastV/LazyLLM family): at the decision layer the tokens that
-// the segment's last attn_queries rows pay the most attention stay active.
+// the segment's last attn_queries rows pay the most attention stay active (the attention of the
+// latest layer up to it that sees every earlier key: RankedPolicy::ranking_attention).
 #include "runtime/dash/ranked.h"
 
 namespace dashlm {
@@ -9,7 +10,12 @@ namespace {
 class AttnPolicy final : public RankedPolicy {
  public:
   using RankedPolicy::RankedPolicy;
-  int attention_rows(int layer) const override { return ranks_at(layer) ? cfg_.attn_queries : 0; }
+  int attention_rows(int layer) const override { return attention_rows_for(layer, cfg_.attn_queries); }
+  std::vector<int32_t> observe(int layer, const LayerSignals& s) override {
+    LayerSignals r = s;
+    r.attention_received = ranking_attention(layer, s);
+    return RankedPolicy::observe(layer, r);
+  }
 
  private:
   float score(size_t i, const LayerSignals& s) const override { return s.attention_received[static_cast<size_t>(s.active[i])]; }

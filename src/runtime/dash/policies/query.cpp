@@ -1,5 +1,7 @@
 // query (query-aware halting, in the spirit of GemFilter, FastKV and LazyLLM): at the decision
-// layer the document tokens that the query's rows pay the most attention stay active. A token's
+// layer the document tokens that the query's rows pay the most attention stay active (the
+// attention of the latest layer up to it that sees every earlier key: on Gemma 3 a sliding-window
+// decision layer ranks by the full layer before it). A token's
 // score is the largest attention received within `pool` tokens on either side, so that a fact's
 // neighbouring tokens stay together; with mix > 0 the score's rank is mixed with the rank of the
 // token's delta (DASH's signal). With words > 0 whole words are ranked (by their best token) and
@@ -22,21 +24,20 @@ class QueryPolicy final : public RankedPolicy {
  public:
   using RankedPolicy::RankedPolicy;
   int attention_rows(int layer) const override {
-    if (!ranks_at(layer)) return 0;
-    return query_rows_ > 0 ? static_cast<int>(query_rows_) : cfg_.attn_queries;
+    return attention_rows_for(layer, query_rows_ > 0 ? static_cast<int>(query_rows_) : cfg_.attn_queries);
   }
   bool wants_signal(int layer) const override { return ranks_at(layer) && cfg_.mix > 0; }
 
   std::vector<int32_t> observe(int layer, const LayerSignals& s) override {
+    const std::span<const float> att = ranking_attention(layer, s);
     if (!ranks_at(layer)) return {};
-    const size_t n = s.attention_received.size();
+    const size_t n = att.size();
     // Attention received, max-pooled over the neighbourhood.
     std::vector<float> pooled(n, 0.f);
     const auto r = static_cast<size_t>(std::max(0, cfg_.pool));
     for (size_t t = 0; t < n; ++t) {
       const size_t lo = t >= r ? t - r : 0, hi = std::min(n - 1, t + r);
-      pooled[t] = *std::max_element(s.attention_received.begin() + static_cast<std::ptrdiff_t>(lo),
-                                    s.attention_received.begin() + static_cast<std::ptrdiff_t>(hi) + 1);
+      pooled[t] = *std::max_element(att.begin() + static_cast<std::ptrdiff_t>(lo), att.begin() + static_cast<std::ptrdiff_t>(hi) + 1);
     }
     score_.assign(s.active.size(), 0.f);
     for (size_t i = 0; i < s.active.size(); ++i) score_[i] = pooled[static_cast<size_t>(s.active[i])];
