@@ -98,6 +98,7 @@ struct CudaEngine::Impl final : LayerExecutor {
   int64_t cap = 0;
   DBuf<float> x, x_act, qkv, u, x_in, d_delta, d_norm_x, recv;
   DBuf<float> decode_ws;  // cu::attention_decode's partial results
+  DBuf<float> recv_ws;    // cu::attention_received's log-sum-exps
   DBuf<bf16> xn, q, attn, gu, h;
   DBuf<bf16> k_dense, v_dense;  // drop mode: the valid cache slots packed, for the dense attention
   DBuf<int32_t> dense_slots;
@@ -287,8 +288,9 @@ struct CudaEngine::Impl final : LayerExecutor {
     if (io.attn_rows > 0) {
       const int64_t r = std::min<int64_t>(io.attn_rows, n);
       recv.reserve(static_cast<size_t>(n_ctx));
+      recv_ws.reserve(cu::attention_received_workspace(ap, r));
       cu::attention_received(q.get() + static_cast<size_t>((n - r) * qd), io.pos + (n - r), r, k_layer(il), n_kv,
-                             valid_mask(il), ap, recv.get());
+                             valid_mask(il), ap, recv.get(), recv_ws.get(), recv_ws.size());
       std::fill(io.attn_received, io.attn_received + n_ctx, 0.f);
       recv.download(io.attn_received, static_cast<size_t>(n_kv));
     }

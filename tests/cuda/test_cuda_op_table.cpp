@@ -937,8 +937,9 @@ Report run_attention_received(Rng& rng, const AttnSpec& s) {
   Dev<int32_t> dpos(d.pos);
   Dev<uint8_t> dvalid(d.valid);
   Dev<float> out(ref.size());
+  Dev<float> ws(cu::attention_received_workspace(d.gp, rows));
   cu::attention_received(dq.get() + i0 * d.qs, dpos.get() + i0, rows, dk.get(), s.n_kv, d.masked ? dvalid.get() : nullptr, d.gp,
-                         out.get());
+                         out.get(), ws.get(), ws.size());
   Report r;
   r.checks.push_back(check_f32("received", out, ref, kF32Softmax));
   return r;

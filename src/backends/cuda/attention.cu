@@ -384,35 +384,112 @@ __global__ void k_attn_simple(FlashArgs a, int hd) {
 
 // --- attention received: one block per (query row, head) -----------------------------------------
 
-__global__ void k_attn_received(FlashArgs a, int hd, float* out) {
+// The attention each key slot receives from a few query rows, summed over rows and heads, in two
+// passes. k_recv_lse: one CTA per (row, head); each warp takes every fourth visible key, its lanes
+// split the head's dimensions, and the warps' running (max, sum) give the row's log-sum-exp
+// (natural log, scaled scores; +inf for a row that sees no key, so that it adds nothing).
+constexpr int kRecvWarps = 4;
+
+__global__ void __launch_bounds__(kRecvWarps * 32) k_recv_lse(FlashArgs a, int hd, float* lse) {
   __shared__ float sq[kSimpleMaxHd];
-  __shared__ float red[32];
+  __shared__ float sm[kRecvWarps], ss[kRecvWarps];
   const int64_t i = blockIdx.x;
   const int h = blockIdx.y, kvh = h / a.group;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t p = a.q_pos[i];
   const int64_t hi = dmin(p, a.n_kv - 1);
   const int64_t lo = a.window > 0 ? dmax(0, p - a.window + 1) : 0;
   const float scale = a.scale_log2 / 1.4426950408889634f;
   for (int d = threadIdx.x; d < hd; d += blockDim.x) sq[d] = __bfloat162float(a.q[i * a.q_stride + static_cast<int64_t>(h) * hd + d]) * scale;
   __syncthreads();
-  auto score = [&](int64_t j) {
+  float m = -INFINITY, sum = 0.f;
+  for (int64_t j = lo + warp; j <= hi; j += kRecvWarps) {
+    if (a.valid && !a.valid[j]) continue;  // the same j in every lane: the warp stays together
     const nvbf16* kr = a.k + j * a.kv_stride + static_cast<int64_t>(kvh) * hd;
-    float acc = 0.f;
-    for (int d = 0; d < hd; ++d) acc += sq[d] * __bfloat162float(kr[d]);
-    return acc;
-  };
-  float mx = -INFINITY;
-  for (int64_t j = lo + threadIdx.x; j <= hi; j += blockDim.x)
-    if (!a.valid || a.valid[j]) mx = fmaxf(mx, score(j));
-  mx = detail::block_max(mx, red);
-  if (mx == -INFINITY) return;
-  float sum = 0.f;
-  for (int64_t j = lo + threadIdx.x; j <= hi; j += blockDim.x)
-    if (!a.valid || a.valid[j]) sum += __expf(score(j) - mx);
-  sum = detail::block_sum(sum, red);
-  const float inv = 1.f / sum;
-  for (int64_t j = lo + threadIdx.x; j <= hi; j += blockDim.x)
-    if (!a.valid || a.valid[j]) atomicAdd(out + j, __expf(score(j) - mx) * inv);
+    float t = 0.f;
+    for (int d = lane; d < hd; d += 32) t = fmaf(sq[d], __bfloat162float(kr[d]), t);
+    t = detail::warp_sum(t);
+    if (t > m) {
+      sum = sum * __expf(m - t) + 1.f;  // m = -inf: 0
+      m = t;
+    } else {
+      sum += __expf(t - m);
+    }
+  }
+  if (lane == 0) {
+    sm[warp] = m;
+    ss[warp] = sum;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float mx = -INFINITY;
+    for (int w = 0; w < kRecvWarps; ++w) mx = fmaxf(mx, sm[w]);
+    float tot = 0.f;
+    if (mx != -INFINITY)
+      for (int w = 0; w < kRecvWarps; ++w) tot += sm[w] == -INFINITY ? 0.f : ss[w] * __expf(sm[w] - mx);
+    lse[i * a.n_head + h] = mx == -INFINITY ? INFINITY : mx + __logf(tot);
+  }
+}
+
+// k_recv_add: one CTA per (tile of kRecvKeys keys, KV head). The tile's keys sit in shared memory
+// (rows padded so that the lanes of a warp, one key each, read different banks); the query
+// vectors of the KV head's group (row, head) come in batches of kRecvBatch, and each thread sums
+// exp(score - lse) for its key over a quarter of them. The quarters are added up and each key gets
+// one atomicAdd per KV head.
+constexpr int kRecvKeys = 64, kRecvBatch = 8, kRecvThreads = 256, kRecvLanes = kRecvThreads / kRecvKeys;
+
+__global__ void __launch_bounds__(kRecvThreads) k_recv_add(FlashArgs a, int hd, const float* lse, float* out) {
+  __shared__ nvbf16 ks[kRecvKeys * (kSimpleMaxHd + 2)];
+  __shared__ float qs[kRecvBatch][kSimpleMaxHd];
+  __shared__ float part[kRecvLanes][kRecvKeys];
+  const int stride = hd + 2;
+  const int kvh = blockIdx.y;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kRecvKeys;
+  const int kk = threadIdx.x % kRecvKeys, vs = threadIdx.x / kRecvKeys;
+  const int64_t j = j0 + kk;
+  for (int e = threadIdx.x; e < kRecvKeys * hd; e += kRecvThreads) {
+    const int r = e / hd, d = e % hd;
+    const int64_t jj = j0 + r;
+    ks[r * stride + d] = jj < a.n_kv ? a.k[jj * a.kv_stride + static_cast<int64_t>(kvh) * hd + d] : __float2bfloat16_rn(0.f);
+  }
+  const float scale = a.scale_log2 / 1.4426950408889634f;
+  const int n_vec = static_cast<int>(a.n_q) * a.group;
+  const bool key_ok = j < a.n_kv && (!a.valid || a.valid[j]);
+  float acc = 0.f;
+  for (int v0 = 0; v0 < n_vec; v0 += kRecvBatch) {
+    __syncthreads();  // ks is written (first batch), qs is free (later ones)
+    for (int e = threadIdx.x; e < kRecvBatch * hd; e += kRecvThreads) {
+      const int b = e / hd, d = e % hd, v = v0 + b;
+      float x = 0.f;
+      if (v < n_vec) {
+        const int64_t r = v / a.group;
+        const int h = kvh * a.group + v % a.group;
+        x = __bfloat162float(a.q[r * a.q_stride + static_cast<int64_t>(h) * hd + d]) * scale;
+      }
+      qs[b][d] = x;
+    }
+    __syncthreads();
+    if (!key_ok) continue;
+    for (int b = vs; b < kRecvBatch; b += kRecvLanes) {
+      const int v = v0 + b;
+      if (v >= n_vec) break;
+      const int64_t r = v / a.group;
+      const int h = kvh * a.group + v % a.group;
+      const int64_t p = a.q_pos[r];
+      if (j > p || (a.window > 0 && p - j >= a.window)) continue;
+      const nvbf16* kr = ks + kk * stride;
+      float t = 0.f;
+      for (int d = 0; d < hd; ++d) t = fmaf(qs[b][d], __bfloat162float(kr[d]), t);
+      acc += __expf(t - lse[r * a.n_head + h]);  // lse = +inf: 0
+    }
+  }
+  part[vs][kk] = acc;
+  __syncthreads();
+  if (vs == 0 && key_ok) {
+    float tot = 0.f;
+    for (int l = 0; l < kRecvLanes; ++l) tot += part[l][kk];
+    if (tot > 0.f) atomicAdd(out + j, tot);
+  }
 }
 
 // out = softmax-weighted merge of two partial attentions over disjoint key sets: out (with lse,
@@ -470,7 +547,7 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
 template <int HD, int QV>
 __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   const FlashArgs& a = da.f;
-  constexpr int U = QV <= 4 ? 4 : 2;  // keys per lane group and iteration (registers: QV * U scores)
+  constexpr int U = 4;  // keys per lane group and iteration (registers: QV * U scores)
   constexpr int LPK = HD / 8;     // lanes per key
   constexpr int KPW = 32 / LPK;   // keys per warp step
   constexpr int STEP = KPW * kDecodeWarps * U;
@@ -741,13 +818,22 @@ void attention_merge(bf16* out, const float* lse, const bf16* part, const float*
   DASHLM_CUDA_LAUNCHED("attention_merge");
 }
 
+size_t attention_received_workspace(const AttentionParams& p, int64_t n_q) {
+  return static_cast<size_t>(std::max<int64_t>(n_q, 0)) * static_cast<size_t>(p.n_head);
+}
+
 void attention_received(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, int64_t n_kv,
-                        const uint8_t* kv_valid, const AttentionParams& p, float* out) {
+                        const uint8_t* kv_valid, const AttentionParams& p, float* out, float* workspace, size_t workspace_floats) {
   fill_bytes(out, 0, static_cast<size_t>(n_kv) * sizeof(float));
-  if (n_q <= 0) return;
+  if (n_q <= 0 || n_kv <= 0) return;
+  if (!workspace || workspace_floats < attention_received_workspace(p, n_q)) detail::raise_error("attention_received: workspace too small");
   const FlashArgs a = make_args(q, q_pos, n_q, k, k, n_kv, kv_valid, p, nullptr);
-  dim3 grid(static_cast<unsigned>(n_q), static_cast<unsigned>(p.n_head));
-  k_attn_received<<<grid, 256, 0, stream()>>>(a, p.head_dim, out);
+  if (n_q > 0x7fffffffLL || (n_kv + kRecvKeys - 1) / kRecvKeys > 0x7fffffffLL) detail::raise_error("attention_received: too many rows or keys");
+  k_recv_lse<<<dim3(static_cast<unsigned>(n_q), static_cast<unsigned>(p.n_head)), kRecvWarps * 32, 0, stream()>>>(a, p.head_dim,
+                                                                                                                   workspace);
+  DASHLM_CUDA_LAUNCHED("attention_received (log-sum-exp)");
+  const dim3 grid(static_cast<unsigned>((n_kv + kRecvKeys - 1) / kRecvKeys), static_cast<unsigned>(p.n_head_kv));
+  k_recv_add<<<grid, kRecvThreads, 0, stream()>>>(a, p.head_dim, workspace, out);
   DASHLM_CUDA_LAUNCHED("attention_received");
 }
 

@@ -263,9 +263,11 @@ void set_dense_attention_enabled(bool on);
 std::string dense_attention_stats();
 
 // For each key slot, the attention it receives from the n_q query rows, summed over rows and heads
-// (softmax probabilities). out: n_kv floats (device), overwritten.
+// (softmax probabilities). out: n_kv floats (device), overwritten. workspace: at least
+// attention_received_workspace(p, n_q) floats (device; each row's log-sum-exp per head).
+size_t attention_received_workspace(const AttentionParams& p, int64_t n_q);
 void attention_received(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, int64_t n_kv,
-                        const uint8_t* kv_valid, const AttentionParams& p, float* out);
+                        const uint8_t* kv_valid, const AttentionParams& p, float* out, float* workspace, size_t workspace_floats);
 
 // --- GEMM (cuBLASLt) ---------------------------------------------------------------------------
 
