@@ -6,6 +6,12 @@
 //
 //   dashlm_cuda_bench [--models llama8b,qwen7b] [--lengths 4096,8192,...] [--reps 3] [--json FILE]
 //                     [--no-dash] [--no-kernels] [--own-attention] [--stages T]
+//                     [--dash-spec SPEC]... [--dash-at T1,T2,...] [--query-rows N]
+//
+// --dash-spec adds a table of halting settings (the spec grammar of `dashlm run --halting`, e.g.
+// query:0.4:0.1:drop) against full prefill at the --dash-at lengths, alternating, with each
+// setting's FLOP-model speedup; a policy that reads the query ranks by the last --query-rows
+// tokens of the random prompt (default 64), which never halt.
 //
 // The models' dense attention runs through cuDNN when it is found (cu::attention_dense), else,
 // or with --own-attention, through dashlm's own kernel; the kernel table times both.
@@ -28,6 +34,7 @@
 
 #include "backends/cuda/cuda_ops.h"
 #include "common/stats.h"
+#include "runtime/dash/policy.h"
 #include "runtime/engine_cuda.h"
 #if DASHLM_HAVE_CUPTI
 #include "kernel_trace.h"
@@ -216,6 +223,63 @@ HaltingConfig dash_topk(KVMode kv) {
   hc.keep = 1.0 / 3.0;
   hc.kv = kv;
   return hc;
+}
+
+// Halting settings given as specs against full prefill at one length: per pass full prefill then
+// each setting (alternating), medians of `reps` passes; the FLOP-model speedup from one traced run
+// of each setting.
+json dash_settings(CudaEngine& e, const HParams& hp, int64_t T, const std::vector<HaltingConfig>& specs, int64_t query_rows,
+                   int reps) {
+  const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, static_cast<uint32_t>(T));
+  auto options = [&](const HaltingConfig& hc) {
+    PrefillOptions po;
+    po.halting = &hc;
+    const PolicyInfo* info = find_halting_policy(hc.policy);
+    po.query_rows = info && info->reads_query ? std::min(query_rows, T - 1) : 0;
+    return po;
+  };
+  std::vector<double> flop(specs.size());
+  for (size_t s = 0; s < specs.size(); ++s) {
+    HaltingTrace tr;
+    PrefillOptions po = options(specs[s]);
+    po.trace = &tr;
+    po.trace_deltas = false;
+    e.reset();
+    e.prefill(toks, po);  // also the first call of the setting (plans, buffers)
+    flop[s] = tr.flops_full / tr.flops_done;
+  }
+  e.reset();
+  e.prefill(toks);
+  std::vector<double> full;
+  std::vector<std::vector<double>> ms(specs.size());
+  for (int pass = 0; pass < reps; ++pass) {
+    full.push_back(time_ms(1, false, [&] {
+      e.reset();
+      e.prefill(toks);
+    }));
+    for (size_t s = 0; s < specs.size(); ++s) {
+      const PrefillOptions po = options(specs[s]);
+      ms[s].push_back(time_ms(1, false, [&] {
+        e.reset();
+        e.prefill(toks, po);
+      }));
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double full_ms = median(full);
+  json rows = json::array();
+  for (size_t s = 0; s < specs.size(); ++s) {
+    const double m = median(ms[s]);
+    std::printf("| %ld | %s | %.1f | %.1f | %.2fx | %.2fx | %.0f%% |\n", static_cast<long>(T), specs[s].spec().c_str(), full_ms, m,
+                full_ms / m, flop[s], 100.0 * (full_ms / m) / flop[s]);
+    rows.push_back({{"T", T}, {"spec", specs[s].spec()}, {"full_ms", full_ms}, {"ms", m}, {"speedup", full_ms / m},
+                    {"flop_speedup", flop[s]}, {"query_rows", options(specs[s]).query_rows}});
+  }
+  std::fflush(stdout);
+  return rows;
 }
 
 // Decoding after a prompt of T tokens: one prefill, then n steps replayed from the CUDA graph in
@@ -442,6 +506,9 @@ int main(int argc, char** argv) {
   std::vector<int64_t> decode_at;
   bool prefill_table = true;
   int64_t trace_T = 0;
+  std::vector<HaltingConfig> dash_specs;
+  std::vector<int64_t> dash_at;
+  int64_t query_rows = 64;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -463,8 +530,17 @@ int main(int argc, char** argv) {
     else if (a == "--decode-at") decode_at = parse_list(next());
     else if (a == "--no-prefill") prefill_table = false;
     else if (a == "--kernel-trace") trace_T = std::stoll(next());
+    else if (a == "--dash-spec") {
+      try {
+        dash_specs.push_back(HaltingConfig::parse(next()));
+      } catch (const std::exception& ex) {
+        std::fprintf(stderr, "error: --dash-spec: %s\n", ex.what());
+        return 2;
+      }
+    } else if (a == "--dash-at") dash_at = parse_list(next());
+    else if (a == "--query-rows") query_rows = std::stoll(next());
     else {
-      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)] [--decode N (0: off)] [--decode-at T1,T2,... (default: the first length)] [--no-prefill] [--kernel-trace T]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)] [--decode N (0: off)] [--decode-at T1,T2,... (default: the first length)] [--no-prefill] [--kernel-trace T] [--dash-spec SPEC]... [--dash-at T1,...] [--query-rows N]\n", argv[0]);
       return 2;
     }
   }
@@ -591,6 +667,8 @@ int main(int argc, char** argv) {
     if (decode_n > 0 && decode_at.empty()) decode_at = {lengths.front()};
     int64_t max_len = prefill_table ? *std::max_element(lengths.begin(), lengths.end()) : 0;
     if (decode_n > 0) max_len = std::max(max_len, *std::max_element(decode_at.begin(), decode_at.end()) + kDecodePasses * (decode_n + 2));
+    if (!dash_specs.empty() && dash_at.empty()) dash_at = {lengths.back()};
+    if (!dash_specs.empty()) max_len = std::max(max_len, *std::max_element(dash_at.begin(), dash_at.end()));
     if (stages_T > 0) {
       std::printf("## %s shape: one layer's stages alone\n\n", name.c_str());
       out["stages_" + name] = stage_breakdown(hp, stages_T, gemm_tflops);
@@ -670,6 +748,17 @@ int main(int argc, char** argv) {
                   full_cold_ms, row.value("retain_first_ms", 0.0), row.value("drop_first_ms", 0.0));
       std::fflush(stdout);
       jm.push_back({{"model", name}, {"row", row}});
+    }
+    if (!dash_specs.empty()) {
+      for (const HaltingConfig& hc : dash_specs) hc.validate(hp.n_layer);
+      std::printf("DASH settings against full prefill, %s shape (medians of %d alternating passes; query rows %ld)\n\n", name.c_str(),
+                  reps, static_cast<long>(query_rows));
+      std::printf("| T | setting | full ms | DASH ms | speedup | FLOP-model speedup | measured / model |\n|---|---|---|---|---|---|---|\n");
+      json jd = json::array();
+      for (int64_t T : dash_at)
+        for (auto& row : dash_settings(e, hp, T, dash_specs, query_rows, reps)) jd.push_back(row);
+      out["dash_settings_" + name] = jd;
+      std::printf("\n");
     }
     std::printf("\n%s\n\n", cu::dense_attention_stats().c_str());
     if (decode_n > 0) {
