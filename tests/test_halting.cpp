@@ -114,6 +114,45 @@ TEST(Halting, ChunkedLayersEqualOneChunk) {
   }
 }
 
+TEST(Halting, FullPrefillInPiecesEqualsLayerByLayer) {
+  // A full prefill with nothing that reads the whole segment runs as consecutive pieces of at most
+  // the chunk size (prefill_segment); a traced one runs the whole segment layer by layer. The
+  // pieces split where the layers' own chunks would, so the logits, every cache slot and the
+  // tokens decoded after it are bit-identical, with the f32 and the f16 cache.
+  const Model& m = stories();
+  const auto toks = prompt_tokens();
+  const auto n = static_cast<int64_t>(toks.size());
+  ASSERT_GT(n, 30);
+  for (cpu::KvType kv : {cpu::KvType::F32, cpu::KvType::F16}) {
+    Engine pieces(m, n + 8, kv), whole(m, n + 8, kv);
+    pieces.set_chunk_rows(7);
+    whole.set_chunk_rows(7);
+    ForwardStats stats;
+    const std::vector<float> a = pieces.prefill(toks, {}, &stats);
+    HaltingTrace tr;
+    PrefillOptions traced;
+    traced.trace = &tr;
+    const std::vector<float> b = whole.prefill(toks, traced);
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+    EXPECT_EQ(stats.n_tokens, n);
+    EXPECT_EQ(static_cast<int>(stats.layer_ms.size()), m.hp().n_layer);
+    for (int il = 0; il < m.hp().n_layer; ++il) {
+      const auto i = static_cast<size_t>(il);
+      if (kv == cpu::KvType::F32) {
+        EXPECT_EQ(pieces.cache().k[i], whole.cache().k[i]) << "layer " << il;
+        EXPECT_EQ(pieces.cache().v[i], whole.cache().v[i]) << "layer " << il;
+      } else {
+        EXPECT_EQ(pieces.cache().k16[i], whole.cache().k16[i]) << "layer " << il;
+        EXPECT_EQ(pieces.cache().v16[i], whole.cache().v16[i]) << "layer " << il;
+      }
+    }
+    EXPECT_EQ(pieces.n_past(), whole.n_past());
+    const std::vector<float> da = pieces.decode(5), db = whole.decode(5);
+    EXPECT_EQ(0, std::memcmp(da.data(), db.data(), da.size() * sizeof(float)));
+  }
+}
+
 TEST(Halting, TopkKeepsExactlyCeilKeepTimesEligible) {
   for (double keep : {0.1, 1.0 / 3.0, 0.5, 0.9}) {
     HaltingConfig hc = topk(keep);

@@ -88,6 +88,9 @@ class Engine final : public InferenceEngine, private LayerExecutor {
   const uint8_t* valid_slots(int il) const override { return cache_.valid_mask(il); }
   void read_hidden(float* out) override;
   void output_logits(int64_t first, int64_t n, float* out) override;
+  // A full prefill runs one chunk of rows at a time through every layer (the same chunks a
+  // layer would cut), so its hidden states are a chunk's, not the prompt's.
+  int64_t segment_rows() const override { return chunk_rows_; }
 
   // Float storage that is not zeroed (pages the engine never writes stay unmapped) and only
   // grows.

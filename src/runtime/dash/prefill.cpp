@@ -127,10 +127,10 @@ bool all_finite(const float* p, size_t n) {
        what);
 }
 
-}  // namespace
-
-std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::span<const int32_t> tokens, int64_t n_past,
-                                   int64_t n_ctx, const PrefillOptions& opt, ForwardStats* stats) {
+// The segment through every layer, layer by layer (see prefill_segment).
+// Without `logits` (a piece that is not the last) it returns no logits.
+std::vector<float> run_segment(LayerExecutor& ex, const HParams& hp, std::span<const int32_t> tokens, int64_t n_past,
+                               int64_t n_ctx, const PrefillOptions& opt, ForwardStats* stats, bool logits = true) {
   const int L = hp.n_layer;
   const int64_t d = hp.n_embd;
   const auto n = static_cast<int64_t>(tokens.size());
@@ -255,6 +255,15 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
   }
 
   const auto tlog = Clock::now();
+  if (!logits) {
+    if (stats) {
+      ex.synchronize();
+      stats->logits_ms = 0;
+      stats->n_tokens = n;
+      stats->total_ms = ms_since(t0);
+    }
+    return {};
+  }
   std::vector<float> last(static_cast<size_t>(hp.n_vocab));
   if (opt.logits_all) {
     const int64_t first = std::clamp<int64_t>(opt.logits_first, 0, n - 1);
@@ -271,6 +280,49 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
   }
   if (stats) {
     stats->logits_ms = ms_since(tlog);
+    stats->n_tokens = n;
+    stats->total_ms = ms_since(t0);
+  }
+  return last;
+}
+
+}  // namespace
+
+std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::span<const int32_t> tokens, int64_t n_past,
+                                   int64_t n_ctx, const PrefillOptions& opt, ForwardStats* stats) {
+  // A full prefill that nothing reads whole (no halting, trace, per-layer hidden states or
+  // logits of every row) runs in pieces of at most the executor's segment_rows() tokens, one
+  // after the other, each a segment after the cache that the pieces before it filled. Row for
+  // row it is the same arithmetic: the pieces split the segment where the executor's own row
+  // chunks would (equal parts), and a row sees the same keys. Only the hidden states of one
+  // piece exist at a time instead of the whole prompt's.
+  const auto n = static_cast<int64_t>(tokens.size());
+  const int64_t piece = ex.segment_rows();
+  const bool halting = opt.halting && opt.halting->enabled();
+  if (piece <= 0 || n <= piece || halting || opt.trace || opt.hidden_per_layer || opt.logits_all || opt.query_rows > 0) {
+    return run_segment(ex, hp, tokens, n_past, n_ctx, opt, stats);
+  }
+  check_tokens(tokens, n_past, n_ctx, hp.n_vocab);
+  const auto t0 = Clock::now();
+  const int64_t count = (n + piece - 1) / piece;
+  const int L = hp.n_layer;
+  PrefillOptions po;
+  po.trace_signal = opt.trace_signal;
+  ForwardStats part;
+  if (stats) stats->layer_ms.assign(static_cast<size_t>(L), 0.0);
+  std::vector<float> last;
+  for (int64_t c = 0; c < count; ++c) {
+    const int64_t i0 = n * c / count, i1 = n * (c + 1) / count;
+    if (opt.progress) po.progress = [&opt, c, L, count](int done, int) { opt.progress(static_cast<int>(c * L + done), static_cast<int>(count * L)); };
+    if (!opt.word_starts.empty()) po.word_starts.assign(opt.word_starts.begin() + i0, opt.word_starts.begin() + i1);
+    last = run_segment(ex, hp, tokens.subspan(static_cast<size_t>(i0), static_cast<size_t>(i1 - i0)), n_past + i0, n_ctx, po,
+                       stats ? &part : nullptr, c + 1 == count);
+    if (stats) {
+      for (int il = 0; il < L; ++il) stats->layer_ms[static_cast<size_t>(il)] += part.layer_ms[static_cast<size_t>(il)];
+      stats->logits_ms = part.logits_ms;
+    }
+  }
+  if (stats) {
     stats->n_tokens = n;
     stats->total_ms = ms_since(t0);
   }

@@ -125,11 +125,16 @@ class LayerExecutor {
   virtual void output_logits(int64_t first, int64_t n, float* out) = 0;
   // Waits for queued work (timing).
   virtual void synchronize() {}
+  // > 0: a full prefill that nothing reads whole may run as consecutive pieces of at most this
+  // many tokens (prefill_segment), so that only one piece's hidden states exist at a time; 0: the
+  // whole segment layer by layer.
+  virtual int64_t segment_rows() const { return 0; }
 };
 
 // Runs a segment of tokens at positions n_past .. n_past + T - 1 through every layer of a model of
 // hyperparameters hp, on `ex`, with halting when opt.halting enables it; returns the logits of
-// the last token. Throws for an empty segment, one that overflows n_ctx or a token outside the
+// the last token. A full prefill runs in pieces where the executor asks for them
+// (LayerExecutor::segment_rows). Throws for an empty segment, one that overflows n_ctx or a token outside the
 // vocabulary, and for logits that are not finite (naming the first layer whose hidden state is
 // not, found by running the segment again with a check after every layer).
 std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::span<const int32_t> tokens, int64_t n_past,
