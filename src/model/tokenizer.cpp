@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <limits>
 
 #include "common/error.h"
 
@@ -79,16 +80,44 @@ struct Tokenizer::SpecialIndex {
   }
 };
 
+void Tokenizer::Texts::assign(const std::vector<std::string>& texts) {
+  size_t total = 0;
+  for (const std::string& t : texts) total += t.size();
+  if (total > std::numeric_limits<uint32_t>::max()) fail("the vocabulary's texts take {} bytes (at most 4 GiB)", total);
+  chars_.clear();
+  chars_.reserve(total);
+  offsets_.clear();
+  offsets_.reserve(texts.size() + 1);
+  offsets_.push_back(0);
+  for (const std::string& t : texts) {
+    chars_ += t;
+    offsets_.push_back(static_cast<uint32_t>(chars_.size()));
+  }
+}
+
+std::string_view Tokenizer::Texts::at(size_t i) const {
+  if (i >= size()) throw std::out_of_range("token id out of range");
+  return (*this)[i];
+}
+
+std::string Tokenizer::byte_token_piece(std::string_view text) {
+  if (text.size() == 6 && text.substr(0, 3) == "<0x" && std::isxdigit(static_cast<unsigned char>(text[3])) &&
+      std::isxdigit(static_cast<unsigned char>(text[4])) && text[5] == '>') {
+    return std::string(1, static_cast<char>(std::stoi(std::string(text.substr(3, 2)), nullptr, 16)));
+  }
+  return std::string(text);
+}
+
 void Tokenizer::init_common(const Metadata& meta) {
   model_ = meta.get_string("tokenizer.ggml.model").value_or("");
   auto tokens = meta.get_string_array("tokenizer.ggml.tokens");
   if (!tokens || tokens->empty()) fail("the model has no vocabulary (tokenizer.ggml.tokens is missing)");
-  tokens_ = std::move(*tokens);
-  const size_t n = tokens_.size();
-
+  const size_t n = tokens->size();
   // Empty texts get a placeholder, as in llama.cpp.
   for (size_t i = 0; i < n; ++i)
-    if (tokens_[i].empty()) tokens_[i] = "[EMPTY_" + std::to_string(i) + "]";
+    if ((*tokens)[i].empty()) (*tokens)[i] = "[EMPTY_" + std::to_string(i) + "]";
+  tokens_.assign(*tokens);
+  tokens.reset();
 
   scores_.assign(n, 0.0f);
   if (auto scores = meta.get_float_array("tokenizer.ggml.scores")) {
@@ -116,7 +145,7 @@ void Tokenizer::init_common(const Metadata& meta) {
   } else {
     // No types in the file: byte tokens are still recognisable by their text (for decoding).
     for (size_t i = 0; i < n; ++i) {
-      const std::string& t = tokens_[i];
+      const std::string_view t = tokens_[i];
       if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::isxdigit(static_cast<unsigned char>(t[3])) &&
           std::isxdigit(static_cast<unsigned char>(t[4]))) {
         types_[i] = TokenType::BYTE;
@@ -192,7 +221,7 @@ void Tokenizer::init_common(const Metadata& meta) {
   });
   index->nodes.emplace_back();
   for (size_t r = 0; r < index->order.size(); ++r) {
-    const std::string& t = tokens_[static_cast<size_t>(index->order[r])];
+    const std::string_view t = tokens_[static_cast<size_t>(index->order[r])];
     index->insert(t, static_cast<int32_t>(r));
     index->first_byte[static_cast<uint8_t>(t[0])] = true;
   }

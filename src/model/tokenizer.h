@@ -53,7 +53,7 @@ class Tokenizer {
   bool add_space_prefix() const { return add_space_prefix_; }
   int32_t unk() const { return unk_; }  // -1 if none
   bool is_end_of_generation(int32_t id) const;  // EOS, EOT, <|im_end|>, <end_of_turn>, ...
-  const std::string& token_text(int32_t id) const { return tokens_.at(static_cast<size_t>(id)); }
+  std::string_view token_text(int32_t id) const { return tokens_.at(static_cast<size_t>(id)); }
   TokenType token_type(int32_t id) const;
   int32_t find_token(std::string_view text) const;  // -1 if not in the vocabulary
   const std::string& model_name() const { return model_; }  // "llama" or "gpt2"
@@ -82,8 +82,25 @@ class Tokenizer {
   uint32_t attr(int32_t id) const { return attrs_[static_cast<size_t>(id)]; }
 
 
+  // Token texts in one buffer: a vocabulary of 262k tokens held as std::string costs 8 MiB in
+  // string headers alone.
+  class Texts {
+   public:
+    void assign(const std::vector<std::string>& texts);
+    size_t size() const { return offsets_.empty() ? 0 : offsets_.size() - 1; }
+    std::string_view operator[](size_t i) const { return {chars_.data() + offsets_[i], offsets_[i + 1] - offsets_[i]}; }
+    std::string_view at(size_t i) const;  // throws std::out_of_range
+
+   private:
+    std::string chars_;
+    std::vector<uint32_t> offsets_;  // size() + 1
+  };
+
+  // A byte token's piece: "<0xNN>" is that byte; another text is itself.
+  static std::string byte_token_piece(std::string_view text);
+
   std::string model_, pre_;
-  std::vector<std::string> tokens_;
+  Texts tokens_;
   std::vector<TokenType> types_;
   std::vector<float> scores_;
   std::vector<uint32_t> attrs_;

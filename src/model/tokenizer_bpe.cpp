@@ -143,8 +143,8 @@ class BpeTokenizer final : public Tokenizer {
   std::string token_to_piece(int32_t id) const override {
     if (id < 0 || id >= n_vocab()) fail("token id {} is out of range (vocabulary of {})", id, n_vocab());
     const uint32_t a = attr(id);
-    const std::string& text = tokens_[static_cast<size_t>(id)];
-    if (a & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED)) return text;
+    const std::string_view text = tokens_[static_cast<size_t>(id)];
+    if (a & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED)) return std::string(text);
     if (a & ATTR_NORMAL) {
       // Undo the byte -> code point map; a code point outside it stays as it is.
       std::string out;
@@ -159,11 +159,7 @@ class BpeTokenizer final : public Tokenizer {
       }
       return out;
     }
-    if (a & ATTR_BYTE) {
-      if (text.size() == 6 && text.compare(0, 3, "<0x") == 0)
-        return std::string(1, static_cast<char>(std::stoi(text.substr(3, 2), nullptr, 16)));
-      return text;
-    }
+    if (a & ATTR_BYTE) return byte_token_piece(text);
     return "";
   }
 

@@ -37,7 +37,8 @@ class SpmTokenizer final : public Tokenizer {
     // GGUF vocabularies write spaces as U+2581. A vocabulary with plain spaces and no U+2581
     // (a llama.cpp-style conversion that did not escape them) is matched with plain spaces.
     bool has_marker = false, has_space = false;
-    for (const auto& t : tokens_) {
+    for (size_t i = 0; i < tokens_.size(); ++i) {
+      const std::string_view t = tokens_[i];
       has_marker = has_marker || t.find(k_space_marker) != std::string::npos;
       has_space = has_space || t.find(' ') != std::string::npos;
     }
@@ -88,10 +89,10 @@ class SpmTokenizer final : public Tokenizer {
   std::string token_to_piece(int32_t id) const override {
     if (id < 0 || id >= n_vocab()) fail("token id {} is out of range (vocabulary of {})", id, n_vocab());
     const uint32_t a = attr(id);
-    const std::string& text = tokens_[static_cast<size_t>(id)];
-    if (a & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED)) return text;
+    const std::string_view text = tokens_[static_cast<size_t>(id)];
+    if (a & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED)) return std::string(text);
     if (a & ATTR_NORMAL) {
-      if (!escape_spaces_) return text;
+      if (!escape_spaces_) return std::string(text);
       std::string out;
       out.reserve(text.size());
       for (size_t i = 0; i < text.size();) {
@@ -104,11 +105,7 @@ class SpmTokenizer final : public Tokenizer {
       }
       return out;
     }
-    if (a & ATTR_BYTE) {
-      // "<0xNN>"
-      if (text.size() == 6) return std::string(1, static_cast<char>(std::stoi(text.substr(3, 2), nullptr, 16)));
-      return text;
-    }
+    if (a & ATTR_BYTE) return byte_token_piece(text);
     return "";  // unused / undefined tokens have no text
   }
 
