@@ -265,10 +265,6 @@ json dash_settings(CudaEngine& e, const HParams& hp, int64_t T, const std::vecto
       }));
     }
   }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
   const double full_ms = median(full);
   json rows = json::array();
   for (size_t s = 0; s < specs.size(); ++s) {

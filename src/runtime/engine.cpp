@@ -127,14 +127,6 @@ void Engine::Scratch::reserve(const HParams& hp, int64_t r, int64_t ff_slice) {
 
 namespace {
 
-// n rows cut into the fewest chunks of at most max_rows, of balanced sizes (so that no chunk is
-// a thin remainder): chunk c is rows begin(c) .. begin(c + 1) - 1.
-struct Chunks {
-  int64_t n, count;
-  int64_t begin(int64_t c) const { return n * c / count; }
-};
-Chunks chunks_of(int64_t n, int64_t max_rows) { return {n, std::max<int64_t>(1, (n + max_rows - 1) / max_rows)}; }
-
 // Whether n ascending distinct values are consecutive.
 bool consecutive(const int32_t* v, int64_t n) { return n > 0 && static_cast<int64_t>(v[n - 1]) - v[0] == n - 1; }
 

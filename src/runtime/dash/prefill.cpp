@@ -304,7 +304,8 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
   }
   check_tokens(tokens, n_past, n_ctx, hp.n_vocab);
   const auto t0 = Clock::now();
-  const int64_t count = (n + piece - 1) / piece;
+  const Chunks pieces = chunks_of(n, piece);
+  const int64_t count = pieces.count;
   const int L = hp.n_layer;
   PrefillOptions po;
   po.trace_signal = opt.trace_signal;
@@ -312,7 +313,7 @@ std::vector<float> prefill_segment(LayerExecutor& ex, const HParams& hp, std::sp
   if (stats) stats->layer_ms.assign(static_cast<size_t>(L), 0.0);
   std::vector<float> last;
   for (int64_t c = 0; c < count; ++c) {
-    const int64_t i0 = n * c / count, i1 = n * (c + 1) / count;
+    const int64_t i0 = pieces.begin(c), i1 = pieces.begin(c + 1);
     if (opt.progress) po.progress = [&opt, c, L, count](int done, int) { opt.progress(static_cast<int>(c * L + done), static_cast<int>(count * L)); };
     if (!opt.word_starts.empty()) po.word_starts.assign(opt.word_starts.begin() + i0, opt.word_starts.begin() + i1);
     last = run_segment(ex, hp, tokens.subspan(static_cast<size_t>(i0), static_cast<size_t>(i1 - i0)), n_past + i0, n_ctx, po,

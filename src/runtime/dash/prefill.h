@@ -5,6 +5,7 @@
 // kernels (run layer l on these rows, project frozen rows' K/V, mark dropped slots, hand over the
 // signal, rank on the device).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -130,6 +131,15 @@ class LayerExecutor {
   // whole segment layer by layer.
   virtual int64_t segment_rows() const { return 0; }
 };
+
+// n rows cut into the fewest chunks of at most max_rows, of balanced sizes (so that no chunk is
+// a thin remainder): chunk c is rows begin(c) .. begin(c + 1) - 1. The CPU engine's layers and
+// the pieces of a full prefill cut the same way.
+struct Chunks {
+  int64_t n, count;
+  int64_t begin(int64_t c) const { return n * c / count; }
+};
+inline Chunks chunks_of(int64_t n, int64_t max_rows) { return {n, std::max<int64_t>(1, (n + max_rows - 1) / max_rows)}; }
 
 // Runs a segment of tokens at positions n_past .. n_past + T - 1 through every layer of a model of
 // hyperparameters hp, on `ex`, with halting when opt.halting enables it; returns the logits of
