@@ -4,6 +4,7 @@ JSON are well formed, `none` and keep = 1 equal full prefill exactly, resume ski
 calibrate saves a choice that `run --halting auto` uses."""
 import json
 import os
+import xml.etree.ElementTree as ET
 import shutil
 import subprocess
 import sys
@@ -130,7 +131,7 @@ try:
     again = run(dashlm, *base, "--plot", svg, "-q").stdout.decode()
     assert again == table, "a resumed run must report the same results"
     assert len(open(resume).read().splitlines()) == n_lines
-    assert open(svg).read().startswith("<svg")
+    assert ET.parse(svg).getroot().tag == "{http://www.w3.org/2000/svg}svg"
     # Report only: the same table from the resume file, nothing run; with results missing it averages
     # the samples every configuration finished, and says how many.
     report = run(dashlm, *base, "--report-only").stdout.decode()
@@ -196,6 +197,18 @@ try:
                 assert "retrieval_score" in c and c["retrieval_drop"] > 0, c
     else:
         assert all(c["delta_nll"] > 0.5 or c["retrieval_drop"] > 0 for c in r["search"]), r
+    # run's default: the calibration only where it was made within a retrieval budget too.
+    plain = run(dashlm, "run", *cmodel, "-f", prompt, "-n", "4").stderr.decode()
+    assert "halting auto" not in plain, plain  # the file beside the model has the NLL budget alone
+    shutil.copy(ret, os.path.join(tmp, "stories260K.bin.dash.json"))
+    dflt = run(dashlm, "run", *cmodel, "-f", prompt, "-n", "4").stderr.decode()
+    assert "halting auto (the default; --halting none: full prefill): " in dflt and "variable-tracking score" in dflt, dflt
+    off = run(dashlm, "run", *cmodel, "-f", prompt, "-n", "4", "--halting", "none").stderr.decode()
+    assert "halting auto" not in off, off
+    with open(os.path.join(tmp, "stories260K.bin.dash.json"), "w") as f:
+        f.write("{ not json")
+    expect_error(dashlm, "run", *cmodel, "-f", prompt, "-n", "4", contains="stories260K.bin.dash.json")
+    os.remove(os.path.join(tmp, "stories260K.bin.dash.json"))
     expect_error(dashlm, "calibrate", *cmodel, "--budget", "0.1", "--max-retrieval-drop", "0.1", "--retrieval-task", "fidelity",
                  "--dataset-dir", ds, contains="retrieval task")
     # The threshold search, saved elsewhere.

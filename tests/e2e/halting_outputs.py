@@ -46,7 +46,11 @@ with tempfile.TemporaryDirectory() as d:
     run(dashlm, *base, "--halting", "threshold", "--tau", "0.5", "--patience", "2", "--delta", "rel",
         "--halting-map", f("map.svg"), "--dump-deltas", f("d.csv"))
     root = ET.parse(f("map.svg")).getroot()
-    assert root.tag.endswith("svg") and len(root.findall("{http://www.w3.org/2000/svg}rect")) > L
+    svg_ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == svg_ns + "svg" and int(root.get("width").rstrip("px")) >= 1000, root.attrib
+    # Both panels' cells (one picture each), and text drawn as glyphs: title, axis labels, scales.
+    assert len(list(root.iter(svg_ns + "image"))) == 2
+    assert len(list(root.iter(svg_ns + "use"))) > 100
     rows = open(f("d.csv")).read().splitlines()
     assert rows[0] == "token," + ",".join(f"L{i}" for i in range(L)) and len(rows) == n_doc + 1
 

@@ -65,7 +65,10 @@ def main():
         assert answer.get_attribute("data-done") == "1", answer.text
         stats = answer.find_element(By.CLASS_NAME, "stats").text
         assert "prefill" in stats and "halted" in stats and "cached" in stats, stats
-        assert answer.find_elements(By.CSS_SELECTOR, ".map svg"), "no halting map"
+        maps = answer.find_elements(By.CSS_SELECTOR, ".map img")
+        assert maps, "no halting map"
+        WebDriverWait(drv, 30).until(lambda d: d.execute_script("return arguments[0].complete", maps[0]))
+        assert drv.execute_script("return arguments[0].naturalWidth", maps[0]) >= 1000, "the halting map did not load"
         text = answer.text.split("\n")[0].strip()
         if want is not None:
             assert text == want, (text, want)

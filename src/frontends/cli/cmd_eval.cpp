@@ -89,6 +89,18 @@ struct ConfigRow {
   HaltingConfig hc;
 };
 
+// The plot's curve a configuration belongs to: its policy, with what changes the policy's shape
+// (later decisions, the delta fused in, a decision layer found per prompt).
+std::string plot_series(const ConfigRow& r) {
+  std::string s = r.policy;
+  if (!r.hc.then.empty()) s += " staged";
+  if (r.hc.mix > 0) s += " fused";
+  if (r.hc.decide == DecideRule::Stable) s += " stable";
+  return s;
+}
+
+std::string length_label(int64_t n) { return n % 1024 == 0 ? fmt::format("{}k", n / 1024) : fmt::format("{}", n); }
+
 std::string record_key(const std::string& task, int64_t length, int sample, const std::string& config) {
   return fmt::format("{}|{}|{}|{}", task, length, sample, config);
 }
@@ -622,7 +634,7 @@ int eval_main(const EvalOptions& o) {
       const std::string metric = eval::primary_metric(t);
       PlotPanel p;
       p.title = t == "continuation" ? "continuation: NLL change" : t == "fidelity" ? "fidelity: top-1 change" : t + ": score change";
-      p.points.push_back({1.0, 0.0, "full", "", 0, "full prefill"});
+      p.points.push_back({1.0, 0.0, NAN, NAN, "full", "", 0, ""});
       for (const ConfigRow& r : rows) {
         if (r.key == "full") continue;
         for (size_t li = 0; li < lengths.size(); ++li) {
@@ -630,7 +642,8 @@ int eval_main(const EvalOptions& o) {
           const auto it = a.tasks.find(t);
           if (it == a.tasks.end() || !it->second.count(metric)) continue;
           const double x = o.plot_x == "flops" ? a.flop_speedup : a.speedup;
-          p.points.push_back({x, it->second.at(metric).delta, r.policy, r.kv, static_cast<int>(li), fmt::format("{} @ {}", r.key, lengths[li])});
+          const Aggregate::Stat& st = it->second.at(metric);
+          p.points.push_back({x, st.delta, st.paired.ci.lo, st.paired.ci.hi, plot_series(r), r.kv, static_cast<int>(li), length_label(lengths[li])});
         }
       }
       panels.push_back(std::move(p));

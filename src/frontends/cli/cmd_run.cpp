@@ -133,7 +133,7 @@ int run(const RunOptions& o) {
     fmt::print(stderr, "warning: only {} new tokens fit the context of {}\n", n_predict, ctx_limit);
   }
 
-  const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed, o.model);
+  const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed, o.model, /*calibrated_default=*/true);
   if (!hc.enabled() && !o.halting_map.empty()) fail("--halting-map needs a --halting policy");
 
   auto engine_ptr = make_engine(*model, n_prompt + n_predict, o.backend, resolve_kv_type(o.kv_type, o.backend));
@@ -249,6 +249,10 @@ void add_run_command(CLI::App& app, Action& action) {
   c->add_option("--backend", o->backend, "Compute backend: cpu or cuda")->capture_default_str();
   add_kv_type_option(c, o->kv_type);
   add_halting_flags(c, o->halting);
+  c->footer(
+      "Without any halting flag, run uses the model's calibration (MODEL.dash.json, written by dashlm calibrate) when it\n"
+      "was chosen within a retrieval budget as well as the NLL budget (calibrate --max-retrieval-drop), and full prefill\n"
+      "otherwise; --halting none always runs full prefill.");
   c->add_option("--halting-map", o->halting_map, "Draw where tokens halted and their deltas (.png or .svg)");
   c->add_option("--dump-deltas", o->dump_deltas, "Write the deltas, tokens x layers (.npy float32, or .csv)");
   c->add_flag("-q,--quiet", o->quiet, "No summary or progress on stderr");

@@ -26,7 +26,10 @@ void add_halting_flags(CLI::App* c, HaltingFlags& f);
 // The validated configuration for a model of n_layer layers (seed: for the random policy), with
 // errors naming the flag. Policy "auto" loads the setting `dashlm calibrate` saved for the model
 // at model_path and says on stderr which one it chose; an error if there is none.
-HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed, const std::string& model_path);
+// With calibrated_default (run), no halting flag at all means policy auto where the model's
+// calibration qualifies (calibration_is_default), else full prefill.
+HaltingConfig resolve_halting(const HaltingFlags& f, int n_layer, uint64_t seed, const std::string& model_path,
+                              bool calibrated_default = false);
 // A bad setting reported under the flag that sets it ("--keep must be in (0, 1], got 2").
 [[noreturn]] void fail_with_flag(const SettingError& e);
 

@@ -43,6 +43,11 @@ Calibration load_calibration(const std::string& model_path, int n_layer) {
   return c;
 }
 
+bool calibration_is_default(const std::string& model_path, int n_layer) {
+  if (!std::ifstream(calibration_path(model_path))) return false;
+  return !std::isnan(load_calibration(model_path, n_layer).max_retrieval_drop);
+}
+
 HaltingConfig resolve_halting_settings(const std::vector<std::pair<Setting, std::string>>& given, int n_layer,
                                        uint64_t seed, const std::string& model_path, std::string* chosen) {
   const bool is_auto = std::any_of(given.begin(), given.end(), [](const auto& g) { return g.first == Setting::Policy && g.second == "auto"; });

@@ -29,6 +29,13 @@ struct Calibration {
 // `dashlm calibrate` when there is none, or when the file is not one.
 Calibration load_calibration(const std::string& model_path, int n_layer);
 
+// Whether `run` without halting settings uses the model's calibration: only a setting chosen
+// within a retrieval budget as well as the NLL budget (calibrate --max-retrieval-drop) is taken
+// by default, since a setting chosen on continuation NLL alone has been seen to lose answers
+// (docs/RESULTS.md). False when there is no calibration file; throws when there is one that is
+// not a calibration.
+bool calibration_is_default(const std::string& model_path, int n_layer);
+
 // The configuration a user's settings give, each value parsed by set_setting: run's and bench's
 // flags and the server's per-request "dash" object. Settings not given keep their defaults; the
 // seed is for the random policy. Policy "auto" is the calibrated setting for the model file at
