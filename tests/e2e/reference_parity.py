@@ -103,7 +103,7 @@ def check(label, model, tokenizer, n_tokens, tmp):
     ours_q8 = os.path.join(tmp, "dashlm.q8")
     for compute, kv, path in (("f32", "f32", ours), ("f32", "f16", ours16), ("q8", "f16", ours_q8)):
         run(dashlm, "run", "-m", model, *tok_args, "--prompt-ids", ids_csv, "-n", "0", "-c", str(n_tokens),
-            "--save-logits", path, "-q", "-t", "2", "--compute", compute, "--kv-type", kv)
+            "--save-logits", path, "--halting", "none", "-q", "-t", "2", "--compute", compute, "--kv-type", kv)
     res_file = os.path.join(tmp, "res.json")
     ref_file = os.path.join(tmp, "ref.npy")
     p = subprocess.run([sys.executable, reference, model, "--ids-file", ids_file, "--compare", ours, "--json", res_file,
