@@ -584,6 +584,7 @@ Sample SampleBuilder::retrieval(const std::string& task, int64_t length, int ind
       if (planted.starts[j] < planted.starts[i]) needles_before += static_cast<int64_t>(needle_ids[j].size());
     }
     s.needle_offsets.push_back(static_cast<int64_t>(pre.size()) + planted.starts[i]);
+    s.needle_lengths.push_back(static_cast<int64_t>(needle_ids[i].size()));
     s.depths.push_back(static_cast<double>(planted.starts[i] - needles_before) / static_cast<double>(h));
   }
   s.closed_book = pre;
@@ -672,6 +673,19 @@ RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc,
                                         s.query.back(), go);
   out.generated = g.ids;
   out.text = tok.decode(out.generated);
+  return out;
+}
+
+std::vector<double> needles_kept(const Sample& s, const HaltingTrace& tr) {
+  std::vector<double> out;
+  if (tr.halted_after.empty()) return out;
+  for (size_t i = 0; i < s.needle_offsets.size() && i < s.needle_lengths.size(); ++i) {
+    int64_t kept = 0, n = 0;
+    for (int64_t t = s.needle_offsets[i]; t < s.needle_offsets[i] + s.needle_lengths[i] && t < tr.n_tokens; ++t, ++n) {
+      if (tr.halted_after[static_cast<size_t>(t)] >= tr.n_layer) ++kept;
+    }
+    out.push_back(n > 0 ? static_cast<double>(kept) / static_cast<double>(n) : 1.0);
+  }
   return out;
 }
 

@@ -97,6 +97,7 @@ struct Sample {
   std::vector<std::string> wrong_answers;
   std::vector<double> depths;          // retrieval: where each planted text starts, 0..1
   std::vector<int64_t> needle_offsets; // ... as token offsets in the document
+  std::vector<int64_t> needle_lengths; // ... and their lengths in tokens
   std::vector<std::string> needles;    // ... and the planted text
   std::string question;
   std::vector<int32_t> closed_book;    // retrieval: prefix + query without the document (control)
@@ -175,6 +176,10 @@ struct RunOutput {
 // full, then generates greedily.
 // Without halting, trace_signal is the signal the trace records (calibration reads its quantiles).
 RunOutput run_sample(EngineSlot& slot, const Sample& s, const HaltingConfig* hc, DeltaSignal trace_signal = DeltaSignal::Abs);
+// For each planted text of a retrieval sample, the share of its tokens that never halted in the
+// run's trace (a halted token skips the later layers, and in drop mode its keys and values are
+// gone): 1 where halting kept the whole fact. Empty without planted text or without a trace.
+std::vector<double> needles_kept(const Sample& s, const HaltingTrace& tr);
 // Greedy generation of a prompt prefilled in full (closed-book control).
 std::string generate_text(EngineSlot& slot, const std::vector<int32_t>& prompt, int n);
 

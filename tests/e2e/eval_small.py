@@ -41,8 +41,8 @@ try:
     for section in ("## length 320", "## length 448", "## all lengths"):
         assert section in table, table
     header = None
-    rows = {"config": 0, "task": 0}
-    stats_rows = []
+    rows = {"config": 0, "task": 0, "kept": 0}
+    stats_rows, kept_rows = [], []
     for line in table.splitlines():
         if line.startswith("| config |"):
             header, kind = line, "config"
@@ -51,11 +51,15 @@ try:
         elif line.startswith("| task |"):
             header, kind = line, "task"
             assert "95% interval of change" in line and "within 2%?" in line, line
+        elif line.startswith("| retrieval task |"):
+            header, kind = line, "kept"
         elif line.startswith("|") and not line.startswith("| ---"):
             assert header and line.count("|") == header.count("|"), (header, line)
             rows[kind] += 1
             if kind == "task":
                 stats_rows.append([c.strip() for c in line.strip("|").split("|")])
+            if kind == "kept":
+                kept_rows.append([c.strip() for c in line.strip("|").split("|")])
     assert rows["config"] == 3 * len(keys), table
     assert rows["task"] == 3 * len(keys) * len(tasks), table  # every task's primary score, every config
     for i, r in enumerate(stats_rows):
@@ -68,6 +72,15 @@ try:
             if config in ("none", "topk:0.4:1:retain"):
                 assert float(r[5]) == 0.0 and r[7] == "0/0", r
     assert "closed-book control" in table and "(n 4," in table, table
+    # Whether halting kept the planted text: a row per halting configuration and retrieval task,
+    # over both lengths' samples; the lost answers split into planted text whole or part halted.
+    retrieval = ["needle", "passkey", "multi-needle", "variable-tracking", "aggregation"]
+    assert len(kept_rows) == (len(keys) - 1) * len(retrieval), kept_rows
+    for r in kept_rows:
+        whole, n = (int(v) for v in r[2].split(" of "))
+        assert n == 4 and 0 <= whole <= n and int(r[3]) == int(r[4]) + int(r[5]), r
+        if r[1] in ("none", "topk:0.4:1:retain"):  # nothing halts
+            assert whole == n and r[3] == "0", r
 
     # JSON.
     j = json.load(open(out_json))
@@ -83,6 +96,8 @@ try:
         assert r["document_ms"] > 0 and r["flops_full"] > 0
         if r["task"] == "continuation":
             assert r["nll"] > 0
+        if r["task"] in retrieval and r["config"] != "full":  # a share per planted text
+            assert len(r["needles_kept"]) == len(r["depths"]) and all(0 <= v <= 1 for v in r["needles_kept"]), r
         ref = by[(r["task"], r["length"], r["sample"], "full")]
         if r["config"] in ("none", "topk:0.4:1:retain"):
             # Nothing halts: every number equals full prefill's exactly.

@@ -284,6 +284,40 @@ void print_statistics(const std::vector<ConfigRow>& rows, const std::vector<std:
 }
 
 // The first setting in which a resume file's record differs from this run, for people.
+// Whether halting kept the planted text: per configuration and retrieval task, the samples whose
+// planted text never halted, and of the answers lost against full prefill on the same sample how
+// many had it whole (the model had the fact and still missed) or not (the ranking halted it).
+void print_needles_kept(const std::vector<ConfigRow>& rows, const std::vector<std::string>& tasks, const std::vector<nlohmann::json>& records,
+                        const std::map<std::string, const nlohmann::json*>& by_key) {
+  std::string out;
+  for (const ConfigRow& row : rows) {
+    if (row.key == "full") continue;
+    for (const std::string& t : tasks) {
+      if (!eval::is_retrieval_task(t)) continue;
+      int n = 0, whole = 0, lost = 0, lost_whole = 0;
+      for (const nlohmann::json& r : records) {
+        if (r["task"] != t || r["config"] != row.key || !r.contains("needles_kept")) continue;
+        const auto kept = r["needles_kept"].get<std::vector<double>>();
+        const bool all = std::all_of(kept.begin(), kept.end(), [](double v) { return v >= 1.0; });
+        ++n;
+        whole += all;
+        const auto f = by_key.find(record_key(t, r["length"].get<int64_t>(), r["sample"].get<int>(), "full"));
+        if (f != by_key.end() && r["score"].get<double>() < (*f->second)["score"].get<double>()) {
+          ++lost;
+          lost_whole += all;
+        }
+      }
+      if (n == 0) continue;
+      out += fmt::format("| {} | {} | {} of {} | {} | {} | {} |\n", t, row.key, whole, n, lost, lost_whole, lost - lost_whole);
+    }
+  }
+  if (out.empty()) return;
+  fmt::print("\nplanted text kept by halting (every token of it active to the last layer), and the answers lost against full "
+             "prefill on the same sample:\n\n");
+  fmt::print("| retrieval task | config | samples with it whole | answers lost | lost with it whole | lost with part halted |\n");
+  fmt::print("| --- | --- | ---: | ---: | ---: | ---: |\n{}", out);
+}
+
 std::string settings_difference(const nlohmann::json& theirs, const nlohmann::json& ours) {
   for (const auto& [k, v] : ours.items()) {
     const auto it = theirs.find(k);
@@ -484,6 +518,7 @@ int eval_main(const EvalOptions& o) {
           r["flop_speedup"] = out.flops_done > 0 ? out.flops_full / out.flops_done : 1.0;
           r["active_after"] = out.active_after;
           if (!out.trace.decision_layers.empty()) r["decision_layers"] = out.trace.decision_layers;
+          if (row.key != "full" && eval::is_retrieval_task(task)) r["needles_kept"] = eval::needles_kept(s, out.trace);
           if (eval::is_retrieval_task(task)) {
             r["answers"] = s.answers;
             if (!s.wrong_answers.empty()) r["wrong_answers"] = s.wrong_answers;
@@ -599,6 +634,7 @@ int eval_main(const EvalOptions& o) {
     fmt::print("\nclosed-book control (the question without the document, full prefill): {}\n", control);
     fmt::print("(answers the model knows without reading; retrieval scores above this level measure reading)\n");
   }
+  print_needles_kept(rows, tasks, sel, by_key);
 
   if (!o.json_path.empty()) {
     nlohmann::json j;
