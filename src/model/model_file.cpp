@@ -71,11 +71,6 @@ std::string read_prefix(const std::string& path, size_t n, const char* what) {
   return buf;
 }
 
-bool ends_with(const std::string& s, const char* suffix) {
-  const size_t n = std::strlen(suffix);
-  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
-}
-
 FileKind sniff(const std::string& path, const char* what) {
   const std::string head = read_prefix(path, 64, what);
   if (head.size() >= 4 && std::memcmp(head.data(), "GGUF", 4) == 0) return FileKind::GGUF;
@@ -91,10 +86,10 @@ FileKind sniff(const std::string& path, const char* what) {
   // A JSON header's opening after 8 bytes that do not start JSON: a safetensors file whose
   // header length is wrong (load_safetensors says so), not a llama2.c checkpoint.
   if (head.size() >= 10 && head[8] == '{' && (head[9] == '"' || head[9] == '}') && first != std::string::npos &&
-      head[first] != '{' && !ends_with(path, ".json")) {
+      head[first] != '{' && !path.ends_with(".json")) {
     return FileKind::Safetensors;
   }
-  if (ends_with(path, ".json") || (first != std::string::npos && head[first] == '{')) return FileKind::Json;
+  if (path.ends_with(".json") || (first != std::string::npos && head[first] == '{')) return FileKind::Json;
   return FileKind::Other;
 }
 

@@ -289,11 +289,7 @@ std::string map_tensor_name(std::string n, Arch arch, int64_t n_layer, const std
        {"vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."}) {
     if (n.rfind(skip, 0) == 0) return "";
   }
-  const auto ends_with = [&](const char* s) {
-    const size_t k = std::strlen(s);
-    return n.size() >= k && n.compare(n.size() - k, k, s) == 0;
-  };
-  if (ends_with("rotary_emb.inv_freq")) return "";  // recomputed from rope_theta
+  if (n.ends_with("rotary_emb.inv_freq")) return "";  // recomputed from rope_theta
   if (n == "model.embed_tokens.weight") return "token_embd.weight";
   if (n == "model.norm.weight") return "output_norm.weight";
   if (n == "lm_head.weight") return "output.weight";
@@ -314,11 +310,6 @@ std::string map_tensor_name(std::string n, Arch arch, int64_t n_layer, const std
     fail("{}: tensor {} belongs to layer {}, but config.json has {} layers", path, n, layer, n_layer);
   }
   return "blk." + std::to_string(layer) + "." + *mod + "." + kind;
-}
-
-bool ends_with_str(const std::string& s, const char* suffix) {
-  const size_t k = std::strlen(suffix);
-  return s.size() >= k && s.compare(s.size() - k, k, suffix) == 0;
 }
 
 // HF stores q/k rows per head in rotate-half order (the two halves of a head are the two
@@ -507,7 +498,7 @@ Checkpoint locate(const std::string& path) {
       }
       ck.files = found;
     }
-  } else if (ends_with_str(path, ".json")) {
+  } else if (path.ends_with(".json")) {
     ck.index = p;
     ck.dir = p.parent_path();
   } else {
@@ -607,8 +598,8 @@ std::unique_ptr<ModelFile> load_checkpoint(const std::string& path, bool with_to
     t.name = name;
     const size_t es = elem_size(t.type);
 
-    const bool is_q = ends_with_str(name, ".attn_q.weight") || ends_with_str(name, ".attn_q.bias");
-    const bool is_k = ends_with_str(name, ".attn_k.weight") || ends_with_str(name, ".attn_k.bias");
+    const bool is_q = name.ends_with(".attn_q.weight") || name.ends_with(".attn_q.bias");
+    const bool is_k = name.ends_with(".attn_k.weight") || name.ends_with(".attn_k.bias");
     if (ac.arch == Arch::Llama && (is_q || is_k)) {
       const int64_t n_head = is_q ? shape.n_head : shape.n_head_kv;
       const int64_t rows = t.ne.size() == 1 ? t.ne[0] : t.rows();
@@ -620,7 +611,7 @@ std::unique_ptr<ModelFile> load_checkpoint(const std::string& path, bool with_to
       std::vector<uint8_t> out(t.nbytes);
       permute_rows(t.data, out.data(), rows, row_bytes, n_head);
       own(t, std::move(out), *f);
-    } else if (ac.arch == Arch::Gemma3 && ends_with_str(name, "norm.weight")) {
+    } else if (ac.arch == Arch::Gemma3 && name.ends_with("norm.weight")) {
       // Gemma's RMSNorm multiplies by (1 + w); GGUF stores the effective scale, in F32.
       const auto n = static_cast<size_t>(t.n_elements());
       std::vector<uint8_t> out(n * 4);

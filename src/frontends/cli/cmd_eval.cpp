@@ -283,7 +283,6 @@ void print_statistics(const std::vector<ConfigRow>& rows, const std::vector<std:
   }
 }
 
-// The first setting in which a resume file's record differs from this run, for people.
 // Whether halting kept the planted text: per configuration and retrieval task, the samples whose
 // planted text never halted, and of the answers lost against full prefill on the same sample how
 // many had it whole (the model had the fact and still missed) or not (the ranking halted it).
@@ -318,6 +317,7 @@ void print_needles_kept(const std::vector<ConfigRow>& rows, const std::vector<st
   fmt::print("| --- | --- | ---: | ---: | ---: | ---: |\n{}", out);
 }
 
+// The first setting in which a resume file's record differs from this run, for people.
 std::string settings_difference(const nlohmann::json& theirs, const nlohmann::json& ours) {
   for (const auto& [k, v] : ours.items()) {
     const auto it = theirs.find(k);
@@ -518,8 +518,8 @@ int eval_main(const EvalOptions& o) {
           r["flop_speedup"] = out.flops_done > 0 ? out.flops_full / out.flops_done : 1.0;
           r["active_after"] = out.active_after;
           if (!out.trace.decision_layers.empty()) r["decision_layers"] = out.trace.decision_layers;
-          if (row.key != "full" && eval::is_retrieval_task(task)) r["needles_kept"] = eval::needles_kept(s, out.trace);
           if (eval::is_retrieval_task(task)) {
+            if (row.key != "full") r["needles_kept"] = eval::needles_kept(s, out.trace);
             r["answers"] = s.answers;
             if (!s.wrong_answers.empty()) r["wrong_answers"] = s.wrong_answers;
             r["depths"] = s.depths;

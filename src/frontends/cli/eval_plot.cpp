@@ -171,9 +171,10 @@ void draw_panel(cairo_t* cr, const PlotPanel& panel, const Frame& f, const std::
 
 // The legend's entries in order: series (colour, line style), KV modes (shape), lengths (size).
 struct LegendEntry {
-  std::string text, series, kv;
-  int size_rank = 0;
-  bool line = false;
+  std::string text;
+  std::string series;  // its colour and line ("" for the shape entries: black, no line)
+  std::string kv;      // the marker's shape
+  double radius = 4.5;
 };
 
 std::vector<LegendEntry> legend(const std::vector<PlotPanel>& panels) {
@@ -191,38 +192,42 @@ std::vector<LegendEntry> legend(const std::vector<PlotPanel>& panels) {
   }
   std::stable_sort(series.begin(), series.end(), [](const std::string& a, const std::string& b) { return (a == "full") > (b == "full"); });
   std::vector<LegendEntry> out;
-  for (const std::string& s : series) out.push_back({s == "full" ? "full prefill" : s, s, "", 1, s != "full"});
-  if (retain) out.push_back({"retain (filled)", "none-marker", "retain", 1, false});
-  if (drop) out.push_back({"drop (hollow)", "none-marker", "drop", 1, false});
-  for (const auto& [rank, len] : lengths) out.push_back({len + " tokens", "none-marker", "retain", rank, false});
+  for (const std::string& s : series) out.push_back({s == "full" ? "full prefill" : s, s, "retain"});
+  if (retain) out.push_back({"retain (filled)", "", "retain", marker_radius(1)});
+  if (drop) out.push_back({"drop (hollow)", "", "drop", marker_radius(1)});
+  for (const auto& [rank, len] : lengths) out.push_back({len + " tokens", "", "retain", marker_radius(rank)});
   return out;
 }
 
 constexpr double kLegendRowH = 22;
 
-int legend_rows(cairo_t* cr, const std::vector<LegendEntry>& entries, double width) {
-  double x = 12;
+// Where each entry goes, rows wrapped at `width` (y as a row index), and the number of rows.
+struct LegendLayout {
+  std::vector<std::pair<double, int>> at;
   int rows = 1;
+};
+
+LegendLayout legend_layout(cairo_t* cr, const std::vector<LegendEntry>& entries, double width) {
+  LegendLayout l;
+  double x = 12;
   for (const LegendEntry& e : entries) {
     const double w = 40 + text_width(cr, e.text, 12) + 18;
     if (x + w > width && x > 12) {
-      ++rows;
+      ++l.rows;
       x = 12;
     }
+    l.at.emplace_back(x, l.rows - 1);
     x += w;
   }
-  return rows;
+  return l;
 }
 
 void draw_legend(cairo_t* cr, const std::vector<LegendEntry>& entries, double y0, double width) {
-  double x = 12, y = y0;
-  for (const LegendEntry& e : entries) {
-    const double w = 40 + text_width(cr, e.text, 12) + 18;
-    if (x + w > width && x > 12) {
-      x = 12;
-      y += kLegendRowH;
-    }
-    if (e.line) {
+  const LegendLayout l = legend_layout(cr, entries, width);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const LegendEntry& e = entries[i];
+    const double x = l.at[i].first, y = y0 + l.at[i].second * kLegendRowH;
+    if (!e.series.empty() && e.series != "full") {
       set_color(cr, series_color(e.series));
       series_dash(cr, e.series);
       cairo_set_line_width(cr, 1.5);
@@ -230,23 +235,9 @@ void draw_legend(cairo_t* cr, const std::vector<LegendEntry>& entries, double y0
       cairo_line_to(cr, x + 32, y);
       cairo_stroke(cr);
     }
-    if (e.series == "none-marker") {
-      cairo_set_source_rgb(cr, 0.2, 0.2, 0.2);
-      cairo_set_line_width(cr, 2);
-      const double r = marker_radius(e.size_rank);
-      if (e.kv == "drop") {
-        cairo_rectangle(cr, x + 16 - r, y - r, 2 * r, 2 * r);
-        cairo_stroke(cr);
-      } else {
-        cairo_arc(cr, x + 16, y, r, 0, 2 * M_PI);
-        cairo_fill(cr);
-      }
-    } else {
-      marker(cr, x + 16, y, 4.5, e.series, "retain");
-    }
+    marker(cr, x + 16, y, e.radius, e.series, e.kv);
     cairo_set_source_rgb(cr, 0, 0, 0);
     draw_text(cr, x + 40, y, e.text, 12, 0, 0.5);
-    x += w;
   }
 }
 
@@ -283,7 +274,7 @@ void write_eval_plot(const std::string& path, const std::vector<PlotPanel>& pane
   {  // measure the legend's rows with a scratch context
     cairo_surface_t* s = cairo_image_surface_create(CAIRO_FORMAT_RGB24, 1, 1);
     cairo_t* cr = cairo_create(s);
-    legend_h = static_cast<int>(legend_rows(cr, entries, width) * kLegendRowH + 16);
+    legend_h = static_cast<int>(legend_layout(cr, entries, width).rows * kLegendRowH + 16);
     cairo_destroy(cr);
     cairo_surface_destroy(s);
   }

@@ -28,10 +28,6 @@ void paint(cairo_surface_t* s, const Draw& draw, const std::string& what) {
   if (cairo_status(cr.get()) != CAIRO_STATUS_SUCCESS) fail("cannot draw {}: {}", what, cairo_status_to_string(cairo_status(cr.get())));
 }
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 cairo_status_t append(void* closure, const unsigned char* data, unsigned int length) {
   static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
   return CAIRO_STATUS_SUCCESS;
@@ -41,7 +37,7 @@ cairo_status_t append(void* closure, const unsigned char* data, unsigned int len
 
 void write_figure(const std::string& path, int w, int h, const Draw& draw) {
   write_file_atomically(path, [&](const std::string& tmp) {
-    if (ends_with(path, ".png")) {
+    if (path.ends_with(".png")) {
       Surface s(cairo_image_surface_create(CAIRO_FORMAT_RGB24, w, h), &cairo_surface_destroy);
       paint(s.get(), draw, path);
       const cairo_status_t st = cairo_surface_write_to_png(s.get(), tmp.c_str());

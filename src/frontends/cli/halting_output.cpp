@@ -1,11 +1,7 @@
 #include "frontends/cli/halting_output.h"
 
-#include <algorithm>
-#include <array>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
-#include <memory>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -81,14 +77,6 @@ nlohmann::json halting_json(const HaltingConfig& hc, int n_layer, const HaltingT
   return j;
 }
 
-namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-}  // namespace
-
 void check_deltas_path(const std::string& path) { check_output_path(path, "--dump-deltas", {".npy", ".csv"}); }
 
 
@@ -133,7 +121,7 @@ void write_deltas_to(const std::string& path, bool csv, const HaltingTrace& tr) 
 
 void write_deltas(const std::string& path, const HaltingTrace& tr) {
   check_deltas_path(path);
-  write_file_atomically(path, [&](const std::string& tmp) { write_deltas_to(tmp, ends_with(path, ".csv"), tr); });
+  write_file_atomically(path, [&](const std::string& tmp) { write_deltas_to(tmp, path.ends_with(".csv"), tr); });
 }
 
 }  // namespace dashlm::cli
