@@ -416,8 +416,65 @@ std::string short_kernel_name(std::string s) {
   return s.size() > 90 ? s.substr(0, 87) + "..." : s;
 }
 
-// One prefill of T tokens on the GPU's timeline: its span, how much of it no kernel or copy
-// ran (gaps between them), and the kernels that took the time, grouped by name.
+// A traced piece of work on the GPU's timeline: its span, how much of it no kernel or copy ran
+// (gaps between them), and the kernels that took the time, grouped by name; `per` divides the
+// times (several decode steps traced: per step).
+json summarize_timeline(bench::GpuTrace& tr, double wall, const std::string& title, int per) {
+  std::sort(tr.items.begin(), tr.items.end(), [](const auto& a, const auto& b) { return a.start < b.start; });
+  const uint64_t first = tr.items.front().start;
+  uint64_t last = first, busy = 0, cur_s = first, cur_e = first, gaps_over_10us = 0, n_gaps_over_10us = 0, max_gap = 0;
+  std::map<std::string, std::pair<int, double>> by_name;
+  double kernel_sum = 0;
+  for (const auto& it : tr.items) {
+    last = std::max(last, it.end);
+    auto& g = by_name[short_kernel_name(it.name)];
+    g.first += 1;
+    g.second += static_cast<double>(it.end - it.start) * 1e-6 / per;
+    kernel_sum += static_cast<double>(it.end - it.start) * 1e-6 / per;
+    if (it.start > cur_e) {
+      busy += cur_e - cur_s;
+      const uint64_t gap = it.start - cur_e;
+      max_gap = std::max(max_gap, gap);
+      if (gap > 10000) {
+        gaps_over_10us += gap;
+        ++n_gaps_over_10us;
+      }
+      cur_s = it.start;
+    }
+    cur_e = std::max(cur_e, it.end);
+  }
+  busy += cur_e - cur_s;
+  const double span = static_cast<double>(last - first) * 1e-6 / per;
+  const double idle = span - static_cast<double>(busy) * 1e-6 / per;
+  std::printf("### %s\n\n", title.c_str());
+  std::printf("host wall %.3f ms; GPU span %.3f ms (first to last activity); %zu kernels/copies summing to %.3f ms; "
+              "idle %.3f ms (%.1f%% of the span): %lu gaps over 10 us summing to %.3f ms, largest %.3f ms%s\n\n",
+              wall / per, span, tr.items.size() / static_cast<size_t>(per), kernel_sum, idle, 100.0 * idle / span,
+              static_cast<unsigned long>(n_gaps_over_10us), static_cast<double>(gaps_over_10us) * 1e-6 / per,
+              static_cast<double>(max_gap) * 1e-6, per > 1 ? " (times per step)" : "");
+  std::vector<std::pair<std::string, std::pair<int, double>>> rows(by_name.begin(), by_name.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.second > b.second.second; });
+  std::printf("| kernel | calls | ms | us per call | share of span |\n|---|---|---|---|---|\n");
+  json jk = json::array();
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& [name, v] = rows[i];
+    const int calls = v.first / per;
+    if (i < 25)
+      std::printf("| %s | %d | %.3f | %.2f | %.1f%% |\n", name.c_str(), calls, v.second, 1e3 * v.second / std::max(calls, 1),
+                  100.0 * v.second / span);
+    jk.push_back({{"name", name}, {"calls", calls}, {"ms", v.second}});
+  }
+  std::printf("\n");
+  return {{"case", title}, {"wall_ms", wall / per}, {"span_ms", span}, {"kernel_sum_ms", kernel_sum}, {"idle_ms", idle},
+          {"gaps_over_10us_ms", static_cast<double>(gaps_over_10us) * 1e-6 / per}, {"kernels", jk}};
+}
+
+json trace_failed(bool ok, const std::string& why) {
+  std::printf("kernel trace unavailable: %s\n\n", ok ? "no activity recorded" : why.c_str());
+  return {{"error", ok ? "no activity recorded" : why}};
+}
+
+// One prefill of T tokens on the GPU's timeline.
 json kernel_timeline(CudaEngine& e, const HParams& hp, int64_t T, const HaltingConfig* hc, const char* label) {
   const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, static_cast<uint32_t>(T));
   PrefillOptions po;
@@ -437,55 +494,37 @@ json kernel_timeline(CudaEngine& e, const HParams& hp, int64_t T, const HaltingC
         wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       },
       &tr, &why);
-  json j;
-  if (!ok || tr.items.empty()) {
-    std::printf("kernel trace unavailable: %s\n\n", ok ? "no activity recorded" : why.c_str());
-    j["error"] = ok ? "no activity recorded" : why;
-    return j;
-  }
-  std::sort(tr.items.begin(), tr.items.end(), [](const auto& a, const auto& b) { return a.start < b.start; });
-  const uint64_t first = tr.items.front().start;
-  uint64_t last = first, busy = 0, cur_s = first, cur_e = first, gaps_over_10us = 0, n_gaps_over_10us = 0, max_gap = 0;
-  std::map<std::string, std::pair<int, double>> by_name;
-  double kernel_sum = 0;
-  for (const auto& it : tr.items) {
-    last = std::max(last, it.end);
-    auto& g = by_name[short_kernel_name(it.name)];
-    g.first += 1;
-    g.second += static_cast<double>(it.end - it.start) * 1e-6;
-    kernel_sum += static_cast<double>(it.end - it.start) * 1e-6;
-    if (it.start > cur_e) {
-      busy += cur_e - cur_s;
-      const uint64_t gap = it.start - cur_e;
-      max_gap = std::max(max_gap, gap);
-      if (gap > 10000) {
-        gaps_over_10us += gap;
-        ++n_gaps_over_10us;
-      }
-      cur_s = it.start;
-    }
-    cur_e = std::max(cur_e, it.end);
-  }
-  busy += cur_e - cur_s;
-  const double span = static_cast<double>(last - first) * 1e-6;
-  const double idle = span - static_cast<double>(busy) * 1e-6;
-  std::printf("### %s, T %ld: GPU timeline of one prefill\n\n", label, static_cast<long>(T));
-  std::printf("host wall %.1f ms; GPU span %.1f ms (first to last activity); %zu kernels/copies summing to %.1f ms; "
-              "idle %.2f ms (%.1f%% of the span): %lu gaps over 10 us summing to %.2f ms, largest %.3f ms\n\n",
-              wall, span, tr.items.size(), kernel_sum, idle, 100.0 * idle / span, static_cast<unsigned long>(n_gaps_over_10us),
-              static_cast<double>(gaps_over_10us) * 1e-6, static_cast<double>(max_gap) * 1e-6);
-  std::vector<std::pair<std::string, std::pair<int, double>>> rows(by_name.begin(), by_name.end());
-  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.second > b.second.second; });
-  std::printf("| kernel | calls | ms | share of span |\n|---|---|---|---|\n");
-  json jk = json::array();
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const auto& [name, v] = rows[i];
-    if (i < 25) std::printf("| %s | %d | %.2f | %.1f%% |\n", name.c_str(), v.first, v.second, 100.0 * v.second / span);
-    jk.push_back({{"name", name}, {"calls", v.first}, {"ms", v.second}});
-  }
-  std::printf("\n");
-  j = {{"T", T}, {"case", label}, {"wall_ms", wall}, {"span_ms", span}, {"kernel_sum_ms", kernel_sum}, {"idle_ms", idle},
-       {"gaps_over_10us_ms", static_cast<double>(gaps_over_10us) * 1e-6}, {"kernels", jk}};
+  if (!ok || tr.items.empty()) return trace_failed(ok, why);
+  json j = summarize_timeline(tr, wall, std::string(label) + ", T " + std::to_string(T) + ": GPU timeline of one prefill", 1);
+  j["T"] = T;
+  return j;
+}
+
+// Decoding after T prompt tokens on the GPU's timeline: `steps` steps replayed from the CUDA
+// graph (recorded before the trace), times per step.
+json decode_timeline(CudaEngine& e, const HParams& hp, int64_t T, int steps, const std::string& label) {
+  const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, 7);
+  e.reset();
+  e.prefill(toks);
+  e.set_cuda_graphs(true);
+  e.decode(1);
+  e.decode(2);  // the graph is recorded here
+  cu::synchronize();
+  bench::GpuTrace tr;
+  std::string why;
+  double wall = 0;
+  const bool ok = bench::trace_gpu(
+      [&] {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < steps; ++i) e.decode(static_cast<int32_t>(3 + i));
+        cu::synchronize();
+        wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      },
+      &tr, &why);
+  if (!ok || tr.items.empty()) return trace_failed(ok, why);
+  json j = summarize_timeline(tr, wall, label + ": GPU timeline of a decode step after " + std::to_string(T) + " tokens, " +
+                                            std::to_string(steps) + " steps", steps);
+  j["T"] = T;
   return j;
 }
 #endif
@@ -501,7 +540,7 @@ int main(int argc, char** argv) {
   int decode_n = 32;
   std::vector<int64_t> decode_at;
   bool prefill_table = true;
-  int64_t trace_T = 0;
+  int64_t trace_T = 0, decode_trace_T = 0;
   std::vector<HaltingConfig> dash_specs;
   std::vector<int64_t> dash_at;
   int64_t query_rows = 64;
@@ -526,6 +565,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode-at") decode_at = parse_list(next());
     else if (a == "--no-prefill") prefill_table = false;
     else if (a == "--kernel-trace") trace_T = std::stoll(next());
+    else if (a == "--decode-trace") decode_trace_T = std::stoll(next());
     else if (a == "--dash-spec") {
       try {
         dash_specs.push_back(HaltingConfig::parse(next()));
@@ -536,7 +576,7 @@ int main(int argc, char** argv) {
     } else if (a == "--dash-at") dash_at = parse_list(next());
     else if (a == "--query-rows") query_rows = std::stoll(next());
     else {
-      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)] [--decode N (0: off)] [--decode-at T1,T2,... (default: the first length)] [--no-prefill] [--kernel-trace T] [--dash-spec SPEC]... [--dash-at T1,...] [--query-rows N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)] [--decode N (0: off)] [--decode-at T1,T2,... (default: the first length)] [--no-prefill] [--kernel-trace T] [--decode-trace T] [--dash-spec SPEC]... [--dash-at T1,...] [--query-rows N]\n", argv[0]);
       return 2;
     }
   }
@@ -665,6 +705,7 @@ int main(int argc, char** argv) {
     if (decode_n > 0) max_len = std::max(max_len, *std::max_element(decode_at.begin(), decode_at.end()) + kDecodePasses * (decode_n + 2));
     if (!dash_specs.empty() && dash_at.empty()) dash_at = {lengths.back()};
     if (!dash_specs.empty()) max_len = std::max(max_len, *std::max_element(dash_at.begin(), dash_at.end()));
+    if (decode_trace_T > 0) max_len = std::max(max_len, decode_trace_T + 16);
     if (stages_T > 0) {
       std::printf("## %s shape: one layer's stages alone\n\n", name.c_str());
       out["stages_" + name] = stage_breakdown(hp, stages_T, gemm_tflops);
@@ -777,6 +818,13 @@ int main(int argc, char** argv) {
       jt.push_back(kernel_timeline(e, hp, trace_T, &drop, (name + " DASH topk drop").c_str()));
       jt.push_back(kernel_timeline(e, hp, trace_T, &retain, (name + " DASH topk retain").c_str()));
       out["timeline_" + name] = jt;
+#else
+      std::printf("--kernel-trace: built without CUPTI\n\n");
+#endif
+    }
+    if (decode_trace_T > 0) {
+#if DASHLM_HAVE_CUPTI
+      out["decode_timeline_" + name] = decode_timeline(e, hp, decode_trace_T, 8, name);
 #else
       std::printf("--kernel-trace: built without CUPTI\n\n");
 #endif
