@@ -284,35 +284,38 @@ TEST(Ops, FlashAttentionF16CacheAndSplitsAtEveryLevel) {
   const GemmLevel saved = gemm_level();
   const int saved_threads = num_threads();
   const int64_t n_kv = 1500;
-  auto k = randn(static_cast<size_t>(n_kv * 2 * 24), 32), v = randn(static_cast<size_t>(n_kv * 2 * 24), 33);
-  const std::vector<uint16_t> k16 = to_f16(k), v16 = to_f16(v);
-  const std::vector<float> kr = from_f16(k16), vr = from_f16(v16);
-  std::vector<uint8_t> valid(n_kv, 1);
-  for (int64_t j = 2; j < n_kv; j += 3) valid[static_cast<size_t>(j)] = 0;
-  for (int64_t j = 700; j < 1100; ++j) valid[static_cast<size_t>(j)] = 0;
-  const std::vector<std::vector<int32_t>> query_sets = {{1499}, {3, 900, 1499}, {}};
-  std::vector<int32_t> many;
-  for (int32_t p = 0; p < n_kv; p += 1 + (p * 5) % 13) many.push_back(p);
-  for (int threads : {1, 4, 7}) {
-    set_num_threads(threads);
-    for (int level = 0; level <= static_cast<int>(gemm_max_level()); ++level) {
-      gemm_set_level(static_cast<GemmLevel>(level));
-      for (const auto& qs0 : query_sets) {
-        const std::vector<int32_t>& pos = qs0.empty() ? many : qs0;
-        const auto nq = static_cast<int64_t>(pos.size());
-        auto q = randn(static_cast<size_t>(nq * 6 * 24), 34);
-        for (int window : {0, 300}) {
-          for (bool holes : {false, true}) {
-            for (bool f16 : {false, true}) {
-              AttentionParams p{6, 2, 24, 0.4f, window};
-              std::vector<float> out(q.size(), 123.f);
-              const KvRef kv = f16 ? KvRef{k16.data(), v16.data(), KvType::F16} : KvRef{k.data(), v.data(), KvType::F32};
-              attention(q.data(), pos.data(), nq, kv, n_kv, holes ? valid.data() : nullptr, p, out.data());
-              const auto ref = attention_ref(q, pos, f16 ? kr : k, f16 ? vr : v, n_kv, holes ? &valid : nullptr, p);
-              for (size_t i = 0; i < out.size(); ++i) {
-                ASSERT_NEAR(out[i], ref[i], 2e-5f) << gemm_level_name(static_cast<GemmLevel>(level)) << " threads " << threads
-                                                   << " queries " << nq << " window " << window << (holes ? " holes" : "")
-                                                   << (f16 ? " f16" : "") << " at " << i;
+  for (const int hd : {24, 64}) {  // 64: decoding's few rows read the f16 tiles in place
+    auto k = randn(static_cast<size_t>(n_kv * 2 * hd), 32), v = randn(static_cast<size_t>(n_kv * 2 * hd), 33);
+    const std::vector<uint16_t> k16 = to_f16(k), v16 = to_f16(v);
+    const std::vector<float> kr = from_f16(k16), vr = from_f16(v16);
+    std::vector<uint8_t> valid(n_kv, 1);
+    for (int64_t j = 2; j < n_kv; j += 3) valid[static_cast<size_t>(j)] = 0;
+    for (int64_t j = 700; j < 1100; ++j) valid[static_cast<size_t>(j)] = 0;
+    const std::vector<std::vector<int32_t>> query_sets = {{1499}, {3, 900, 1499}, {}};
+    std::vector<int32_t> many;
+    for (int32_t p = 0; p < n_kv; p += 1 + (p * 5) % 13) many.push_back(p);
+    for (int threads : {1, 4, 7}) {
+      set_num_threads(threads);
+      for (int level = 0; level <= static_cast<int>(gemm_max_level()); ++level) {
+        gemm_set_level(static_cast<GemmLevel>(level));
+        for (const auto& qs0 : query_sets) {
+          if (qs0.empty() && hd != 24) continue;  // many queries: the path of head dim 24
+          const std::vector<int32_t>& pos = qs0.empty() ? many : qs0;
+          const auto nq = static_cast<int64_t>(pos.size());
+          auto q = randn(static_cast<size_t>(nq * 6 * hd), 34);
+          for (int window : {0, 300}) {
+            for (bool holes : {false, true}) {
+              for (bool f16 : {false, true}) {
+                AttentionParams p{6, 2, hd, 0.4f, window};
+                std::vector<float> out(q.size(), 123.f);
+                const KvRef kv = f16 ? KvRef{k16.data(), v16.data(), KvType::F16} : KvRef{k.data(), v.data(), KvType::F32};
+                attention(q.data(), pos.data(), nq, kv, n_kv, holes ? valid.data() : nullptr, p, out.data());
+                const auto ref = attention_ref(q, pos, f16 ? kr : k, f16 ? vr : v, n_kv, holes ? &valid : nullptr, p);
+                for (size_t i = 0; i < out.size(); ++i) {
+                  ASSERT_NEAR(out[i], ref[i], 2e-5f) << gemm_level_name(static_cast<GemmLevel>(level)) << " threads " << threads
+                                                     << " queries " << nq << " window " << window << (holes ? " holes" : "")
+                                                     << (f16 ? " f16" : "") << " head dim " << hd << " at " << i;
+                }
               }
             }
           }
@@ -321,6 +324,63 @@ TEST(Ops, FlashAttentionF16CacheAndSplitsAtEveryLevel) {
     }
   }
   set_num_threads(saved_threads);
+  gemm_set_level(saved);
+}
+
+TEST(Ops, F16TileProductsInPlaceAtEveryLevel) {
+  // attn_scores_f16 and attn_pv_f16 against float64 sums of the rounded values: every row count
+  // up to 8, tile widths around the kernels' groups of 4 keys, head dims 32 to 256, keys read
+  // through a slot list or in order, with the cache's row stride.
+  const GemmLevel saved = gemm_level();
+  for (int level = 0; level <= static_cast<int>(gemm_max_level()); ++level) {
+    gemm_set_level(static_cast<GemmLevel>(level));
+    for (const int64_t hd : {32, 64, 128, 256}) {
+      const int64_t ldk = 3 * hd, n_slots = 600;  // cache rows; the slot list takes about half
+      const std::vector<uint16_t> k16 = to_f16(randn(static_cast<size_t>(n_slots * ldk), 51));
+      const std::vector<uint16_t> v16 = to_f16(randn(static_cast<size_t>(n_slots * ldk), 52));
+      const std::vector<float> kf = from_f16(k16), vf = from_f16(v16);
+      std::vector<int32_t> slots;
+      for (int32_t j = 1; j < n_slots; j += 1 + j % 3) slots.push_back(j);
+      ASSERT_GE(slots.size(), 256u);
+      for (const int64_t rows : {1, 2, 3, 5, 7, 8}) {
+        const int64_t ldq = hd + 8, lds = 260;
+        const std::vector<float> q = randn(static_cast<size_t>(rows * ldq), 53);
+        const std::vector<float> pw = randn(static_cast<size_t>(rows * lds), 54);
+        for (const int64_t nt : {1, 3, 4, 5, 9, 256}) {
+          for (const bool use_slots : {false, true}) {
+            const int32_t* sl = use_slots ? slots.data() : nullptr;
+            const uint16_t* kb = k16.data() + hd;  // the second head of each row
+            const uint16_t* vb = v16.data() + hd;
+            std::vector<float> s(static_cast<size_t>(rows * lds), -7.f);
+            attn_scores_f16(rows, nt, hd, q.data(), ldq, kb, ldk, sl, s.data(), lds, 0.3f);
+            std::vector<float> out(static_cast<size_t>(rows * hd), 0.5f), acc = out;
+            attn_pv_f16(rows, nt, hd, pw.data(), lds, vb, ldk, sl, out.data(), hd, false);
+            attn_pv_f16(rows, nt, hd, pw.data(), lds, vb, ldk, sl, acc.data(), hd, true);
+            for (int64_t r = 0; r < rows; ++r) {
+              for (int64_t j = 0; j < nt; ++j) {
+                const int64_t row = (sl ? sl[j] : j) * ldk + hd;
+                double ref = 0;
+                for (int64_t d = 0; d < hd; ++d) ref += static_cast<double>(q[static_cast<size_t>(r * ldq + d)]) * kf[static_cast<size_t>(row + d)];
+                ASSERT_NEAR(s[static_cast<size_t>(r * lds + j)], 0.3 * ref, 1e-4 * std::sqrt(static_cast<double>(hd)))
+                    << gemm_level_name(static_cast<GemmLevel>(level)) << " hd " << hd << " rows " << rows << " nt " << nt;
+              }
+              for (int64_t d = 0; d < hd; ++d) {
+                double ref = 0;
+                for (int64_t j = 0; j < nt; ++j)
+                  ref += static_cast<double>(pw[static_cast<size_t>(r * lds + j)]) * vf[static_cast<size_t>((sl ? sl[j] : j) * ldk + hd + d)];
+                const double tol = 1e-4 * std::sqrt(static_cast<double>(nt));
+                ASSERT_NEAR(out[static_cast<size_t>(r * hd + d)], ref, tol)
+                    << gemm_level_name(static_cast<GemmLevel>(level)) << " hd " << hd << " rows " << rows << " nt " << nt;
+                ASSERT_NEAR(acc[static_cast<size_t>(r * hd + d)], ref + 0.5, tol) << "accumulating";
+              }
+              // Scores past the tile are not written.
+              for (int64_t j = nt; j < lds; ++j) ASSERT_EQ(s[static_cast<size_t>(r * lds + j)], -7.f);
+            }
+          }
+        }
+      }
+    }
+  }
   gemm_set_level(saved);
 }
 

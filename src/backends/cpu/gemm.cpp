@@ -101,7 +101,7 @@ CpuFeatures detect_features() {
 
 GemmLevel detect_max_level() {
   const CpuFeatures& f = cpu_features();
-  const bool avx2 = f.avx2 && f.fma;
+  const bool avx2 = f.avx2 && f.fma && f.f16c;  // the kernel units are compiled with F16C too
   if (avx2 && f.avx512f && gemm_detail::kernels_avx512) return GemmLevel::avx512;
   if (avx2 && gemm_detail::kernels_avx2) return GemmLevel::avx2;
   return GemmLevel::scalar;
@@ -352,6 +352,15 @@ void softmax_tile(int64_t nb, int64_t nt, float* s, int64_t lds, float* m, float
 }
 
 void glu_mul(int act, float* g, const float* u, int64_t n) { current_kernels().glu_mul(act, g, u, n); }
+
+void attn_scores_f16(int64_t rows, int64_t nt, int64_t hd, const float* q, int64_t ldq, const uint16_t* k, int64_t ldk,
+                     const int32_t* slots, float* s, int64_t lds, float scale) {
+  current_kernels().attn_scores_f16(rows, nt, hd, q, ldq, k, ldk, slots, s, lds, scale);
+}
+void attn_pv_f16(int64_t rows, int64_t nt, int64_t hd, const float* p, int64_t ldp, const uint16_t* v, int64_t ldv,
+                 const int32_t* slots, float* out, int64_t ldo, bool accumulate) {
+  current_kernels().attn_pv_f16(rows, nt, hd, p, ldp, v, ldv, slots, out, ldo, accumulate);
+}
 
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
              int64_t ldc, bool accumulate, float alpha, int threads) {

@@ -85,6 +85,15 @@ void gemm_packed(int64_t m, const float* a, int64_t lda, const GemmPackedB& b, i
 // -inf); l = l * corr + the row's new sum; m = m'.
 void softmax_tile(int64_t nb, int64_t nt, float* s, int64_t lds, float* m, float* l, float* corr);
 
+// The flash attention's two products for a few rows against a key tile of an f16 cache, read in
+// place with the kernels of the level in use (KernelSet::attn_scores_f16, attn_pv_f16): key j's
+// row of K or V at k + (slots ? slots[j] : j) * ldk halves; s[r * lds + j] = scale * q_r . K_j, and
+// out_r (+)= sum_j p[r * ldp + j] V_j. hd a multiple of 32.
+void attn_scores_f16(int64_t rows, int64_t nt, int64_t hd, const float* q, int64_t ldq, const uint16_t* k, int64_t ldk,
+                     const int32_t* slots, float* s, int64_t lds, float scale);
+void attn_pv_f16(int64_t rows, int64_t nt, int64_t hd, const float* p, int64_t ldp, const uint16_t* v, int64_t ldv,
+                 const int32_t* slots, float* out, int64_t ldo, bool accumulate);
+
 // g[i] = act(g[i]) * u[i] for i < n (act 0: SiLU, 1: GELU with the tanh approximation), on the
 // calling thread, vectorised at the kernel level in use (KernelSet::glu_mul).
 void glu_mul(int act, float* g, const float* u, int64_t n);

@@ -265,11 +265,13 @@ void small_m_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
 #include "backends/cpu/softmax_tile.inc"
 #include "backends/cpu/dequant_blocks.inc"
 #include "backends/cpu/quant_dots.inc"
+#include "backends/cpu/attention_f16.inc"
 
 constexpr KernelSet kSet = {
     "avx2", kMr, kNr, /*kc=*/768, /*mc=*/kMr * 12, /*nc=*/1024, pack_a, pack_b_nt, pack_b_nn, compute, small_m_nt,
     softmax_tile, glu_mul,
     quant_row_dots,
+    attn_scores_f16, attn_pv_f16,
     /*direct_nn=*/true,
 };
 

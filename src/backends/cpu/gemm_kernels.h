@@ -66,6 +66,15 @@ struct KernelSet {
   // dequantized piece by piece on the stack (quant_dots.inc). False for a type it does not know.
   bool (*quant_row_dots)(uint32_t type, const uint8_t* row, int64_t k, int64_t bs, int64_t bbytes, const float* x,
                          int64_t ldx, int64_t m, float* acc);
+  // The flash attention's products for a few rows against a key tile of an f16 cache, read in
+  // place (decoding: converted in registers, no float tile written). Key j's row of K or V is at
+  // k + (slots ? slots[j] : j) * ldk halves. attn_scores_f16: s[r * lds + j] = scale * q_r . K_j;
+  // attn_pv_f16: out_r (+)= sum_j p[r * ldp + j] V_j (overwritten unless accumulate). hd a
+  // multiple of 32.
+  void (*attn_scores_f16)(int64_t rows, int64_t nt, int64_t hd, const float* q, int64_t ldq, const uint16_t* k,
+                          int64_t ldk, const int32_t* slots, float* s, int64_t lds, float scale);
+  void (*attn_pv_f16)(int64_t rows, int64_t nt, int64_t hd, const float* p, int64_t ldp, const uint16_t* v, int64_t ldv,
+                      const int32_t* slots, float* out, int64_t ldo, bool accumulate);
   // Whether compute() can read a [k x n] B in place (the driver then skips packing B when it would
   // be used only once or twice, e.g. V in the attention's P V).
   bool direct_nn;

@@ -334,11 +334,15 @@ const char* f16_conversion_name() { return f16_route().name; }
 // output so far is rescaled when the maximum grows) and one GEMM adding P V to the output rows.
 // Key tiles are read in place (float32 cache, no dropped slots) or gathered into per-thread
 // buffers: f16 rows converted to float, and with dropped slots (kv_valid) only the valid ones,
-// so that the tiles are dense in valid keys and a dropped key costs nothing.
+// so that the tiles are dense in valid keys and a dropped key costs nothing. A task of a few rows
+// (decoding) against an f16 cache reads the tile in place instead, converting keys and values in
+// registers as both products use them (attn_scores_f16, attn_pv_f16): the float tiles would cost
+// more to write and read back than the products themselves.
 void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& kv, int64_t n_kv,
                const uint8_t* kv_valid, const AttentionParams& p, float* out) {
   constexpr int64_t kTile = 256;
   constexpr int64_t kRowsTarget = 64;  // rows (queries x heads of a group) per task
+  constexpr int64_t kDirectRows = 8;   // at most this many rows: an f16 tile is read in place
   if (n_q <= 0) return;
   const int64_t hd = p.head_dim;
   const int64_t q_stride = static_cast<int64_t>(p.n_head) * hd;
@@ -443,13 +447,22 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& k
       }
       std::fill(mp, mp + rows, neg_inf);
       std::fill(lp, lp + rows, 0.f);
+      // A few rows (decoding) against an f16 cache: both products read the tile in place.
+      const bool direct = f16 && rows <= kDirectRows && hd % 32 == 0;
       bool first = true;
       for (int64_t t0 = a; t0 < e; t0 += kTile) {
         const int64_t nt = std::min(kTile, e - t0);
         const float* kt = nullptr;
         const float* vt = nullptr;
         int64_t ld = hd;
-        if (in_place) {
+        // The f16 tile in place: row j of K (V) at kh (vh) + (ts ? ts[j] : j) * kv_stride.
+        const int32_t* ts = slots ? slots + t0 : nullptr;
+        const int64_t off0 = (slots ? 0 : t0 * kv_stride) + kvh * hd;
+        const uint16_t* kh = f16 ? static_cast<const uint16_t*>(kv.k) + off0 : nullptr;
+        const uint16_t* vh = f16 ? static_cast<const uint16_t*>(kv.v) + off0 : nullptr;
+        if (direct) {
+          attn_scores_f16(rows, nt, hd, qs, hd, kh, kv_stride, ts, s, kTile, p.scale);
+        } else if (in_place) {
           kt = static_cast<const float*>(kv.k) + t0 * kv_stride + kvh * hd;
           vt = static_cast<const float*>(kv.v) + t0 * kv_stride + kvh * hd;
           ld = kv_stride;
@@ -468,7 +481,7 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& k
           kt = kt_buf;
           vt = vt_buf;
         }
-        gemm_nt(rows, nt, hd, qs, hd, kt, ld, s, kTile, false, p.scale, 1);
+        if (!direct) gemm_nt(rows, nt, hd, qs, hd, kt, ld, s, kTile, false, p.scale, 1);
         // The mask, where some key of the tile is hidden from some query of the block.
         const int64_t k_first = slots ? slots[t0] : t0, k_last = slots ? slots[t0 + nt - 1] : t0 + nt - 1;
         const bool causal_edge = k_last > p_first;
@@ -491,7 +504,8 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& k
           }
         }
         // O (+)= P V
-        gemm_nn(rows, hd, nt, s, kTile, vt, ld, os, hd, !first, 1.f, 1);
+        if (direct) attn_pv_f16(rows, nt, hd, s, kTile, vh, kv_stride, ts, os, hd, !first);
+        else gemm_nn(rows, hd, nt, s, kTile, vt, ld, os, hd, !first, 1.f, 1);
         first = false;
       }
       if (first) std::fill(os, os + rows * hd, 0.f);  // no key in range
