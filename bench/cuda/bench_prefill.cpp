@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <random>
@@ -469,9 +470,23 @@ json summarize_timeline(bench::GpuTrace& tr, double wall, const std::string& tit
           {"gaps_over_10us_ms", static_cast<double>(gaps_over_10us) * 1e-6 / per}, {"kernels", jk}};
 }
 
-json trace_failed(bool ok, const std::string& why) {
-  std::printf("kernel trace unavailable: %s\n\n", ok ? "no activity recorded" : why.c_str());
-  return {{"error", ok ? "no activity recorded" : why}};
+// work() on the GPU's timeline, timed on the host too; the summary per `per` repetitions.
+json traced(const std::function<void()>& work, const std::string& title, int per) {
+  bench::GpuTrace tr;
+  std::string why;
+  double wall = 0;
+  const bool ok = bench::trace_gpu(
+      [&] {
+        const auto t0 = std::chrono::steady_clock::now();
+        work();
+        wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      },
+      &tr, &why);
+  if (!ok || tr.items.empty()) {
+    std::printf("kernel trace unavailable: %s\n\n", ok ? "no activity recorded" : why.c_str());
+    return {{"error", ok ? "no activity recorded" : why}};
+  }
+  return summarize_timeline(tr, wall, title, per);
 }
 
 // One prefill of T tokens on the GPU's timeline.
@@ -482,20 +497,12 @@ json kernel_timeline(CudaEngine& e, const HParams& hp, int64_t T, const HaltingC
   e.reset();
   e.prefill(toks, po);  // plans built outside the trace
   cu::synchronize();
-  bench::GpuTrace tr;
-  std::string why;
-  double wall = 0;
-  const bool ok = bench::trace_gpu(
+  json j = traced(
       [&] {
         e.reset();
-        cu::synchronize();
-        const auto t0 = std::chrono::steady_clock::now();
         e.prefill(toks, po);
-        wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       },
-      &tr, &why);
-  if (!ok || tr.items.empty()) return trace_failed(ok, why);
-  json j = summarize_timeline(tr, wall, std::string(label) + ", T " + std::to_string(T) + ": GPU timeline of one prefill", 1);
+      std::string(label) + ", T " + std::to_string(T) + ": GPU timeline of one prefill", 1);
   j["T"] = T;
   return j;
 }
@@ -510,20 +517,13 @@ json decode_timeline(CudaEngine& e, const HParams& hp, int64_t T, int steps, con
   e.decode(1);
   e.decode(2);  // the graph is recorded here
   cu::synchronize();
-  bench::GpuTrace tr;
-  std::string why;
-  double wall = 0;
-  const bool ok = bench::trace_gpu(
+  json j = traced(
       [&] {
-        const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < steps; ++i) e.decode(static_cast<int32_t>(3 + i));
         cu::synchronize();
-        wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       },
-      &tr, &why);
-  if (!ok || tr.items.empty()) return trace_failed(ok, why);
-  json j = summarize_timeline(tr, wall, label + ": GPU timeline of a decode step after " + std::to_string(T) + " tokens, " +
-                                            std::to_string(steps) + " steps", steps);
+      label + ": GPU timeline of a decode step after " + std::to_string(T) + " tokens, " + std::to_string(steps) + " steps",
+      steps);
   j["T"] = T;
   return j;
 }
