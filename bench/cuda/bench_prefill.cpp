@@ -826,7 +826,7 @@ int main(int argc, char** argv) {
 #if DASHLM_HAVE_CUPTI
       out["decode_timeline_" + name] = decode_timeline(e, hp, decode_trace_T, 8, name);
 #else
-      std::printf("--kernel-trace: built without CUPTI\n\n");
+      std::printf("--decode-trace: built without CUPTI\n\n");
 #endif
     }
   }

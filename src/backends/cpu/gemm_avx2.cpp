@@ -198,12 +198,7 @@ void compute(int64_t mc, int64_t nc, int64_t kc, const float* ap, const float* b
   }
 }
 
-inline float sum_lanes(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
-}
+#include "backends/cpu/sum_lanes_x86.inc"
 
 // Dot products of M (<= 4) rows of A with 2 rows of B at a time (2 M accumulators of 8 lanes
 // along k, two independent chains per row even for M = 1), summed across lanes at the end.

@@ -260,6 +260,7 @@ void small_m_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, co
 #include "backends/cpu/softmax_tile.inc"
 #include "backends/cpu/dequant_blocks.inc"
 #include "backends/cpu/quant_dots.inc"
+#include "backends/cpu/sum_lanes_x86.inc"
 #include "backends/cpu/attention_f16.inc"
 
 constexpr KernelSet kSet = {

@@ -458,8 +458,8 @@ void attention(const float* q, const int32_t* q_pos, int64_t n_q, const KvRef& k
         // The f16 tile in place: row j of K (V) at kh (vh) + (ts ? ts[j] : j) * kv_stride.
         const int32_t* ts = slots ? slots + t0 : nullptr;
         const int64_t off0 = (slots ? 0 : t0 * kv_stride) + kvh * hd;
-        const uint16_t* kh = f16 ? static_cast<const uint16_t*>(kv.k) + off0 : nullptr;
-        const uint16_t* vh = f16 ? static_cast<const uint16_t*>(kv.v) + off0 : nullptr;
+        const uint16_t* kh = direct ? static_cast<const uint16_t*>(kv.k) + off0 : nullptr;
+        const uint16_t* vh = direct ? static_cast<const uint16_t*>(kv.v) + off0 : nullptr;
         if (direct) {
           attn_scores_f16(rows, nt, hd, qs, hd, kh, kv_stride, ts, s, kTile, p.scale);
         } else if (in_place) {
