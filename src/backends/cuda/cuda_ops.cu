@@ -559,9 +559,11 @@ struct PrepGroups {
   int total_heads;
 };
 
-// One block per token row. First the rotation's cos/sin for this row's position (double-precision
-// angles, like the CPU: positions reach 10^5 and more), then one warp per head: bias, RMSNorm,
-// rotation, conversion, store.
+// One block per token row and group of blockDim.x / 32 heads (gridDim.y groups: one for prefill,
+// as many as the heads need while decoding, so that a decode row's heads are not done in turn by
+// one CTA). First the rotation's cos/sin for this row's position (double-precision angles, like
+// the CPU: positions reach 10^5 and more), then one warp per head: bias, RMSNorm, rotation,
+// conversion, store.
 template <typename OutT>
 __global__ void k_prep_heads(const float* in, int64_t in_stride, PrepGroups<OutT> groups, float eps, RopeArgs rp,
                              const int32_t* pos) {
@@ -586,7 +588,7 @@ __global__ void k_prep_heads(const float* in, int64_t in_stride, PrepGroups<OutT
     }
   }
   __syncthreads();
-  for (int hh = warp; hh < groups.total_heads; hh += nw) {
+  for (int hh = blockIdx.y * nw + warp; hh < groups.total_heads; hh += nw * gridDim.y) {
     int gi = 0, h = hh;
     while (gi + 1 < groups.count && h >= groups.g[gi].n_heads) h -= groups.g[gi++].n_heads;
     const PrepGroup<OutT>& G = groups.g[gi];
@@ -643,8 +645,10 @@ void launch_prep(const float* in, int64_t in_stride, int64_t n, PrepGroups<OutT>
   if (!rotates) r.n_rot = 0;  // no table to compute
   const int nw = groups.total_heads < 8 ? groups.total_heads : 8;
   const size_t smem = (static_cast<size_t>(r.n_rot) + static_cast<size_t>(nw) * r.head_dim) * sizeof(float);
-  detail::launch("prep_heads", k_prep_heads<OutT>, static_cast<unsigned>(n), nw * 32, smem, in, in_stride, groups, eps,
-                 rope_args(r), pos);
+  // A few rows (decoding): the heads spread over CTAs; many rows fill the GPU with one CTA each.
+  const unsigned head_groups = n <= kDecodeMaxRows ? static_cast<unsigned>((groups.total_heads + nw - 1) / nw) : 1u;
+  detail::launch("prep_heads", k_prep_heads<OutT>, dim3(static_cast<unsigned>(n), head_groups), nw * 32, smem, in, in_stride,
+                 groups, eps, rope_args(r), pos);
 }
 
 template <typename OutT>
