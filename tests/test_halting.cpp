@@ -643,6 +643,77 @@ TEST(Halting, QueryPolicyKeepsWholeWords) {
   EXPECT_THROW(HaltingConfig::parse("query:2:0.2:drop:words=65").validate(L), Error);
 }
 
+// The query policy with blocks: each block of `blocks` eligible tokens keeps the same fraction,
+// its own best tokens, where one ranking of the document would keep only its most attended part.
+TEST(Halting, QueryPolicyRanksInBlocks) {
+  const int L = 8;
+  const int64_t n = 33;  // 32 eligible tokens and the protected last one
+  const auto [eligible, all] = hand_segment(n);
+  // Attention grows with position (as it decays with distance from the query), with a bump at
+  // token 3 above its block's neighbours but below every token of the last block.
+  std::vector<float> att(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) att[static_cast<size_t>(t)] = 0.01f * static_cast<float>(t);
+  att[3] = 0.2f;
+  auto kept = [&](const char* spec) {
+    HaltingConfig hc = HaltingConfig::parse(spec);
+    hc.protect_first = 0;
+    hc.validate(L);
+    auto p = make_halting_policy(hc, L);
+    p->begin(n, eligible);
+    const int layer = hc.decision_layer(L);
+    LayerSignals s;
+    s.active = all;
+    s.attention_received = att;
+    const std::vector<int32_t> h = p->observe(layer, s);
+    std::vector<int32_t> k;
+    std::set_difference(all.begin(), all.end() - 1, h.begin(), h.end(), std::back_inserter(k));
+    return k;
+  };
+  ASSERT_EQ(halting_keep_count(0.25, n - 1), 8);
+  EXPECT_EQ(kept("query:2:0.25:drop:pool=0:words=0"), (std::vector<int32_t>{24, 25, 26, 27, 28, 29, 30, 31}));
+  EXPECT_EQ(kept("query:2:0.25:drop:pool=0:words=0:blocks=8"), (std::vector<int32_t>{3, 7, 14, 15, 22, 23, 30, 31}));
+  // A last block shorter than the others keeps its share too.
+  EXPECT_EQ(kept("query:2:0.25:drop:pool=0:words=0:blocks=12"), (std::vector<int32_t>{3, 10, 11, 21, 22, 23, 30, 31}));
+  EXPECT_EQ(HaltingConfig::parse("query:2:0.2:drop:blocks=256").describe(L), "query(l=2,keep=0.20,pool=3,words=16,blocks=256,drop)");
+  EXPECT_EQ(HaltingConfig::parse("query:2:0.2:drop:blocks=256").spec(), "query:2:0.2:drop:blocks=256");
+  EXPECT_THROW(HaltingConfig::parse("topk:2:0.2:drop:blocks=8").validate(L), Error);
+  EXPECT_THROW(HaltingConfig::parse("query:2:0.2:drop:blocks=-1").validate(L), Error);
+}
+
+// The query policy with sentences: the groups are the sentences the session marks (cut every
+// `sentences` tokens), kept or halted whole as words are.
+TEST(Halting, QueryPolicyKeepsWholeSentences) {
+  const int L = 8;
+  const int64_t n = 16;
+  const auto [eligible, all] = hand_segment(n);
+  std::vector<uint8_t> starts(static_cast<size_t>(n), 0);
+  starts[0] = starts[5] = starts[10] = 1;  // sentences 0..4, 5..9, 10..15
+  std::vector<float> att(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) att[static_cast<size_t>(t)] = 0.01f * static_cast<float>(t);
+  att[7] = 1.f;
+  auto kept = [&](const char* spec) {
+    HaltingConfig hc = HaltingConfig::parse(spec);
+    hc.protect_first = 0;
+    hc.validate(L);
+    auto p = make_halting_policy(hc, L);
+    p->set_word_starts(starts);
+    p->begin(n, eligible);
+    LayerSignals s;
+    s.active = all;
+    s.attention_received = att;
+    const std::vector<int32_t> h = p->observe(hc.decision_layer(L), s);
+    std::vector<int32_t> k;
+    std::set_difference(all.begin(), all.end() - 1, h.begin(), h.end(), std::back_inserter(k));
+    return k;
+  };
+  ASSERT_EQ(halting_keep_count(0.2, n - 1), 3);
+  EXPECT_EQ(kept("query:2:0.2:drop:pool=0:words=0:sentences=16"), (std::vector<int32_t>{5, 6, 7, 8, 9}));
+  EXPECT_EQ(kept("query:2:0.2:drop:pool=0:words=0:sentences=2"), (std::vector<int32_t>{7, 8, 14}));
+  EXPECT_EQ(HaltingConfig::parse("query:2:0.2:drop:sentences=48").describe(L), "query(l=2,keep=0.20,pool=3,words=16,sentences=48,drop)");
+  EXPECT_THROW(HaltingConfig::parse("query:2:0.2:drop:sentences=257").validate(L), Error);
+  EXPECT_THROW(HaltingConfig::parse("attn:2:0.2:drop:sentences=8").validate(L), Error);
+}
+
 // On a model whose sliding-window layers see only their window (Gemma 3), the attention rankings
 // read the attention of the latest full layer up to the decision layer: there a token far before
 // the query can draw attention, in the window it cannot. Layers 0-4 and 6-9 are windowed, 5 full.

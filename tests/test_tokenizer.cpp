@@ -576,6 +576,36 @@ TEST(TokenizerReal, WordStarts) {
       << fmt::format("{}", fmt::join(n, "|"));
 }
 
+// Sentence starts: after a piece that ends a sentence ('.', '!', '?', then closing quotes or
+// brackets) or holds a line break, and around control tokens.
+TEST(TokenizerReal, SentenceStarts) {
+  const std::string dir = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
+  auto file = open_model_file(dir + "stories260K.bin", dir + "tok512.bin");
+  auto tok = Tokenizer::from_metadata(file->meta);
+  auto sentences = [&](const Tokenizer& t, const std::string& text, bool bos) {
+    const std::vector<int32_t> ids = t.encode(text, bos, true);
+    const std::vector<uint8_t> st = t.sentence_starts(ids);
+    EXPECT_EQ(st.size(), ids.size());
+    if (!st.empty()) EXPECT_EQ(st[0], 1);
+    std::vector<std::string> out;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (st[i] || out.empty()) out.emplace_back();
+      out.back() += t.token_to_piece(ids[i]);
+    }
+    return out;
+  };
+  const auto s = sentences(*tok, "Once upon a time, Lily played. She said \"Hi!\" Then she ran? Yes", true);
+  EXPECT_EQ(s, (std::vector<std::string>{"<s>", " Once upon a time, Lily played.", " She said \"Hi!\"", " Then she ran?", " Yes"}))
+      << fmt::format("{}", fmt::join(s, "|"));
+  EXPECT_TRUE(tok->sentence_starts({}).empty());
+  auto smol = gguf_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf");
+  if (!smol) GTEST_SKIP() << "models/SmolLM2-135M-Instruct.Q4_1.gguf not present";
+  const auto n = sentences(*smol, "<|im_start|>user\nThe pass key is 4025902. Remember it.\nSomeone carved the word \"otter\" into the door.", false);
+  EXPECT_EQ(n, (std::vector<std::string>{"<|im_start|>", "user", "\n", "The pass key is 4025902.", " Remember it.", "\n",
+                                     "Someone carved the word \"otter\" into the door."}))
+      << fmt::format("{}", fmt::join(n, "|"));
+}
+
 TEST(TokenizerReal, SmolLM2VocabularyWithOtherPreTokenizers) {
   // The SmolLM2 vocabulary read with the other pre-tokenizers, against llama.cpp on the same
   // vocabulary-only GGUF (scripts/tokenizer-parity --with-pre).

@@ -345,6 +345,35 @@ std::vector<uint8_t> Tokenizer::word_starts(std::span<const int32_t> ids) const 
   return starts;
 }
 
+std::vector<uint8_t> Tokenizer::sentence_starts(std::span<const int32_t> ids) const {
+  const auto ends_sentence = [](const std::string& piece) {
+    if (piece.find('\n') != std::string::npos) return true;
+    size_t e = piece.size();
+    while (e > 0 && std::string_view(" \t\"')]}").find(piece[e - 1]) != std::string_view::npos) --e;
+    return e > 0 && (piece[e - 1] == '.' || piece[e - 1] == '!' || piece[e - 1] == '?');
+  };
+  std::vector<uint8_t> starts(ids.size(), 0);
+  bool next_starts = true, prev_control = false;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const auto id = static_cast<size_t>(ids[i]);
+    const bool control = ids[i] < 0 || id >= tokens_.size() || (id < types_.size() && types_[id] == TokenType::CONTROL);
+    if (control) {
+      starts[i] = 1;
+      next_starts = prev_control = true;
+      continue;
+    }
+    const std::string piece = token_to_piece(ids[i]);
+    // Closing quotes or brackets after the end stay with the sentence they close.
+    const bool closes = !piece.empty() && piece.find_first_not_of("\"')]}") == std::string::npos;
+    const bool after_control = prev_control;
+    prev_control = false;
+    if (next_starts && closes && i > 0 && !after_control) continue;
+    if (next_starts || (!piece.empty() && piece.front() == '\n')) starts[i] = 1;
+    next_starts = ends_sentence(piece);
+  }
+  return starts;
+}
+
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   size_t i = 0;

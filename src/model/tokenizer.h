@@ -41,6 +41,10 @@ class Tokenizer {
   // non-ASCII byte and the previous token's ends with one (so "4025902" spelled digit by digit,
   // or a word cut into pieces, is one word). Control tokens stand alone.
   std::vector<uint8_t> word_starts(std::span<const int32_t> ids) const;
+  // Per token, 1 where it begins a sentence: the first token, a token after one whose text ends a
+  // sentence ('.', '!' or '?', then perhaps closing quotes or brackets and spaces) or holds a line
+  // break, and control tokens (which stand alone, as do the tokens after them).
+  std::vector<uint8_t> sentence_starts(std::span<const int32_t> ids) const;
 
   int32_t n_vocab() const { return static_cast<int32_t>(tokens_.size()); }
   int32_t bos() const { return bos_; }  // -1 if none

@@ -36,7 +36,11 @@ PrefillResult Session::prefill(const Prompt& p, const PrefillRequest& req) {
 
   auto run_segment = [&](std::span<const int32_t> seg, int64_t a, const PrefillOptions& base, ForwardStats* st, double* ms) {
     PrefillOptions po = base;
-    if (base.halting && policy && policy->reads(Setting::Words) && base.halting->words > 0) po.word_starts = tok_.word_starts(seg);
+    if (base.halting && policy && policy->reads(Setting::Sentences) && base.halting->sentences > 0) {
+      po.word_starts = tok_.sentence_starts(seg);  // the policy groups whole sentences
+    } else if (base.halting && policy && policy->reads(Setting::Words) && base.halting->words > 0) {
+      po.word_starts = tok_.word_starts(seg);
+    }
     std::vector<float> rows;
     const auto len = static_cast<int64_t>(seg.size());
     const bool keeps = from < a + len;

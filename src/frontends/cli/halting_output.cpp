@@ -26,6 +26,9 @@ void add_halting_flags(CLI::App* c, HaltingFlags& f) {
       {Setting::Pool, "query: a token scores the most attention within this many neighbours"},
       {Setting::Words, "query: keep or halt whole words (tokens with no word boundary between them, such as a number's digits) "
                        "of up to this many tokens; 0: single tokens"},
+      {Setting::Sentences, "query: keep or halt whole sentences of up to this many tokens (instead of words); 0: off"},
+      {Setting::Blocks, "query: rank in consecutive blocks of this many document tokens, each keeping the same fraction; 0: "
+                        "one ranking of the whole document"},
       {Setting::Mix, "query: weight of the delta's rank beside the attention's (0..1)"},
       {Setting::Then, "topk/random/attn/query: later decisions L@KEEP[/L@KEEP...], layers ascending, keep fractions (of the "
                       "tokens eligible at the start) falling"},

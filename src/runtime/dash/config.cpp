@@ -30,6 +30,8 @@ constexpr SettingInfo kSettings[] = {
     {Setting::AttnQueries, "attn_queries", "--attn-queries", "q"},
     {Setting::Pool, "pool", "--pool", "pool"},
     {Setting::Words, "words", "--words", "words"},
+    {Setting::Sentences, "sentences", "--sentences", "sentences"},
+    {Setting::Blocks, "blocks", "--blocks", "blocks"},
     {Setting::Mix, "mix", "--mix", "mix"},
     {Setting::Then, "then", "--then", "then"},
     {Setting::Decide, "decide", "--decide", "decide"},
@@ -52,11 +54,11 @@ constexpr Setting kCommon[] = {Setting::Kv, Setting::Signal, Setting::ProtectFir
 constexpr Setting kCommonOptions[] = {Setting::ProtectFirst, Setting::ProtectLast};
 // The order of :key=value fields in a canonical spec.
 constexpr Setting kOptionOrder[] = {Setting::Signal, Setting::ProtectFirst, Setting::ProtectLast, Setting::AttnQueries, Setting::Seed,
-                                    Setting::Pool, Setting::Words, Setting::Mix, Setting::Then, Setting::Decide, Setting::MinLayer, Setting::Overlap};
+                                    Setting::Pool, Setting::Words, Setting::Sentences, Setting::Blocks, Setting::Mix, Setting::Then, Setting::Decide, Setting::MinLayer, Setting::Overlap};
 // Settings that belong to some policies only: giving one to a policy that does not read it is an
 // error (the seed is shared with sampling and so not among them).
 constexpr Setting kPolicyOwn[] = {Setting::HaltLayer, Setting::Keep, Setting::MinLayer, Setting::Tau, Setting::Patience,
-                                  Setting::AttnQueries, Setting::Pool, Setting::Words, Setting::Mix, Setting::Then, Setting::Decide, Setting::Overlap};
+                                  Setting::AttnQueries, Setting::Pool, Setting::Words, Setting::Sentences, Setting::Blocks, Setting::Mix, Setting::Then, Setting::Decide, Setting::Overlap};
 
 bool contains(std::span<const Setting> set, Setting s) { return std::find(set.begin(), set.end(), s) != set.end(); }
 
@@ -143,6 +145,8 @@ void set_setting(HaltingConfig& hc, Setting s, std::string_view v) {
     case Setting::AttnQueries: hc.attn_queries = parse_int(s, v); break;
     case Setting::Pool: hc.pool = parse_int(s, v); break;
     case Setting::Words: hc.words = parse_int(s, v); break;
+    case Setting::Sentences: hc.sentences = parse_int(s, v); break;
+    case Setting::Blocks: hc.blocks = parse_int(s, v); break;
     case Setting::Mix: hc.mix = parse_number(s, v); break;
     case Setting::Then: hc.then = parse_stages(v); break;
     case Setting::Decide: hc.decide = parse_decide_rule(v); break;
@@ -166,6 +170,8 @@ std::string setting_value(const HaltingConfig& hc, Setting s) {
     case Setting::AttnQueries: return fmt::format("{}", hc.attn_queries);
     case Setting::Pool: return fmt::format("{}", hc.pool);
     case Setting::Words: return fmt::format("{}", hc.words);
+    case Setting::Sentences: return fmt::format("{}", hc.sentences);
+    case Setting::Blocks: return fmt::format("{}", hc.blocks);
     case Setting::Mix: return fmt::format("{:.6g}", hc.mix);
     case Setting::Then: {
       std::string v;
@@ -313,6 +319,8 @@ nlohmann::json HaltingConfig::to_json(int n_layer) const {
         case Setting::AttnQueries: j[setting_name(s)] = attn_queries; break;
         case Setting::Pool: j[setting_name(s)] = pool; break;
         case Setting::Words: j[setting_name(s)] = words; break;
+        case Setting::Sentences: j[setting_name(s)] = sentences; break;
+        case Setting::Blocks: j[setting_name(s)] = blocks; break;
         case Setting::Mix: j[setting_name(s)] = mix; break;
         default: j[setting_name(s)] = setting_value(*this, s); break;
       }

@@ -49,7 +49,7 @@ struct HaltStage {
 
 // The settings, by one name each. The policy's name is a setting too.
 enum class Setting {
-  Policy, HaltLayer, Keep, MinLayer, Tau, Patience, Seed, AttnQueries, Pool, Words, Mix, Then, Decide, Overlap, Kv, Signal,
+  Policy, HaltLayer, Keep, MinLayer, Tau, Patience, Seed, AttnQueries, Pool, Words, Sentences, Blocks, Mix, Then, Decide, Overlap, Kv, Signal,
   ProtectFirst, ProtectLast
 };
 // "keep", "halt_layer", ...: the name in messages and JSON.
@@ -85,6 +85,14 @@ struct HaltingConfig {
   // them, such as the digits of a number) of at most this many tokens; 0: single tokens. On
   // by default: cutting single digits out of a number cost answers (docs/RESULTS.md).
   int words = 16;
+  // query policy: > 0 keeps or halts whole sentences (cut every `sentences` tokens) instead of
+  // words: a sentence ranks as its best token, so that what the question matches in a sentence
+  // brings the rest (the counted word of "Someone carved the word ... into the door") with it.
+  int sentences = 0;
+  // query policy: > 0 ranks the document in consecutive blocks of this many tokens, each block
+  // keeping the same fraction, so that the attention's decay with distance does not decide which
+  // part of the document stays (the early part, on the Qwen models and SmolLM2); 0: one ranking.
+  int blocks = 0;
   double mix = 0;               // query policy: weight of the delta's rank beside the attention's
   // Ranking policies: the decisions after the first (halt_layer, keep), ascending in layer with
   // falling keep fractions (spec option then=L@KEEP/L@KEEP...); empty: one decision.

@@ -61,7 +61,8 @@ class HaltingPolicy {
   // Before begin(): the segment's last n rows are the query (they never halt), for the policies
   // that read it (PolicyInfo::reads_query); 0: no query in the segment.
   void set_query_rows(int64_t n) { query_rows_ = n; }
-  // Before begin(): word_starts[t] is 1 where token t of the segment begins a word (empty: every
+  // Before begin(): word_starts[t] is 1 where token t of the segment begins a word, or a sentence
+  // for a policy that keeps whole sentences (empty: every
   // token is a word), for the policies that keep whole words.
   void set_word_starts(std::vector<uint8_t> w) { word_starts_ = std::move(w); }
   // Before begin(): windows[l] is layer l's sliding attention window (0: it sees every earlier

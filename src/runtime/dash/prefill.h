@@ -53,7 +53,7 @@ struct PrefillOptions {
   // the query ranks the others by the attention these rows pay them (0: no query here).
   int64_t query_rows = 0;
   // Per token of the segment, 1 where it begins a word (empty: every token is one), for policies
-  // that keep whole words (Tokenizer::word_starts).
+  // that keep whole words (Tokenizer::word_starts) or sentences (Tokenizer::sentence_starts).
   std::vector<uint8_t> word_starts;
   std::function<void(int layers_done, int n_layers)> progress;
   std::vector<float>* logits_all = nullptr;  // (T - logits_first) x n_vocab logits of the tokens

@@ -59,7 +59,7 @@ std::vector<int32_t> RankedPolicy::observe(int layer, const LayerSignals& s) {
   // A fraction of the tokens eligible at the start; earlier decisions kept at least as many.
   int64_t n_keep = std::min<int64_t>(halting_keep_count(stages_[next_].keep, n_eligible_), static_cast<int64_t>(cand.size()));
   rank(cand);
-  if (cfg_.words > 0 && !word_starts_.empty()) n_keep = group_words(cand, n_keep);
+  if ((cfg_.words > 0 || cfg_.sentences > 0) && !word_starts_.empty()) n_keep = group_words(cand, n_keep);
   if (next_ == 0 && cfg_.decide == DecideRule::Stable && layer < stages_[0].layer) {
     // Decide here once the top set overlaps the previous layer's by `overlap` (the first layer of
     // the window only sets the reference).
@@ -81,11 +81,12 @@ std::vector<int32_t> RankedPolicy::observe(int layer, const LayerSignals& s) {
 }
 
 int64_t RankedPolicy::group_words(std::vector<std::pair<float, int32_t>>& cand, int64_t n_keep) const {
-  // Word of each token of the segment: a new one at each word start and every cfg_.words tokens.
+  // Word (or sentence) of each token of the segment: a new one at each start and every `cap` tokens.
+  const int cap = cfg_.sentences > 0 ? cfg_.sentences : cfg_.words;
   std::vector<int32_t> word(word_starts_.size());
   int32_t w = -1, len = 0;
   for (size_t t = 0; t < word_starts_.size(); ++t) {
-    if (w < 0 || word_starts_[t] || len == cfg_.words) {
+    if (w < 0 || word_starts_[t] || len == cap) {
       ++w;
       len = 0;
     }
