@@ -543,6 +543,27 @@ std::pair<std::vector<uint8_t>, std::vector<int32_t>> hand_segment(int64_t n) {
   return {eligible, all};
 }
 
+// The tokens a query-policy spec (protect_first 0) keeps of a hand segment whose attention
+// received is `att`, its groups starting at `starts` (empty: none given).
+std::vector<int32_t> query_kept(const char* spec, int n_layer, const std::vector<float>& att,
+                                const std::vector<uint8_t>& starts = {}) {
+  const auto n = static_cast<int64_t>(att.size());
+  const auto [eligible, all] = hand_segment(n);
+  HaltingConfig hc = HaltingConfig::parse(spec);
+  hc.protect_first = 0;
+  hc.validate(n_layer);
+  auto p = make_halting_policy(hc, n_layer);
+  if (!starts.empty()) p->set_word_starts(starts);
+  p->begin(n, eligible);
+  LayerSignals s;
+  s.active = all;
+  s.attention_received = att;
+  const std::vector<int32_t> h = p->observe(hc.decision_layer(n_layer), s);
+  std::vector<int32_t> k;
+  std::set_difference(all.begin(), all.end() - 1, h.begin(), h.end(), std::back_inserter(k));
+  return k;
+}
+
 }  // namespace
 
 // Where a ranking policy reads its signal follows its schedule; the stable rule decides at the
@@ -648,27 +669,12 @@ TEST(Halting, QueryPolicyKeepsWholeWords) {
 TEST(Halting, QueryPolicyRanksInBlocks) {
   const int L = 8;
   const int64_t n = 33;  // 32 eligible tokens and the protected last one
-  const auto [eligible, all] = hand_segment(n);
   // Attention grows with position (as it decays with distance from the query), with a bump at
   // token 3 above its block's neighbours but below every token of the last block.
   std::vector<float> att(static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) att[static_cast<size_t>(t)] = 0.01f * static_cast<float>(t);
   att[3] = 0.2f;
-  auto kept = [&](const char* spec) {
-    HaltingConfig hc = HaltingConfig::parse(spec);
-    hc.protect_first = 0;
-    hc.validate(L);
-    auto p = make_halting_policy(hc, L);
-    p->begin(n, eligible);
-    const int layer = hc.decision_layer(L);
-    LayerSignals s;
-    s.active = all;
-    s.attention_received = att;
-    const std::vector<int32_t> h = p->observe(layer, s);
-    std::vector<int32_t> k;
-    std::set_difference(all.begin(), all.end() - 1, h.begin(), h.end(), std::back_inserter(k));
-    return k;
-  };
+  auto kept = [&](const char* spec) { return query_kept(spec, L, att); };
   ASSERT_EQ(halting_keep_count(0.25, n - 1), 8);
   EXPECT_EQ(kept("query:2:0.25:drop:pool=0:words=0"), (std::vector<int32_t>{24, 25, 26, 27, 28, 29, 30, 31}));
   EXPECT_EQ(kept("query:2:0.25:drop:pool=0:words=0:blocks=8"), (std::vector<int32_t>{3, 7, 14, 15, 22, 23, 30, 31}));
@@ -685,27 +691,12 @@ TEST(Halting, QueryPolicyRanksInBlocks) {
 TEST(Halting, QueryPolicyKeepsWholeSentences) {
   const int L = 8;
   const int64_t n = 16;
-  const auto [eligible, all] = hand_segment(n);
   std::vector<uint8_t> starts(static_cast<size_t>(n), 0);
   starts[0] = starts[5] = starts[10] = 1;  // sentences 0..4, 5..9, 10..15
   std::vector<float> att(static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) att[static_cast<size_t>(t)] = 0.01f * static_cast<float>(t);
   att[7] = 1.f;
-  auto kept = [&](const char* spec) {
-    HaltingConfig hc = HaltingConfig::parse(spec);
-    hc.protect_first = 0;
-    hc.validate(L);
-    auto p = make_halting_policy(hc, L);
-    p->set_word_starts(starts);
-    p->begin(n, eligible);
-    LayerSignals s;
-    s.active = all;
-    s.attention_received = att;
-    const std::vector<int32_t> h = p->observe(hc.decision_layer(L), s);
-    std::vector<int32_t> k;
-    std::set_difference(all.begin(), all.end() - 1, h.begin(), h.end(), std::back_inserter(k));
-    return k;
-  };
+  auto kept = [&](const char* spec) { return query_kept(spec, L, att, starts); };
   ASSERT_EQ(halting_keep_count(0.2, n - 1), 3);
   EXPECT_EQ(kept("query:2:0.2:drop:pool=0:words=0:sentences=16"), (std::vector<int32_t>{5, 6, 7, 8, 9}));
   EXPECT_EQ(kept("query:2:0.2:drop:pool=0:words=0:sentences=2"), (std::vector<int32_t>{7, 8, 14}));

@@ -543,24 +543,31 @@ TEST(TokenizerReal, SmolLM2) {
   check_against_llama_cpp(*tok, "SmolLM2-135M-Instruct.Q4_1.json");
 }
 
+namespace {
+
+// A text's tokens joined into the groups that `starts` (word_starts or sentence_starts) marks.
+using StartsFn = std::vector<uint8_t> (Tokenizer::*)(std::span<const int32_t>) const;
+std::vector<std::string> groups_of(const Tokenizer& t, const std::string& text, bool bos, StartsFn starts) {
+  const std::vector<int32_t> ids = t.encode(text, bos, true);
+  const std::vector<uint8_t> st = (t.*starts)(ids);
+  EXPECT_EQ(st.size(), ids.size());
+  if (!st.empty()) EXPECT_EQ(st[0], 1);
+  std::vector<std::string> out;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (st[i] || out.empty()) out.emplace_back();
+    out.back() += t.token_to_piece(ids[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
 // Word starts: pieces that continue a letter or digit run join the word before them.
 TEST(TokenizerReal, WordStarts) {
   const std::string dir = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
   auto file = open_model_file(dir + "stories260K.bin", dir + "tok512.bin");
   auto tok = Tokenizer::from_metadata(file->meta);
-  // Every token, and the number of words a text's tokens form against the words the text has.
-  auto words = [&](const Tokenizer& t, const std::string& text, bool bos) {
-    const std::vector<int32_t> ids = t.encode(text, bos, true);
-    const std::vector<uint8_t> st = t.word_starts(ids);
-    EXPECT_EQ(st.size(), ids.size());
-    if (!st.empty()) EXPECT_EQ(st[0], 1);
-    std::vector<std::string> out;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (st[i] || out.empty()) out.emplace_back();
-      out.back() += t.token_to_piece(ids[i]);
-    }
-    return out;
-  };
+  auto words = [](const Tokenizer& t, const std::string& text, bool bos) { return groups_of(t, text, bos, &Tokenizer::word_starts); };
   // stories260K's 512 pieces cut most words into several.
   const auto w = words(*tok, "Once upon a time, Lily played.", true);
   EXPECT_EQ(w, (std::vector<std::string>{"<s>", " Once", " upon", " a", " time", ",", " Lily", " played", "."}))
@@ -582,17 +589,8 @@ TEST(TokenizerReal, SentenceStarts) {
   const std::string dir = std::string(DASHLM_SHARED_DIR) + "/models/stories260K/";
   auto file = open_model_file(dir + "stories260K.bin", dir + "tok512.bin");
   auto tok = Tokenizer::from_metadata(file->meta);
-  auto sentences = [&](const Tokenizer& t, const std::string& text, bool bos) {
-    const std::vector<int32_t> ids = t.encode(text, bos, true);
-    const std::vector<uint8_t> st = t.sentence_starts(ids);
-    EXPECT_EQ(st.size(), ids.size());
-    if (!st.empty()) EXPECT_EQ(st[0], 1);
-    std::vector<std::string> out;
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (st[i] || out.empty()) out.emplace_back();
-      out.back() += t.token_to_piece(ids[i]);
-    }
-    return out;
+  auto sentences = [](const Tokenizer& t, const std::string& text, bool bos) {
+    return groups_of(t, text, bos, &Tokenizer::sentence_starts);
   };
   const auto s = sentences(*tok, "Once upon a time, Lily played. She said \"Hi!\" Then she ran? Yes", true);
   EXPECT_EQ(s, (std::vector<std::string>{"<s>", " Once upon a time, Lily played.", " She said \"Hi!\"", " Then she ran?", " Yes"}))
