@@ -199,9 +199,9 @@ TEST(Q8, DotProductsWithinBoundsAtEveryLevel) {
       const size_t rb = dtype_row_bytes(type, k);
       std::vector<float> wf(static_cast<size_t>(n * k));
       for (int64_t r = 0; r < n; ++r) cpu::dequantize_row(type, w.data() + r * rb, wf.data() + r * k, k);
-      // Beyond 4 rows the panels' register tiles take 4 or 6 rows: 9, 10, 11 and 13 end in every
-      // shorter tile.
-      for (int64_t m : {1, 2, 3, 4, 5, 9, 10, 11, 13}) {
+      // Beyond 4 rows the panels' register tiles take 4, 6 (AVX2) or 8 rows (VNNI): 9 to 16 end in
+      // every shorter tile of each.
+      for (int64_t m : {1, 2, 3, 4, 5, 9, 10, 11, 13, 14, 15, 16}) {
         const std::vector<float> x = random_x(m, k, rng);
         cpu::Q8Activations qx;
         qx.quantize(x.data(), k, m, k);
