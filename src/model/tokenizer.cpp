@@ -336,9 +336,7 @@ std::vector<uint8_t> Tokenizer::word_starts(std::span<const int32_t> ids) const 
   std::vector<uint8_t> starts(ids.size(), 1);
   bool prev_ends_word = false;
   for (size_t i = 0; i < ids.size(); ++i) {
-    const auto id = static_cast<size_t>(ids[i]);
-    const bool control = ids[i] < 0 || id >= tokens_.size() || (id < types_.size() && types_[id] == TokenType::CONTROL);
-    const std::string piece = control ? std::string() : token_to_piece(ids[i]);
+    const std::string piece = stands_alone(ids[i]) ? std::string() : token_to_piece(ids[i]);
     if (!piece.empty() && prev_ends_word && word_byte(piece.front())) starts[i] = 0;
     prev_ends_word = !piece.empty() && word_byte(piece.back());
   }
@@ -355,9 +353,7 @@ std::vector<uint8_t> Tokenizer::sentence_starts(std::span<const int32_t> ids) co
   std::vector<uint8_t> starts(ids.size(), 0);
   bool next_starts = true, prev_control = false;
   for (size_t i = 0; i < ids.size(); ++i) {
-    const auto id = static_cast<size_t>(ids[i]);
-    const bool control = ids[i] < 0 || id >= tokens_.size() || (id < types_.size() && types_[id] == TokenType::CONTROL);
-    if (control) {
+    if (stands_alone(ids[i])) {
       starts[i] = 1;
       next_starts = prev_control = true;
       continue;

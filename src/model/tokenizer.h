@@ -84,6 +84,12 @@ class Tokenizer {
     ATTR_CONTROL = 1u << 3, ATTR_USER_DEFINED = 1u << 4, ATTR_BYTE = 1u << 5,
   };
   uint32_t attr(int32_t id) const { return attrs_[static_cast<size_t>(id)]; }
+  // A control token (by the file's token type) or an id outside the vocabulary: it stands alone
+  // in word_starts and sentence_starts.
+  bool stands_alone(int32_t id) const {
+    const auto i = static_cast<size_t>(id);
+    return id < 0 || i >= tokens_.size() || (i < types_.size() && types_[i] == TokenType::CONTROL);
+  }
 
 
   // Token texts in one buffer: a vocabulary of 262k tokens held as std::string costs 8 MiB in

@@ -6,11 +6,11 @@
 // neighbouring tokens stay together; with mix > 0 the score's rank is mixed with the rank of the
 // token's delta (DASH's signal). With words > 0 whole words are ranked (by their best token) and
 // kept or halted together, so that a number's digits stay or go as one; with sentences > 0 whole
-// sentences are, so that the words a question cannot name stay with the ones it matches. With blocks > 0 each
-// block of that many document tokens keeps the same fraction (a token's score becomes its rank
-// within its block): attention decays with distance, and on the Qwen models and SmolLM2 one
-// ranking of the whole document halts most of its early part. The query rows themselves
-// never halt. Without a query (a task
+// sentences are, so that the words a question cannot name stay with the ones it matches. With
+// blocks > 0 each block of that many document tokens keeps the same fraction (a token's score
+// becomes its rank within its block): attention decays with distance, and on the Qwen models and
+// SmolLM2 one ranking of the whole document halts most of its early part. The query rows
+// themselves never halt. Without a query (a task
 // that may not read it, or a prompt without one) the segment's last attn_queries rows rank the
 // others instead, as the attn policy does.
 #include <algorithm>
