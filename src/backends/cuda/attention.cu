@@ -533,6 +533,7 @@ struct DecodeArgs {
 };
 
 constexpr int kDecodeWarps = 4;
+constexpr int kDecodeStages = 3;  // batches of keys in shared memory: two in flight, one in use
 
 __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -576,6 +577,38 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
     c_hi = dmin(hi, c_lo + chunk - 1);
   }
 
+  // K and V reach shared memory by cp.async, kDecodeStages - 1 batches ahead of the batch in use,
+  // so a CTA keeps that many batches of loads in flight while it computes (registers could not
+  // hold them). Each lane copies, and later reads, only its own 16 bytes of each key: waiting for
+  // its own copies is enough, no barrier. Slots of keys not loaded are zero-filled.
+  constexpr int S = kDecodeStages;
+  constexpr int kKvBytes = S * kDecodeWarps * U * 2 * 32 * 16;
+  constexpr int kJoinBytes = (kDecodeWarps * QV * HD + 2 * kDecodeWarps * QV) * 4;
+  __shared__ __align__(16) unsigned char s_raw[kKvBytes > kJoinBytes ? kKvBytes : kJoinBytes];
+  auto* s_kv = reinterpret_cast<uint4(*)[kDecodeWarps][U][2][32]>(s_raw);
+  const int64_t kv_off = static_cast<int64_t>(kvh) * HD + li * 8;
+  const int n_iter = c_hi >= c_lo ? static_cast<int>((c_hi - c_lo) / STEP) + 1 : 0;
+  uint32_t okbits = 0;  // bit (stage * U + u): that slot holds a loaded key
+  auto key_of = [&](int it, int u) { return c_lo + static_cast<int64_t>(it) * STEP + (u * kDecodeWarps + warp) * KPW + kg; };
+  auto issue = [&](int it) {
+    if (it < n_iter) {
+      const int s = it % S;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t key = key_of(it, u);
+        const bool ok = key <= c_hi && (!a.valid || a.valid[key]);
+        const uint32_t bit = 1u << (s * U + u);
+        okbits = ok ? okbits | bit : okbits & ~bit;
+        const int64_t off = ok ? key * a.kv_stride + kv_off : 0;
+        cp_async16(smem_addr(&s_kv[s][warp][u][0][lane]), a.k + off, ok);
+        cp_async16(smem_addr(&s_kv[s][warp][u][1][lane]), a.v + off, ok);
+      }
+    }
+    cp_async_commit();  // an empty group past the end keeps the count the wait below relies on
+  };
+#pragma unroll
+  for (int it = 0; it < S - 1; ++it) issue(it);
+
   // Query vectors (8 dims each, pre-scaled into the log2 domain) and their positions.
   float qf[QV][8];
   int64_t qp[QV];
@@ -603,29 +636,19 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
     for (int d = 0; d < 8; ++d) o[j][d] = 0.f;
   }
 
-  const int64_t kv_off = static_cast<int64_t>(kvh) * HD + li * 8;
-  for (int64_t base = c_lo; base <= c_hi; base += STEP) {
+  for (int it = 0; it < n_iter; ++it) {
+    issue(it + S - 1);
+    cp_async_wait<S - 1>();
+    const int s = it % S;
     int64_t key[U];
     bool ok[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      key[u] = base + (u * kDecodeWarps + warp) * KPW + kg;
-      ok[u] = key[u] <= c_hi;
-    }
-    if (a.valid) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) ok[u] = ok[u] && a.valid[key[u]];
-    }
     uint4 kr[U], vr[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (ok[u]) {
-        kr[u] = *reinterpret_cast<const uint4*>(a.k + key[u] * a.kv_stride + kv_off);
-        vr[u] = *reinterpret_cast<const uint4*>(a.v + key[u] * a.kv_stride + kv_off);
-      } else {
-        kr[u] = make_uint4(0, 0, 0, 0);
-        vr[u] = make_uint4(0, 0, 0, 0);
-      }
+      key[u] = key_of(it, u);
+      ok[u] = (okbits >> (s * U + u)) & 1u;
+      kr[u] = s_kv[s][warp][u][0][lane];
+      vr[u] = s_kv[s][warp][u][1][lane];
     }
     // Scores of the U keys for every query vector (independent dot products), then one rescale
     // of the running output per query vector for the whole batch.
@@ -649,6 +672,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 #pragma unroll
         for (int j = 0; j < QV; ++j) sc[u][j] += __shfl_xor_sync(0xffffffffu, sc[u][j], off);
     }
+    // Online softmax per query vector: the scores become the keys' weights (0 for keys not
+    // visible), the running sums are rescaled once for the batch; then each value vector is
+    // converted once and added into every query vector's output.
 #pragma unroll
     for (int j = 0; j < QV; ++j) {
       float mn = m[j];
@@ -658,28 +684,38 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
         sc[u][j] = vis ? sc[u][j] : -INFINITY;
         mn = fmaxf(mn, sc[u][j]);
       }
-      if (mn == -INFINITY) continue;  // nothing visible yet (uniform within the key's lanes)
-      const float alpha = exp2f(m[j] - mn);  // m = -inf: 0
+      // Nothing visible yet (uniform within the key's lanes): weights 0, sums unchanged.
+      const bool any = mn != -INFINITY;
+      const float alpha = any ? exp2f(m[j] - mn) : 1.f;  // m = -inf: 0
       float lj = l[j] * alpha;
 #pragma unroll
-      for (int d = 0; d < 8; ++d) o[j][d] *= alpha;
-#pragma unroll
       for (int u = 0; u < U; ++u) {
-        const float pk = exp2f(sc[u][j] - mn);  // -inf: 0
+        const float pk = any ? exp2f(sc[u][j] - mn) : 0.f;  // -inf: 0
+        sc[u][j] = pk;
         lj += pk;
-        float vf[8];
-        bf16x8_to_f32(vr[u], vf);
-#pragma unroll
-        for (int d = 0; d < 8; ++d) o[j][d] = fmaf(pk, vf[d], o[j][d]);
       }
+#pragma unroll
+      for (int d = 0; d < 8; ++d) o[j][d] *= alpha;
       l[j] = lj;
-      m[j] = mn;
+      m[j] = any ? mn : m[j];
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float vf[8];
+      bf16x8_to_f32(vr[u], vf);
+#pragma unroll
+      for (int j = 0; j < QV; ++j)
+#pragma unroll
+        for (int d = 0; d < 8; ++d) o[j][d] = fmaf(sc[u][j], vf[d], o[j][d]);
     }
   }
 
   // Join the key groups of the warp (lanes li, li + LPK, ...), then the warps through shared memory.
-  __shared__ float s_o[kDecodeWarps][QV][HD];
-  __shared__ float s_m[kDecodeWarps][QV], s_l[kDecodeWarps][QV];
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with s_kv: the join reuses it
+  auto* s_o = reinterpret_cast<float(*)[QV][HD]>(s_raw);
+  auto* s_m = reinterpret_cast<float(*)[QV]>(s_raw + kDecodeWarps * QV * HD * 4);
+  auto* s_l = reinterpret_cast<float(*)[QV]>(s_raw + (kDecodeWarps * QV * HD + kDecodeWarps * QV) * 4);
 #pragma unroll
   for (int j = 0; j < QV; ++j) {
     float mx = m[j];
@@ -729,31 +765,78 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 }
 
 // out[row, head] = the chunks' partial outputs weighted by exp2(lse); zeros for a row that saw no key.
+// One CTA per query vector; warp w joins the chunks [w * per, (w + 1) * per) with every load of
+// its chunks issued before the first is used (lane l holds chunk w * per + l's lse and 4
+// dimensions of each partial output), then the warps join through shared memory.
 constexpr int kDecodeMaxSplits = 128;
+constexpr int kMergeWarps = 4;
 
-__global__ void k_decode_merge(const float* part_o, const float* part_lse, int n_split, int64_t n_vec, int hd, nvbf16* out) {
-  __shared__ float w[kDecodeMaxSplits];  // the chunks' weights
-  __shared__ float red[32];
+template <int HD>
+__global__ void __launch_bounds__(kMergeWarps * 32) k_decode_merge(const float* part_o, const float* part_lse, int n_split,
+                                                                   int64_t n_vec, nvbf16* out) {
+  constexpr int D4 = HD / 128 > 0 ? HD / 128 : 1;  // float4s per lane (HD 64: lanes 16..31 idle)
+  constexpr int kPer = kDecodeMaxSplits / kMergeWarps;
+  __shared__ float s_o[kMergeWarps][HD], s_m[kMergeWarps], s_l[kMergeWarps];
   const int64_t qi = blockIdx.x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int per = (n_split + kMergeWarps - 1) / kMergeWarps;
+  const int s0 = warp * per, s1 = min(n_split, s0 + per);
   detail::pdl_wait();
   detail::pdl_launch_dependents();
-  float mx = -INFINITY;
-  for (int s = threadIdx.x; s < n_split; s += blockDim.x) mx = fmaxf(mx, part_lse[s * n_vec + qi]);
-  mx = detail::block_max(mx, red);
-  float wsum = 0.f;
-  for (int s = threadIdx.x; s < n_split; s += blockDim.x) {
-    const float x = part_lse[s * n_vec + qi];
-    const float ws = mx == -INFINITY || x == -INFINITY ? 0.f : exp2f(x - mx);
-    w[s] = ws;
-    wsum += ws;
+  const float x = s0 + lane < s1 ? part_lse[(s0 + lane) * n_vec + qi] : -INFINITY;
+  float4 acc[D4];
+#pragma unroll
+  for (int t = 0; t < D4; ++t) acc[t] = make_float4(0.f, 0.f, 0.f, 0.f);
+  const float mx = detail::warp_max(x);
+  const float wl = mx == -INFINITY || x == -INFINITY ? 0.f : exp2f(x - mx);
+  const float lsum = detail::warp_sum(wl);
+  const bool dims = lane * 4 < HD;
+  for (int b = 0; b < kPer; b += 8) {
+    if (s0 + b >= s1) break;
+    float4 v[8][D4];
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+#pragma unroll
+      for (int t = 0; t < D4; ++t)
+        v[u][t] = s0 + b + u < s1 && dims
+                      ? *reinterpret_cast<const float4*>(part_o + ((s0 + b + u) * n_vec + qi) * HD + (t * 32 + lane) * 4)
+                      : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const float w = __shfl_sync(0xffffffffu, wl, b + u);
+      if (w > 0.f) {
+#pragma unroll
+        for (int t = 0; t < D4; ++t) {
+          acc[t].x = fmaf(w, v[u][t].x, acc[t].x);
+          acc[t].y = fmaf(w, v[u][t].y, acc[t].y);
+          acc[t].z = fmaf(w, v[u][t].z, acc[t].z);
+          acc[t].w = fmaf(w, v[u][t].w, acc[t].w);
+        }
+      }
+    }
   }
-  wsum = detail::block_sum(wsum, red);  // synchronises: w is complete
-  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float acc = 0.f;
-    for (int s = 0; s < n_split; ++s)
-      if (w[s] > 0.f) acc += w[s] * part_o[(s * n_vec + qi) * hd + d];
-    out[qi * hd + d] = __float2bfloat16_rn(acc * inv);
+  if (dims)
+#pragma unroll
+    for (int t = 0; t < D4; ++t) *reinterpret_cast<float4*>(&s_o[warp][(t * 32 + lane) * 4]) = acc[t];
+  if (lane == 0) {
+    s_m[warp] = mx;
+    s_l[warp] = lsum;
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < HD; d += kMergeWarps * 32) {
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kMergeWarps; ++w) m = fmaxf(m, s_m[w]);
+    float num = 0.f, den = 0.f;
+    if (m != -INFINITY)
+#pragma unroll
+      for (int w = 0; w < kMergeWarps; ++w) {
+        if (s_m[w] == -INFINITY) continue;
+        const float sc = exp2f(s_m[w] - m);
+        num = fmaf(sc, s_o[w][d], num);
+        den = fmaf(sc, s_l[w], den);
+      }
+    out[qi * HD + d] = __float2bfloat16_rn(den > 0.f ? num / den : 0.f);
   }
 }
 
@@ -882,9 +965,14 @@ void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf
   void (*kernel)(DecodeArgs) = p.head_dim == 64    ? (narrow ? k_decode<64, 4> : k_decode<64, kDecodeMaxVectors>)
                                : p.head_dim == 128 ? (narrow ? k_decode<128, 4> : k_decode<128, kDecodeMaxVectors>)
                                                    : (narrow ? k_decode<256, 4> : k_decode<256, kDecodeMaxVectors>);
+  // Two CTAs of 48 KB each per multiprocessor: ask for the shared memory carveout (a hint the
+  // driver may overrule; a host-side attribute, so also allowed while a graph records).
+  DASHLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   detail::launch("decode attention", kernel, grid, threads, 0, a);
-  detail::launch("decode attention merge", k_decode_merge, static_cast<unsigned>(n_vec), 128, 0, a.part_o, a.part_lse,
-                 n_split, n_vec, p.head_dim, reinterpret_cast<nvbf16*>(out));
+  void (*merge)(const float*, const float*, int, int64_t, nvbf16*) =
+      p.head_dim == 64 ? k_decode_merge<64> : p.head_dim == 128 ? k_decode_merge<128> : k_decode_merge<256>;
+  detail::launch("decode attention merge", merge, static_cast<unsigned>(n_vec), kMergeWarps * 32, 0, a.part_o, a.part_lse,
+                 n_split, n_vec, reinterpret_cast<nvbf16*>(out));
 }
 
 }  // namespace dashlm::cuda
