@@ -697,7 +697,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 #pragma unroll
       for (int d = 0; d < 8; ++d) o[j][d] *= alpha;
       l[j] = lj;
-      m[j] = any ? mn : m[j];
+      m[j] = mn;  // mn >= m[j]: -inf only while m[j] is
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -766,8 +766,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 
 // out[row, head] = the chunks' partial outputs weighted by exp2(lse); zeros for a row that saw no key.
 // One CTA per query vector; warp w joins the chunks [w * per, (w + 1) * per) with every load of
-// its chunks issued before the first is used (lane l holds chunk w * per + l's lse and 4
-// dimensions of each partial output), then the warps join through shared memory.
+// its chunks issued before the first is used (lane l holds chunk w * per + l's lse and 4 of
+// every 128 dimensions of each partial output), then the warps join through shared memory.
 constexpr int kDecodeMaxSplits = 128;
 constexpr int kMergeWarps = 4;
 
@@ -776,6 +776,7 @@ __global__ void __launch_bounds__(kMergeWarps * 32) k_decode_merge(const float* 
                                                                    int64_t n_vec, nvbf16* out) {
   constexpr int D4 = HD / 128 > 0 ? HD / 128 : 1;  // float4s per lane (HD 64: lanes 16..31 idle)
   constexpr int kPer = kDecodeMaxSplits / kMergeWarps;
+  static_assert(kPer <= 32, "a warp's chunks, one lse per lane");
   __shared__ float s_o[kMergeWarps][HD], s_m[kMergeWarps], s_l[kMergeWarps];
   const int64_t qi = blockIdx.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
