@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "backends/cuda/common.cuh"
@@ -521,7 +523,9 @@ __global__ void k_merge(nvbf16* out, const float* lse, const nvbf16* part, const
 // is read from the positions on the device and cut into gridDim.x chunks there, so a recorded
 // CUDA graph replays it at any cache length. Each lane holds 8 dimensions of each query vector
 // and of its partial output; LPK = HD / 8 lanes share a key (16-byte loads, a row of K or V read
-// by consecutive lanes), a warp takes 32 / LPK keys at a time. Invalid keys (dropped slots, keys
+// by consecutive lanes), a warp takes 32 / LPK keys at a time; the key's lanes join their partial
+// scores by a reduce-scatter, so each score is finished, masked and exponentiated in one lane
+// (about half the instructions per key of a full butterfly on every lane). Invalid keys (dropped slots, keys
 // past the position or outside the window) are neither loaded nor counted. Each CTA writes its
 // normalised partial output and its log-sum-exp (log2 domain) for every query vector; k_decode_merge
 // joins the chunks.
@@ -542,6 +546,36 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
     const float2 t = __bfloat1622float2(h[i]);
     f[2 * i] = t.x;
     f[2 * i + 1] = t.y;
+  }
+}
+
+// c ? a : b in a register (a select the compiler may not turn into an indexed load of an array).
+__device__ __forceinline__ float select_f32(bool c, float a, float b) {
+  float r;
+  asm("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n selp.f32 %0, %1, %2, p;\n}" : "=f"(r) : "f"(a), "f"(b), "r"(static_cast<int>(c)));
+  return r;
+}
+
+// Round r of the reduce-scatter of NV values over the LPK lanes of a key (lane index li): the
+// values still held are halved, each lane keeping the half its li bit names and adding the
+// partner's copy of it; once one value is left the rounds just add (the lanes hold the same sum).
+template <int NV, int LPK, int r = 0>
+__device__ __forceinline__ void reduce_scatter(float (&sv)[NV], int li) {
+  constexpr int off = LPK >> (r + 1);
+  if constexpr (off > 0) {
+    constexpr int n = NV >> r;  // values still held before this round
+    if constexpr (n >= 2) {
+      const bool up = li & off;
+#pragma unroll
+      for (int i = 0; i < n / 2; ++i) {
+        const float send = select_f32(up, sv[i], sv[i + n / 2]);
+        const float keep = select_f32(up, sv[i + n / 2], sv[i]);
+        sv[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+      }
+    } else {
+      sv[0] += __shfl_xor_sync(0xffffffffu, sv[0], off);
+    }
+    reduce_scatter<NV, LPK, r + 1>(sv, li);
   }
 }
 
@@ -609,15 +643,12 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 #pragma unroll
   for (int it = 0; it < S - 1; ++it) issue(it);
 
-  // Query vectors (8 dims each, pre-scaled into the log2 domain) and their positions.
+  // Query vectors (8 dims each, pre-scaled into the log2 domain).
   float qf[QV][8];
-  int64_t qp[QV];
 #pragma unroll
   for (int j = 0; j < QV; ++j) {
-    qp[j] = -1;
     if (j < nv) {
       const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
-      qp[j] = a.q_pos[r];
       const uint4 u = *reinterpret_cast<const uint4*>(a.q + r * a.q_stride + static_cast<int64_t>(h) * HD + li * 8);
       bf16x8_to_f32(u, qf[j]);
 #pragma unroll
@@ -635,24 +666,40 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 #pragma unroll
     for (int d = 0; d < 8; ++d) o[j][d] = 0.f;
   }
+  // The pairs (key u of a lane group's batch, query vector j), c = u * QV + j. A key's LPK lanes
+  // reduce their partial scores by a reduce-scatter (each round sends half the values it still
+  // holds), after which lane li holds the R whole scores c = li * R + t (NV >= LPK), or the one
+  // score c = li / (LPK / NV) (NV < LPK: LPK / NV lanes hold each). The lanes holding a pair do
+  // its masking and exponent; the weights are then shuffled to every lane of the key group for
+  // the value products. Each lane's pairs, and so their positions, are fixed for the kernel.
+  constexpr int NV = U * QV;
+  constexpr int R = NV >= LPK ? NV / LPK : 1;
+  static_assert((NV & (NV - 1)) == 0 && (U & (U - 1)) == 0 && R <= QV, "pair layout");
+  auto src_of = [](int c) { return NV >= LPK ? c / R : c * (LPK / NV); };  // a lane holding pair c
+  auto slot_of = [](int c) { return NV >= LPK ? c % R : 0; };              // and its slot there
+  int my_u[R];
+  int64_t my_qp[R];
+  float my_m[R];  // the running maximum of the pair's query vector (m[j] of that vector)
+#pragma unroll
+  for (int t = 0; t < R; ++t) {
+    const int c = NV >= LPK ? li * R + t : li / (LPK / NV);
+    my_u[t] = c / QV;
+    my_qp[t] = c % QV < nv ? a.q_pos[(j0 + c % QV) / a.group] : -1;  // -1: no vector, nothing visible
+    my_m[t] = -INFINITY;
+  }
 
   for (int it = 0; it < n_iter; ++it) {
     issue(it + S - 1);
     cp_async_wait<S - 1>();
     const int s = it % S;
-    int64_t key[U];
-    bool ok[U];
     uint4 kr[U], vr[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      key[u] = key_of(it, u);
-      ok[u] = (okbits >> (s * U + u)) & 1u;
       kr[u] = s_kv[s][warp][u][0][lane];
       vr[u] = s_kv[s][warp][u][1][lane];
     }
-    // Scores of the U keys for every query vector (independent dot products), then one rescale
-    // of the running output per query vector for the whole batch.
-    float sc[U][QV];
+    // Partial scores of the U keys for every query vector over this lane's 8 dimensions.
+    float sv[NV];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float kf[8];
@@ -662,51 +709,57 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
         float t = 0.f;
 #pragma unroll
         for (int d = 0; d < 8; ++d) t = fmaf(qf[j][d], kf[d], t);
-        sc[u][j] = t;
+        sv[u * QV + j] = t;
       }
     }
+    reduce_scatter<NV, LPK>(sv, li);
+    // This lane's pairs: keys not visible get -inf; the batch's maximum per query vector is
+    // reduced over the lanes of the other keys (the u bits of li).
+    float sc[R], mx[R];
 #pragma unroll
-    for (int off = LPK / 2; off > 0; off >>= 1) {
+    for (int t = 0; t < R; ++t) {
+      const int64_t key = key_of(it, my_u[t]);
+      const bool ok = (okbits >> (s * U + my_u[t])) & 1u;
+      const bool vis = ok && key <= my_qp[t] && (a.window <= 0 || my_qp[t] - key < a.window);
+      sc[t] = vis ? sv[t] : -INFINITY;
+      mx[t] = sc[t];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int j = 0; j < QV; ++j) sc[u][j] += __shfl_xor_sync(0xffffffffu, sc[u][j], off);
+      for (int off = LPK / U; off < LPK; off <<= 1) mx[t] = fmaxf(mx[t], __shfl_xor_sync(0xffffffffu, mx[t], off));
     }
-    // Online softmax per query vector: the scores become the keys' weights (0 for keys not
-    // visible), the running sums are rescaled once for the batch; then each value vector is
-    // converted once and added into every query vector's output.
+    // Online softmax: every lane rescales its running sums and outputs once per batch with the
+    // new maximum of each query vector (nothing visible yet: factor 1, the sums are still 0).
 #pragma unroll
     for (int j = 0; j < QV; ++j) {
-      float mn = m[j];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const bool vis = ok[u] && key[u] <= qp[j] && (a.window <= 0 || qp[j] - key[u] < a.window);
-        sc[u][j] = vis ? sc[u][j] : -INFINITY;
-        mn = fmaxf(mn, sc[u][j]);
-      }
-      // Nothing visible yet (uniform within the key's lanes): weights 0, sums unchanged.
-      const bool any = mn != -INFINITY;
-      const float alpha = any ? exp2f(m[j] - mn) : 1.f;  // m = -inf: 0
-      float lj = l[j] * alpha;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const float pk = any ? exp2f(sc[u][j] - mn) : 0.f;  // -inf: 0
-        sc[u][j] = pk;
-        lj += pk;
-      }
+      const float bj = __shfl_sync(0xffffffffu, mx[slot_of(j)], src_of(j), LPK);
+      const float mn = fmaxf(m[j], bj);
+      const float alpha = mn != -INFINITY ? exp2f(m[j] - mn) : 1.f;  // m = -inf: 0
+      m[j] = mn;
+      l[j] *= alpha;
 #pragma unroll
       for (int d = 0; d < 8; ++d) o[j][d] *= alpha;
-      l[j] = lj;
-      m[j] = mn;  // mn >= m[j]: -inf only while m[j] is
     }
+    float pw[R];
+#pragma unroll
+    for (int t = 0; t < R; ++t) {
+      my_m[t] = fmaxf(my_m[t], mx[t]);
+      pw[t] = sc[t] == -INFINITY ? 0.f : exp2f(sc[t] - my_m[t]);
+    }
+    // The weights to every lane of the key group; each value vector converted once and added
+    // into every query vector's output.
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      float w[QV];
+#pragma unroll
+      for (int j = 0; j < QV; ++j) {
+        w[j] = __shfl_sync(0xffffffffu, pw[slot_of(u * QV + j)], src_of(u * QV + j), LPK);
+        l[j] += w[j];
+      }
       float vf[8];
       bf16x8_to_f32(vr[u], vf);
 #pragma unroll
       for (int j = 0; j < QV; ++j)
 #pragma unroll
-        for (int d = 0; d < 8; ++d) o[j][d] = fmaf(sc[u][j], vf[d], o[j][d]);
+        for (int d = 0; d < 8; ++d) o[j][d] = fmaf(w[j], vf[d], o[j][d]);
     }
   }
 
@@ -928,11 +981,42 @@ bool split_decode_on = detail::env_switch("DASHLM_CUDA_SPLIT_DECODE");
 void set_split_decode_enabled(bool on) { split_decode_on = on; }
 bool split_decode_enabled() { return split_decode_on; }
 
+namespace {
+using DecodeKernel = void (*)(DecodeArgs);
+
+// The decode attention's kernel: its head dim, and four query vectors per CTA when the rows and
+// the KV head's group have no more (8 otherwise).
+DecodeKernel decode_kernel(const AttentionParams& p, int64_t n_q) {
+  const bool narrow = n_q * (p.n_head / std::max(1, p.n_head_kv)) <= 4;
+  return p.head_dim == 64    ? (narrow ? k_decode<64, 4> : k_decode<64, kDecodeMaxVectors>)
+         : p.head_dim == 128 ? (narrow ? k_decode<128, 4> : k_decode<128, kDecodeMaxVectors>)
+                             : (narrow ? k_decode<256, 4> : k_decode<256, kDecodeMaxVectors>);
+}
+
+// CTAs of the kernel one multiprocessor holds at once (registers and shared memory), asked once.
+int decode_ctas_per_sm(DecodeKernel kernel) {
+  static std::mutex mu;
+  static std::map<DecodeKernel, int> known;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find(kernel);
+  if (it == known.end()) {
+    int n = 0;
+    DASHLM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kDecodeWarps * 32, 0));
+    it = known.emplace(kernel, std::max(1, n)).first;
+  }
+  return it->second;
+}
+}  // namespace
+
 int attention_decode_splits(const AttentionParams& p, int64_t n_q) {
   const int64_t vecs = n_q * (p.n_head / std::max(1, p.n_head_kv));
   const int64_t z = (vecs + kDecodeMaxVectors - 1) / kDecodeMaxVectors;
-  // One wave: two CTAs per multiprocessor (about 200 registers a thread), at most 128 chunks.
-  const int64_t want = (2 * static_cast<int64_t>(multiprocessor_count()) + p.n_head_kv * z - 1) / (p.n_head_kv * z);
+  // One wave at the kernel's occupancy (by its registers: 3 CTAs per multiprocessor for four
+  // query vectors, 2 for eight), at most kDecodeMaxSplits chunks. Measured on an H200 (Llama-8B
+  // shape, four vectors): two per multiprocessor made the step 2% slower after 4k tokens and 4%
+  // after 32k than three.
+  const int64_t ctas = static_cast<int64_t>(decode_ctas_per_sm(decode_kernel(p, n_q))) * multiprocessor_count();
+  const int64_t want = (ctas + p.n_head_kv * z - 1) / (p.n_head_kv * z);
   return static_cast<int>(std::clamp<int64_t>(want, 1, kDecodeMaxSplits));
 }
 
@@ -963,9 +1047,7 @@ void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf
   const unsigned zs = static_cast<unsigned>((vecs_per_head + (narrow ? 4 : kDecodeMaxVectors) - 1) / (narrow ? 4 : kDecodeMaxVectors));
   dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(p.n_head_kv), zs);
   const unsigned threads = kDecodeWarps * 32;
-  void (*kernel)(DecodeArgs) = p.head_dim == 64    ? (narrow ? k_decode<64, 4> : k_decode<64, kDecodeMaxVectors>)
-                               : p.head_dim == 128 ? (narrow ? k_decode<128, 4> : k_decode<128, kDecodeMaxVectors>)
-                                                   : (narrow ? k_decode<256, 4> : k_decode<256, kDecodeMaxVectors>);
+  const DecodeKernel kernel = decode_kernel(p, n_q);
   // No shared-memory carveout preference is set: asking for the largest (for two 48 KB CTAs per
   // multiprocessor) made the decode step about 2% slower after 4k tokens; the driver picks the
   // split itself.
