@@ -524,8 +524,8 @@ __global__ void k_merge(nvbf16* out, const float* lse, const nvbf16* part, const
 // CUDA graph replays it at any cache length. Each lane holds 8 dimensions of each query vector
 // and of its partial output; LPK = HD / 8 lanes share a key (16-byte loads, a row of K or V read
 // by consecutive lanes), a warp takes 32 / LPK keys at a time; the key's lanes join their partial
-// scores by a reduce-scatter, so each score is finished, masked and exponentiated in one lane
-// (about half the instructions per key of a full butterfly on every lane). Invalid keys (dropped slots, keys
+// scores by a reduce-scatter (15 shuffles for 16 scores where a butterfly on every lane takes 64),
+// so each score is finished, masked and exponentiated in one lane. Invalid keys (dropped slots, keys
 // past the position or outside the window) are neither loaded nor counted. Each CTA writes its
 // normalised partial output and its log-sum-exp (log2 domain) for every query vector; k_decode_merge
 // joins the chunks.
@@ -984,10 +984,16 @@ bool split_decode_enabled() { return split_decode_on; }
 namespace {
 using DecodeKernel = void (*)(DecodeArgs);
 
-// The decode attention's kernel: its head dim, and four query vectors per CTA when the rows and
-// the KV head's group have no more (8 otherwise).
+// Query vectors of one KV head (rows times its group), and how many one CTA serves: four when
+// there are no more, kDecodeMaxVectors otherwise.
+int64_t decode_vectors_per_head(const AttentionParams& p, int64_t n_q) { return n_q * (p.n_head / std::max(1, p.n_head_kv)); }
+int decode_vectors_per_cta(const AttentionParams& p, int64_t n_q) {
+  return decode_vectors_per_head(p, n_q) <= 4 ? 4 : kDecodeMaxVectors;
+}
+
+// The decode attention's kernel for the head dim and the query vectors per CTA.
 DecodeKernel decode_kernel(const AttentionParams& p, int64_t n_q) {
-  const bool narrow = n_q * (p.n_head / std::max(1, p.n_head_kv)) <= 4;
+  const bool narrow = decode_vectors_per_cta(p, n_q) == 4;
   return p.head_dim == 64    ? (narrow ? k_decode<64, 4> : k_decode<64, kDecodeMaxVectors>)
          : p.head_dim == 128 ? (narrow ? k_decode<128, 4> : k_decode<128, kDecodeMaxVectors>)
                              : (narrow ? k_decode<256, 4> : k_decode<256, kDecodeMaxVectors>);
@@ -1009,8 +1015,8 @@ int decode_ctas_per_sm(DecodeKernel kernel) {
 }  // namespace
 
 int attention_decode_splits(const AttentionParams& p, int64_t n_q) {
-  const int64_t vecs = n_q * (p.n_head / std::max(1, p.n_head_kv));
-  const int64_t z = (vecs + kDecodeMaxVectors - 1) / kDecodeMaxVectors;
+  const int64_t per_cta = decode_vectors_per_cta(p, n_q);
+  const int64_t z = (decode_vectors_per_head(p, n_q) + per_cta - 1) / per_cta;  // CTAs per chunk and KV head
   // One wave at the kernel's occupancy (by its registers: 3 CTAs per multiprocessor for four
   // query vectors, 2 for eight), at most kDecodeMaxSplits chunks. Measured on an H200 (Llama-8B
   // shape, four vectors): two per multiprocessor made the step 2% slower after 4k tokens and 4%
@@ -1042,9 +1048,8 @@ void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf
   a.f = f;
   a.part_o = workspace;
   a.part_lse = workspace + static_cast<size_t>(n_split) * static_cast<size_t>(n_vec) * static_cast<size_t>(p.head_dim);
-  const int vecs_per_head = static_cast<int>(n_q) * f.group;
-  const bool narrow = vecs_per_head <= 4;
-  const unsigned zs = static_cast<unsigned>((vecs_per_head + (narrow ? 4 : kDecodeMaxVectors) - 1) / (narrow ? 4 : kDecodeMaxVectors));
+  const int64_t per_cta = decode_vectors_per_cta(p, n_q);
+  const unsigned zs = static_cast<unsigned>((decode_vectors_per_head(p, n_q) + per_cta - 1) / per_cta);
   dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(p.n_head_kv), zs);
   const unsigned threads = kDecodeWarps * 32;
   const DecodeKernel kernel = decode_kernel(p, n_q);
