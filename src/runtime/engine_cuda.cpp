@@ -216,7 +216,29 @@ struct CudaEngine::Impl final : LayerExecutor {
     float* delta = nullptr;        // ... and copied here (host), when given
     int attn_rows = 0;             // > 0: attention received from the last attn_rows rows...
     float* attn_received = nullptr;  // ... per cache slot (host, n_ctx values)
+    bool carry_norms = false;      // decoding's layer loop: nothing but the layers touches x
   };
+
+  // Decoding: the RMS norms before the Q/K/V, gate/up and output products ride on the GEMVs that
+  // add into x before them (cu::NormCarry): no norm kernel runs between. norm_carried: the last
+  // layer run left x's next norm in xn and ss_part.
+  bool norm_carried = false;
+  DBuf<float> ss_part;
+  cu::NormCarry carry(const DBuf<float>& w_norm, int64_t n) {
+    ss_part.reserve(static_cast<size_t>(n * cu::norm_carry_parts(hp.n_embd)));
+    return cu::NormCarry{w_norm.get(), xn.get(), ss_part.get(), hp.n_embd, hp.norm_eps};
+  }
+  // The norm that follows layer il's MLP (the next layer's, or the output's), where the layer's
+  // down product can carry it to a GEMV.
+  const DBuf<float>* next_norm(int il, const LayerIO& io) const {
+    const Layer& L = layers[static_cast<size_t>(il)];
+    if (!io.carry_norms || L.post_ffn_norm.size() || !cu::norm_carry_fits(io.n, hp.n_ff, L.w_down.get())) return nullptr;
+    if (il + 1 < hp.n_layer) {
+      const Layer& N = layers[static_cast<size_t>(il) + 1];
+      return N.attn_norm.size() && cu::norm_carry_fits(io.n, hp.n_embd, N.w_qkv.get()) ? &N.attn_norm : nullptr;
+    }
+    return output_norm.size() && cu::norm_carry_fits(io.n, hp.n_embd, output) ? &output_norm : nullptr;
+  }
 
   // Attention through cuDNN when it is there, false otherwise (our own kernel then runs it).
   // Dense case (cu::attention_dense): every query sees all earlier valid slots, so when the
@@ -269,8 +291,14 @@ struct CudaEngine::Impl final : LayerExecutor {
     float* xp = io.x;
 
     // Attention branch: U = Wo Attn(RoPE(Wq Norm(x)), RoPE(Wk Norm(x)), Wv Norm(x)).
-    cu::rmsnorm(xp, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
-    cu::gemm(xn.get(), L.w_qkv.get(), n, qkvw, d, qkv.get());
+    const bool carried = io.carry_norms && il > 0 && norm_carried;
+    norm_carried = false;
+    if (carried) {
+      cu::gemm_normed(carry(L.attn_norm, n), L.w_qkv.get(), n, qkvw, qkv.get());
+    } else {
+      cu::rmsnorm(xp, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
+      cu::gemm(xn.get(), L.w_qkv.get(), n, qkvw, d, qkv.get());
+    }
     // Q into q, K and V into the cache, in one launch (or three).
     if (cu::fused_qkv_enabled()) {
       cu::prep_qkv(qkv.get(), qkvw, n, hp.n_head, hp.n_head_kv, opt(L.b_qkv), opt(L.q_norm), opt(L.k_norm), hp.norm_eps,
@@ -296,7 +324,13 @@ struct CudaEngine::Impl final : LayerExecutor {
     }
     const bool want = io.want_signal;
     if (want && io.signal == DeltaSignal::Block) cu::copy_on_device(x_in.get(), xp, static_cast<size_t>(n * d) * sizeof(float));
-    if (!L.post_attn_norm.size() && (!want || io.signal == DeltaSignal::Block)) {
+    const bool gelu = hp.act == Activation::GeluTanh;
+    const bool ffn_carried = io.carry_norms && !L.post_attn_norm.size() && L.ffn_norm.size() && n <= kMlpChunk &&
+                             cu::norm_carry_fits(n, qd, L.wo.get()) && cu::norm_carry_fits(n, d, L.w_gu.get());
+    if (ffn_carried) {
+      // The MLP's norm carried from the output product to the gate/up product.
+      cu::gemm_accumulate_carry(attn.get(), L.wo.get(), n, d, qd, xp, carry(L.ffn_norm, n));
+    } else if (!L.post_attn_norm.size() && (!want || io.signal == DeltaSignal::Block)) {
       // Nothing needs the update on its own: the GEMM adds it to the residual stream.
       cu::gemm_accumulate(attn.get(), L.wo.get(), n, d, qd, xp);
       cu::rmsnorm(xp, L.ffn_norm.get(), xn.get(), n, d, hp.norm_eps);
@@ -313,15 +347,20 @@ struct CudaEngine::Impl final : LayerExecutor {
     // MLP branch: x += Wdown (act(Wgate Norm(x)) * Wup Norm(x)), in row chunks; without a
     // post-MLP norm the down GEMM adds into x itself.
     const bool post_ffn = L.post_ffn_norm.size() > 0;
+    const DBuf<float>* carry_next = next_norm(il, io);
     for (int64_t r0 = 0; r0 < n; r0 += kMlpChunk) {
       const int64_t c = std::min(kMlpChunk, n - r0);
-      const bool gelu = hp.act == Activation::GeluTanh;
-      if (!cu::gemv_glu(xn.get() + static_cast<size_t>(r0 * d), L.w_gu.get(), c, hp.n_ff, d, gelu, h.get())) {
+      if (ffn_carried) {
+        cu::gemv_glu_normed(carry(L.ffn_norm, n), L.w_gu.get(), c, hp.n_ff, gelu, h.get());
+      } else if (!cu::gemv_glu(xn.get() + static_cast<size_t>(r0 * d), L.w_gu.get(), c, hp.n_ff, d, gelu, h.get())) {
         cu::gemm(xn.get() + static_cast<size_t>(r0 * d), L.w_gu.get(), c, 2 * hp.n_ff, d, gu.get());
         (gelu ? cu::geglu_tanh : cu::swiglu)(gu.get(), h.get(), c, hp.n_ff);
       }
       if (post_ffn) {
         cu::gemm(h.get(), L.w_down.get(), c, d, hp.n_ff, u.get() + static_cast<size_t>(r0 * d));
+      } else if (carry_next) {  // decoding: one chunk
+        cu::gemm_accumulate_carry(h.get(), L.w_down.get(), c, d, hp.n_ff, xp, carry(*carry_next, n));
+        norm_carried = true;
       } else {
         cu::gemm_accumulate(h.get(), L.w_down.get(), c, d, hp.n_ff, xp + static_cast<size_t>(r0 * d));
       }
@@ -448,10 +487,16 @@ struct CudaEngine::Impl final : LayerExecutor {
       io.pos_host = nullptr;
       io.n = 1;
       io.n_kv = n_ctx;
+      io.carry_norms = true;
       forward_layer(il, io);
     }
-    cu::rmsnorm(x.get(), output_norm.get(), xn.get(), 1, d, hp.norm_eps);
-    cu::gemm(xn.get(), output, 1, hp.n_vocab, d, logits.get());
+    if (norm_carried) {
+      cu::gemm_normed(carry(output_norm, 1), output, 1, hp.n_vocab, logits.get());
+    } else {
+      cu::rmsnorm(x.get(), output_norm.get(), xn.get(), 1, d, hp.norm_eps);
+      cu::gemm(xn.get(), output, 1, hp.n_vocab, d, logits.get());
+    }
+    norm_carried = false;
   }
   cu::Graph decode_graph;
   bool graphs_on = true;
@@ -610,7 +655,6 @@ void CudaEngine::set_cuda_graphs(bool on) {
 
 std::vector<float> CudaEngine::decode(int32_t token) {
   Impl& m = *impl_;
-  if (!m.graphs_on) return prefill(std::span<const int32_t>(&token, 1));
   check_tokens(std::span<const int32_t>(&token, 1), n_past_, n_ctx_, hp_.n_vocab);
   // Buffers first (a reallocation would move what a recorded graph points at: prefill() and
   // reset() drop the graph, and only a first decode before any prefill grows these).
@@ -621,8 +665,9 @@ std::vector<float> CudaEngine::decode(int32_t token) {
   m.tokens.upload(&token, 1);
   m.pos_all.upload(&pos, 1);
   // The first step after a change runs as it is (GEMM plans, kernel attributes set up), the
-  // second is recorded, every later one replays the recording.
-  if (!m.decode_graph.ready() && m.eager_decodes > 0) {
+  // second is recorded, every later one replays the recording; without graphs every step runs
+  // the same launches as they are.
+  if (m.graphs_on && !m.decode_graph.ready() && m.eager_decodes > 0) {
     try {
       m.decode_graph.begin_capture();
       m.decode_step();

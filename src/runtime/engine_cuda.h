@@ -39,8 +39,8 @@ class CudaEngine final : public InferenceEngine {
   std::vector<float> prefill(std::span<const int32_t> tokens, const PrefillOptions& opt = {},
                              ForwardStats* stats = nullptr) override;
   // One token after the cache: recorded into a CUDA graph on the second step after a prefill
-  // and replayed from then on (DASHLM_CUDA_GRAPHS=0 or set_cuda_graphs(false): plain launches
-  // through prefill()).
+  // and replayed from then on (DASHLM_CUDA_GRAPHS=0 or set_cuda_graphs(false): the same
+  // launches, each step run as it is).
   std::vector<float> decode(int32_t token) override;
   void set_cuda_graphs(bool on);
   int64_t n_past() const override { return n_past_; }

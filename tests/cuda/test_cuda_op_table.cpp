@@ -467,6 +467,71 @@ Report run_gemv_glu(Rng& rng, bool gelu, int64_t m, int64_t ff, int64_t k) {
   return r;
 }
 
+// A norm carried between two GEMVs (cu::NormCarry): x += h Wp^T, then y = rmsnorm(x) Wc^T (or
+// the gate/up product of it), against the same in double on the host: the residual in float32,
+// xw = x * w_norm rounded to bf16, and y.
+enum class Carried { F32, Silu, Gelu };
+Report run_norm_carry(Rng& rng, Carried kind, int64_t m, int64_t d, int64_t k, int64_t n_out) {
+  const float eps = 1e-5f;
+  const int64_t rows_c = kind == Carried::F32 ? n_out : 2 * n_out;
+  const F x0 = rng.uniform(static_cast<size_t>(m * d), -1, 1), h = rng.bf16(static_cast<size_t>(m * k), -1, 1);
+  const F wp = rng.bf16(static_cast<size_t>(d * k), -0.1f, 0.1f), wn = rng.uniform(static_cast<size_t>(d), 0.5f, 1.5f);
+  const F wc = rng.bf16(static_cast<size_t>(rows_c * d), -0.2f, 0.2f);
+  D x1(static_cast<size_t>(m * d)), xw(static_cast<size_t>(m * d)), xn(static_cast<size_t>(m * d));
+  for (int64_t i = 0; i < m; ++i) {
+    double ss = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      double a = x0[static_cast<size_t>(i * d + j)];
+      for (int64_t t = 0; t < k; ++t) a += static_cast<double>(h[static_cast<size_t>(i * k + t)]) * wp[static_cast<size_t>(j * k + t)];
+      x1[static_cast<size_t>(i * d + j)] = a;
+      xw[static_cast<size_t>(i * d + j)] = a * wn[static_cast<size_t>(j)];
+      ss += a * a;
+    }
+    const double rs = 1.0 / std::sqrt(ss / static_cast<double>(d) + eps);
+    for (int64_t j = 0; j < d; ++j) xn[static_cast<size_t>(i * d + j)] = xw[static_cast<size_t>(i * d + j)] * rs;
+  }
+  F prod(static_cast<size_t>(m * rows_c));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < rows_c; ++c) {
+      double a = 0;
+      for (int64_t j = 0; j < d; ++j) a += xn[static_cast<size_t>(i * d + j)] * wc[static_cast<size_t>(c * d + j)];
+      // gate/up: the gates first in each row, then the ups
+      prod[static_cast<size_t>(i * rows_c + c)] = static_cast<float>(a);
+    }
+  Dev<float> dx(x0), part(static_cast<size_t>(m * cu::norm_carry_parts(d))), dwn(wn);
+  Dev<uint16_t> dh = dev_bf16(h), dwp = dev_bf16(wp), dwc = dev_bf16(wc), dxw(static_cast<size_t>(m * d));
+  Report r;
+  if (!cu::norm_carry_fits(m, k, dwp.get()) || !cu::norm_carry_fits(m, d, dwc.get())) {
+    Check c;
+    c.what = "norm_carry_fits";
+    c.bad = 1;
+    c.note = "declined a shape our GEMV runs";
+    r.checks.push_back(c);
+    return r;
+  }
+  const cu::NormCarry carry{dwn.get(), dxw.get(), part.get(), d, eps};
+  cu::gemm_accumulate_carry(dh.get(), dwp.get(), m, d, k, dx.get(), carry);
+  r.checks.push_back(check_f32("x + h Wp^T", dx, x1, kF32Gemm));
+  r.checks.push_back(check_bf16("xw (bf16)", dxw, xw, kBf16));
+  if (kind == Carried::F32) {
+    Dev<float> y(static_cast<size_t>(m * n_out));
+    cu::gemm_normed(carry, dwc.get(), m, n_out, y.get());
+    r.checks.push_back(check_f32("rmsnorm(x) Wc^T", y, D(prod.begin(), prod.end()), kBf16Gemm));
+  } else {
+    F g(static_cast<size_t>(m * n_out)), u(static_cast<size_t>(m * n_out));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n_out; ++j) {
+        g[static_cast<size_t>(i * n_out + j)] = prod[static_cast<size_t>(i * rows_c + j)];
+        u[static_cast<size_t>(i * n_out + j)] = prod[static_cast<size_t>(i * rows_c + n_out + j)];
+      }
+    (kind == Carried::Gelu ? cpu::gelu_tanh_mul : cpu::silu_mul)(g.data(), u.data(), m * n_out);
+    Dev<uint16_t> hh(static_cast<size_t>(m * n_out));
+    cu::gemv_glu_normed(carry, dwc.get(), m, n_out, kind == Carried::Gelu, hh.get());
+    r.checks.push_back(check_bf16("act(gate) * up of rmsnorm(x) (bf16)", hh, D(g.begin(), g.end()), kBf16Gemm));
+  }
+  return r;
+}
+
 // silu_mul / gelu_tanh_mul on float32, in place.
 Report run_act_f32(Rng& rng, bool gelu, int64_t n) {
   F g = rng.uniform(static_cast<size_t>(n), -6, 6);
@@ -1439,6 +1504,20 @@ std::vector<Case> build_table() {
         add(path + (kind == GemmOut::F32 ? "_f32" : "_bf16") + shape,
             [=](Rng& g) { return run_gemm(g, kind, v.m, v.n, v.k, v.ldy, gemv); });
       if (!v.ldy) add(path + "_accumulate" + shape, [=](Rng& g) { return run_gemm(g, GemmOut::Accumulate, v.m, v.n, v.k, 0, gemv); });
+    }
+
+  // A norm carried from a residual-adding GEMV to the next product, 1 to 4 rows: norm widths of
+  // whole CTAs of 4 columns and with a partial last one (1000 = 250, 520 = 130, 8 = 2).
+  struct CarryShape {
+    int64_t m, d, k, n_out;
+  };
+  for (const CarryShape& v : {CarryShape{1, 4096, 1032, 1000}, CarryShape{3, 1000, 264, 515}, CarryShape{4, 520, 2056, 7},
+                              CarryShape{2, 8, 8, 33}})
+    for (Carried kind : {Carried::F32, Carried::Silu, Carried::Gelu}) {
+      const char* kn = kind == Carried::F32 ? "f32" : kind == Carried::Silu ? "swiglu" : "geglu";
+      add(std::string("norm_carry_") + kn + "_m" + std::to_string(v.m) + "_d" + std::to_string(v.d) + "_k" + std::to_string(v.k) +
+              "_n" + std::to_string(v.n_out),
+          [=](Rng& g) { return run_norm_carry(g, kind, v.m, v.d, v.k, v.n_out); });
     }
 
   // topk_halt_flags against a stable sort on the host.

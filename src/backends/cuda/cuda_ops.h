@@ -292,4 +292,29 @@ void set_pdl_enabled(bool on);
 // done, where the GEMV does not apply (see above): the caller runs gemm and swiglu/geglu_tanh.
 bool gemv_glu(const bf16* x, const bf16* w_gate_up, int64_t m, int64_t n_ff, int64_t k, bool gelu, bf16* h);
 
+// An RMS norm carried from one decoding GEMV to the next, so that no norm kernel runs between
+// them: the producer (gemm_accumulate_carry: x += h W^T, a residual add) also writes xw =
+// bf16(x * w_norm), the norm's weight applied but not its scale, and each of its CTAs' sums of the
+// new x's squares into ss_part (norm_carry_parts(dim) floats per row); the consumer (gemm_normed,
+// gemv_glu_normed) multiplies xw and scales its dot products by 1 / rms, the sums joined in a
+// fixed order. The same as rmsnorm then gemm, but for where the rounding to bf16 falls (before
+// the scale, not after). Only where our GEMV runs both products: norm_carry_fits says where.
+struct NormCarry {
+  const float* w_norm = nullptr;  // [dim] the norm's weight
+  bf16* xw = nullptr;             // [m x dim] written by the producer, 16-byte aligned
+  float* ss_part = nullptr;       // [m x norm_carry_parts(dim)]
+  int64_t dim = 0;
+  float eps = 0.f;
+};
+int64_t norm_carry_parts(int64_t dim);
+// Whether a product of m rows and inner size k with weights w runs our GEMV (m <= 4, k % 8 == 0,
+// w 16-byte aligned, the GEMV switched on): both ends of a carry must.
+bool norm_carry_fits(int64_t m, int64_t k, const bf16* w);
+// y[m x n] += x W^T as gemm_accumulate, and the carry's xw and ss_part for the next product (c.dim == n).
+void gemm_accumulate_carry(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y, const NormCarry& c);
+// y[m x n] = rmsnorm(x) W^T in float32, from the carry (k = c.dim).
+void gemm_normed(const NormCarry& c, const bf16* w, int64_t m, int64_t n, float* y);
+// gemv_glu of rmsnorm(x), from the carry.
+void gemv_glu_normed(const NormCarry& c, const bf16* w_gate_up, int64_t m, int64_t n_ff, bool gelu, bf16* h);
+
 }  // namespace dashlm::cuda

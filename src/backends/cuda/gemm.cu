@@ -11,6 +11,7 @@
 #include <string>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/cuda_ops.h"
@@ -122,16 +123,31 @@ __device__ __forceinline__ void store_out(__nv_bfloat16* y, float v, bool) { *y 
 // column c reads rows c and n + c and writes act(gate) * up in bf16.
 constexpr int kNoAct = 0, kSilu = 1, kGelu = 2;
 
+// The RMS norm carried between two GEMVs (NormCarry in cuda_ops.h). in: this GEMV's x is
+// x * w_norm without the 1 / rms scale; the scale comes from the producer's partial sums of
+// squares (n_part per row) and multiplies the dot products. out: this GEMV adds into x (float),
+// writes bf16(x * w_next) and its CTA's sum of the new x's squares per row.
+struct GemvNorm {
+  const float* part_in = nullptr;
+  int n_part = 0;
+  float inv_dim = 0.f, eps = 0.f;
+  const float* w_next = nullptr;
+  __nv_bfloat16* xw = nullptr;
+  float* part_out = nullptr;
+};
+
 template <int M, int kAct, typename OutT>
 __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uint4* __restrict__ w, int64_t n,
-                                                        int64_t kv, OutT* __restrict__ y, int64_t ldy, bool accumulate) {
+                                                        int64_t kv, OutT* __restrict__ y, int64_t ldy, bool accumulate,
+                                                        GemvNorm nm) {
   constexpr int P = kAct == kNoAct ? 1 : 2;  // rows of W per output column
-  const int lane = threadIdx.x & 31;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * (kGemvThreads / 32) + (threadIdx.x >> 5);
-  if (col >= n) return;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * (kGemvThreads / 32) + warp;
+  const bool live = col < n;  // no early return: a carried norm joins the CTA's warps at the end
+  const int64_t kl = live ? kv : 0;
   const uint4* wr[P];
 #pragma unroll
-  for (int p = 0; p < P; ++p) wr[p] = w + (col + p * n) * kv;
+  for (int p = 0; p < P; ++p) wr[p] = w + (live ? col + p * n : 0) * kv;
   float acc[P][M];
 #pragma unroll
   for (int p = 0; p < P; ++p)
@@ -141,7 +157,7 @@ __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uin
   // weights: nothing writes them), so the loads overlap its tail; x and y only after.
   int64_t i = lane;
   uint4 wv[P][4];
-  bool more = i + 96 < kv;
+  bool more = i + 96 < kl;
   if (more)
 #pragma unroll
     for (int p = 0; p < P; ++p)
@@ -149,6 +165,18 @@ __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uin
       for (int u = 0; u < 4; ++u) wv[p][u] = __ldcs(wr[p] + i + 32 * u);  // read once: do not keep in cache
   detail::pdl_wait();
   detail::pdl_launch_dependents();
+  // A carried norm's partial sums (the CTA's threads share them out): the first kPartLoads per
+  // thread loaded at once here, while the first weights are on their way, and added up only after
+  // the products, so that no thread waits for them before its loop.
+  constexpr int kPartLoads = 8;
+  float pv[M][kPartLoads];
+#pragma unroll
+  for (int r = 0; r < M; ++r)
+#pragma unroll
+    for (int u = 0; u < kPartLoads; ++u) {
+      const int t = threadIdx.x + u * kGemvThreads;
+      pv[r][u] = nm.part_in && t < nm.n_part ? nm.part_in[r * nm.n_part + t] : 0.f;
+    }
   while (more) {
 #pragma unroll
     for (int u = 0; u < 4; ++u)
@@ -159,40 +187,94 @@ __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uin
         for (int p = 0; p < P; ++p) acc[p][r] += dot8_bf16(wv[p][u], xv);
       }
     i += 128;
-    more = i + 96 < kv;
+    more = i + 96 < kl;
     if (more)
 #pragma unroll
       for (int p = 0; p < P; ++p)
 #pragma unroll
         for (int u = 0; u < 4; ++u) wv[p][u] = __ldcs(wr[p] + i + 32 * u);
   }
-  for (; i < kv; i += 32)
+  for (; i < kl; i += 32)
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       const uint4 xv = __ldca(x + r * kv + i);
 #pragma unroll
       for (int p = 0; p < P; ++p) acc[p][r] += dot8_bf16(__ldcs(wr[p] + i), xv);
     }
+  __shared__ float s_ss[kGemvThreads / 32][M];
+  float rs[M];
+  if (nm.part_in) {  // the scale 1 / rms of each row, the CTA's sums joined in a fixed order
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      float ss = 0.f;
+#pragma unroll
+      for (int u = 0; u < kPartLoads; ++u) ss += pv[r][u];
+      for (int t = threadIdx.x + kPartLoads * kGemvThreads; t < nm.n_part; t += kGemvThreads) ss += nm.part_in[r * nm.n_part + t];
+      ss = detail::warp_sum(ss);
+      if (lane == 0) s_ss[warp][r] = ss;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      float t = 0.f;
+#pragma unroll
+      for (int q = 0; q < kGemvThreads / 32; ++q) t += s_ss[q][r];
+      rs[r] = rsqrtf(t * nm.inv_dim + nm.eps);
+    }
+    __syncthreads();  // s_ss is reused below
+  } else {
+#pragma unroll
+    for (int r = 0; r < M; ++r) rs[r] = 1.f;
+  }
+  float sq = 0.f;  // lane r: the new x's square of row r (a carried norm out)
 #pragma unroll
   for (int r = 0; r < M; ++r) {
-    float v = detail::warp_sum(acc[0][r]);
-    if constexpr (kAct != kNoAct) v = (kAct == kGelu ? detail::gelu_tanh(v) : detail::silu(v)) * detail::warp_sum(acc[P - 1][r]);
-    if (lane == r) store_out(y + r * ldy + col, v, accumulate);
+    float v = detail::warp_sum(acc[0][r]) * rs[r];
+    if constexpr (kAct != kNoAct) {
+      v = (kAct == kGelu ? detail::gelu_tanh(v) : detail::silu(v)) * (detail::warp_sum(acc[P - 1][r]) * rs[r]);
+    }
+    if (live && lane == r) {
+      if constexpr (std::is_same_v<OutT, float>) {
+        if (nm.xw) {
+          const float nx = (accumulate ? y[r * ldy + col] : 0.f) + v;
+          y[r * ldy + col] = nx;
+          nm.xw[r * n + col] = __float2bfloat16_rn(nx * nm.w_next[col]);
+          sq = nx * nx;
+          continue;
+        }
+      }
+      store_out(y + r * ldy + col, v, accumulate);
+    }
+  }
+  if (nm.xw) {
+    if (lane < M) s_ss[warp][lane] = sq;  // 0 for a column past n
+    __syncthreads();
+    if (threadIdx.x < M) {
+      float t = 0.f;
+#pragma unroll
+      for (int q = 0; q < kGemvThreads / 32; ++q) t += s_ss[q][threadIdx.x];
+      nm.part_out[threadIdx.x * gridDim.x + blockIdx.x] = t;
+    }
   }
 }
 
 bool gemv_on = detail::env_switch("DASHLM_CUDA_GEMV");
 
+bool gemv_fits(int64_t m, int64_t k, const void* x, const void* w) {
+  return gemv_on && m >= 1 && m <= kGemvMaxRows && k % 8 == 0 && alignment_of(x) >= 16 && alignment_of(w) >= 16;
+}
+unsigned gemv_blocks(int64_t n) { return detail::blocks_for(n, kGemvThreads / 32, int64_t{1} << 31); }
+
 template <int kAct, typename OutT>
-bool try_gemv(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, OutT* y, int64_t ldy, bool accumulate) {
-  if (!gemv_on || m > kGemvMaxRows || k % 8 != 0 || alignment_of(x) < 16 || alignment_of(w) < 16) return false;
+bool try_gemv(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, OutT* y, int64_t ldy, bool accumulate,
+              const GemvNorm& nm = {}) {
+  if (!gemv_fits(m, k, x, w)) return false;
   const auto* xv = reinterpret_cast<const uint4*>(x);
   const auto* wv = reinterpret_cast<const uint4*>(w);
-  const unsigned blocks = detail::blocks_for(n, kGemvThreads / 32, int64_t{1} << 31);
   const int64_t kv = k / 8;
-  void (*kernel)(const uint4*, const uint4*, int64_t, int64_t, OutT*, int64_t, bool) =
+  void (*kernel)(const uint4*, const uint4*, int64_t, int64_t, OutT*, int64_t, bool, GemvNorm) =
       m == 1 ? k_gemv<1, kAct, OutT> : m == 2 ? k_gemv<2, kAct, OutT> : m == 3 ? k_gemv<3, kAct, OutT> : k_gemv<4, kAct, OutT>;
-  detail::launch("gemv", kernel, blocks, kGemvThreads, 0, xv, wv, n, kv, y, ldy, accumulate);
+  detail::launch("gemv", kernel, gemv_blocks(n), kGemvThreads, 0, xv, wv, n, kv, y, ldy, accumulate, nm);
   return true;
 }
 
@@ -240,6 +322,47 @@ bool gemv_glu(const bf16* x, const bf16* w_gate_up, int64_t m, int64_t n_ff, int
               : try_gemv<kSilu>(x, w_gate_up, m, n_ff, k, out, n_ff, false);
 }
 bool gemv_enabled() { return gemv_on; }
+
+int64_t norm_carry_parts(int64_t dim) { return gemv_blocks(dim); }
+bool norm_carry_fits(int64_t m, int64_t k, const bf16* w) { return gemv_fits(m, k, w, w); }
+
+namespace {
+GemvNorm carried_in(const NormCarry& c) {
+  GemvNorm nm;
+  nm.part_in = c.ss_part;
+  nm.n_part = static_cast<int>(norm_carry_parts(c.dim));
+  nm.inv_dim = 1.f / static_cast<float>(c.dim);
+  nm.eps = c.eps;
+  return nm;
+}
+void check_carry(const NormCarry& c, int64_t m, int64_t k, const bf16* w, const char* what) {
+  if (!c.w_norm || !c.xw || !c.ss_part || c.dim != k || !norm_carry_fits(m, k, w) || alignment_of(c.xw) < 16)
+    detail::raise_error(std::string(what) + ": the carried norm does not fit this product (see norm_carry_fits)");
+}
+}  // namespace
+
+void gemm_accumulate_carry(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y, const NormCarry& c) {
+  if (m <= 0 || n <= 0) return;
+  if (!c.w_norm || !c.xw || !c.ss_part || c.dim != n || !gemv_fits(m, k, x, w) || alignment_of(c.xw) < 16)
+    detail::raise_error("gemm_accumulate_carry: the carried norm does not fit this product (see norm_carry_fits)");
+  GemvNorm nm;
+  nm.w_next = c.w_norm;
+  nm.xw = reinterpret_cast<__nv_bfloat16*>(c.xw);
+  nm.part_out = c.ss_part;
+  try_gemv<kNoAct>(x, w, m, n, k, y, n, true, nm);
+}
+void gemm_normed(const NormCarry& c, const bf16* w, int64_t m, int64_t n, float* y) {
+  if (m <= 0 || n <= 0) return;
+  check_carry(c, m, c.dim, w, "gemm_normed");
+  try_gemv<kNoAct>(c.xw, w, m, n, c.dim, y, n, false, carried_in(c));
+}
+void gemv_glu_normed(const NormCarry& c, const bf16* w_gate_up, int64_t m, int64_t n_ff, bool gelu, bf16* h) {
+  if (m <= 0 || n_ff <= 0) return;
+  check_carry(c, m, c.dim, w_gate_up, "gemv_glu_normed");
+  auto* out = reinterpret_cast<__nv_bfloat16*>(h);
+  if (gelu) try_gemv<kGelu>(c.xw, w_gate_up, m, n_ff, c.dim, out, n_ff, false, carried_in(c));
+  else try_gemv<kSilu>(c.xw, w_gate_up, m, n_ff, c.dim, out, n_ff, false, carried_in(c));
+}
 
 void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y, int64_t ldy) {
   gemm_any(x, w, m, n, k, y, ldy, CUDA_R_32F);
