@@ -436,6 +436,17 @@ Report run_glu(Rng& rng, bool gelu, int64_t n, int64_t ff, bool misalign) {
   return r;
 }
 
+// A report of one failed check: an op refused a case it must run.
+Report declined(std::string what, std::string note) {
+  Check c;
+  c.what = std::move(what);
+  c.bad = 1;
+  c.note = std::move(note);
+  Report r;
+  r.checks.push_back(c);
+  return r;
+}
+
 // gemv_glu: act(x Wg^T) * (x Wu^T) for 1 to 4 rows, against the products in double on the host
 // and the activation on their float32 values.
 Report run_gemv_glu(Rng& rng, bool gelu, int64_t m, int64_t ff, int64_t k) {
@@ -455,14 +466,7 @@ Report run_gemv_glu(Rng& rng, bool gelu, int64_t m, int64_t ff, int64_t k) {
   const D ref(g.begin(), g.end());
   Dev<uint16_t> dx = dev_bf16(x), dw = dev_bf16(w), h(static_cast<size_t>(m * ff));
   Report r;
-  if (!cu::gemv_glu(dx.get(), dw.get(), m, ff, k, gelu, h.get())) {
-    Check c;
-    c.what = "h (bf16)";
-    c.bad = 1;
-    c.note = "gemv_glu declined a shape it supports";
-    r.checks.push_back(c);
-    return r;
-  }
+  if (!cu::gemv_glu(dx.get(), dw.get(), m, ff, k, gelu, h.get())) return declined("h (bf16)", "gemv_glu declined a shape it supports");
   r.checks.push_back(check_bf16("h (bf16)", h, ref, kBf16Gemm));
   return r;
 }
@@ -501,14 +505,8 @@ Report run_norm_carry(Rng& rng, Carried kind, int64_t m, int64_t d, int64_t k, i
   Dev<float> dx(x0), part(static_cast<size_t>(m * cu::norm_carry_parts(d))), dwn(wn);
   Dev<uint16_t> dh = dev_bf16(h), dwp = dev_bf16(wp), dwc = dev_bf16(wc), dxw(static_cast<size_t>(m * d));
   Report r;
-  if (!cu::norm_carry_fits(m, k, dwp.get()) || !cu::norm_carry_fits(m, d, dwc.get())) {
-    Check c;
-    c.what = "norm_carry_fits";
-    c.bad = 1;
-    c.note = "declined a shape our GEMV runs";
-    r.checks.push_back(c);
-    return r;
-  }
+  if (!cu::norm_carry_fits(m, k, dwp.get()) || !cu::norm_carry_fits(m, d, dwc.get()))
+    return declined("norm_carry_fits", "declined a shape our GEMV runs");
   const cu::NormCarry carry{dwn.get(), dxw.get(), part.get(), d, eps};
   cu::gemm_accumulate_carry(dh.get(), dwp.get(), m, d, k, dx.get(), carry);
   r.checks.push_back(check_f32("x + h Wp^T", dx, x1, kF32Gemm));
