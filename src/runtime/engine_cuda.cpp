@@ -325,7 +325,7 @@ struct CudaEngine::Impl final : LayerExecutor {
     const bool want = io.want_signal;
     if (want && io.signal == DeltaSignal::Block) cu::copy_on_device(x_in.get(), xp, static_cast<size_t>(n * d) * sizeof(float));
     const bool gelu = hp.act == Activation::GeluTanh;
-    const bool ffn_carried = io.carry_norms && !L.post_attn_norm.size() && L.ffn_norm.size() && n <= kMlpChunk &&
+    const bool ffn_carried = io.carry_norms && !L.post_attn_norm.size() && L.ffn_norm.size() &&
                              cu::norm_carry_fits(n, qd, L.wo.get()) && cu::norm_carry_fits(n, d, L.w_gu.get());
     if (ffn_carried) {
       // The MLP's norm carried from the output product to the gate/up product.

@@ -335,16 +335,16 @@ GemvNorm carried_in(const NormCarry& c) {
   nm.eps = c.eps;
   return nm;
 }
-void check_carry(const NormCarry& c, int64_t m, int64_t k, const bf16* w, const char* what) {
-  if (!c.w_norm || !c.xw || !c.ss_part || c.dim != k || !norm_carry_fits(m, k, w) || alignment_of(c.xw) < 16)
+// fits: the product runs our GEMV (and, for the producer, its output is the norm's width).
+void check_carry(const NormCarry& c, bool fits, const char* what) {
+  if (!fits || !c.w_norm || !c.xw || !c.ss_part || alignment_of(c.xw) < 16)
     detail::raise_error(std::string(what) + ": the carried norm does not fit this product (see norm_carry_fits)");
 }
 }  // namespace
 
 void gemm_accumulate_carry(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y, const NormCarry& c) {
   if (m <= 0 || n <= 0) return;
-  if (!c.w_norm || !c.xw || !c.ss_part || c.dim != n || !gemv_fits(m, k, x, w) || alignment_of(c.xw) < 16)
-    detail::raise_error("gemm_accumulate_carry: the carried norm does not fit this product (see norm_carry_fits)");
+  check_carry(c, c.dim == n && gemv_fits(m, k, x, w), "gemm_accumulate_carry");
   GemvNorm nm;
   nm.w_next = c.w_norm;
   nm.xw = reinterpret_cast<__nv_bfloat16*>(c.xw);
@@ -353,12 +353,12 @@ void gemm_accumulate_carry(const bf16* x, const bf16* w, int64_t m, int64_t n, i
 }
 void gemm_normed(const NormCarry& c, const bf16* w, int64_t m, int64_t n, float* y) {
   if (m <= 0 || n <= 0) return;
-  check_carry(c, m, c.dim, w, "gemm_normed");
+  check_carry(c, norm_carry_fits(m, c.dim, w), "gemm_normed");
   try_gemv<kNoAct>(c.xw, w, m, n, c.dim, y, n, false, carried_in(c));
 }
 void gemv_glu_normed(const NormCarry& c, const bf16* w_gate_up, int64_t m, int64_t n_ff, bool gelu, bf16* h) {
   if (m <= 0 || n_ff <= 0) return;
-  check_carry(c, m, c.dim, w_gate_up, "gemv_glu_normed");
+  check_carry(c, norm_carry_fits(m, c.dim, w_gate_up), "gemv_glu_normed");
   auto* out = reinterpret_cast<__nv_bfloat16*>(h);
   if (gelu) try_gemv<kGelu>(c.xw, w_gate_up, m, n_ff, c.dim, out, n_ff, false, carried_in(c));
   else try_gemv<kSilu>(c.xw, w_gate_up, m, n_ff, c.dim, out, n_ff, false, carried_in(c));
