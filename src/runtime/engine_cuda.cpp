@@ -293,20 +293,36 @@ struct CudaEngine::Impl final : LayerExecutor {
     // Attention branch: U = Wo Attn(RoPE(Wq Norm(x)), RoPE(Wk Norm(x)), Wv Norm(x)).
     const bool carried = io.carry_norms && il > 0 && norm_carried;
     norm_carried = false;
-    if (carried) {
-      cu::gemm_normed(carry(L.attn_norm, n), L.w_qkv.get(), n, qkvw, qkv.get());
+    // A few rows without per-head norms: the product prepares Q, K and V itself (gemv_qkv).
+    const bool qkv_epilogue = cu::fused_qkv_enabled() && !L.q_norm.size() && !L.k_norm.size() &&
+                              cu::qkv_epilogue_fits(n, d, L.w_qkv.get());
+    if (!carried) cu::rmsnorm(xp, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
+    if (qkv_epilogue) {
+      cu::QkvPrep p;
+      p.n_head = hp.n_head;
+      p.n_head_kv = hp.n_head_kv;
+      p.bias = opt(L.b_qkv);
+      p.rope = rope_params(il);
+      p.pos = io.pos;
+      p.q = q.get();
+      p.q_stride = qd;
+      p.k = k_layer(il);
+      p.v = v_layer(il);
+      p.kv_stride = hp.kv_dim();
+      if (carried) cu::gemv_qkv_normed(carry(L.attn_norm, n), L.w_qkv.get(), n, p);
+      else cu::gemv_qkv(xn.get(), L.w_qkv.get(), n, d, p);
     } else {
-      cu::rmsnorm(xp, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
-      cu::gemm(xn.get(), L.w_qkv.get(), n, qkvw, d, qkv.get());
-    }
-    // Q into q, K and V into the cache, in one launch (or three).
-    if (cu::fused_qkv_enabled()) {
-      cu::prep_qkv(qkv.get(), qkvw, n, hp.n_head, hp.n_head_kv, opt(L.b_qkv), opt(L.q_norm), opt(L.k_norm), hp.norm_eps,
-                   rope_params(il), io.pos, q.get(), qd, k_layer(il), v_layer(il), hp.kv_dim());
-    } else {
-      cu::prep_heads(qkv.get(), qkvw, n, hp.n_head, opt(L.b_qkv), opt(L.q_norm), hp.norm_eps, rope_params(il), io.pos,
-                     q.get(), qd, nullptr);
-      write_kv(il, qkv.get() + qd, qkvw, io.pos, n);
+      if (carried) cu::gemm_normed(carry(L.attn_norm, n), L.w_qkv.get(), n, qkvw, qkv.get());
+      else cu::gemm(xn.get(), L.w_qkv.get(), n, qkvw, d, qkv.get());
+      // Q into q, K and V into the cache, in one launch (or three).
+      if (cu::fused_qkv_enabled()) {
+        cu::prep_qkv(qkv.get(), qkvw, n, hp.n_head, hp.n_head_kv, opt(L.b_qkv), opt(L.q_norm), opt(L.k_norm), hp.norm_eps,
+                     rope_params(il), io.pos, q.get(), qd, k_layer(il), v_layer(il), hp.kv_dim());
+      } else {
+        cu::prep_heads(qkv.get(), qkvw, n, hp.n_head, opt(L.b_qkv), opt(L.q_norm), hp.norm_eps, rope_params(il), io.pos,
+                       q.get(), qd, nullptr);
+        write_kv(il, qkv.get() + qd, qkvw, io.pos, n);
+      }
     }
 
     const cu::AttentionParams ap = attention_params(il);

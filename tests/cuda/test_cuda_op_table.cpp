@@ -836,6 +836,71 @@ Report run_prep_qkv(Rng& rng, const QkvSpec& s) {
   return r;
 }
 
+// The Q/K/V product with prep_qkv as its epilogue (gemv_qkv, and gemv_qkv_normed on a carried
+// norm): bit for bit what the GEMV then prep_qkv give (Q in order, K and V in cache slots at their
+// positions), and nothing written elsewhere.
+struct QkvGemvSpec {
+  int n_head, n_head_kv, hd, n_rot;
+  bool neox, bias, factors, carried;
+  int64_t m, k;
+};
+
+Report run_qkv_epilogue(Rng& rng, const QkvGemvSpec& s) {
+  const int64_t qd = int64_t{s.n_head} * s.hd, kvd = int64_t{s.n_head_kv} * s.hd, width = qd + 2 * kvd;
+  const int64_t m = s.m, k = s.k, n_slots = 4099, kin = 16;
+  const F x = rng.bf16(static_cast<size_t>(m * k), -1, 1), w = rng.bf16(static_cast<size_t>(width * k), -0.2f, 0.2f);
+  const F bias = rng.uniform(static_cast<size_t>(width), -1, 1);
+  const F ff = rng.uniform(static_cast<size_t>(std::max(s.n_rot / 2, 1)), 1.f, 4.f);
+  const I32 slots = rng.distinct(m, n_slots);  // the positions: distinct cache slots up to 4098, any order
+  Dev<uint16_t> dx = dev_bf16(x), dw = dev_bf16(w);
+  Dev<float> db(bias), dff(ff);
+  Dev<int32_t> dpos(slots);
+  cu::RopeParams gp;
+  gp.head_dim = s.hd;
+  gp.n_rot = s.n_rot;
+  gp.freq_base = 500000.f;
+  gp.neox = s.neox;
+  gp.freq_factors = s.factors ? dff.get() : nullptr;
+  // The carried norm as the decode step makes it: a residual-adding product before this one.
+  const F x0 = rng.uniform(static_cast<size_t>(m * k), -1, 1), h = rng.bf16(static_cast<size_t>(m * kin), -1, 1);
+  const F wp = rng.bf16(static_cast<size_t>(k * kin), -0.1f, 0.1f), wn = rng.uniform(static_cast<size_t>(k), 0.5f, 1.5f);
+  Dev<float> dx0(x0), part(static_cast<size_t>(m * cu::norm_carry_parts(k))), dwn(wn);
+  Dev<uint16_t> dh = dev_bf16(h), dwp = dev_bf16(wp), dxw(static_cast<size_t>(m * k));
+  const cu::NormCarry carry{dwn.get(), dxw.get(), part.get(), k, 1e-6f};
+  if (!cu::qkv_epilogue_fits(m, k, dw.get()) || (s.carried && !cu::norm_carry_fits(m, kin, dwp.get())))
+    return declined("qkv_epilogue_fits", "declined a shape our GEMV runs");
+  if (s.carried) cu::gemm_accumulate_carry(dh.get(), dwp.get(), m, k, kin, dx0.get(), carry);
+
+  const float* b = s.bias ? db.get() : nullptr;
+  const size_t q_elems = static_cast<size_t>(m * qd), kv_elems = static_cast<size_t>(n_slots * kvd);
+  Dev<uint16_t> q1(q_elems), k1(kv_elems), v1(kv_elems), q2(q_elems), k2(kv_elems), v2(kv_elems);
+  Dev<float> y(static_cast<size_t>(m * width));
+  if (s.carried) cu::gemm_normed(carry, dw.get(), m, width, y.get());
+  else cu::gemm(dx.get(), dw.get(), m, width, k, y.get());
+  cu::prep_qkv(y.get(), width, m, s.n_head, s.n_head_kv, b, nullptr, nullptr, 1e-6f, gp, dpos.get(), q1.get(), qd, k1.get(),
+               v1.get(), kvd);
+  cu::QkvPrep p;
+  p.n_head = s.n_head;
+  p.n_head_kv = s.n_head_kv;
+  p.bias = b;
+  p.rope = gp;
+  p.pos = dpos.get();
+  p.q = q2.get();
+  p.q_stride = qd;
+  p.k = k2.get();
+  p.v = v2.get();
+  p.kv_stride = kvd;
+  if (s.carried) cu::gemv_qkv_normed(carry, dw.get(), m, p);
+  else cu::gemv_qkv(dx.get(), dw.get(), m, k, p);
+  Report r;
+  int64_t outside = 0;
+  r.checks.push_back(compare_bits("q", q2.fetch(&outside), q1.fetch(&outside)));
+  r.checks.push_back(compare_bits("k slots", k2.fetch(&outside), k1.fetch(&outside)));
+  r.checks.push_back(compare_bits("v slots", v2.fetch(&outside), v1.fetch(&outside)));
+  add_outside(r.checks.back(), outside);
+  return r;
+}
+
 // --- attention ---------------------------------------------------------------------------------
 
 enum class Layout {
@@ -1342,6 +1407,21 @@ std::vector<Case> build_table() {
             std::to_string(s.n_rot) + (s.neox ? "_neox" : "") + (s.norm ? "_norm" : "") + (s.bias ? "_bias" : "") + rows +
             std::to_string(s.n) + (s.pad ? "_pad" + std::to_string(s.pad) : ""),
         [=](Rng& g) { return run_prep_qkv(g, s); });
+
+  // The same with the Q/K/V GEMV doing it (1 to 4 rows): Qwen (bias, 7:1, NeoX pairs), Llama 3.1
+  // (frequency factors, interleaved pairs), a partial rotation, widths that leave the last CTA
+  // partial (30 columns), no rotation; on a carried norm and on x.
+  const QkvGemvSpec qkv_gemvs[] = {
+      {28, 4, 128, 128, true, true, false, true, 1, 1032}, {32, 8, 128, 128, false, false, true, true, 2, 520},
+      {4, 2, 32, 16, true, true, true, false, 4, 264},     {4, 2, 32, 16, false, false, false, true, 3, 64},
+      {3, 1, 6, 4, false, true, false, false, 3, 8},       {3, 1, 6, 4, true, false, true, true, 1, 8},
+      {2, 2, 64, 0, false, true, false, true, 2, 64},
+  };
+  for (const QkvGemvSpec& s : qkv_gemvs)
+    add("gemv_qkv_h" + std::to_string(s.n_head) + "_kv" + std::to_string(s.n_head_kv) + "_hd" + std::to_string(s.hd) + "_rot" +
+            std::to_string(s.n_rot) + (s.neox ? "_neox" : "") + (s.bias ? "_bias" : "") + (s.factors ? "_factors" : "") +
+            (s.carried ? "_carried" : "") + "_m" + std::to_string(s.m) + "_k" + std::to_string(s.k),
+        [=](Rng& g) { return run_qkv_epilogue(g, s); });
 
   // Attention, our kernels: full causal, queries after a cached prefix, sliding windows, query
   // subsets with gaps, validity masks with holes (and rows that see nothing), GQA / MQA, head

@@ -8,6 +8,8 @@
 #include <string>
 #include <utility>
 
+#include "backends/cuda/cuda_ops.h"
+
 namespace dashlm::cuda::detail {
 
 // Throws dashlm::Error (defined in a host-compiled file, so nvcc never sees fmt).
@@ -68,6 +70,26 @@ __device__ __forceinline__ float block_max(float v, float* red) {
   __syncthreads();
   float t = lane < nw ? red[lane] : -INFINITY;
   return warp_max(t);
+}
+
+// RoPE, shared by every kernel that rotates (prep_heads, the Q/K/V GEMV's epilogue), so that
+// they agree bit for bit. The cos and sin of pair i's angle at position p, the angle computed in
+// double precision like the CPU's (positions reach 10^5 and more).
+__device__ inline void rope_cos_sin(const RopeParams& rp, int32_t p, int i, float* c, float* s) {
+  const double a = static_cast<double>(p) * static_cast<double>(rp.freq_scale);
+  double f = pow(static_cast<double>(rp.freq_base), -2.0 * i / rp.n_rot);
+  if (rp.freq_factors) f /= static_cast<double>(rp.freq_factors[i]);
+  double sd, cd;
+  sincos(a * f, &sd, &cd);
+  *c = static_cast<float>(cd);
+  *s = static_cast<float>(sd);
+}
+// The pair (x0, x1) rotated by the angle of (c, s), each product rounded on its own (no fused
+// multiply-add, so that every kernel rounds alike).
+__device__ __forceinline__ void rope_rotate(float& x0, float& x1, float c, float s) {
+  const float a = x0, b = x1;
+  x0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  x1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
 }
 
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }

@@ -531,13 +531,6 @@ void set_bytes_at(uint8_t* dst, const int32_t* idx, int64_t n, uint8_t v) {
 
 namespace {
 
-struct RopeArgs {
-  int head_dim, n_rot;
-  float freq_base, freq_scale;
-  bool neox;
-  const float* freq_factors;
-};
-
 // Up to three groups of heads that one launch prepares from the same input row: a group's heads
 // start at column in_off of the row, have their own bias, norm and destination, and are rotated
 // or not (Q, K and V of the decode step in one launch; a single group for prep_heads).
@@ -565,7 +558,7 @@ struct PrepGroups {
 // the CPU: positions reach 10^5 and more), then one warp per head: bias, RMSNorm, rotation,
 // conversion, store.
 template <typename OutT>
-__global__ void k_prep_heads(const float* in, int64_t in_stride, PrepGroups<OutT> groups, float eps, RopeArgs rp,
+__global__ void k_prep_heads(const float* in, int64_t in_stride, PrepGroups<OutT> groups, float eps, RopeParams rp,
                              const int32_t* pos) {
   extern __shared__ float sh[];
   const int hd = rp.head_dim, half = rp.n_rot / 2;
@@ -576,17 +569,8 @@ __global__ void k_prep_heads(const float* in, int64_t in_stride, PrepGroups<OutT
   const int64_t r = blockIdx.x;
   detail::pdl_wait();
   detail::pdl_launch_dependents();
-  if (half > 0) {
-    const double p = static_cast<double>(pos[r]) * static_cast<double>(rp.freq_scale);
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-      double f = pow(static_cast<double>(rp.freq_base), -2.0 * i / rp.n_rot);
-      if (rp.freq_factors) f /= static_cast<double>(rp.freq_factors[i]);
-      double s, c;
-      sincos(p * f, &s, &c);
-      cs[i] = static_cast<float>(c);
-      sn[i] = static_cast<float>(s);
-    }
-  }
+  if (half > 0)
+    for (int i = threadIdx.x; i < half; i += blockDim.x) detail::rope_cos_sin(rp, pos[r], i, &cs[i], &sn[i]);
   __syncthreads();
   for (int hh = blockIdx.y * nw + warp; hh < groups.total_heads; hh += nw * gridDim.y) {
     int gi = 0, h = hh;
@@ -609,9 +593,7 @@ __global__ void k_prep_heads(const float* in, int64_t in_stride, PrepGroups<OutT
     if (G.rope) {
       for (int i = lane; i < half; i += 32) {
         const int a = rp.neox ? i : 2 * i, b = rp.neox ? i + half : 2 * i + 1;
-        const float x0 = buf[a], x1 = buf[b];
-        buf[a] = x0 * cs[i] - x1 * sn[i];
-        buf[b] = x0 * sn[i] + x1 * cs[i];
+        detail::rope_rotate(buf[a], buf[b], cs[i], sn[i]);
       }
     }
     __syncwarp();
@@ -620,10 +602,6 @@ __global__ void k_prep_heads(const float* in, int64_t in_stride, PrepGroups<OutT
     for (int d = lane; d < hd; d += 32) o[d] = detail::from_f32<OutT>(buf[d]);
     __syncwarp();
   }
-}
-
-RopeArgs rope_args(const RopeParams& r) {
-  return RopeArgs{r.head_dim, r.n_rot, r.freq_base, r.freq_scale, r.neox, r.freq_factors};
 }
 
 template <typename OutT>
@@ -648,7 +626,7 @@ void launch_prep(const float* in, int64_t in_stride, int64_t n, PrepGroups<OutT>
   // A few rows (decoding): the heads spread over CTAs; many rows fill the GPU with one CTA each.
   const unsigned head_groups = n <= kDecodeMaxRows ? static_cast<unsigned>((groups.total_heads + nw - 1) / nw) : 1u;
   detail::launch("prep_heads", k_prep_heads<OutT>, dim3(static_cast<unsigned>(n), head_groups), nw * 32, smem, in, in_stride,
-                 groups, eps, rope_args(r), pos);
+                 groups, eps, r, pos);
 }
 
 template <typename OutT>

@@ -317,4 +317,32 @@ void gemm_normed(const NormCarry& c, const bf16* w, int64_t m, int64_t n, float*
 // gemv_glu of rmsnorm(x), from the carry.
 void gemv_glu_normed(const NormCarry& c, const bf16* w_gate_up, int64_t m, int64_t n_ff, bool gelu, bf16* h);
 
+// The Q/K/V product of a few rows (decoding) with prep_qkv's work as its epilogue: the stacked
+// projections x [Wq; Wk; Wv]^T, the bias added, Q and K rotated at pos[r], Q into q (row stride
+// q_stride) and K and V into the cache slots pos[r] of k and v, all in bf16. One launch instead of
+// gemm then prep_qkv, with the same result bit for bit. No per-head norms (q_norm, k_norm): those
+// layers run prep_qkv.
+struct QkvPrep {
+  int n_head = 0, n_head_kv = 0;
+  const float* bias = nullptr;   // optional, [q_dim + 2 kv_dim]
+  RopeParams rope;               // head_dim even
+  // device, m positions; read before the kernels queued before this one have finished, like the
+  // weights, so they must not write it (copies may)
+  const int32_t* pos = nullptr;
+  bf16* q = nullptr;
+  int64_t q_stride = 0;
+  bf16* k = nullptr;
+  bf16* v = nullptr;
+  int64_t kv_stride = 0;
+};
+// Whether gemv_qkv runs a product of m rows and inner size k with weights w (as norm_carry_fits,
+// and the epilogue switched on: DASHLM_CUDA_QKV_EPILOGUE=0 switches it off at start, so that
+// benchmarks can compare it with gemm then prep_qkv).
+bool qkv_epilogue_fits(int64_t m, int64_t k, const bf16* w);
+void set_qkv_epilogue_enabled(bool on);
+// Throws where qkv_epilogue_fits is false (or x is not 16-byte aligned).
+void gemv_qkv(const bf16* x, const bf16* w_qkv, int64_t m, int64_t k, const QkvPrep& p);
+// The same on rmsnorm(x), from the carry (k = c.dim).
+void gemv_qkv_normed(const NormCarry& c, const bf16* w_qkv, int64_t m, const QkvPrep& p);
+
 }  // namespace dashlm::cuda

@@ -119,9 +119,12 @@ __device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b) {
 __device__ __forceinline__ void store_out(float* y, float v, bool accumulate) { *y = accumulate ? *y + v : v; }
 __device__ __forceinline__ void store_out(__nv_bfloat16* y, float v, bool) { *y = __float2bfloat16(v); }
 
-// kAct != kNoAct: the fused gate/up product of the MLP. W is [gate; up] (2n rows): the warp of
-// column c reads rows c and n + c and writes act(gate) * up in bf16.
-constexpr int kNoAct = 0, kSilu = 1, kGelu = 2;
+// kSilu, kGelu: the fused gate/up product of the MLP. W is [gate; up] (2n rows): the warp of
+// column c reads rows c and n + c and writes act(gate) * up in bf16. kQkv: the stacked Q/K/V
+// product with prep_qkv's work as its epilogue (GemvQkv below).
+constexpr int kNoAct = 0, kSilu = 1, kGelu = 2, kQkv = 3;
+constexpr int kGemvWarps = kGemvThreads / 32;
+static_assert(kGemvWarps % 2 == 0, "a rotated pair's two columns share a CTA");
 
 // The RMS norm carried between two GEMVs (NormCarry in cuda_ops.h). in: this GEMV's x is
 // x * w_norm without the 1 / rms scale; the scale comes from the producer's partial sums of
@@ -136,13 +139,37 @@ struct GemvNorm {
   float* part_out = nullptr;
 };
 
+// The Q/K/V epilogue (QkvPrep in cuda_ops.h): each value gets its bias, the Q and K columns are
+// rotated, and all go to bf16: Q into q, K and V into the cache slots pos[r]. The warps of a CTA
+// take columns in rotation-pair order, so that a pair's two columns are the neighbouring warps
+// w and w ^ 1 and meet in shared memory: (2i, 2i+1) as they are, or (i, i + n_rot/2) of each
+// head for NeoX-style pairs.
+struct GemvQkv {
+  __nv_bfloat16 *q = nullptr, *k = nullptr, *v = nullptr;
+  int64_t q_stride = 0, kv_stride = 0, qd = 0, kvd = 0;
+  const float* bias = nullptr;
+  const int32_t* pos = nullptr;
+  RopeParams rope;
+};
+
 template <int M, int kAct, typename OutT>
 __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uint4* __restrict__ w, int64_t n,
                                                         int64_t kv, OutT* __restrict__ y, int64_t ldy, bool accumulate,
-                                                        GemvNorm nm) {
-  constexpr int P = kAct == kNoAct ? 1 : 2;  // rows of W per output column
+                                                        GemvNorm nm, GemvQkv qk) {
+  constexpr int P = kAct == kSilu || kAct == kGelu ? 2 : 1;  // rows of W per output column
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * (kGemvThreads / 32) + warp;
+  const int64_t slot = static_cast<int64_t>(blockIdx.x) * kGemvWarps + warp;  // the warp's place in pair order
+  int64_t col = slot;
+  int pair = -1;  // kQkv: the rotated pair this column belongs to (-1: not rotated)
+  if constexpr (kAct == kQkv) {
+    if (slot < qk.qd + qk.kvd && qk.rope.n_rot > 0) {
+      const int t = static_cast<int>(slot % qk.rope.head_dim);
+      if (t < qk.rope.n_rot) {
+        pair = t >> 1;
+        if (qk.rope.neox) col = slot - t + pair + (t & 1) * (qk.rope.n_rot / 2);
+      }
+    }
+  }
   const bool live = col < n;  // no early return: a carried norm joins the CTA's warps at the end
   const int64_t kl = live ? kv : 0;
   const uint4* wr[P];
@@ -163,6 +190,18 @@ __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uin
     for (int p = 0; p < P; ++p)
 #pragma unroll
       for (int u = 0; u < 4; ++u) wv[p][u] = __ldcs(wr[p] + i + 32 * u);  // read once: do not keep in cache
+  // kQkv: the column's bias, and in lane r < M row r's position and, for a rotated column, its
+  // cos and sin, worked out while the first weights are on their way and before waiting for the
+  // kernel before this one, since none of it comes from a kernel (QkvPrep: pos neither).
+  int32_t row_pos = 0;
+  float rc = 1.f, rsn = 0.f, bias = 0.f;
+  if constexpr (kAct == kQkv) {
+    if (live && qk.bias) bias = qk.bias[col];
+    if (lane < M) {
+      row_pos = qk.pos[lane];
+      if (pair >= 0) detail::rope_cos_sin(qk.rope, row_pos, pair, &rc, &rsn);
+    }
+  }
   detail::pdl_wait();
   detail::pdl_launch_dependents();
   // A carried norm's partial sums (the CTA's threads share them out): the first kPartLoads per
@@ -201,7 +240,7 @@ __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uin
 #pragma unroll
       for (int p = 0; p < P; ++p) acc[p][r] += dot8_bf16(__ldcs(wr[p] + i), xv);
     }
-  __shared__ float s_ss[kGemvThreads / 32][M];
+  __shared__ float s_ss[kGemvWarps][M];
   float rs[M];
   if (nm.part_in) {  // the scale 1 / rms of each row, the CTA's sums joined in a fixed order
 #pragma unroll
@@ -218,13 +257,37 @@ __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uin
     for (int r = 0; r < M; ++r) {
       float t = 0.f;
 #pragma unroll
-      for (int q = 0; q < kGemvThreads / 32; ++q) t += s_ss[q][r];
+      for (int q = 0; q < kGemvWarps; ++q) t += s_ss[q][r];
       rs[r] = rsqrtf(t * nm.inv_dim + nm.eps);
     }
     __syncthreads();  // s_ss is reused below
   } else {
 #pragma unroll
     for (int r = 0; r < M; ++r) rs[r] = 1.f;
+  }
+  if constexpr (kAct == kQkv) {
+    __shared__ float s_val[kGemvWarps][M];
+    float val = 0.f;  // lane r: row r's value with its bias, as prep_qkv would read it
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      const float vr = __fadd_rn(detail::warp_sum(acc[0][r]) * rs[r], bias);  // never fused into one multiply-add
+      if (lane == r) val = vr;
+    }
+    if (lane < M) s_val[warp][lane] = val;
+    __syncthreads();
+    if (live && lane < M) {
+      if (pair >= 0) {
+        const bool second = slot & 1;
+        float x0 = second ? s_val[warp ^ 1][lane] : val, x1 = second ? val : s_val[warp ^ 1][lane];
+        detail::rope_rotate(x0, x1, rc, rsn);
+        val = second ? x1 : x0;
+      }
+      const __nv_bfloat16 o = __float2bfloat16_rn(val);
+      if (col < qk.qd) qk.q[lane * qk.q_stride + col] = o;
+      else if (col < qk.qd + qk.kvd) qk.k[row_pos * qk.kv_stride + col - qk.qd] = o;
+      else qk.v[row_pos * qk.kv_stride + col - qk.qd - qk.kvd] = o;
+    }
+    return;
   }
   float sq = 0.f;  // lane r: the new x's square of row r (a carried norm out)
 #pragma unroll
@@ -252,7 +315,7 @@ __global__ void __launch_bounds__(kGemvThreads) k_gemv(const uint4* x, const uin
     if (threadIdx.x < M) {
       float t = 0.f;
 #pragma unroll
-      for (int q = 0; q < kGemvThreads / 32; ++q) t += s_ss[q][threadIdx.x];
+      for (int q = 0; q < kGemvWarps; ++q) t += s_ss[q][threadIdx.x];
       nm.part_out[threadIdx.x * gridDim.x + blockIdx.x] = t;
     }
   }
@@ -263,18 +326,19 @@ bool gemv_on = detail::env_switch("DASHLM_CUDA_GEMV");
 bool gemv_fits(int64_t m, int64_t k, const void* x, const void* w) {
   return gemv_on && m >= 1 && m <= kGemvMaxRows && k % 8 == 0 && alignment_of(x) >= 16 && alignment_of(w) >= 16;
 }
-unsigned gemv_blocks(int64_t n) { return detail::blocks_for(n, kGemvThreads / 32, int64_t{1} << 31); }
+unsigned gemv_blocks(int64_t n) { return detail::blocks_for(n, kGemvWarps, int64_t{1} << 31); }
 
 template <int kAct, typename OutT>
 bool try_gemv(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, OutT* y, int64_t ldy, bool accumulate,
-              const GemvNorm& nm = {}) {
+              const GemvNorm& nm = {}, const GemvQkv& qk = {}) {
   if (!gemv_fits(m, k, x, w)) return false;
   const auto* xv = reinterpret_cast<const uint4*>(x);
   const auto* wv = reinterpret_cast<const uint4*>(w);
   const int64_t kv = k / 8;
-  void (*kernel)(const uint4*, const uint4*, int64_t, int64_t, OutT*, int64_t, bool, GemvNorm) =
+  void (*kernel)(const uint4*, const uint4*, int64_t, int64_t, OutT*, int64_t, bool, GemvNorm, GemvQkv) =
       m == 1 ? k_gemv<1, kAct, OutT> : m == 2 ? k_gemv<2, kAct, OutT> : m == 3 ? k_gemv<3, kAct, OutT> : k_gemv<4, kAct, OutT>;
-  detail::launch("gemv", kernel, gemv_blocks(n), kGemvThreads, 0, xv, wv, n, kv, y, ldy, accumulate, nm);
+  detail::launch(kAct == kQkv ? "gemv_qkv" : "gemv", kernel, gemv_blocks(n), kGemvThreads, 0, xv, wv, n, kv, y, ldy,
+                 accumulate, nm, qk);
   return true;
 }
 
@@ -362,6 +426,48 @@ void gemv_glu_normed(const NormCarry& c, const bf16* w_gate_up, int64_t m, int64
   auto* out = reinterpret_cast<__nv_bfloat16*>(h);
   if (gelu) try_gemv<kGelu>(c.xw, w_gate_up, m, n_ff, c.dim, out, n_ff, false, carried_in(c));
   else try_gemv<kSilu>(c.xw, w_gate_up, m, n_ff, c.dim, out, n_ff, false, carried_in(c));
+}
+
+namespace {
+bool qkv_epilogue_on = detail::env_switch("DASHLM_CUDA_QKV_EPILOGUE");
+
+// The kernel's arguments for p, checked; *n: the product's width (Q, K and V stacked).
+GemvQkv qkv_args(const QkvPrep& p, int64_t* n) {
+  const RopeParams& r = p.rope;
+  if (p.n_head <= 0 || p.n_head_kv <= 0 || r.head_dim <= 0 || r.head_dim % 2 || r.n_rot < 0 || r.n_rot > r.head_dim ||
+      r.n_rot % 2 || !p.pos || !p.q || !p.k || !p.v)
+    detail::raise_error("gemv_qkv: bad heads, rotation or pointers");
+  GemvQkv a;
+  a.q = reinterpret_cast<__nv_bfloat16*>(p.q);
+  a.k = reinterpret_cast<__nv_bfloat16*>(p.k);
+  a.v = reinterpret_cast<__nv_bfloat16*>(p.v);
+  a.qd = int64_t{p.n_head} * r.head_dim;
+  a.kvd = int64_t{p.n_head_kv} * r.head_dim;
+  a.q_stride = p.q_stride;
+  a.kv_stride = p.kv_stride;
+  a.bias = p.bias;
+  a.pos = p.pos;
+  a.rope = r;
+  *n = a.qd + 2 * a.kvd;
+  return a;
+}
+}  // namespace
+
+void set_qkv_epilogue_enabled(bool on) { qkv_epilogue_on = on; }
+bool qkv_epilogue_fits(int64_t m, int64_t k, const bf16* w) { return qkv_epilogue_on && gemv_fits(m, k, w, w); }
+void gemv_qkv(const bf16* x, const bf16* w, int64_t m, int64_t k, const QkvPrep& p) {
+  if (m <= 0) return;
+  int64_t n = 0;
+  const GemvQkv a = qkv_args(p, &n);
+  if (!qkv_epilogue_fits(m, k, w) || !try_gemv<kQkv>(x, w, m, n, k, static_cast<float*>(nullptr), n, false, GemvNorm{}, a))
+    detail::raise_error("gemv_qkv: not a product our GEMV runs (see qkv_epilogue_fits)");
+}
+void gemv_qkv_normed(const NormCarry& c, const bf16* w, int64_t m, const QkvPrep& p) {
+  if (m <= 0) return;
+  int64_t n = 0;
+  const GemvQkv a = qkv_args(p, &n);
+  check_carry(c, qkv_epilogue_fits(m, c.dim, w), "gemv_qkv_normed");
+  try_gemv<kQkv>(c.xw, w, m, n, c.dim, static_cast<float*>(nullptr), n, false, carried_in(c), a);
 }
 
 void gemm(const bf16* x, const bf16* w, int64_t m, int64_t n, int64_t k, float* y, int64_t ldy) {
