@@ -590,8 +590,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kg = lane / LPK, li = lane % LPK;
-  detail::pdl_wait();  // see common.cuh: q and the newest keys come from the kernels before
-  detail::pdl_launch_dependents();
+  // Until pdl_wait (common.cuh) only what the kernel before does not write is read: the positions,
+  // the validity mask and the keys older than the rows' own (attention_decode in cuda_ops.h).
   const int kvh = blockIdx.y, split = blockIdx.x, n_split = gridDim.x;
   const int n_vec = static_cast<int>(a.n_q) * a.group;
   const int j0 = blockIdx.z * QV;
@@ -614,7 +614,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   // K and V reach shared memory by cp.async, kDecodeStages - 1 batches ahead of the batch in use,
   // so a CTA keeps that many batches of loads in flight while it computes (registers could not
   // hold them). Each lane copies, and later reads, only its own 16 bytes of each key: waiting for
-  // its own copies is enough, no barrier. Slots of keys not loaded are zero-filled.
+  // its own copies is enough, no barrier. Slots of keys not loaded are zero-filled. The first
+  // batches are asked for before waiting for the kernel before this one, all but the keys from
+  // the first row's position on (that kernel writes the rows' own): those wait, then are read
+  // with plain loads into their slots ("late").
   constexpr int S = kDecodeStages;
   constexpr int kKvBytes = S * kDecodeWarps * U * 2 * 32 * 16;
   constexpr int kJoinBytes = (kDecodeWarps * QV * HD + 2 * kDecodeWarps * QV) * 4;
@@ -623,8 +626,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   const int64_t kv_off = static_cast<int64_t>(kvh) * HD + li * 8;
   const int n_iter = c_hi >= c_lo ? static_cast<int>((c_hi - c_lo) / STEP) + 1 : 0;
   uint32_t okbits = 0;  // bit (stage * U + u): that slot holds a loaded key
+  uint32_t late = 0;    // the same bits: the slot's key is loaded after the wait
+  const int64_t fresh = a.q_pos[0];  // the rows' positions are ascending
   auto key_of = [&](int it, int u) { return c_lo + static_cast<int64_t>(it) * STEP + (u * kDecodeWarps + warp) * KPW + kg; };
-  auto issue = [&](int it) {
+  auto issue = [&](int it, bool before_wait) {
     if (it < n_iter) {
       const int s = it % S;
 #pragma unroll
@@ -633,6 +638,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
         const bool ok = key <= c_hi && (!a.valid || a.valid[key]);
         const uint32_t bit = 1u << (s * U + u);
         okbits = ok ? okbits | bit : okbits & ~bit;
+        if (before_wait && ok && key >= fresh) {
+          late |= bit;
+          continue;
+        }
         const int64_t off = ok ? key * a.kv_stride + kv_off : 0;
         cp_async16(smem_addr(&s_kv[s][warp][u][0][lane]), a.k + off, ok);
         cp_async16(smem_addr(&s_kv[s][warp][u][1][lane]), a.v + off, ok);
@@ -641,7 +650,20 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
     cp_async_commit();  // an empty group past the end keeps the count the wait below relies on
   };
 #pragma unroll
-  for (int it = 0; it < S - 1; ++it) issue(it);
+  for (int it = 0; it < S - 1; ++it) issue(it, true);
+  detail::pdl_wait();
+  detail::pdl_launch_dependents();
+  if (late) {
+#pragma unroll
+    for (int it = 0; it < S - 1; ++it)
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if ((late >> (it * U + u)) & 1u) {
+          const int64_t off = key_of(it, u) * a.kv_stride + kv_off;
+          s_kv[it][warp][u][0][lane] = __ldcg(reinterpret_cast<const uint4*>(a.k + off));
+          s_kv[it][warp][u][1][lane] = __ldcg(reinterpret_cast<const uint4*>(a.v + off));
+        }
+  }
 
   // Query vectors (8 dims each, pre-scaled into the log2 domain).
   float qf[QV][8];
@@ -689,7 +711,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   }
 
   for (int it = 0; it < n_iter; ++it) {
-    issue(it + S - 1);
+    issue(it + S - 1, false);
     cp_async_wait<S - 1>();
     const int s = it % S;
     uint4 kr[U], vr[U];

@@ -234,6 +234,8 @@ void attention_merge(bf16* out, const float* lse, const bf16* part, const float*
 // replays at any cache length, n_kv being the whole cache), each chunk's partial output and
 // log-sum-exp into `workspace`, then one merge. Same arguments and result as attention();
 // invalid slots (kv_valid 0) are not read. Head dims 64, 128, 256 (attention_decode_supported).
+// The positions, kv_valid and the keys below the first row's position are read before the kernel
+// queued before it has finished: only q and the rows' own keys may come from that kernel.
 // workspace: attention_decode_workspace() floats on the device, owned by the caller (a graph that
 // recorded the call keeps pointing at it).
 constexpr int64_t kDecodeMaxRows = 4;
