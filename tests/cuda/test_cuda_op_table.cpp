@@ -790,6 +790,18 @@ Report run_prep_heads(Rng& rng, const PrepSpec& s, bool bf16_out) {
   return r;
 }
 
+// Q, K and V from two paths, bit for bit, and nothing written outside them by either.
+Report same_qkv(const Dev<uint16_t>& q, const Dev<uint16_t>& k, const Dev<uint16_t>& v, const Dev<uint16_t>& q_want,
+                const Dev<uint16_t>& k_want, const Dev<uint16_t>& v_want) {
+  Report r;
+  int64_t outside = 0;
+  r.checks.push_back(compare_bits("q", q.fetch(&outside), q_want.fetch(&outside)));
+  r.checks.push_back(compare_bits("k slots", k.fetch(&outside), k_want.fetch(&outside)));
+  r.checks.push_back(compare_bits("v slots", v.fetch(&outside), v_want.fetch(&outside)));
+  add_outside(r.checks.back(), outside);
+  return r;
+}
+
 // Q, K and V in one launch: bit for bit what prep_heads gives on each part (Q in order, K and V
 // scattered into cache slots), and nothing written elsewhere.
 struct QkvSpec {
@@ -827,13 +839,7 @@ Report run_prep_qkv(Rng& rng, const QkvSpec& s) {
                  kvd, dpos.get());
   cu::prep_qkv(dx.get(), stride, n, s.n_head, s.n_head_kv, b, qnorm, knorm, eps, gp, dpos.get(), q2.get(), qd, k2.get(), v2.get(),
                kvd);
-  Report r;
-  int64_t outside = 0;
-  r.checks.push_back(compare_bits("q", q2.fetch(&outside), q1.fetch(&outside)));
-  r.checks.push_back(compare_bits("k slots", k2.fetch(&outside), k1.fetch(&outside)));
-  r.checks.push_back(compare_bits("v slots", v2.fetch(&outside), v1.fetch(&outside)));
-  add_outside(r.checks.back(), outside);
-  return r;
+  return same_qkv(q2, k2, v2, q1, k1, v1);
 }
 
 // The Q/K/V product with prep_qkv as its epilogue (gemv_qkv, and gemv_qkv_normed on a carried
@@ -892,13 +898,7 @@ Report run_qkv_epilogue(Rng& rng, const QkvGemvSpec& s) {
   p.kv_stride = kvd;
   if (s.carried) cu::gemv_qkv_normed(carry, dw.get(), m, p);
   else cu::gemv_qkv(dx.get(), dw.get(), m, k, p);
-  Report r;
-  int64_t outside = 0;
-  r.checks.push_back(compare_bits("q", q2.fetch(&outside), q1.fetch(&outside)));
-  r.checks.push_back(compare_bits("k slots", k2.fetch(&outside), k1.fetch(&outside)));
-  r.checks.push_back(compare_bits("v slots", v2.fetch(&outside), v1.fetch(&outside)));
-  add_outside(r.checks.back(), outside);
-  return r;
+  return same_qkv(q2, k2, v2, q1, k1, v1);
 }
 
 // --- attention ---------------------------------------------------------------------------------
