@@ -701,6 +701,16 @@ Report run_set_bytes(Rng& rng, int64_t n_mask, int64_t n, uint8_t v) {
 
 // --- heads: bias, per-head RMSNorm, RoPE, scatter into cache slots ----------------------------
 
+cu::RopeParams rope_of(int hd, int n_rot, float base, bool neox, const float* freq_factors) {
+  cu::RopeParams p;
+  p.head_dim = hd;
+  p.n_rot = n_rot;
+  p.freq_base = base;
+  p.neox = neox;
+  p.freq_factors = freq_factors;
+  return p;
+}
+
 struct PrepSpec {
   int heads, hd, n_rot;
   bool neox, norm, bias, factors;
@@ -737,13 +747,8 @@ Report run_prep_heads(Rng& rng, const PrepSpec& s, bool bf16_out) {
   }
   Dev<float> dx(x), db(bias), dn(nw), dff(ff);
   Dev<int32_t> dpos(pos);
-  cu::RopeParams gp;
-  gp.head_dim = s.hd;
-  gp.n_rot = s.n_rot;
-  gp.freq_base = s.base;
+  cu::RopeParams gp = rope_of(s.hd, s.n_rot, s.base, s.neox, s.factors ? dff.get() : nullptr);
   gp.freq_scale = s.freq_scale;
-  gp.neox = s.neox;
-  gp.freq_factors = s.factors ? dff.get() : nullptr;
   const int32_t* pos_arg = s.n_rot > 0 ? dpos.get() : nullptr;  // no RoPE: no positions needed
   const float* bias_arg = s.bias ? db.get() : nullptr;
   const float* norm_arg = s.norm ? dn.get() : nullptr;
@@ -820,11 +825,7 @@ Report run_prep_qkv(Rng& rng, const QkvSpec& s) {
   const I32 slots = rng.distinct(n, n_slots);  // the positions: distinct cache slots, any order
   Dev<float> dx(x), db(bias), dqn(qn), dkn(kn);
   Dev<int32_t> dpos(slots);
-  cu::RopeParams gp;
-  gp.head_dim = s.hd;
-  gp.n_rot = s.n_rot;
-  gp.freq_base = 10000.f;
-  gp.neox = s.neox;
+  const cu::RopeParams gp = rope_of(s.hd, s.n_rot, 10000.f, s.neox, nullptr);
   cu::RopeParams none = gp;
   none.n_rot = 0;
   const float* b = s.bias ? db.get() : nullptr;
@@ -861,12 +862,7 @@ Report run_qkv_epilogue(Rng& rng, const QkvGemvSpec& s) {
   Dev<uint16_t> dx = dev_bf16(x), dw = dev_bf16(w);
   Dev<float> db(bias), dff(ff);
   Dev<int32_t> dpos(slots);
-  cu::RopeParams gp;
-  gp.head_dim = s.hd;
-  gp.n_rot = s.n_rot;
-  gp.freq_base = 500000.f;
-  gp.neox = s.neox;
-  gp.freq_factors = s.factors ? dff.get() : nullptr;
+  const cu::RopeParams gp = rope_of(s.hd, s.n_rot, 500000.f, s.neox, s.factors ? dff.get() : nullptr);
   // The carried norm as the decode step makes it: a residual-adding product before this one.
   const F x0 = rng.uniform(static_cast<size_t>(m * k), -1, 1), h = rng.bf16(static_cast<size_t>(m * kin), -1, 1);
   const F wp = rng.bf16(static_cast<size_t>(k * kin), -0.1f, 0.1f), wn = rng.uniform(static_cast<size_t>(k), 0.5f, 1.5f);
