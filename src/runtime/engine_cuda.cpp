@@ -296,19 +296,20 @@ struct CudaEngine::Impl final : LayerExecutor {
     // A few rows without per-head norms: the product prepares Q, K and V itself (gemv_qkv).
     const bool qkv_epilogue = cu::fused_qkv_enabled() && !L.q_norm.size() && !L.k_norm.size() &&
                               cu::qkv_epilogue_fits(n, d, L.w_qkv.get());
+    // Where Q, K and V go: q, and the layer's cache slots at the rows' positions.
+    cu::QkvPrep p;
+    p.n_head = hp.n_head;
+    p.n_head_kv = hp.n_head_kv;
+    p.bias = opt(L.b_qkv);
+    p.rope = rope_params(il);
+    p.pos = io.pos;
+    p.q = q.get();
+    p.q_stride = qd;
+    p.k = k_layer(il);
+    p.v = v_layer(il);
+    p.kv_stride = hp.kv_dim();
     if (!carried) cu::rmsnorm(xp, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
     if (qkv_epilogue) {
-      cu::QkvPrep p;
-      p.n_head = hp.n_head;
-      p.n_head_kv = hp.n_head_kv;
-      p.bias = opt(L.b_qkv);
-      p.rope = rope_params(il);
-      p.pos = io.pos;
-      p.q = q.get();
-      p.q_stride = qd;
-      p.k = k_layer(il);
-      p.v = v_layer(il);
-      p.kv_stride = hp.kv_dim();
       if (carried) cu::gemv_qkv_normed(carry(L.attn_norm, n), L.w_qkv.get(), n, p);
       else cu::gemv_qkv(xn.get(), L.w_qkv.get(), n, d, p);
     } else {
@@ -316,8 +317,7 @@ struct CudaEngine::Impl final : LayerExecutor {
       else cu::gemm(xn.get(), L.w_qkv.get(), n, qkvw, d, qkv.get());
       // Q into q, K and V into the cache, in one launch (or three).
       if (cu::fused_qkv_enabled()) {
-        cu::prep_qkv(qkv.get(), qkvw, n, hp.n_head, hp.n_head_kv, opt(L.b_qkv), opt(L.q_norm), opt(L.k_norm), hp.norm_eps,
-                     rope_params(il), io.pos, q.get(), qd, k_layer(il), v_layer(il), hp.kv_dim());
+        cu::prep_qkv(qkv.get(), qkvw, n, p, opt(L.q_norm), opt(L.k_norm), hp.norm_eps);
       } else {
         cu::prep_heads(qkv.get(), qkvw, n, hp.n_head, opt(L.b_qkv), opt(L.q_norm), hp.norm_eps, rope_params(il), io.pos,
                        q.get(), qd, nullptr);

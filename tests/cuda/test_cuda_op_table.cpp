@@ -807,6 +807,24 @@ Report same_qkv(const Dev<uint16_t>& q, const Dev<uint16_t>& k, const Dev<uint16
   return r;
 }
 
+// Q, K and V of n_head / n_head_kv heads (rope.head_dim each) into q (in order) and the cache
+// slots pos[r] of k and v.
+cu::QkvPrep qkv_to(int n_head, int n_head_kv, const float* bias, const cu::RopeParams& rope, const int32_t* pos,
+                   Dev<uint16_t>& q, Dev<uint16_t>& k, Dev<uint16_t>& v) {
+  cu::QkvPrep p;
+  p.n_head = n_head;
+  p.n_head_kv = n_head_kv;
+  p.bias = bias;
+  p.rope = rope;
+  p.pos = pos;
+  p.q = q.get();
+  p.q_stride = int64_t{n_head} * rope.head_dim;
+  p.k = k.get();
+  p.v = v.get();
+  p.kv_stride = int64_t{n_head_kv} * rope.head_dim;
+  return p;
+}
+
 // Q, K and V in one launch: bit for bit what prep_heads gives on each part (Q in order, K and V
 // scattered into cache slots), and nothing written elsewhere.
 struct QkvSpec {
@@ -838,8 +856,7 @@ Report run_prep_qkv(Rng& rng, const QkvSpec& s) {
                  dpos.get());
   cu::prep_heads(dx.get() + qd + kvd, stride, n, s.n_head_kv, b ? b + qd + kvd : nullptr, nullptr, eps, none, nullptr, v1.get(),
                  kvd, dpos.get());
-  cu::prep_qkv(dx.get(), stride, n, s.n_head, s.n_head_kv, b, qnorm, knorm, eps, gp, dpos.get(), q2.get(), qd, k2.get(), v2.get(),
-               kvd);
+  cu::prep_qkv(dx.get(), stride, n, qkv_to(s.n_head, s.n_head_kv, b, gp, dpos.get(), q2, k2, v2), qnorm, knorm, eps);
   return same_qkv(q2, k2, v2, q1, k1, v1);
 }
 
@@ -879,19 +896,8 @@ Report run_qkv_epilogue(Rng& rng, const QkvGemvSpec& s) {
   Dev<float> y(static_cast<size_t>(m * width));
   if (s.carried) cu::gemm_normed(carry, dw.get(), m, width, y.get());
   else cu::gemm(dx.get(), dw.get(), m, width, k, y.get());
-  cu::prep_qkv(y.get(), width, m, s.n_head, s.n_head_kv, b, nullptr, nullptr, 1e-6f, gp, dpos.get(), q1.get(), qd, k1.get(),
-               v1.get(), kvd);
-  cu::QkvPrep p;
-  p.n_head = s.n_head;
-  p.n_head_kv = s.n_head_kv;
-  p.bias = b;
-  p.rope = gp;
-  p.pos = dpos.get();
-  p.q = q2.get();
-  p.q_stride = qd;
-  p.k = k2.get();
-  p.v = v2.get();
-  p.kv_stride = kvd;
+  cu::prep_qkv(y.get(), width, m, qkv_to(s.n_head, s.n_head_kv, b, gp, dpos.get(), q1, k1, v1), nullptr, nullptr, 1e-6f);
+  const cu::QkvPrep p = qkv_to(s.n_head, s.n_head_kv, b, gp, dpos.get(), q2, k2, v2);
   if (s.carried) cu::gemv_qkv_normed(carry, dw.get(), m, p);
   else cu::gemv_qkv(dx.get(), dw.get(), m, k, p);
   return same_qkv(q2, k2, v2, q1, k1, v1);

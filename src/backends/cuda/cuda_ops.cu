@@ -649,16 +649,16 @@ void prep_heads_f32(float* x, int64_t stride, int64_t n, int n_heads, const floa
   launch_prep<float>(x, stride, n, one_group(n_heads, bias, norm_w, x, stride, static_cast<const int32_t*>(nullptr)), eps,
                      rope, pos);
 }
-void prep_qkv(const float* in, int64_t in_stride, int64_t n, int n_head, int n_head_kv, const float* bias, const float* q_norm,
-              const float* k_norm, float eps, const RopeParams& rope, const int32_t* pos, bf16* q, int64_t q_stride, bf16* k,
-              bf16* v, int64_t kv_stride) {
-  const int64_t qd = int64_t{n_head} * rope.head_dim, kvd = int64_t{n_head_kv} * rope.head_dim;
+void prep_qkv(const float* in, int64_t in_stride, int64_t n, const QkvPrep& p, const float* q_norm, const float* k_norm,
+              float eps) {
+  const int64_t qd = int64_t{p.n_head} * p.rope.head_dim, kvd = int64_t{p.n_head_kv} * p.rope.head_dim;
+  const float* b = p.bias;
   PrepGroups<nvbf16> g{};
-  g.g[0] = PrepGroup<nvbf16>{0, n_head, bias, q_norm, true, as_nv(q), q_stride, nullptr};
-  g.g[1] = PrepGroup<nvbf16>{qd, n_head_kv, bias ? bias + qd : nullptr, k_norm, true, as_nv(k), kv_stride, pos};
-  g.g[2] = PrepGroup<nvbf16>{qd + kvd, n_head_kv, bias ? bias + qd + kvd : nullptr, nullptr, false, as_nv(v), kv_stride, pos};
+  g.g[0] = PrepGroup<nvbf16>{0, p.n_head, b, q_norm, true, as_nv(p.q), p.q_stride, nullptr};
+  g.g[1] = PrepGroup<nvbf16>{qd, p.n_head_kv, b ? b + qd : nullptr, k_norm, true, as_nv(p.k), p.kv_stride, p.pos};
+  g.g[2] = PrepGroup<nvbf16>{qd + kvd, p.n_head_kv, b ? b + qd + kvd : nullptr, nullptr, false, as_nv(p.v), p.kv_stride, p.pos};
   g.count = 3;
-  launch_prep<nvbf16>(in, in_stride, n, g, eps, rope, pos);
+  launch_prep<nvbf16>(in, in_stride, n, g, eps, p.rope, p.pos);
 }
 
 }  // namespace dashlm::cuda

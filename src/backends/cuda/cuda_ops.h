@@ -167,14 +167,28 @@ struct RopeParams {
 void prep_heads(const float* in, int64_t in_stride, int64_t n, int n_heads, const float* bias, const float* norm_w,
                 float eps, const RopeParams& rope, const int32_t* pos, bf16* out, int64_t out_stride,
                 const int32_t* rows);
-// The Q, K and V heads of n rows of stacked projections (Q's n_head heads, then K's and V's
-// n_head_kv each, row stride in_stride) in one launch: bias (optional, over the stacked row),
-// per-head RMSNorm of Q and K (q_norm, k_norm optional), RoPE of Q and K at pos[r]; Q in order into
-// q (row stride q_stride), K and V into the cache slots pos[r] of k and v (row stride kv_stride).
-// The same as prep_heads on each part.
-void prep_qkv(const float* in, int64_t in_stride, int64_t n, int n_head, int n_head_kv, const float* bias, const float* q_norm,
-              const float* k_norm, float eps, const RopeParams& rope, const int32_t* pos, bf16* q, int64_t q_stride, bf16* k,
-              bf16* v, int64_t kv_stride);
+// Where the Q, K and V heads of a layer go (prep_qkv, gemv_qkv): Q's n_head heads, then K's and
+// V's n_head_kv each, stacked in a row; the bias (optional) is over the stacked row; Q and K are
+// rotated at pos[r]; Q goes in order into q (row stride q_stride), K and V into the cache slots
+// pos[r] of k and v (row stride kv_stride), all in bf16.
+struct QkvPrep {
+  int n_head = 0, n_head_kv = 0;
+  const float* bias = nullptr;   // optional, [q_dim + 2 kv_dim]
+  RopeParams rope;
+  // device, one position per row; gemv_qkv reads it before the kernels queued before it have
+  // finished, like the weights, so they must not write it (copies may)
+  const int32_t* pos = nullptr;
+  bf16* q = nullptr;
+  int64_t q_stride = 0;
+  bf16* k = nullptr;
+  bf16* v = nullptr;
+  int64_t kv_stride = 0;
+};
+// The Q, K and V heads of n rows of stacked projections (row stride in_stride) in one launch:
+// bias, per-head RMSNorm of Q and K (q_norm, k_norm optional, eps), RoPE, conversion and stores as
+// QkvPrep says. The same as prep_heads on each part.
+void prep_qkv(const float* in, int64_t in_stride, int64_t n, const QkvPrep& p, const float* q_norm, const float* k_norm,
+              float eps);
 // Whether the engine's layers prepare Q, K and V with prep_qkv (one launch) rather than three
 // prep_heads (benchmarks compare the two). DASHLM_CUDA_FUSED_QKV=0 switches it off at start.
 void set_fused_qkv_enabled(bool on);
@@ -320,23 +334,9 @@ void gemm_normed(const NormCarry& c, const bf16* w, int64_t m, int64_t n, float*
 void gemv_glu_normed(const NormCarry& c, const bf16* w_gate_up, int64_t m, int64_t n_ff, bool gelu, bf16* h);
 
 // The Q/K/V product of a few rows (decoding) with prep_qkv's work as its epilogue: the stacked
-// projections x [Wq; Wk; Wv]^T, the bias added, Q and K rotated at pos[r], Q into q (row stride
-// q_stride) and K and V into the cache slots pos[r] of k and v, all in bf16. One launch instead of
-// gemm then prep_qkv, with the same result bit for bit. No per-head norms (q_norm, k_norm): those
-// layers run prep_qkv.
-struct QkvPrep {
-  int n_head = 0, n_head_kv = 0;
-  const float* bias = nullptr;   // optional, [q_dim + 2 kv_dim]
-  RopeParams rope;               // head_dim even
-  // device, m positions; read before the kernels queued before this one have finished, like the
-  // weights, so they must not write it (copies may)
-  const int32_t* pos = nullptr;
-  bf16* q = nullptr;
-  int64_t q_stride = 0;
-  bf16* k = nullptr;
-  bf16* v = nullptr;
-  int64_t kv_stride = 0;
-};
+// projections x [Wq; Wk; Wv]^T, then bias, RoPE and the stores as QkvPrep says (rope.head_dim
+// even). One launch instead of gemm then prep_qkv, with the same result bit for bit. No per-head
+// norms (q_norm, k_norm): those layers run prep_qkv.
 // Whether gemv_qkv runs a product of m rows and inner size k with weights w (as norm_carry_fits,
 // and the epilogue switched on: DASHLM_CUDA_QKV_EPILOGUE=0 switches it off at start, so that
 // benchmarks can compare it with gemm then prep_qkv).
