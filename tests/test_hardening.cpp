@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "common/files.h"
+#include "common/finite.h"
 #include "common/memory.h"
 #include "eval/eval.h"
 #include "gguf_writer.h"
@@ -362,3 +363,23 @@ TEST(HardeningSettings, NegativeSpecSeedsAreRefused) {
 
 }  // namespace
 }  // namespace dashlm
+
+// all_finite (common/finite.h): every non-finite float is caught wherever it sits, the largest
+// finite values and subnormals are not.
+TEST(Finite, AllFinite) {
+  std::vector<float> v(1003, 1.f);
+  v[0] = std::numeric_limits<float>::max();
+  v[1] = -std::numeric_limits<float>::max();
+  v[2] = std::numeric_limits<float>::denorm_min();
+  v[3] = -0.f;
+  EXPECT_TRUE(dashlm::all_finite(v));
+  EXPECT_TRUE(dashlm::all_finite(std::span<const float>()));
+  for (const float bad : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN()}) {
+    for (const size_t at : {size_t{0}, size_t{17}, v.size() - 1}) {
+      std::vector<float> w = v;
+      w[at] = bad;
+      EXPECT_FALSE(dashlm::all_finite(w)) << bad << " at " << at;
+    }
+  }
+}

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "common/finite.h"
 #include "common/json.h"
 #include "common/lists.h"
 #include "runtime/sampler.h"
@@ -711,7 +712,7 @@ nlohmann::json score_run(const Sample& s, const RunOutput& out, const RunOutput&
   // Scores of logits that are not numbers would be numbers (argmax, clamped divergences).
   for (const RunOutput* r : {&out, &ref}) {
     for (const std::vector<float>* l : {&r->query_logits, &r->document_last}) {
-      if (!std::all_of(l->begin(), l->end(), [](float x) { return std::isfinite(x); })) {
+      if (!all_finite(*l)) {
         fail("{} sample {} at {} tokens: the {} run's logits are not finite (NaN or Inf)", s.task, s.index, s.length,
              r == &out ? "scored" : "reference");
       }

@@ -11,6 +11,7 @@
 #include "backends/cpu/quants.h"
 #include "backends/cuda/cuda_ops.h"
 #include "common/error.h"
+#include "common/finite.h"
 #include "runtime/layer_params.h"
 
 namespace dashlm {
@@ -106,6 +107,10 @@ struct CudaEngine::Impl final : LayerExecutor {
   DBuf<uint8_t> select_bytes;  // the device topk's eligibility and halt flags
   DBuf<int32_t> tokens, pos_all, pos_active, idx_active, pos_halted, idx_halted;
   DBuf<float> logits;
+  // A decode step's host side, page-locked so that its copies are queued with the step and not
+  // staged: the token and its position in, the logits out.
+  cu::PinnedBuffer<int32_t> step_in;
+  cu::PinnedBuffer<float> step_logits;
 
   int64_t qkv_w() const { return hp.q_dim() + 2 * hp.kv_dim(); }
   bf16* k_layer(int il) const { return k_cache.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx * hp.kv_dim()); }
@@ -674,12 +679,17 @@ std::vector<float> CudaEngine::decode(int32_t token) {
   check_tokens(std::span<const int32_t>(&token, 1), n_past_, n_ctx_, hp_.n_vocab);
   // Buffers first (a reallocation would move what a recorded graph points at: prefill() and
   // reset() drop the graph, and only a first decode before any prefill grows these).
-  if (m.cap < 1 || m.logits.size() < static_cast<size_t>(hp_.n_vocab)) m.drop_graph();
+  const auto V = static_cast<size_t>(hp_.n_vocab);
+  if (m.cap < 1 || m.logits.size() < V) m.drop_graph();
   m.reserve(1, false);
-  m.logits.reserve(static_cast<size_t>(hp_.n_vocab));
-  const auto pos = static_cast<int32_t>(n_past_);
-  m.tokens.upload(&token, 1);
-  m.pos_all.upload(&pos, 1);
+  m.logits.reserve(V);
+  m.step_in.reserve(2);
+  m.step_logits.reserve(V);
+  // Free to write: the last step's copies ended before it returned.
+  m.step_in.get()[0] = token;
+  m.step_in.get()[1] = static_cast<int32_t>(n_past_);
+  cu::copy_to_device_queued(m.tokens.get(), m.step_in.get(), sizeof(int32_t));
+  cu::copy_to_device_queued(m.pos_all.get(), m.step_in.get() + 1, sizeof(int32_t));
   // The first step after a change runs as it is (GEMM plans, kernel attributes set up), the
   // second is recorded, every later one replays the recording; without graphs every step runs
   // the same launches as they are.
@@ -700,10 +710,11 @@ std::vector<float> CudaEngine::decode(int32_t token) {
     m.decode_step();
     ++m.eager_decodes;
   }
-  std::vector<float> out(static_cast<size_t>(hp_.n_vocab));
-  m.logits.download(out.data(), out.size());
+  cu::copy_to_host_queued(m.step_logits.get(), m.logits.get(), V * sizeof(float));
+  cu::synchronize();
+  std::vector<float> out(m.step_logits.get(), m.step_logits.get() + V);
   // The prefill driver checks its logits; this path bypasses it, so it checks its own.
-  if (!std::all_of(out.begin(), out.end(), [](float v) { return std::isfinite(v); })) {
+  if (!all_finite(out)) {
     fail("decoding at position {}: the logits are not finite (NaN or Inf); the model's weights or hyperparameters are broken, "
          "or the activations overflowed",
          n_past_);

@@ -109,6 +109,26 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
 void copy_on_device(void* dst, const void* src, size_t bytes) {
   if (bytes) DASHLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
 }
+void* pinned_alloc(size_t bytes) {
+  void* p = nullptr;
+  if (!bytes) return nullptr;
+  const cudaError_t e = cudaMallocHost(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    detail::raise_error("CUDA: cannot allocate " + std::to_string(bytes) + " bytes of page-locked host memory: " +
+                        cudaGetErrorString(e));
+  }
+  return p;
+}
+void pinned_free(void* p) noexcept {
+  if (p) cudaFreeHost(p);
+}
+void copy_to_device_queued(void* dst, const void* pinned_src, size_t bytes) {
+  if (bytes) DASHLM_CUDA_CHECK(cudaMemcpyAsync(dst, pinned_src, bytes, cudaMemcpyHostToDevice, stream()));
+}
+void copy_to_host_queued(void* pinned_dst, const void* src, size_t bytes) {
+  if (bytes) DASHLM_CUDA_CHECK(cudaMemcpyAsync(pinned_dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
+}
 void fill_bytes(void* dst, uint8_t value, size_t bytes) {
   if (bytes) DASHLM_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, stream()));
 }

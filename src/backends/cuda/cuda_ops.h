@@ -32,6 +32,13 @@ void device_free(void* p) noexcept;
 void copy_to_device(void* dst, const void* src, size_t bytes);    // synchronous
 void copy_to_host(void* dst, const void* src, size_t bytes);      // synchronous
 void copy_on_device(void* dst, const void* src, size_t bytes);    // queued
+// Page-locked host memory (the DMA engines read and write it in place; no staging copy).
+void* pinned_alloc(size_t bytes);  // throws on failure
+void pinned_free(void* p) noexcept;
+// Queued copies between page-locked host memory and the device: the host must neither change nor
+// read src / dst until a later synchronising call (copy_to_host, synchronize) has returned.
+void copy_to_device_queued(void* dst, const void* pinned_src, size_t bytes);
+void copy_to_host_queued(void* pinned_dst, const void* src, size_t bytes);
 void fill_bytes(void* dst, uint8_t value, size_t bytes);          // queued
 void synchronize();  // waits for all queued work; throws if a kernel failed
 size_t device_free_memory();
@@ -69,6 +76,31 @@ class DeviceBuffer {
   size_t size() const { return n_; }
   void upload(const T* src, size_t n, size_t offset = 0) { copy_to_device(p_ + offset, src, n * sizeof(T)); }
   void download(T* dst, size_t n, size_t offset = 0) const { copy_to_host(dst, p_ + offset, n * sizeof(T)); }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// An owning page-locked host buffer of n elements of T (uninitialised), for the copies each
+// decode step makes: a pageable copy goes through a driver staging buffer and blocks.
+template <typename T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() { pinned_free(p_); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void reserve(size_t n) {
+    if (n <= n_) return;
+    pinned_free(p_);
+    p_ = nullptr;
+    n_ = 0;
+    p_ = static_cast<T*>(pinned_alloc(n * sizeof(T)));
+    n_ = n;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
 
  private:
   T* p_ = nullptr;

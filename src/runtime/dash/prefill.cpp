@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "common/finite.h"
 #include "common/timing.h"
 
 namespace dashlm {
@@ -89,12 +90,6 @@ double visible_keys(const int32_t* pos, int64_t n, int window, const uint8_t* va
 
 namespace {
 
-bool all_finite(const float* p, size_t n) {
-  for (size_t i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) return false;
-  return true;
-}
-
 // After non-finite logits: the segment again with every row through every layer, its hidden
 // states checked after the embedding and after each layer, to name where they stopped being
 // finite. Costs nothing unless the logits were broken (the prefill checks only the logits).
@@ -108,7 +103,7 @@ bool all_finite(const float* p, size_t n) {
   ex.rows_changed(sets);
   ex.read_hidden(h.data());
   const char* what = "the logits are not finite (NaN or Inf)";
-  if (!all_finite(h.data(), h.size())) fail("{}: the token embeddings already are (tensor token_embd.weight)", what);
+  if (!all_finite(h)) fail("{}: the token embeddings already are (tensor token_embd.weight)", what);
   LayerRun r;
   r.all = true;
   r.n = n;
@@ -118,7 +113,7 @@ bool all_finite(const float* p, size_t n) {
     r.layer = il;
     ex.run_layer(r);
     ex.read_hidden(h.data());
-    if (!all_finite(h.data(), h.size())) {
+    if (!all_finite(h)) {
       fail("{}: the hidden state stopped being finite at layer {} (of layers 0..{}): tensors blk.{}.* or the model's hyperparameters are broken",
            what, il, hp.n_layer - 1, il);
     }
@@ -275,7 +270,7 @@ std::vector<float> run_segment(LayerExecutor& ex, const HParams& hp, std::span<c
   }
   ex.synchronize();
   // NaN or Inf weights (or hyperparameters) must not pass for an answer.
-  if (!all_finite(last.data(), last.size()) || (opt.logits_all && !all_finite(opt.logits_all->data(), opt.logits_all->size()))) {
+  if (!all_finite(last) || (opt.logits_all && !all_finite(*opt.logits_all))) {
     report_non_finite(ex, hp, tokens, pos);
   }
   if (stats) {
