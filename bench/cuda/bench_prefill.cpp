@@ -6,7 +6,7 @@
 //
 //   dashlm_cuda_bench [--models llama8b,qwen7b] [--lengths 4096,8192,...] [--reps 3] [--json FILE]
 //                     [--no-dash] [--no-kernels] [--own-attention] [--stages T]
-//                     [--dash-spec SPEC]... [--dash-at T1,T2,...] [--query-rows N]
+//                     [--dash-spec SPEC]... [--dash-at T1,T2,...] [--query-rows N] [--fp8-cache]
 //
 // --dash-spec adds a table of halting settings (the spec grammar of `dashlm run --halting`, e.g.
 // query:0.4:0.1:drop) against full prefill at the --dash-at lengths, alternating, with each
@@ -338,6 +338,59 @@ json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double cop
   return j;
 }
 
+// The bf16 cache against the fp8 one (--fp8-cache): both engines (same random weights) prefill
+// the same T-token prompt (timed once each, bf16 first), then decode n steps from the CUDA graph,
+// alternating, 3 passes each; medians. Each bound counts the cache's own bytes (fp8: one byte per
+// element and a 4-byte scale per head and slot).
+json decode_cache_ab(CudaEngine& e16, CudaEngine& e8, const HParams& hp, int64_t T, int n, double copy_gbs) {
+  const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, 7);
+  const double weight_bytes = 2.0 * static_cast<double>(hp.n_layer) *
+                                  static_cast<double>(hp.n_embd * (hp.q_dim() + 2 * hp.kv_dim()) + hp.n_embd * hp.q_dim() +
+                                                      3 * hp.n_embd * hp.n_ff) +
+                              2.0 * static_cast<double>(hp.n_vocab * hp.n_embd);
+  const double slots = static_cast<double>(hp.n_layer) * static_cast<double>(T);
+  const double kv16 = 2.0 * 2.0 * slots * static_cast<double>(hp.kv_dim());
+  const double kv8 = 2.0 * slots * (static_cast<double>(hp.kv_dim()) + 4.0 * hp.n_head_kv);
+  const double b16 = (weight_bytes + kv16) / (copy_gbs * 1e9) * 1e3, b8 = (weight_bytes + kv8) / (copy_gbs * 1e9) * 1e3;
+  double prefill_ms[2];
+  CudaEngine* es[2] = {&e16, &e8};
+  for (int i = 0; i < 2; ++i) {
+    es[i]->reset();
+    cu::synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    es[i]->prefill(toks);
+    cu::synchronize();
+    prefill_ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+  std::vector<double> per[2];
+  for (int pass = 0; pass < 6; ++pass) {
+    CudaEngine& e = *es[pass % 2];
+    e.set_cuda_graphs(true);
+    e.decode(1);
+    e.decode(2);  // the graph is recorded here
+    cu::synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; ++i) e.decode(static_cast<int32_t>(3 + i));
+    per[pass % 2].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
+  }
+  for (auto& v : per) std::sort(v.begin(), v.end());
+  const double m16 = per[0][1], m8 = per[1][1];
+  std::printf("| %ld | %.3f | %.3f | %.2fx | %.3f | %.3f | %.2fx | %.3f | %.0f | %.0f |\n", static_cast<long>(T), b16, m16, m16 / b16,
+              b8, m8, m8 / b8, m8 / m16, prefill_ms[0], prefill_ms[1]);
+  std::fflush(stdout);
+  json j;
+  j["T"] = T;
+  j["steps"] = n;
+  j["bf16_bound_ms"] = b16;
+  j["bf16_ms"] = m16;
+  j["fp8_bound_ms"] = b8;
+  j["fp8_ms"] = m8;
+  j["fp8_over_bf16"] = m8 / m16;
+  j["prefill_bf16_ms"] = prefill_ms[0];
+  j["prefill_fp8_ms"] = prefill_ms[1];
+  return j;
+}
+
 // Each projection of one decoding step alone (one row times the weight), our GEMV against cuBLAS,
 // alternating, medians of 5 timings of 20 calls; the floor is the weight's bytes at the copy rate.
 // The weights are 8 copies over 1 GiB or more, used in turn, so no call finds them in L2.
@@ -539,6 +592,7 @@ int main(int argc, char** argv) {
   int64_t stages_T = 32768;
   int decode_n = 32;
   std::vector<int64_t> decode_at;
+  bool fp8_ab = false;  // --fp8-cache: the decode table of the bf16 cache against the fp8 one
   bool prefill_table = true;
   int64_t trace_T = 0, decode_trace_T = 0;
   std::vector<HaltingConfig> dash_specs;
@@ -563,6 +617,7 @@ int main(int argc, char** argv) {
     else if (a == "--stages") stages_T = std::stoll(next());
     else if (a == "--decode") decode_n = std::stoi(next());
     else if (a == "--decode-at") decode_at = parse_list(next());
+    else if (a == "--fp8-cache") fp8_ab = true;
     else if (a == "--no-prefill") prefill_table = false;
     else if (a == "--kernel-trace") trace_T = std::stoll(next());
     else if (a == "--decode-trace") decode_trace_T = std::stoll(next());
@@ -576,7 +631,7 @@ int main(int argc, char** argv) {
     } else if (a == "--dash-at") dash_at = parse_list(next());
     else if (a == "--query-rows") query_rows = std::stoll(next());
     else {
-      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)] [--decode N (0: off)] [--decode-at T1,T2,... (default: the first length)] [--no-prefill] [--kernel-trace T] [--decode-trace T] [--dash-spec SPEC]... [--dash-at T1,...] [--query-rows N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--models llama8b,qwen7b] [--lengths 4096,...] [--reps N] [--json FILE] [--no-dash] [--no-kernels] [--own-attention] [--stages T (0: off)] [--decode N (0: off)] [--decode-at T1,T2,... (default: the first length)] [--fp8-cache] [--no-prefill] [--kernel-trace T] [--decode-trace T] [--dash-spec SPEC]... [--dash-at T1,...] [--query-rows N]\n", argv[0]);
       return 2;
     }
   }
@@ -809,6 +864,15 @@ int main(int argc, char** argv) {
       out["projections_" + name] = projection_speed(hp, copy_gbs);
       out["decode_" + name] = jd;
       out["copy_gbs"] = copy_gbs;
+      if (fp8_ab) {
+        CudaEngine e8(hp, max_len + decode_n + 8, 42, CacheType::FP8);
+        std::printf("\nDecode with the bf16 and the fp8 KV cache, %s shape, %d steps from the CUDA graph, alternating (medians of 3 passes); prefill: one each\n\n",
+                    name.c_str(), decode_n);
+        std::printf("| after T tokens | bf16 bound ms | bf16 ms/token | / bound | fp8 bound ms | fp8 ms/token | / bound | fp8 / bf16 | prefill bf16 ms | prefill fp8 ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        json j8 = json::array();
+        for (int64_t T : decode_at) j8.push_back(decode_cache_ab(e, e8, hp, T, decode_n, copy_gbs));
+        out["decode_fp8_" + name] = j8;
+      }
     }
     if (trace_T > 0 && trace_T <= max_len) {
 #if DASHLM_HAVE_CUPTI

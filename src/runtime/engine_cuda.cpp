@@ -90,7 +90,16 @@ struct CudaEngine::Impl final : LayerExecutor {
   const bf16* output = nullptr;  // output_own or tok_embd (tied)
   DBuf<float> output_norm, rope_ff;
 
-  DBuf<bf16> k_cache, v_cache;  // [n_layer][n_ctx][kv_dim]
+  DBuf<bf16> k_cache, v_cache;  // [n_layer][n_ctx][kv_dim] (bf16 cache)
+  // The fp8 cache (cu::Fp8Kv): k8, v8 [n_layer][n_ctx][kv_dim], their scales [n_layer][n_ctx][n_head_kv].
+  // A layer's keys and values are written in bf16 into k_work / v_work (one layer's n_ctx slots,
+  // what k_layer() returns then) and quantized from there into the cache (store_kv). The decode
+  // attention reads the fp8 cache; every other attention reads k_work / v_work, which then first
+  // gets the layer's slots dequantized (load_kv).
+  bool fp8 = false;
+  DBuf<uint8_t> k8, v8;
+  DBuf<float> k_sc, v_sc;
+  DBuf<bf16> k_work, v_work;
   DBuf<uint8_t> valid;          // [n_layer][n_ctx]
   std::vector<std::vector<uint8_t>> valid_host;
   std::vector<uint8_t> has_holes;
@@ -113,8 +122,25 @@ struct CudaEngine::Impl final : LayerExecutor {
   cu::PinnedBuffer<float> step_logits;
 
   int64_t qkv_w() const { return hp.q_dim() + 2 * hp.kv_dim(); }
-  bf16* k_layer(int il) const { return k_cache.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx * hp.kv_dim()); }
-  bf16* v_layer(int il) const { return v_cache.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx * hp.kv_dim()); }
+  bf16* k_layer(int il) const {
+    return fp8 ? k_work.get() : k_cache.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx * hp.kv_dim());
+  }
+  bf16* v_layer(int il) const {
+    return fp8 ? v_work.get() : v_cache.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx * hp.kv_dim());
+  }
+  cu::Fp8Kv fp8_layer(int il) const {
+    const auto per = static_cast<size_t>(n_ctx * hp.kv_dim()), per_sc = static_cast<size_t>(n_ctx * hp.n_head_kv);
+    const auto l = static_cast<size_t>(il);
+    return cu::Fp8Kv{k8.get() + l * per, v8.get() + l * per, k_sc.get() + l * per_sc, v_sc.get() + l * per_sc};
+  }
+  // fp8: the n rows just written to k_work / v_work at the slots pos (device) into the cache.
+  void store_kv(int il, const int32_t* pos, int64_t n) {
+    if (fp8) cu::kv_fp8_store(k_work.get(), v_work.get(), pos, n, hp.n_head_kv, hp.head_dim, fp8_layer(il));
+  }
+  // fp8: the layer's slots [0, n) dequantized into k_work / v_work.
+  void load_kv(int il, int64_t n) const {
+    if (fp8) cu::kv_fp8_load(fp8_layer(il), n, hp.n_head_kv, hp.head_dim, k_work.get(), v_work.get());
+  }
   const uint8_t* valid_mask(int il) const {
     return has_holes[static_cast<size_t>(il)] ? valid.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx) : nullptr;
   }
@@ -129,18 +155,35 @@ struct CudaEngine::Impl final : LayerExecutor {
 
   void init_cache() {
     const size_t per = static_cast<size_t>(n_ctx * hp.kv_dim()) * static_cast<size_t>(hp.n_layer);
+    const size_t per_sc = static_cast<size_t>(n_ctx * hp.n_head_kv) * static_cast<size_t>(hp.n_layer);
+    const size_t work = static_cast<size_t>(n_ctx * hp.kv_dim());
     // Checked before allocating, with the sizes in the message (cudaMalloc's own error names neither).
-    const double need = 2.0 * static_cast<double>(per) * sizeof(bf16) + static_cast<double>(n_ctx) * static_cast<double>(hp.n_layer);
+    const double cache_bytes = fp8 ? 2.0 * (static_cast<double>(per) + 4.0 * static_cast<double>(per_sc) + 2.0 * static_cast<double>(work))
+                                   : 2.0 * static_cast<double>(per) * sizeof(bf16);
+    const double need = cache_bytes + static_cast<double>(n_ctx) * static_cast<double>(hp.n_layer);
     const double free_bytes = static_cast<double>(cu::device_free_memory());
     if (need > free_bytes) {
       fail("the KV cache for a context of {} tokens needs {:.0f} MiB of device memory, and the device has {:.0f} MiB free "
            "(after the weights): use a smaller context (--ctx)",
            n_ctx, need / 1048576.0, free_bytes / 1048576.0);
     }
-    k_cache.resize(per);
-    v_cache.resize(per);
-    cu::fill_bytes(k_cache.get(), 0, per * sizeof(bf16));
-    cu::fill_bytes(v_cache.get(), 0, per * sizeof(bf16));
+    if (fp8) {
+      for (DBuf<uint8_t>* b : {&k8, &v8}) {
+        b->resize(per);
+        cu::fill_bytes(b->get(), 0, per);
+      }
+      for (DBuf<float>* b : {&k_sc, &v_sc}) {
+        b->resize(per_sc);
+        cu::fill_bytes(b->get(), 0, per_sc * sizeof(float));
+      }
+      k_work.resize(work);
+      v_work.resize(work);
+    } else {
+      k_cache.resize(per);
+      v_cache.resize(per);
+      cu::fill_bytes(k_cache.get(), 0, per * sizeof(bf16));
+      cu::fill_bytes(v_cache.get(), 0, per * sizeof(bf16));
+    }
     valid.resize(static_cast<size_t>(n_ctx) * static_cast<size_t>(hp.n_layer));
     reset_valid();
   }
@@ -208,6 +251,7 @@ struct CudaEngine::Impl final : LayerExecutor {
     cu::rmsnorm(xa, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
     cu::gemm(xn.get(), L.w_qkv.get() + static_cast<size_t>(qd * d), n, 2 * kvd, d, qkv.get());
     write_kv(il, qkv.get(), 2 * kvd, pos, n);
+    store_kv(il, pos, n);
   }
 
   struct LayerIO {
@@ -282,11 +326,19 @@ struct CudaEngine::Impl final : LayerExecutor {
 
   // Decoding (at most cu::kDecodeMaxRows rows): the keys split over many CTAs, merged by
   // log-sum-exp, with this engine's own workspace (a recorded decode graph points at it).
+  static bool decodes_split(const LayerIO& io, const cu::AttentionParams& ap) {
+    return cu::split_decode_enabled() && cu::attention_decode_supported(ap, io.n);
+  }
   bool attend_decode(int il, const LayerIO& io, int64_t n_kv, const cu::AttentionParams& ap) {
-    if (!cu::split_decode_enabled() || !cu::attention_decode_supported(ap, io.n)) return false;
-    decode_ws.reserve(cu::attention_decode_workspace(ap, io.n));
-    cu::attention_decode(q.get(), io.pos, io.n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get(),
-                         decode_ws.get(), decode_ws.size());
+    if (!decodes_split(io, ap)) return false;
+    decode_ws.reserve(cu::attention_decode_workspace(ap, io.n, fp8));
+    if (fp8) {
+      cu::attention_decode(q.get(), io.pos, io.n, fp8_layer(il), n_kv, valid_mask(il), ap, attn.get(), decode_ws.get(),
+                           decode_ws.size());
+    } else {
+      cu::attention_decode(q.get(), io.pos, io.n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get(),
+                           decode_ws.get(), decode_ws.size());
+    }
     return true;
   }
 
@@ -313,6 +365,11 @@ struct CudaEngine::Impl final : LayerExecutor {
     p.k = k_layer(il);
     p.v = v_layer(il);
     p.kv_stride = hp.kv_dim();
+    const cu::AttentionParams ap = attention_params(il);
+    const int64_t n_kv = io.n_kv > 0 ? io.n_kv : static_cast<int64_t>(io.pos_host[n - 1]) + 1;
+    // fp8: every reader of k_layer() below but the decode attention needs the layer's slots in
+    // bf16, loaded before the rows' own are written over them.
+    if (!decodes_split(io, ap) || io.attn_rows > 0) load_kv(il, n_kv);
     if (!carried) cu::rmsnorm(xp, L.attn_norm.get(), xn.get(), n, d, hp.norm_eps);
     if (qkv_epilogue) {
       if (carried) cu::gemv_qkv_normed(carry(L.attn_norm, n), L.w_qkv.get(), n, p);
@@ -329,9 +386,8 @@ struct CudaEngine::Impl final : LayerExecutor {
         write_kv(il, qkv.get() + qd, qkvw, io.pos, n);
       }
     }
+    store_kv(il, io.pos, n);
 
-    const cu::AttentionParams ap = attention_params(il);
-    const int64_t n_kv = io.n_kv > 0 ? io.n_kv : static_cast<int64_t>(io.pos_host[n - 1]) + 1;
     if (!attend_decode(il, io, n_kv, ap) && !attend_cudnn(il, io, n_kv, ap))
       cu::attention(q.get(), io.pos, n, k_layer(il), v_layer(il), n_kv, valid_mask(il), ap, attn.get());
     if (io.attn_rows > 0) {
@@ -544,11 +600,21 @@ struct CudaEngine::Impl final : LayerExecutor {
 
 // --- construction ------------------------------------------------------------------------------
 
-CudaEngine::CudaEngine(const Model& model, int64_t n_ctx) : impl_(std::make_unique<Impl>()), hp_(model.hp()), n_ctx_(n_ctx) {
+namespace {
+bool fp8_cache(CacheType t) {
+  if (t != CacheType::Default && t != CacheType::BF16 && t != CacheType::FP8)
+    fail("the CUDA engine keeps a bf16 or fp8 KV cache, not {}", t == CacheType::F32 ? "f32" : "f16");
+  return t == CacheType::FP8;
+}
+}  // namespace
+
+CudaEngine::CudaEngine(const Model& model, int64_t n_ctx, CacheType cache)
+    : impl_(std::make_unique<Impl>()), hp_(model.hp()), n_ctx_(n_ctx) {
   if (n_ctx <= 0) fail("context size must be positive");
   std::string why;
   if (!cuda_available(&why)) fail("CUDA backend unavailable: {}", why);
   Impl& m = *impl_;
+  m.fp8 = fp8_cache(cache);
   m.hp = hp_;
   m.n_ctx = n_ctx;
   const HParams& hp = hp_;
@@ -598,7 +664,8 @@ CudaEngine::CudaEngine(const Model& model, int64_t n_ctx) : impl_(std::make_uniq
   cu::synchronize();
 }
 
-CudaEngine::CudaEngine(const HParams& hp_in, int64_t n_ctx, uint64_t seed) : impl_(std::make_unique<Impl>()), hp_(hp_in), n_ctx_(n_ctx) {
+CudaEngine::CudaEngine(const HParams& hp_in, int64_t n_ctx, uint64_t seed, CacheType cache)
+    : impl_(std::make_unique<Impl>()), hp_(hp_in), n_ctx_(n_ctx) {
   if (n_ctx <= 0) fail("context size must be positive");
   std::string why;
   if (!cuda_available(&why)) fail("CUDA backend unavailable: {}", why);
@@ -608,6 +675,7 @@ CudaEngine::CudaEngine(const HParams& hp_in, int64_t n_ctx, uint64_t seed) : imp
       hp.n_layer <= 0 || hp.n_ff <= 0 || hp.n_vocab <= 0)
     fail("random CUDA model: inconsistent hyperparameters");
   Impl& m = *impl_;
+  m.fp8 = fp8_cache(cache);
   m.hp = hp;
   m.n_ctx = n_ctx;
   const int64_t d = hp.n_embd, qd = hp.q_dim(), kvd = hp.kv_dim(), ff = hp.n_ff;
@@ -730,8 +798,12 @@ std::string CudaEngine::kernels() const {
                                     : "attention: dashlm's kernel (" + why + ")";
   const std::string graphs = impl_->graphs_on ? "CUDA graphs for decode" : "no CUDA graphs (" + impl_->graphs_off_why + ")";
   const std::string decode = cu::split_decode_enabled() ? "split-over-keys decode attention" : "decode attention unsplit";
-  return "cuda " + cu::device_name() + ", bf16 weights, cuBLASLt GEMMs, " + attention + ", " + decode + ", " + graphs;
+  const std::string cache = impl_->fp8 ? "fp8 KV cache (e4m3, a scale per slot and head)" : "bf16 KV cache";
+  return "cuda " + cu::device_name() + ", bf16 weights, cuBLASLt GEMMs, " + cache + ", " + attention + ", " + decode + ", " +
+         graphs;
 }
+
+CacheType CudaEngine::cache_type() const { return impl_->fp8 ? CacheType::FP8 : CacheType::BF16; }
 
 void CudaEngine::read_cache(int il, std::vector<float>* k, std::vector<float>* v, std::vector<uint8_t>* valid) const {
   const Impl& m = *impl_;
@@ -743,6 +815,7 @@ void CudaEngine::read_cache(int il, std::vector<float>* k, std::vector<float>* v
     dst->resize(n);
     for (size_t i = 0; i < n; ++i) (*dst)[i] = cpu::bf16_to_fp32(tmp[i]);
   };
+  m.load_kv(il, n_ctx_);  // fp8: the layer dequantized into k_work / v_work
   if (k) conv(m.k_layer(il), k);
   if (v) conv(m.v_layer(il), v);
   if (valid) *valid = m.valid_host[static_cast<size_t>(il)];
@@ -757,6 +830,7 @@ size_t CudaEngine::device_bytes() const {
           L.post_attn_norm.size() + L.post_ffn_norm.size()) * sizeof(float);
   }
   b += (m.tok_embd.size() + m.output_own.size() + m.k_cache.size() + m.v_cache.size()) * sizeof(bf16) + m.valid.size();
+  b += m.k8.size() + m.v8.size() + (m.k_sc.size() + m.v_sc.size()) * sizeof(float) + (m.k_work.size() + m.v_work.size()) * sizeof(bf16);
   b += (m.x.size() + m.x_act.size() + m.qkv.size() + m.u.size() + m.x_in.size() + m.logits.size()) * sizeof(float);
   b += (m.xn.size() + m.q.size() + m.attn.size() + m.gu.size() + m.h.size()) * sizeof(bf16);
   return b;

@@ -7,7 +7,9 @@
 // Weights live on the device in bf16 (dequantized from the model file at load by the CPU
 // dequantizer; norm weights and biases in float32); the residual stream is float32, GEMMs run on
 // cuBLASLt (bf16 in, fp32 accumulate), attention through cuDNN or dashlm's flash kernel, the KV
-// cache is bf16. A decode step is replayed from a CUDA graph.
+// cache is bf16 or fp8 (e4m3 with a scale per slot and KV head, cuda_ops.h's Fp8Kv: the decode
+// attention reads it as it is, the prefill's attention a layer's slots dequantized into bf16). A
+// decode step is replayed from a CUDA graph.
 // Compiled only with DASHLM_CUDA (DASHLM_HAVE_CUDA is defined then).
 #pragma once
 #include <cstdint>
@@ -19,6 +21,7 @@
 #include "model/model.h"
 #include "runtime/dash/prefill.h"
 #include "runtime/engine_iface.h"
+#include "runtime/kv_type.h"
 
 namespace dashlm {
 
@@ -27,11 +30,12 @@ bool cuda_available(std::string* why = nullptr);
 
 class CudaEngine final : public InferenceEngine {
  public:
-  // Uploads the model's weights (converted to bf16) and allocates an n_ctx-token KV cache.
-  CudaEngine(const Model& model, int64_t n_ctx);
+  // Uploads the model's weights (converted to bf16) and allocates an n_ctx-token KV cache of
+  // `cache` (BF16, FP8; Default: BF16; others throw).
+  CudaEngine(const Model& model, int64_t n_ctx, CacheType cache = CacheType::BF16);
   // Benchmarks: a model of these hyperparameters with random bf16 weights generated on the device
   // (uniform, std 0.02; norm weights 1; biases std 0.02), no file and no tokenizer needed.
-  CudaEngine(const HParams& hp, int64_t n_ctx, uint64_t seed = 1);
+  CudaEngine(const HParams& hp, int64_t n_ctx, uint64_t seed = 1, CacheType cache = CacheType::BF16);
   ~CudaEngine() override;
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
@@ -51,7 +55,9 @@ class CudaEngine final : public InferenceEngine {
   void reset() override;
   void truncate(int64_t n) override;
   std::string kernels() const override;
-  // Tests: the cache of layer il as float32 (n_ctx x kv_dim each) and its validity mask.
+  CacheType cache_type() const;
+  // Tests: the cache of layer il as float32 (n_ctx x kv_dim each, an fp8 cache dequantized) and its
+  // validity mask.
   void read_cache(int il, std::vector<float>* k, std::vector<float>* v, std::vector<uint8_t>* valid) const;
   // Bytes of device memory held (weights, cache, scratch).
   size_t device_bytes() const;

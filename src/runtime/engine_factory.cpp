@@ -69,28 +69,61 @@ std::string cuda_device_missing() {
 
 }  // namespace
 
-cpu::KvType parse_kv_type(const std::string& name) {
-  if (name == "f32") return cpu::KvType::F32;
-  if (name == "f16") return cpu::KvType::F16;
-  fail("unknown KV cache type '{}' (f32, f16)", name);
+CacheType parse_cache_type(const std::string& name) {
+  if (name == "f32") return CacheType::F32;
+  if (name == "f16") return CacheType::F16;
+  if (name == "bf16") return CacheType::BF16;
+  if (name == "fp8") return CacheType::FP8;
+  fail("unknown KV cache type '{}' (f32, f16, bf16, fp8)", name);
 }
 
-void check_engine_fits(const Model& model, int64_t n_ctx, const std::string& backend, cpu::KvType kv) {
+const char* cache_type_name(CacheType t) {
+  switch (t) {
+    case CacheType::F32: return "f32";
+    case CacheType::F16: return "f16";
+    case CacheType::BF16: return "bf16";
+    case CacheType::FP8: return "fp8";
+    case CacheType::Default: break;
+  }
+  return "default";
+}
+
+CacheType resolve_cache_type(CacheType t, const std::string& backend) {
   if (backend == "cpu") {
-    Engine::check_memory_for(model, n_ctx, kv);
+    if (t == CacheType::Default) return kDefaultKvType == cpu::KvType::F16 ? CacheType::F16 : CacheType::F32;
+    if (t == CacheType::F32 || t == CacheType::F16) return t;
+    fail("--kv-type {}: the CPU engine keeps f32 or f16 caches ({} is for --backend cuda)", cache_type_name(t), cache_type_name(t));
+  }
+  if (backend == "cuda") {
+    if (t == CacheType::Default) return kDefaultCudaCacheType;
+    if (t == CacheType::BF16 || t == CacheType::FP8) return t;
+    fail("--kv-type {}: the CUDA engine keeps bf16 or fp8 caches", cache_type_name(t));
+  }
+  fail("unknown backend '{}' (cpu, cuda)", backend);
+}
+
+cpu::KvType cpu_kv_type(CacheType t) {
+  return resolve_cache_type(t, "cpu") == CacheType::F32 ? cpu::KvType::F32 : cpu::KvType::F16;
+}
+
+void check_engine_fits(const Model& model, int64_t n_ctx, const std::string& backend, CacheType kv) {
+  if (backend == "cpu") {
+    Engine::check_memory_for(model, n_ctx, cpu_kv_type(kv));
   } else {
+    (void)resolve_cache_type(kv, backend);
     check_context_size(n_ctx);
   }
 }
 
-std::unique_ptr<InferenceEngine> make_engine(const Model& model, int64_t n_ctx, const std::string& backend, cpu::KvType kv) {
+std::unique_ptr<InferenceEngine> make_engine(const Model& model, int64_t n_ctx, const std::string& backend, CacheType kv) {
   check_context_size(n_ctx);
-  if (backend == "cpu") return std::make_unique<Engine>(model, n_ctx, kv);
+  if (backend == "cpu") return std::make_unique<Engine>(model, n_ctx, cpu_kv_type(kv));
   if (backend == "cuda") {
+    const CacheType type = resolve_cache_type(kv, backend);
     static const std::string missing = cuda_device_missing();
     if (!missing.empty()) fail("--backend cuda: {}", missing);
     char err[1024] = {0};
-    InferenceEngine* e = cuda_entry()(&model, n_ctx, err, sizeof(err));
+    InferenceEngine* e = cuda_entry()(&model, n_ctx, static_cast<int>(type), err, sizeof(err));
     if (!e) fail("--backend cuda: {}", err);
     return std::unique_ptr<InferenceEngine>(e);
   }

@@ -12,10 +12,10 @@ class Model;
 }  // namespace dashlm
 
 extern "C" {
-// Creates a CudaEngine for `model` with an n_ctx-token cache; on failure returns null and writes
-// the reason (no device, out of memory, ...) into err.
-typedef dashlm::InferenceEngine* (*dashlm_cuda_make_engine_fn)(const dashlm::Model* model, int64_t n_ctx, char* err,
-                                                                size_t err_len);
+// Creates a CudaEngine for `model` with an n_ctx-token cache of cache_type (a dashlm::CacheType,
+// BF16 or FP8); on failure returns null and writes the reason (no device, out of memory, ...) into err.
+typedef dashlm::InferenceEngine* (*dashlm_cuda_make_engine_fn)(const dashlm::Model* model, int64_t n_ctx, int cache_type,
+                                                                char* err, size_t err_len);
 }
 
 namespace dashlm {

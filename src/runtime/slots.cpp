@@ -96,7 +96,7 @@ void Slot::truncate(int64_t n) {
 }
 
 SlotPool::SlotPool(const Model& model, int n_slots, int64_t n_ctx, const std::string& backend, int max_waiting,
-                   cpu::KvType kv)
+                   CacheType kv)
     : n_ctx_(n_ctx), max_waiting_(max_waiting) {
   if (n_slots < 1) fail("at least one slot is needed, got {}", n_slots);
   if (max_waiting < 0) fail("the queue length must be >= 0, got {}", max_waiting);

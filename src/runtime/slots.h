@@ -91,7 +91,7 @@ class SlotPool {
   // n_slots engines of n_ctx tokens each on `backend`, created on the compute thread; at most
   // max_waiting requests wait for a slot.
   SlotPool(const Model& model, int n_slots, int64_t n_ctx, const std::string& backend, int max_waiting,
-           cpu::KvType kv = kDefaultKvType);
+           CacheType kv = CacheType::Default);
   ~SlotPool();
 
   // A free slot for this prompt, waiting in line (first come, first served) while all are busy:

@@ -4,7 +4,9 @@
 // engines compute with the same weights).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -349,10 +351,13 @@ TEST(CudaEngine, CacheLargerThanDeviceMemoryRefused) {
 // drop-mode prefill (cache holes), and across a reset; DASH's device topk decides the same with
 // and without a trace (a trace computes every layer's deltas, which keeps the attention output
 // GEMM from adding into the residual stream itself, so the logits round differently).
-TEST(CudaEngine, DecodeGraphEqualsPlainLaunches) {
+class CudaEngineCache : public ::testing::TestWithParam<CacheType> {};
+
+TEST_P(CudaEngineCache, DecodeGraphEqualsPlainLaunches) {
   DASHLM_REQUIRE_CUDA();
   const HParams hp = small_hparams(Arch::Llama, 700, 256, 4, 4, 512);
-  CudaEngine graphs(hp, 400, 11), plain(hp, 400, 11);
+  CudaEngine graphs(hp, 400, 11, GetParam()), plain(hp, 400, 11, GetParam());
+  EXPECT_EQ(graphs.cache_type(), GetParam());
   plain.set_cuda_graphs(false);
   EXPECT_NE(graphs.kernels().find("CUDA graphs for decode"), std::string::npos) << graphs.kernels();
   const auto toks = random_tokens(300, hp.n_vocab, 12);
@@ -386,4 +391,133 @@ TEST(CudaEngine, DecodeGraphEqualsPlainLaunches) {
     EXPECT_EQ(valid_untraced, valid_traced) << kv_mode_name(kv);  // drop mode: the same slots dropped
     EXPECT_EQ(tr.active_per_layer.back(), 1 + 4 + halting_keep_count(1.0 / 3.0, 300 - 5)) << kv_mode_name(kv);
   }
+}
+
+INSTANTIATE_TEST_SUITE_P(Caches, CudaEngineCache, ::testing::Values(CacheType::BF16, CacheType::FP8),
+                         [](const ::testing::TestParamInfo<CacheType>& i) { return i.param == CacheType::FP8 ? "fp8" : "bf16"; });
+
+namespace {
+
+// Top-1 agreement and the largest KL divergence (nats) of two rows of logits.
+struct Agreement {
+  int steps = 0, same_top1 = 0;
+  double max_kl = 0, sum_kl = 0;
+  void add(const std::vector<float>& want, const std::vector<float>& got) {
+    ++steps;
+    same_top1 += std::max_element(want.begin(), want.end()) - want.begin() == std::max_element(got.begin(), got.end()) - got.begin();
+    const auto lse = [](const std::vector<float>& x) {
+      const double m = *std::max_element(x.begin(), x.end());
+      double s = 0;
+      for (float v : x) s += std::exp(v - m);
+      return m + std::log(s);
+    };
+    const double lw = lse(want), lg = lse(got);
+    double kl = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const double pw = std::exp(want[i] - lw);
+      kl += pw * ((want[i] - lw) - (got[i] - lg));
+    }
+    max_kl = std::max(max_kl, kl);
+    sum_kl += kl;
+  }
+};
+
+// The fp8 cache against the bf16 one on the same model: the prefill (its attention reads the
+// rows it writes in bf16) gives the same logits; decoding reads the fp8 cache, teacher-forced over
+// the text's remaining tokens; a second prefill reads the first one's slots from the fp8 cache;
+// the cache itself is within e4m3's rounding of the bf16 one.
+void fp8_against_bf16(const Model& model, const std::vector<int32_t>& toks, int64_t n_prompt, double max_kl) {
+  const auto n = static_cast<int64_t>(toks.size());
+  CudaEngine b16(model, n + 8, CacheType::BF16), f8(model, n + 8, CacheType::FP8);
+  EXPECT_NE(f8.kernels().find("fp8 KV cache"), std::string::npos) << f8.kernels();
+  const std::vector<int32_t> prompt(toks.begin(), toks.begin() + n_prompt);
+  EXPECT_EQ(f8.prefill(prompt), b16.prefill(prompt)) << "prefill (bf16 rows in its own attention)";
+  Agreement a;
+  for (int64_t i = n_prompt; i < n; ++i) a.add(b16.decode(toks[static_cast<size_t>(i)]), f8.decode(toks[static_cast<size_t>(i)]));
+  std::printf("[ fp8 cache ] %d decode steps: top-1 agrees on %d, KL mean %.2e, max %.2e nats\n", a.steps, a.same_top1,
+              a.sum_kl / a.steps, a.max_kl);
+  EXPECT_GE(a.same_top1, a.steps * 9 / 10);
+  EXPECT_LT(a.max_kl, max_kl);
+  // A chunk prefilled after the decoded tokens attends to the fp8 slots of everything before it.
+  const std::vector<int32_t> more(toks.begin(), toks.begin() + 5);
+  Agreement p;
+  p.add(b16.prefill(more), f8.prefill(more));
+  EXPECT_EQ(p.same_top1, 1);
+  EXPECT_LT(p.max_kl, max_kl);
+  for (int il : {0, model.hp().n_layer - 1}) {
+    std::vector<float> kb, vb, k8, v8;
+    b16.read_cache(il, &kb, &vb, nullptr);
+    f8.read_cache(il, &k8, &v8, nullptr);
+    // The prompt's slots (the decoded tokens' hidden states differ between the engines, and so
+    // do their keys and values). e4m3 rounds each value by at most 2^-4 of it (about 2^-5.6 rms
+    // for uniform mantissas).
+    const size_t used = static_cast<size_t>(n_prompt * model.hp().kv_dim());
+    kb.resize(used), vb.resize(used), k8.resize(used), v8.resize(used);
+    EXPECT_LT(norm_err(k8, kb), 0.04) << "K, layer " << il;
+    EXPECT_LT(norm_err(v8, vb), 0.04) << "V, layer " << il;
+  }
+}
+
+}  // namespace
+
+TEST(CudaEngine, Fp8CacheRandomModels) {
+  DASHLM_REQUIRE_CUDA();
+  Shape llama;
+  llama.arch = "llama";  // hd 64: the split decode attention reads fp8
+  Shape gemma;
+  gemma.arch = "gemma3";  // hd 128, sliding window, QK-norm
+  gemma.heads = 2;
+  gemma.heads_kv = 1;
+  gemma.layers = 7;
+  gemma.window = 24;
+  gemma.tied = true;
+  int seed = 500;
+  for (const Shape& s : {llama, gemma}) {
+    SCOPED_TRACE(s.arch);
+    auto model = Model::load(write_random_model(s, static_cast<uint32_t>(seed++)));
+    fp8_against_bf16(*model, random_tokens(200, s.vocab, static_cast<uint32_t>(seed)), 120, 0.05);
+  }
+}
+
+// stories260K (head dim 8: the decode attention is the plain kernel on the layer's slots
+// dequantized into bf16) on its own text.
+TEST(CudaEngine, Fp8CacheStories260K) {
+  DASHLM_REQUIRE_CUDA();
+  const std::string dir = stories_dir();
+  if (!fs::exists(dir + "stories260K.bin")) GTEST_SKIP() << "stories260K not found in " << dir << " (set DASHLM_TEST_MODELS)";
+  auto model = Model::load(dir + "stories260K.bin", dir + "tok512.bin");
+  const std::string text =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+      "friends. One day, she saw a big red ball under a tree and ran to get it, but a dog got there first. "
+      "Lily was sad, but the dog brought the ball back to her and they played together all day long.";
+  const auto toks = model->tokenizer().encode(text, true, false);
+  fp8_against_bf16(*model, toks, 20, 0.05);
+}
+
+// The fp8 decode after a drop-mode prefill reads around the dropped slots, like the bf16 one.
+TEST(CudaEngine, Fp8CacheAfterDropModePrefill) {
+  DASHLM_REQUIRE_CUDA();
+  const HParams hp = small_hparams(Arch::Llama, 700, 256, 4, 4, 512);
+  CudaEngine b16(hp, 400, 13, CacheType::BF16), f8(hp, 400, 13, CacheType::FP8);
+  const auto toks = random_tokens(300, hp.n_vocab, 14);
+  const HaltingConfig hc = topk(KVMode::Drop);
+  PrefillOptions po;
+  po.halting = &hc;
+  EXPECT_EQ(f8.prefill(toks, po), b16.prefill(toks, po));
+  std::vector<uint8_t> vb, v8;
+  b16.read_cache(hp.n_layer - 1, nullptr, nullptr, &vb);
+  f8.read_cache(hp.n_layer - 1, nullptr, nullptr, &v8);
+  EXPECT_EQ(v8, vb);
+  EXPECT_NE(std::count(v8.begin(), v8.begin() + 300, 0), 0) << "no slot was dropped";
+  Agreement a;
+  for (int i = 0; i < 16; ++i) a.add(b16.decode(toks[static_cast<size_t>(i)]), f8.decode(toks[static_cast<size_t>(i)]));
+  EXPECT_GE(a.same_top1, 14);
+  EXPECT_LT(a.max_kl, 0.05);
+}
+
+TEST(CudaEngine, Fp8CacheRefusesCpuTypes) {
+  DASHLM_REQUIRE_CUDA();
+  const HParams hp = small_hparams(Arch::Llama, 700, 256, 4, 4, 512);
+  EXPECT_THROW(CudaEngine(hp, 64, 1, CacheType::F16), Error);
+  EXPECT_THROW(CudaEngine(hp, 64, 1, CacheType::F32), Error);
 }

@@ -48,6 +48,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <ostream>
 #include <random>
 #include <set>
@@ -980,7 +981,7 @@ int64_t visible_keys(const AttnData& d, const AttnSpec& s, int64_t i) {
   return c;
 }
 
-enum class AttnRoute { Ours, Simple, Cudnn, Decode };
+enum class AttnRoute { Ours, Simple, Cudnn, Decode, DecodeFp8 };
 
 // The cuDNN op returned false. Without cuDNN that is a skip of this route. With it, the API still
 // lets cuDNN decline a shape (the caller then runs attention()): a failure for the shapes the
@@ -1002,10 +1003,67 @@ Report cudnn_declined(const char* op, bool must_take) {
   return r;
 }
 
+// An fp8 cache of the n_kv keys and values of d, plus `extra` slots of NaN after them (slots past
+// the rows' positions, which nothing may read), quantized on the device by kv_fp8_store.
+struct Fp8Cache {
+  Dev<uint8_t> k8, v8;
+  Dev<float> ks, vs;
+  F k, v;  // the n_kv slots dequantized by kv_fp8_load (the values the attention must use)
+  Check roundtrip;
+  cu::Fp8Kv kv() const { return cu::Fp8Kv{k8.get(), v8.get(), ks.get(), vs.get()}; }
+};
+Fp8Cache make_fp8_cache(const AttnData& d, const AttnSpec& s) {
+  const int64_t slots = s.n_kv + s.extra, hd = s.hd;
+  std::vector<uint16_t> kb = to_bf16_bits(d.k), vb = to_bf16_bits(d.v);
+  kb.resize(static_cast<size_t>(slots * d.ks), 0xFFFF);
+  vb.resize(kb.size(), 0xFFFF);
+  Dev<uint16_t> ck(kb), cv(vb);
+  I32 all(static_cast<size_t>(slots));
+  std::iota(all.begin(), all.end(), 0);
+  Dev<int32_t> dall(all);
+  const auto n_sc = static_cast<size_t>(slots * s.n_head_kv);
+  Fp8Cache c{Dev<uint8_t>(kb.size()), Dev<uint8_t>(kb.size()), Dev<float>(n_sc), Dev<float>(n_sc), {}, {}, {}};
+  cu::kv_fp8_store(ck.get(), cv.get(), dall.get(), slots, s.n_head_kv, s.hd, c.kv());
+  Dev<uint16_t> bk(static_cast<size_t>(s.n_kv * d.ks)), bv(static_cast<size_t>(s.n_kv * d.ks));
+  cu::kv_fp8_load(c.kv(), s.n_kv, s.n_head_kv, s.hd, bk.get(), bv.get());
+  int64_t outside = 0;
+  c.k = from_bf16_bits(bk.fetch(&outside));
+  c.v = from_bf16_bits(bv.fetch(&outside));
+  // e4m3 keeps 3 mantissa bits: each value within 2^-4 of itself, or 2^-10 of its head's scale
+  // (the largest magnitude / 448) below 2^-6 of it; the load rounds to bf16 (2^-8 more).
+  Check& r = c.roundtrip;
+  r.what = "fp8 store + load within e4m3's rounding (err: the largest error over its bound)";
+  r.tol = 1;
+  r.bad = outside;
+  for (const auto& [src, got] : {std::pair{&d.k, &c.k}, std::pair{&d.v, &c.v}}) {
+    for (int64_t h0 = 0; h0 < s.n_kv * d.ks; h0 += hd) {
+      double amax = 0;
+      for (int64_t e = h0; e < h0 + hd; ++e) amax = std::max(amax, std::fabs(static_cast<double>((*src)[static_cast<size_t>(e)])));
+      const double scale = amax / cu::kFp8Max;
+      for (int64_t e = h0; e < h0 + hd; ++e) {
+        const double x = (*src)[static_cast<size_t>(e)], g = (*got)[static_cast<size_t>(e)];
+        ++r.n;
+        if (!std::isfinite(g)) {
+          ++r.bad;
+          continue;
+        }
+        const double bound = std::fabs(x) * (0.0625 + 0.00390625) + scale * 0.0009765625 + 1e-30;
+        r.err = std::max(r.err, std::fabs(g - x) / bound);
+      }
+    }
+  }
+  return c;
+}
+
 Report run_attention(Rng& rng, const AttnSpec& s, AttnRoute route, bool must_take = true) {
   const AttnData d = make_attention(rng, s);
   F ref(static_cast<size_t>(s.n_q * d.qs));
-  cpu::attention(d.q.data(), d.pos.data(), s.n_q, d.k.data(), d.v.data(), s.n_kv, d.masked ? d.valid.data() : nullptr, d.cp,
+  std::optional<Fp8Cache> c8;
+  if (route == AttnRoute::DecodeFp8) c8.emplace(make_fp8_cache(d, s));
+  // fp8: the reference attends to the values the cache holds.
+  const F& rk = c8 ? c8->k : d.k;
+  const F& rv = c8 ? c8->v : d.v;
+  cpu::attention(d.q.data(), d.pos.data(), s.n_q, rk.data(), rv.data(), s.n_kv, d.masked ? d.valid.data() : nullptr, d.cp,
                  ref.data());
   Dev<uint16_t> dq = dev_bf16(d.q), dk = dev_bf16(d.k), dv = dev_bf16(d.v);
   Dev<int32_t> dpos(d.pos);
@@ -1031,6 +1089,14 @@ Report run_attention(Rng& rng, const AttnSpec& s, AttnRoute route, bool must_tak
     cu::attention_decode(dq.get(), dpos.get(), s.n_q, ck.get(), cv.get(), s.n_kv + s.extra, d.masked ? cvalid.get() : nullptr,
                          d.gp, out.get(), ws.get(), ws.size());
     cu::synchronize();
+  } else if (route == AttnRoute::DecodeFp8) {
+    U8 valid = d.valid;
+    valid.resize(static_cast<size_t>(s.n_kv + s.extra), 1);
+    Dev<uint8_t> cvalid(valid);
+    Dev<float> ws(cu::attention_decode_workspace(d.gp, s.n_q, true));
+    cu::attention_decode(dq.get(), dpos.get(), s.n_q, c8->kv(), s.n_kv + s.extra, d.masked ? cvalid.get() : nullptr, d.gp,
+                         out.get(), ws.get(), ws.size());
+    cu::synchronize();
   } else {
     cu::attention(dq.get(), dpos.get(), s.n_q, dk.get(), dv.get(), s.n_kv, d.masked ? dvalid.get() : nullptr, d.gp, out.get(),
                   route == AttnRoute::Simple);
@@ -1038,6 +1104,7 @@ Report run_attention(Rng& rng, const AttnSpec& s, AttnRoute route, bool must_tak
   int64_t outside = 0;
   const F got = from_bf16_bits(out.fetch(&outside));
   Report r;
+  if (c8) r.checks.push_back(c8->roundtrip);
   r.checks.push_back(compare("out", got, ref, kBf16, Scale::PerHead, s.hd));
   add_outside(r.checks.back(), outside);
   // Rows that see no key: exactly zero.
@@ -1486,6 +1553,8 @@ std::vector<Case> build_table() {
   };
   for (const AttnSpec& s : decode)
     add("attention_decode_" + attn_name(s), [=](Rng& g) { return run_attention(g, s, AttnRoute::Decode); });
+  for (const AttnSpec& s : decode)
+    add("attention_decode_fp8_" + attn_name(s), [=](Rng& g) { return run_attention(g, s, AttnRoute::DecodeFp8); });
   const AttnSpec simple[] = {
       {4, 2, 128, 400, 400, L::Last, 30, 0.1},
       {2, 1, 256, 300, 50, L::Subset},

@@ -40,6 +40,11 @@ expect_error(dashlm, *base, "-p", "abc")
 expect_error(dashlm, *base, "-p", "4096", contains="context")
 expect_error(dashlm, *base, "-o", "xml")
 expect_error(dashlm, *base, "--kv-type", "q4")
+# Each engine's own cache types: bf16 and fp8 are the CUDA engine's, f32 and f16 the CPU's (refused
+# before any device is looked for).
+expect_error(dashlm, *base, "--kv-type", "fp8", contains="the CPU engine keeps f32 or f16")
+expect_error(dashlm, *base, "--kv-type", "bf16", contains="the CPU engine keeps f32 or f16")
+expect_error(dashlm, *base, "--backend", "cuda", "--kv-type", "f16", contains="the CUDA engine keeps bf16 or fp8")
 expect_error(dashlm, *base, "-p", "500", "-n", "100", contains="context")
 expect_error(dashlm, *base, "--halting", "topk", "--keep", "2")
 print("bench: rows and formats ok")

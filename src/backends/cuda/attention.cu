@@ -12,6 +12,9 @@
 //   O / l -> bf16.
 // Shared-memory tiles are rows of HD bf16 in 16-byte chunks, chunk c of row r stored at chunk
 // c ^ (r % 8): the 8 rows an ldmatrix phase reads fall in 8 distinct bank groups.
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -57,6 +60,12 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cas
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
   const int n = pred ? 16 : 0;  // 0 source bytes: the 16 destination bytes are zero-filled
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+// 4- and 8-byte copies (through L1; .cg takes only 16), zero-filled when pred is false.
+template <int B>
+__device__ __forceinline__ void cp_async_ca(uint32_t dst, const void* src, bool pred) {
+  const int n = pred ? B : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src), "n"(B), "r"(n));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -531,13 +540,28 @@ __global__ void k_merge(nvbf16* out, const float* lse, const nvbf16* part, const
 // joins the chunks.
 
 struct DecodeArgs {
-  FlashArgs f;      // the attention's arguments (n_q at most kDecodeMaxRows)
+  FlashArgs f;      // the attention's arguments (n_q at most kDecodeMaxRows); f.k, f.v unused with fp8
   float* part_o;    // [split][n_q * n_head][HD]
   float* part_lse;  // [split][n_q * n_head], log2 domain, -inf: no key
+  Fp8Kv kv8;        // the fp8 cache (k_decode<..., true>)
 };
 
 constexpr int kDecodeWarps = 4;
-constexpr int kDecodeStages = 3;  // batches of keys in shared memory: two in flight, one in use
+// Batches of keys in shared memory: two in flight, one in use. With an fp8 cache a lane's share
+// of a key is 8 bytes (and two 4-byte scales), so three are kept in flight for about the bytes
+// in flight of the bf16 cache's two.
+constexpr int kDecodeStages = 3;
+constexpr int kDecodeStagesFp8 = 4;
+
+// A lane's 8 elements of a key: 16 bytes of bf16, or 8 of fp8 (e4m3).
+template <bool F8>
+struct DecodeChunk {
+  using type = uint4;
+};
+template <>
+struct DecodeChunk<true> {
+  using type = uint2;
+};
 
 __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -548,6 +572,18 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
     f[2 * i + 1] = t.y;
   }
 }
+
+__device__ __forceinline__ void fp8x8_to_f32(const uint2& u, float (&f)[8]) {
+  const auto* h = reinterpret_cast<const __nv_fp8x2_storage_t*>(&u);  // element 2i in the low byte of pair i
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(h[i], __NV_E4M3)));
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+__device__ __forceinline__ void chunk_to_f32(const uint4& u, float (&f)[8]) { bf16x8_to_f32(u, f); }
+__device__ __forceinline__ void chunk_to_f32(const uint2& u, float (&f)[8]) { fp8x8_to_f32(u, f); }
 
 // c ? a : b in a register (a select the compiler may not turn into an indexed load of an array).
 __device__ __forceinline__ float select_f32(bool c, float a, float b) {
@@ -579,7 +615,7 @@ __device__ __forceinline__ void reduce_scatter(float (&sv)[NV], int li) {
   }
 }
 
-template <int HD, int QV>
+template <int HD, int QV, bool F8>
 __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   const FlashArgs& a = da.f;
   constexpr int U = 4;  // keys per lane group and iteration (registers: QV * U scores)
@@ -618,11 +654,17 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   // batches are asked for before waiting for the kernel before this one, all but the keys from
   // the first row's position on (that kernel writes the rows' own): those wait, then are read
   // with plain loads into their slots ("late").
-  constexpr int S = kDecodeStages;
-  constexpr int kKvBytes = S * kDecodeWarps * U * 2 * 32 * 16;
+  // With fp8 each lane also copies its key's two scales (its own copy: no lane reads another's).
+  using Chunk = typename DecodeChunk<F8>::type;
+  constexpr int S = F8 ? kDecodeStagesFp8 : kDecodeStages;
+  constexpr int kChunkBytes = S * kDecodeWarps * U * 2 * 32 * static_cast<int>(sizeof(Chunk));
+  constexpr int kKvBytes = kChunkBytes + (F8 ? S * kDecodeWarps * U * 2 * 32 * 4 : 0);
   constexpr int kJoinBytes = (kDecodeWarps * QV * HD + 2 * kDecodeWarps * QV) * 4;
+  static_assert(S * U <= 32, "slot bits");
   __shared__ __align__(16) unsigned char s_raw[kKvBytes > kJoinBytes ? kKvBytes : kJoinBytes];
-  auto* s_kv = reinterpret_cast<uint4(*)[kDecodeWarps][U][2][32]>(s_raw);
+  auto* s_kv = reinterpret_cast<Chunk(*)[kDecodeWarps][U][2][32]>(s_raw);
+  auto* s_sc = reinterpret_cast<float(*)[kDecodeWarps][U][2][32]>(s_raw + kChunkBytes);
+  const int n_head_kv = a.n_head / a.group;
   const int64_t kv_off = static_cast<int64_t>(kvh) * HD + li * 8;
   const int n_iter = c_hi >= c_lo ? static_cast<int>((c_hi - c_lo) / STEP) + 1 : 0;
   uint32_t okbits = 0;  // bit (stage * U + u): that slot holds a loaded key
@@ -643,8 +685,16 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
           continue;
         }
         const int64_t off = ok ? key * a.kv_stride + kv_off : 0;
-        cp_async16(smem_addr(&s_kv[s][warp][u][0][lane]), a.k + off, ok);
-        cp_async16(smem_addr(&s_kv[s][warp][u][1][lane]), a.v + off, ok);
+        if constexpr (F8) {
+          const int64_t so = ok ? key * n_head_kv + kvh : 0;
+          cp_async_ca<8>(smem_addr(&s_kv[s][warp][u][0][lane]), da.kv8.k + off, ok);
+          cp_async_ca<8>(smem_addr(&s_kv[s][warp][u][1][lane]), da.kv8.v + off, ok);
+          cp_async_ca<4>(smem_addr(&s_sc[s][warp][u][0][lane]), da.kv8.k_scale + so, ok);
+          cp_async_ca<4>(smem_addr(&s_sc[s][warp][u][1][lane]), da.kv8.v_scale + so, ok);
+        } else {
+          cp_async16(smem_addr(&s_kv[s][warp][u][0][lane]), a.k + off, ok);
+          cp_async16(smem_addr(&s_kv[s][warp][u][1][lane]), a.v + off, ok);
+        }
       }
     }
     cp_async_commit();  // an empty group past the end keeps the count the wait below relies on
@@ -659,9 +709,17 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 #pragma unroll
       for (int u = 0; u < U; ++u)
         if ((late >> (it * U + u)) & 1u) {
-          const int64_t off = key_of(it, u) * a.kv_stride + kv_off;
-          s_kv[it][warp][u][0][lane] = __ldcg(reinterpret_cast<const uint4*>(a.k + off));
-          s_kv[it][warp][u][1][lane] = __ldcg(reinterpret_cast<const uint4*>(a.v + off));
+          const int64_t key = key_of(it, u), off = key * a.kv_stride + kv_off;
+          if constexpr (F8) {
+            const int64_t so = key * n_head_kv + kvh;
+            s_kv[it][warp][u][0][lane] = __ldcg(reinterpret_cast<const uint2*>(da.kv8.k + off));
+            s_kv[it][warp][u][1][lane] = __ldcg(reinterpret_cast<const uint2*>(da.kv8.v + off));
+            s_sc[it][warp][u][0][lane] = __ldcg(da.kv8.k_scale + so);
+            s_sc[it][warp][u][1][lane] = __ldcg(da.kv8.v_scale + so);
+          } else {
+            s_kv[it][warp][u][0][lane] = __ldcg(reinterpret_cast<const uint4*>(a.k + off));
+            s_kv[it][warp][u][1][lane] = __ldcg(reinterpret_cast<const uint4*>(a.v + off));
+          }
         }
   }
 
@@ -714,24 +772,27 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
     issue(it + S - 1, false);
     cp_async_wait<S - 1>();
     const int s = it % S;
-    uint4 kr[U], vr[U];
+    Chunk kr[U], vr[U];
+    float ksc[U], vsc[U];  // the keys' scales (fp8), else 1
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       kr[u] = s_kv[s][warp][u][0][lane];
       vr[u] = s_kv[s][warp][u][1][lane];
+      ksc[u] = F8 ? s_sc[s][warp][u][0][lane] : 1.f;
+      vsc[u] = F8 ? s_sc[s][warp][u][1][lane] : 1.f;
     }
     // Partial scores of the U keys for every query vector over this lane's 8 dimensions.
     float sv[NV];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float kf[8];
-      bf16x8_to_f32(kr[u], kf);
+      chunk_to_f32(kr[u], kf);
 #pragma unroll
       for (int j = 0; j < QV; ++j) {
         float t = 0.f;
 #pragma unroll
         for (int d = 0; d < 8; ++d) t = fmaf(qf[j][d], kf[d], t);
-        sv[u * QV + j] = t;
+        sv[u * QV + j] = F8 ? t * ksc[u] : t;
       }
     }
     reduce_scatter<NV, LPK>(sv, li);
@@ -777,11 +838,13 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
         l[j] += w[j];
       }
       float vf[8];
-      bf16x8_to_f32(vr[u], vf);
+      chunk_to_f32(vr[u], vf);
 #pragma unroll
-      for (int j = 0; j < QV; ++j)
+      for (int j = 0; j < QV; ++j) {
+        const float wv = F8 ? w[j] * vsc[u] : w[j];
 #pragma unroll
-        for (int d = 0; d < 8; ++d) o[j][d] = fmaf(w[j], vf[d], o[j][d]);
+        for (int d = 0; d < 8; ++d) o[j][d] = fmaf(wv, vf[d], o[j][d]);
+      }
     }
   }
 
@@ -1013,12 +1076,16 @@ int decode_vectors_per_cta(const AttentionParams& p, int64_t n_q) {
   return decode_vectors_per_head(p, n_q) <= 4 ? 4 : kDecodeMaxVectors;
 }
 
-// The decode attention's kernel for the head dim and the query vectors per CTA.
-DecodeKernel decode_kernel(const AttentionParams& p, int64_t n_q) {
+// The decode attention's kernel for the head dim, the query vectors per CTA and the cache type.
+template <bool F8>
+DecodeKernel decode_kernel_of(const AttentionParams& p, bool narrow) {
+  return p.head_dim == 64    ? (narrow ? k_decode<64, 4, F8> : k_decode<64, kDecodeMaxVectors, F8>)
+         : p.head_dim == 128 ? (narrow ? k_decode<128, 4, F8> : k_decode<128, kDecodeMaxVectors, F8>)
+                             : (narrow ? k_decode<256, 4, F8> : k_decode<256, kDecodeMaxVectors, F8>);
+}
+DecodeKernel decode_kernel(const AttentionParams& p, int64_t n_q, bool fp8) {
   const bool narrow = decode_vectors_per_cta(p, n_q) == 4;
-  return p.head_dim == 64    ? (narrow ? k_decode<64, 4> : k_decode<64, kDecodeMaxVectors>)
-         : p.head_dim == 128 ? (narrow ? k_decode<128, 4> : k_decode<128, kDecodeMaxVectors>)
-                             : (narrow ? k_decode<256, 4> : k_decode<256, kDecodeMaxVectors>);
+  return fp8 ? decode_kernel_of<true>(p, narrow) : decode_kernel_of<false>(p, narrow);
 }
 
 // CTAs of the kernel one multiprocessor holds at once (registers and shared memory), asked once.
@@ -1036,14 +1103,14 @@ int decode_ctas_per_sm(DecodeKernel kernel) {
 }
 }  // namespace
 
-int attention_decode_splits(const AttentionParams& p, int64_t n_q) {
+int attention_decode_splits(const AttentionParams& p, int64_t n_q, bool fp8) {
   const int64_t per_cta = decode_vectors_per_cta(p, n_q);
   const int64_t z = (decode_vectors_per_head(p, n_q) + per_cta - 1) / per_cta;  // CTAs per chunk and KV head
   // One wave at the kernel's occupancy (by its registers: 3 CTAs per multiprocessor for four
   // query vectors, 2 for eight), at most kDecodeMaxSplits chunks. Measured on an H200 (Llama-8B
   // shape, four vectors): two per multiprocessor made the step 2% slower after 4k tokens and 4%
   // after 32k than three.
-  const int64_t ctas = static_cast<int64_t>(decode_ctas_per_sm(decode_kernel(p, n_q))) * multiprocessor_count();
+  const int64_t ctas = static_cast<int64_t>(decode_ctas_per_sm(decode_kernel(p, n_q, fp8))) * multiprocessor_count();
   const int64_t want = (ctas + p.n_head_kv * z - 1) / (p.n_head_kv * z);
   return static_cast<int>(std::clamp<int64_t>(want, 1, kDecodeMaxSplits));
 }
@@ -1052,29 +1119,31 @@ bool attention_decode_supported(const AttentionParams& p, int64_t n_q) {
   return n_q >= 1 && n_q <= kDecodeMaxRows && (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256);
 }
 
-size_t attention_decode_workspace(const AttentionParams& p, int64_t n_q) {
-  return static_cast<size_t>(attention_decode_splits(p, n_q)) * static_cast<size_t>(n_q * p.n_head) *
+size_t attention_decode_workspace(const AttentionParams& p, int64_t n_q, bool fp8) {
+  return static_cast<size_t>(attention_decode_splits(p, n_q, fp8)) * static_cast<size_t>(n_q * p.n_head) *
          static_cast<size_t>(p.head_dim + 1);
 }
 
-void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
-                      const uint8_t* kv_valid, const AttentionParams& p, bf16* out, float* workspace, size_t workspace_floats) {
-  if (n_q <= 0) return;
-  if (!attention_decode_supported(p, n_q)) detail::raise_error("attention_decode: needs 1..4 query rows and head dim 64, 128 or 256");
-  const FlashArgs f = make_args(q, q_pos, n_q, k, v, n_kv, kv_valid, p, out);
-  const int n_split = attention_decode_splits(p, n_q);
-  const size_t need = attention_decode_workspace(p, n_q);
+namespace {
+// attention_decode's launches for either cache (kv8: the fp8 one, or null).
+void decode_launch(const FlashArgs& f, const Fp8Kv* kv8, const AttentionParams& p, bf16* out, float* workspace,
+                   size_t workspace_floats) {
+  const int64_t n_q = f.n_q;
+  const bool fp8 = kv8 != nullptr;
+  const int n_split = attention_decode_splits(p, n_q, fp8);
+  const size_t need = attention_decode_workspace(p, n_q, fp8);
   if (!workspace || workspace_floats < need) detail::raise_error("attention_decode: workspace too small");
   const int64_t n_vec = n_q * p.n_head;
   DecodeArgs a{};
   a.f = f;
   a.part_o = workspace;
   a.part_lse = workspace + static_cast<size_t>(n_split) * static_cast<size_t>(n_vec) * static_cast<size_t>(p.head_dim);
+  if (kv8) a.kv8 = *kv8;
   const int64_t per_cta = decode_vectors_per_cta(p, n_q);
   const unsigned zs = static_cast<unsigned>((decode_vectors_per_head(p, n_q) + per_cta - 1) / per_cta);
   dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(p.n_head_kv), zs);
   const unsigned threads = kDecodeWarps * 32;
-  const DecodeKernel kernel = decode_kernel(p, n_q);
+  const DecodeKernel kernel = decode_kernel(p, n_q, fp8);
   // No shared-memory carveout preference is set: asking for the largest (for two 48 KB CTAs per
   // multiprocessor) made the decode step about 2% slower after 4k tokens; the driver picks the
   // split itself.
@@ -1083,6 +1152,25 @@ void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf
       p.head_dim == 64 ? k_decode_merge<64> : p.head_dim == 128 ? k_decode_merge<128> : k_decode_merge<256>;
   detail::launch("decode attention merge", merge, static_cast<unsigned>(n_vec), kMergeWarps * 32, 0, a.part_o, a.part_lse,
                  n_split, n_vec, reinterpret_cast<nvbf16*>(out));
+}
+void check_decode(const AttentionParams& p, int64_t n_q) {
+  if (!attention_decode_supported(p, n_q)) detail::raise_error("attention_decode: needs 1..4 query rows and head dim 64, 128 or 256");
+}
+}  // namespace
+
+void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf16* k, const bf16* v, int64_t n_kv,
+                      const uint8_t* kv_valid, const AttentionParams& p, bf16* out, float* workspace, size_t workspace_floats) {
+  if (n_q <= 0) return;
+  check_decode(p, n_q);
+  decode_launch(make_args(q, q_pos, n_q, k, v, n_kv, kv_valid, p, out), nullptr, p, out, workspace, workspace_floats);
+}
+
+void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const Fp8Kv& kv, int64_t n_kv,
+                      const uint8_t* kv_valid, const AttentionParams& p, bf16* out, float* workspace, size_t workspace_floats) {
+  if (n_q <= 0) return;
+  check_decode(p, n_q);
+  if (!kv.k || !kv.v || !kv.k_scale || !kv.v_scale) detail::raise_error("attention_decode: fp8 cache pointers missing");
+  decode_launch(make_args(q, q_pos, n_q, nullptr, nullptr, n_kv, kv_valid, p, out), &kv, p, out, workspace, workspace_floats);
 }
 
 }  // namespace dashlm::cuda

@@ -124,7 +124,7 @@ int bench(const BenchOptions& o) {
   if (o.output != "md" && o.output != "json" && o.output != "csv") fail("-o must be md, json or csv");
   const std::vector<int64_t> lengths = parse_lengths(o.prompts, "-p");
   const int threads = resolve_threads(o.threads);
-  const cpu::KvType kv_type = resolve_kv_type(o.kv_type, o.backend);
+  const CacheType kv_type = resolve_kv_type(o.kv_type, o.backend);
   cpu::set_num_threads(threads);
   auto model = Model::load(o.model, o.tokenizer);
   const HParams& hp = model->hp();
@@ -213,7 +213,7 @@ int bench(const BenchOptions& o) {
     return b / (1024.0 * 1024.0);
   }();
   // The CPU cache's type; other backends keep their own.
-  const std::string kv_type_label = o.backend == "cpu" ? cpu::kv_type_name(kv_type) : "";
+  const std::string kv_type_label = cache_type_name(kv_type);
   if (o.output == "json") {
     nlohmann::json arr = nlohmann::json::array();
     for (const Row& r : rows) {

@@ -375,7 +375,7 @@ int eval_main(const EvalOptions& o) {
   if (tasks.empty()) fail("--tasks: give at least one task");
   const std::vector<int64_t> lengths = parse_lengths(o.lengths);
   const int threads = resolve_threads(o.threads);
-  const cpu::KvType kv_type = resolve_kv_type(o.kv_type, o.backend);
+  const CacheType kv_type = resolve_kv_type(o.kv_type, o.backend);
   cpu::set_num_threads(threads);
 
   auto model = Model::load(o.model, o.tokenizer);
@@ -407,7 +407,7 @@ int eval_main(const EvalOptions& o) {
   std::string books;
   for (const eval::Book& b : ds.books) books += b.id + ",";
   const nlohmann::json raw_settings = {{"model", model->name()}, {"n_layers", hp.n_layer}, {"backend", o.backend},
-                                       {"kv_type", cpu::kv_type_name(kv_type)}, {"chat", so.chat},
+                                       {"kv_type", cache_type_name(kv_type)}, {"chat", so.chat},
                                        {"seed", o.seed}, {"samples", o.samples}, {"n_gen", o.n_gen}, {"cont_tokens", o.cont_tokens},
                                        {"dataset_books", books}, {"dataset_facts", ds.facts.size()}};
   // As the resume file will hold them (text that is not UTF-8, e.g. a model name, is replaced),

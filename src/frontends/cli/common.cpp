@@ -69,14 +69,15 @@ int resolve_threads(int requested) {
 }
 
 void add_kv_type_option(CLI::App* c, std::string& kv_type) {
-  c->add_option("--kv-type", kv_type, fmt::format("KV cache element type on the CPU: f32 or f16 (default {})", cpu::kv_type_name(kDefaultKvType)))
-      ->check(CLI::IsMember({"f32", "f16"}));
+  c->add_option("--kv-type", kv_type,
+                fmt::format("KV cache element type: f32 or f16 on the CPU (default {}), bf16 or fp8 with --backend cuda "
+                            "(default {})",
+                            cpu::kv_type_name(kDefaultKvType), cache_type_name(kDefaultCudaCacheType)))
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "fp8"}));
 }
 
-cpu::KvType resolve_kv_type(const std::string& kv_type, const std::string& backend) {
-  if (kv_type.empty()) return kDefaultKvType;
-  if (backend != "cpu") fail("--kv-type is for the CPU engine; the {} engine keeps its own cache type (bf16)", backend);
-  return parse_kv_type(kv_type);
+CacheType resolve_kv_type(const std::string& kv_type, const std::string& backend) {
+  return resolve_cache_type(kv_type.empty() ? CacheType::Default : parse_cache_type(kv_type), backend);
 }
 
 bool stderr_is_tty() { return isatty(STDERR_FILENO) == 1; }

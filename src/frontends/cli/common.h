@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "backends/cpu/ops.h"
+#include "runtime/kv_type.h"
 
 namespace dashlm::cli {
 
@@ -29,11 +30,12 @@ size_t prompt_file_cap(int64_t n_ctx);
 // The threads a command uses: --threads N (1..kMaxThreads), or all cores for 0.
 inline constexpr int kMaxThreads = 1024;
 int resolve_threads(int requested);
-// --kv-type f32|f16: the CPU engine's KV cache type (default kDefaultKvType, runtime/engine_factory.h).
+// --kv-type f32|f16|bf16|fp8: the KV cache type (the CPU engine's f32 or f16, default kDefaultKvType;
+// the CUDA engine's bf16 or fp8, default kDefaultCudaCacheType; runtime/engine_factory.h).
 void add_kv_type_option(CLI::App* c, std::string& kv_type);
 // The type asked for ("" for the default) on `backend`: another backend than "cpu" refuses an
 // explicit choice (the CUDA engine's cache is bf16).
-cpu::KvType resolve_kv_type(const std::string& kv_type, const std::string& backend);
+CacheType resolve_kv_type(const std::string& kv_type, const std::string& backend);
 
 // True when stderr is a terminal (progress bars are drawn only then).
 bool stderr_is_tty();

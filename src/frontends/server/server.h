@@ -19,7 +19,7 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;
   std::string backend = "cpu";
-  std::string kv_type;   // the CPU KV cache's element type, f32 or f16 ("": the default)
+  std::string kv_type;   // the KV cache's element type (f32, f16 on the CPU; bf16, fp8 on CUDA; "": the default)
   int threads = 0;       // compute threads (0: all cores)
   int64_t ctx = 0;       // tokens per slot (0: the model's context, at most kDefaultCtx)
   int slots = 1;         // sequences served at once
