@@ -364,14 +364,15 @@ json decode_cache_ab(CudaEngine& e16, CudaEngine& e8, const HParams& hp, int64_t
   }
   std::vector<double> per[2];
   for (int pass = 0; pass < 6; ++pass) {
-    CudaEngine& e = *es[pass % 2];
+    const int variant = pass % 2;
+    CudaEngine& e = *es[variant];
     e.set_cuda_graphs(true);
     e.decode(1);
     e.decode(2);  // the graph is recorded here
     cu::synchronize();
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < n; ++i) e.decode(static_cast<int32_t>(3 + i));
-    per[pass % 2].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
+    per[variant].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
   }
   for (auto& v : per) std::sort(v.begin(), v.end());
   const double m16 = per[0][1], m8 = per[1][1];

@@ -91,7 +91,7 @@ struct CudaEngine::Impl final : LayerExecutor {
   DBuf<float> output_norm, rope_ff;
 
   DBuf<bf16> k_cache, v_cache;  // [n_layer][n_ctx][kv_dim] (bf16 cache)
-  // The fp8 cache (cu::Fp8Kv): k8, v8 [n_layer][n_ctx][kv_dim], their scales [n_layer][n_ctx][n_head_kv].
+  // The fp8 cache (cu::Fp8Kv): k8, v8 [n_layer][n_ctx][kv_dim], their scales [n_layer][n_head_kv][scale_stride()].
   // A layer's keys and values are written in bf16 into k_work / v_work (one layer's n_ctx slots,
   // what k_layer() returns then) and quantized from there into the cache (store_kv). The decode
   // attention reads the fp8 cache; every other attention reads k_work / v_work, which then first
@@ -128,10 +128,11 @@ struct CudaEngine::Impl final : LayerExecutor {
   bf16* v_layer(int il) const {
     return fp8 ? v_work.get() : v_cache.get() + static_cast<size_t>(il) * static_cast<size_t>(n_ctx * hp.kv_dim());
   }
+  int64_t scale_stride() const { return (n_ctx + 15) / 16 * 16; }
   cu::Fp8Kv fp8_layer(int il) const {
-    const auto per = static_cast<size_t>(n_ctx * hp.kv_dim()), per_sc = static_cast<size_t>(n_ctx * hp.n_head_kv);
+    const auto per = static_cast<size_t>(n_ctx * hp.kv_dim()), per_sc = static_cast<size_t>(scale_stride() * hp.n_head_kv);
     const auto l = static_cast<size_t>(il);
-    return cu::Fp8Kv{k8.get() + l * per, v8.get() + l * per, k_sc.get() + l * per_sc, v_sc.get() + l * per_sc};
+    return cu::Fp8Kv{k8.get() + l * per, v8.get() + l * per, k_sc.get() + l * per_sc, v_sc.get() + l * per_sc, scale_stride()};
   }
   // fp8: the n rows just written to k_work / v_work at the slots pos (device) into the cache.
   void store_kv(int il, const int32_t* pos, int64_t n) {
@@ -155,7 +156,7 @@ struct CudaEngine::Impl final : LayerExecutor {
 
   void init_cache() {
     const size_t per = static_cast<size_t>(n_ctx * hp.kv_dim()) * static_cast<size_t>(hp.n_layer);
-    const size_t per_sc = static_cast<size_t>(n_ctx * hp.n_head_kv) * static_cast<size_t>(hp.n_layer);
+    const size_t per_sc = static_cast<size_t>(scale_stride() * hp.n_head_kv) * static_cast<size_t>(hp.n_layer);
     const size_t work = static_cast<size_t>(n_ctx * hp.kv_dim());
     // Checked before allocating, with the sizes in the message (cudaMalloc's own error names neither).
     const double cache_bytes = fp8 ? 2.0 * (static_cast<double>(per) + 4.0 * static_cast<double>(per_sc) + 2.0 * static_cast<double>(work))

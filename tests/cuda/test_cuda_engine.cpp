@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <random>
 
@@ -492,6 +493,26 @@ TEST(CudaEngine, Fp8CacheStories260K) {
       "Lily was sad, but the dog brought the ball back to her and they played together all day long.";
   const auto toks = model->tokenizer().encode(text, true, false);
   fp8_against_bf16(*model, toks, 20, 0.05);
+}
+
+// A real model's text (a measurement more than a test, skipped unless DASHLM_FP8_MODEL names a GGUF
+// file; DASHLM_FP8_TEXT a text file, DASHLM_FP8_PROMPT the prompt's tokens, default 1024, the
+// rest of up to 2048 tokens decoded teacher-forced).
+TEST(CudaEngine, Fp8CacheRealModel) {
+  DASHLM_REQUIRE_CUDA();
+  const char* path = std::getenv("DASHLM_FP8_MODEL");
+  const char* text_path = std::getenv("DASHLM_FP8_TEXT");
+  if (!path || !text_path) GTEST_SKIP() << "set DASHLM_FP8_MODEL (a GGUF file) and DASHLM_FP8_TEXT (a text file)";
+  auto model = Model::load(path);
+  std::ifstream f(text_path);
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto toks = model->tokenizer().encode(text, true, false);
+  if (toks.size() > 2048) toks.resize(2048);
+  const char* np = std::getenv("DASHLM_FP8_PROMPT");
+  const int64_t n_prompt = std::min<int64_t>(np ? std::atoll(np) : 1024, static_cast<int64_t>(toks.size()) / 2);
+  std::printf("[ fp8 cache ] %s: %lld prompt tokens, %lld decoded\n", path, static_cast<long long>(n_prompt),
+              static_cast<long long>(toks.size()) - static_cast<long long>(n_prompt));
+  fp8_against_bf16(*model, toks, n_prompt, 0.5);
 }
 
 // The fp8 decode after a drop-mode prefill reads around the dropped slots, like the bf16 one.

@@ -1010,7 +1010,8 @@ struct Fp8Cache {
   Dev<float> ks, vs;
   F k, v;  // the n_kv slots dequantized by kv_fp8_load (the values the attention must use)
   Check roundtrip;
-  cu::Fp8Kv kv() const { return cu::Fp8Kv{k8.get(), v8.get(), ks.get(), vs.get()}; }
+  int64_t stride = 0;  // of the scales
+  cu::Fp8Kv kv() const { return cu::Fp8Kv{k8.get(), v8.get(), ks.get(), vs.get(), stride}; }
 };
 Fp8Cache make_fp8_cache(const AttnData& d, const AttnSpec& s) {
   const int64_t slots = s.n_kv + s.extra, hd = s.hd;
@@ -1021,8 +1022,9 @@ Fp8Cache make_fp8_cache(const AttnData& d, const AttnSpec& s) {
   I32 all(static_cast<size_t>(slots));
   std::iota(all.begin(), all.end(), 0);
   Dev<int32_t> dall(all);
-  const auto n_sc = static_cast<size_t>(slots * s.n_head_kv);
-  Fp8Cache c{Dev<uint8_t>(kb.size()), Dev<uint8_t>(kb.size()), Dev<float>(n_sc), Dev<float>(n_sc), {}, {}, {}};
+  const int64_t stride = (slots + 15) / 16 * 16;
+  const auto n_sc = static_cast<size_t>(stride * s.n_head_kv);
+  Fp8Cache c{Dev<uint8_t>(kb.size()), Dev<uint8_t>(kb.size()), Dev<float>(n_sc), Dev<float>(n_sc), {}, {}, {}, stride};
   cu::kv_fp8_store(ck.get(), cv.get(), dall.get(), slots, s.n_head_kv, s.hd, c.kv());
   Dev<uint16_t> bk(static_cast<size_t>(s.n_kv * d.ks)), bv(static_cast<size_t>(s.n_kv * d.ks));
   cu::kv_fp8_load(c.kv(), s.n_kv, s.n_head_kv, s.hd, bk.get(), bv.get());
@@ -1059,7 +1061,8 @@ Report run_attention(Rng& rng, const AttnSpec& s, AttnRoute route, bool must_tak
   const AttnData d = make_attention(rng, s);
   F ref(static_cast<size_t>(s.n_q * d.qs));
   std::optional<Fp8Cache> c8;
-  if (route == AttnRoute::DecodeFp8) c8.emplace(make_fp8_cache(d, s));
+  const bool fp8 = route == AttnRoute::DecodeFp8;
+  if (fp8) c8.emplace(make_fp8_cache(d, s));
   // fp8: the reference attends to the values the cache holds.
   const F& rk = c8 ? c8->k : d.k;
   const F& rv = c8 ? c8->v : d.v;
@@ -1089,7 +1092,7 @@ Report run_attention(Rng& rng, const AttnSpec& s, AttnRoute route, bool must_tak
     cu::attention_decode(dq.get(), dpos.get(), s.n_q, ck.get(), cv.get(), s.n_kv + s.extra, d.masked ? cvalid.get() : nullptr,
                          d.gp, out.get(), ws.get(), ws.size());
     cu::synchronize();
-  } else if (route == AttnRoute::DecodeFp8) {
+  } else if (fp8) {
     U8 valid = d.valid;
     valid.resize(static_cast<size_t>(s.n_kv + s.extra), 1);
     Dev<uint8_t> cvalid(valid);

@@ -61,12 +61,6 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool p
   const int n = pred ? 16 : 0;  // 0 source bytes: the 16 destination bytes are zero-filled
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
 }
-// 4- and 8-byte copies (through L1; .cg takes only 16), zero-filled when pred is false.
-template <int B>
-__device__ __forceinline__ void cp_async_ca(uint32_t dst, const void* src, bool pred) {
-  const int n = pred ? B : 0;
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(src), "n"(B), "r"(n));
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -540,28 +534,14 @@ __global__ void k_merge(nvbf16* out, const float* lse, const nvbf16* part, const
 // joins the chunks.
 
 struct DecodeArgs {
-  FlashArgs f;      // the attention's arguments (n_q at most kDecodeMaxRows); f.k, f.v unused with fp8
+  FlashArgs f;      // the attention's arguments (n_q at most kDecodeMaxRows)
   float* part_o;    // [split][n_q * n_head][HD]
   float* part_lse;  // [split][n_q * n_head], log2 domain, -inf: no key
-  Fp8Kv kv8;        // the fp8 cache (k_decode<..., true>)
+  Fp8Kv kv8;        // the fp8 cache (k_decode_tc; f.k, f.v unused then)
 };
 
 constexpr int kDecodeWarps = 4;
-// Batches of keys in shared memory: two in flight, one in use. With an fp8 cache a lane's share
-// of a key is 8 bytes (and two 4-byte scales), so three are kept in flight for about the bytes
-// in flight of the bf16 cache's two.
-constexpr int kDecodeStages = 3;
-constexpr int kDecodeStagesFp8 = 4;
-
-// A lane's 8 elements of a key: 16 bytes of bf16, or 8 of fp8 (e4m3).
-template <bool F8>
-struct DecodeChunk {
-  using type = uint4;
-};
-template <>
-struct DecodeChunk<true> {
-  using type = uint2;
-};
+constexpr int kDecodeStages = 3;  // batches of keys in shared memory: two in flight, one in use
 
 __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -572,18 +552,6 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& u, float (&f)[8]) {
     f[2 * i + 1] = t.y;
   }
 }
-
-__device__ __forceinline__ void fp8x8_to_f32(const uint2& u, float (&f)[8]) {
-  const auto* h = reinterpret_cast<const __nv_fp8x2_storage_t*>(&u);  // element 2i in the low byte of pair i
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(h[i], __NV_E4M3)));
-    f[2 * i] = t.x;
-    f[2 * i + 1] = t.y;
-  }
-}
-__device__ __forceinline__ void chunk_to_f32(const uint4& u, float (&f)[8]) { bf16x8_to_f32(u, f); }
-__device__ __forceinline__ void chunk_to_f32(const uint2& u, float (&f)[8]) { fp8x8_to_f32(u, f); }
 
 // c ? a : b in a register (a select the compiler may not turn into an indexed load of an array).
 __device__ __forceinline__ float select_f32(bool c, float a, float b) {
@@ -615,7 +583,7 @@ __device__ __forceinline__ void reduce_scatter(float (&sv)[NV], int li) {
   }
 }
 
-template <int HD, int QV, bool F8>
+template <int HD, int QV>
 __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   const FlashArgs& a = da.f;
   constexpr int U = 4;  // keys per lane group and iteration (registers: QV * U scores)
@@ -654,17 +622,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   // batches are asked for before waiting for the kernel before this one, all but the keys from
   // the first row's position on (that kernel writes the rows' own): those wait, then are read
   // with plain loads into their slots ("late").
-  // With fp8 each lane also copies its key's two scales (its own copy: no lane reads another's).
-  using Chunk = typename DecodeChunk<F8>::type;
-  constexpr int S = F8 ? kDecodeStagesFp8 : kDecodeStages;
-  constexpr int kChunkBytes = S * kDecodeWarps * U * 2 * 32 * static_cast<int>(sizeof(Chunk));
-  constexpr int kKvBytes = kChunkBytes + (F8 ? S * kDecodeWarps * U * 2 * 32 * 4 : 0);
+  constexpr int S = kDecodeStages;
+  constexpr int kKvBytes = S * kDecodeWarps * U * 2 * 32 * 16;
   constexpr int kJoinBytes = (kDecodeWarps * QV * HD + 2 * kDecodeWarps * QV) * 4;
-  static_assert(S * U <= 32, "slot bits");
   __shared__ __align__(16) unsigned char s_raw[kKvBytes > kJoinBytes ? kKvBytes : kJoinBytes];
-  auto* s_kv = reinterpret_cast<Chunk(*)[kDecodeWarps][U][2][32]>(s_raw);
-  auto* s_sc = reinterpret_cast<float(*)[kDecodeWarps][U][2][32]>(s_raw + kChunkBytes);
-  const int n_head_kv = a.n_head / a.group;
+  auto* s_kv = reinterpret_cast<uint4(*)[kDecodeWarps][U][2][32]>(s_raw);
   const int64_t kv_off = static_cast<int64_t>(kvh) * HD + li * 8;
   const int n_iter = c_hi >= c_lo ? static_cast<int>((c_hi - c_lo) / STEP) + 1 : 0;
   uint32_t okbits = 0;  // bit (stage * U + u): that slot holds a loaded key
@@ -685,16 +647,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
           continue;
         }
         const int64_t off = ok ? key * a.kv_stride + kv_off : 0;
-        if constexpr (F8) {
-          const int64_t so = ok ? key * n_head_kv + kvh : 0;
-          cp_async_ca<8>(smem_addr(&s_kv[s][warp][u][0][lane]), da.kv8.k + off, ok);
-          cp_async_ca<8>(smem_addr(&s_kv[s][warp][u][1][lane]), da.kv8.v + off, ok);
-          cp_async_ca<4>(smem_addr(&s_sc[s][warp][u][0][lane]), da.kv8.k_scale + so, ok);
-          cp_async_ca<4>(smem_addr(&s_sc[s][warp][u][1][lane]), da.kv8.v_scale + so, ok);
-        } else {
-          cp_async16(smem_addr(&s_kv[s][warp][u][0][lane]), a.k + off, ok);
-          cp_async16(smem_addr(&s_kv[s][warp][u][1][lane]), a.v + off, ok);
-        }
+        cp_async16(smem_addr(&s_kv[s][warp][u][0][lane]), a.k + off, ok);
+        cp_async16(smem_addr(&s_kv[s][warp][u][1][lane]), a.v + off, ok);
       }
     }
     cp_async_commit();  // an empty group past the end keeps the count the wait below relies on
@@ -709,17 +663,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
 #pragma unroll
       for (int u = 0; u < U; ++u)
         if ((late >> (it * U + u)) & 1u) {
-          const int64_t key = key_of(it, u), off = key * a.kv_stride + kv_off;
-          if constexpr (F8) {
-            const int64_t so = key * n_head_kv + kvh;
-            s_kv[it][warp][u][0][lane] = __ldcg(reinterpret_cast<const uint2*>(da.kv8.k + off));
-            s_kv[it][warp][u][1][lane] = __ldcg(reinterpret_cast<const uint2*>(da.kv8.v + off));
-            s_sc[it][warp][u][0][lane] = __ldcg(da.kv8.k_scale + so);
-            s_sc[it][warp][u][1][lane] = __ldcg(da.kv8.v_scale + so);
-          } else {
-            s_kv[it][warp][u][0][lane] = __ldcg(reinterpret_cast<const uint4*>(a.k + off));
-            s_kv[it][warp][u][1][lane] = __ldcg(reinterpret_cast<const uint4*>(a.v + off));
-          }
+          const int64_t off = key_of(it, u) * a.kv_stride + kv_off;
+          s_kv[it][warp][u][0][lane] = __ldcg(reinterpret_cast<const uint4*>(a.k + off));
+          s_kv[it][warp][u][1][lane] = __ldcg(reinterpret_cast<const uint4*>(a.v + off));
         }
   }
 
@@ -772,27 +718,24 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
     issue(it + S - 1, false);
     cp_async_wait<S - 1>();
     const int s = it % S;
-    Chunk kr[U], vr[U];
-    float ksc[U], vsc[U];  // the keys' scales (fp8), else 1
+    uint4 kr[U], vr[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       kr[u] = s_kv[s][warp][u][0][lane];
       vr[u] = s_kv[s][warp][u][1][lane];
-      ksc[u] = F8 ? s_sc[s][warp][u][0][lane] : 1.f;
-      vsc[u] = F8 ? s_sc[s][warp][u][1][lane] : 1.f;
     }
     // Partial scores of the U keys for every query vector over this lane's 8 dimensions.
     float sv[NV];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       float kf[8];
-      chunk_to_f32(kr[u], kf);
+      bf16x8_to_f32(kr[u], kf);
 #pragma unroll
       for (int j = 0; j < QV; ++j) {
         float t = 0.f;
 #pragma unroll
         for (int d = 0; d < 8; ++d) t = fmaf(qf[j][d], kf[d], t);
-        sv[u * QV + j] = F8 ? t * ksc[u] : t;
+        sv[u * QV + j] = t;
       }
     }
     reduce_scatter<NV, LPK>(sv, li);
@@ -838,13 +781,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
         l[j] += w[j];
       }
       float vf[8];
-      chunk_to_f32(vr[u], vf);
+      bf16x8_to_f32(vr[u], vf);
 #pragma unroll
-      for (int j = 0; j < QV; ++j) {
-        const float wv = F8 ? w[j] * vsc[u] : w[j];
+      for (int j = 0; j < QV; ++j)
 #pragma unroll
-        for (int d = 0; d < 8; ++d) o[j][d] = fmaf(wv, vf[d], o[j][d]);
-      }
+        for (int d = 0; d < 8; ++d) o[j][d] = fmaf(w[j], vf[d], o[j][d]);
     }
   }
 
@@ -892,6 +833,331 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
         const float sc = exp2f(s_m[w][j] - mx);
         lsum += s_l[w][j] * sc;
         osum += s_o[w][j][d] * sc;
+      }
+    }
+    const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
+    const int64_t qi = static_cast<int64_t>(r) * a.n_head + h;
+    const int64_t slot = static_cast<int64_t>(split) * a.n_q * a.n_head + qi;
+    da.part_o[slot * HD + d] = lsum > 0.f ? osum / lsum : 0.f;
+    if (d == 0) da.part_lse[slot] = lsum > 0.f ? mx + __log2f(lsum) : -INFINITY;
+  }
+}
+
+// The decode attention over an fp8 cache on the tensor cores. The CUDA-core kernel above spends
+// about as many instructions per key whatever the cache type, and with fp8 (half the bytes) it is
+// bound by them, not by memory. Here the query vectors of a CTA (up to 16: rows times the KV head's
+// group) are the 16 rows of an m16n8k16 product. Each warp streams its own tiles of 16 keys (every
+// kTcWarps-th tile of the CTA's chunk): the raw e4m3 bytes and the tile's scales reach shared memory
+// by cp.async, kTcStages - 1 tiles ahead; the warp converts the tile to f16 (exact: e4m3 values
+// are f16 values) and runs S = Q K^T and O += P V from ldmatrix fragments, like the prefill's flash
+// kernel. The scales never touch the elements: a key's K scale multiplies its score, and its V
+// scale its weight in P, taken relative to the largest V scale of the tile (so that P stays in
+// [0, 1] in f16) with that factor carried in the running output. Q is converted to f16 pre-scaled
+// into the log2 domain. The warps' partial results join through shared memory into the same
+// per-chunk outputs as k_decode, which k_decode_merge joins.
+constexpr int kTcWarps = 4;
+constexpr int kTcRows = 16;  // query vectors per CTA
+template <int HD>
+constexpr int tc_stages() { return HD <= 128 ? 3 : 2; }
+template <int HD>
+constexpr size_t tc_smem_bytes() {
+  // Q (f16), then per warp: the stages (K, V bytes and 16 + 16 scales), the converted K and V tiles.
+  constexpr size_t per_warp = tc_stages<HD>() * (2 * 16 * HD + 2 * 16 * 4) + 2 * 16 * HD * 2;
+  constexpr size_t tiles = kTcRows * HD * 2 + kTcWarps * per_warp;
+  constexpr size_t join = kTcWarps * kTcRows * (HD + 2) * 4;
+  return tiles > join ? tiles : join;
+}
+
+__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_f16(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+// 8 e4m3 bytes to 8 f16 (16 bytes), in order.
+__device__ __forceinline__ uint4 fp8x8_to_f16x8(const uint2& u) {
+  const auto* h = reinterpret_cast<const __nv_fp8x2_storage_t*>(&u);
+  uint4 r;
+  uint32_t* w = reinterpret_cast<uint32_t*>(&r);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __half2_raw t = __nv_cvt_fp8x2_to_halfraw2(h[i], __NV_E4M3);
+    w[i] = static_cast<uint32_t>(t.x) | (static_cast<uint32_t>(t.y) << 16);
+  }
+  return r;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kTcWarps * 32) k_decode_tc(DecodeArgs da) {
+  const FlashArgs& a = da.f;
+  const Fp8Kv& kv = da.kv8;
+  constexpr int ST = tc_stages<HD>();
+  constexpr int CH = HD / 8;        // 16-byte chunks of an f16 row (8 bytes of its e4m3 row)
+  constexpr int ND = HD / 8;        // n-blocks of 8 dims in O
+  constexpr bool kQRegs = HD <= 128;
+  constexpr int kStageBytes = 2 * 16 * HD + 2 * 16 * 4;
+  constexpr int kWarpBytes = ST * kStageBytes + 2 * 16 * HD * 2;
+  static_assert(HD == 64 || HD == 128 || HD == 256, "head dim");
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  uint16_t* sq = reinterpret_cast<uint16_t*>(smem_raw);  // [16][HD] f16, swizzled
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  unsigned char* wbase = smem_raw + kTcRows * HD * 2 + warp * kWarpBytes;
+  auto k8_of = [&](int st) { return wbase + st * kStageBytes; };                // [16][HD] bytes
+  auto v8_of = [&](int st) { return wbase + st * kStageBytes + 16 * HD; };      // [16][HD] bytes
+  auto ks_of = [&](int st) { return reinterpret_cast<float*>(wbase + st * kStageBytes + 2 * 16 * HD); };  // [16]
+  auto vs_of = [&](int st) { return ks_of(st) + 16; };                          // [16]
+  // The tile's K and V converted to f16. (One buffer for both, converted in turn, with a register
+  // cap for three CTAs per multiprocessor instead of two, measured slower on the Llama-8B shape.)
+  uint16_t* th = reinterpret_cast<uint16_t*>(wbase + ST * kStageBytes);        // [16][HD] f16, swizzled
+  uint16_t* tv = th + 16 * HD;
+
+  const int kvh = blockIdx.y, split = blockIdx.x, n_split = gridDim.x;
+  const int n_vec = static_cast<int>(a.n_q) * a.group;
+  const int j0 = blockIdx.z * kTcRows;
+  const int nv = min(kTcRows, n_vec - j0);
+  const int r_first = j0 / a.group, r_last = (j0 + nv - 1) / a.group;
+  detail::pdl_wait();  // q and the rows' own keys come from the kernels before
+  detail::pdl_launch_dependents();
+  const int64_t p_first = a.q_pos[r_first], p_last = a.q_pos[r_last];
+  const int64_t hi = dmin(p_last, a.n_kv - 1);
+  const int64_t lo = a.window > 0 ? dmax(0, p_first - a.window + 1) : 0;
+  const int64_t total = hi - lo + 1;
+  int64_t c_lo = 0, c_hi = -1;
+  if (total > 0) {
+    int64_t chunk = (total + n_split - 1) / n_split;
+    chunk = (chunk + 15) & ~int64_t{15};
+    c_lo = lo + split * chunk;
+    c_hi = dmin(hi, c_lo + chunk - 1);
+  }
+
+  // Q -> shared memory as f16, scaled into the log2 domain (zero rows past the vectors).
+  for (int c = tid; c < kTcRows * CH; c += kTcWarps * 32) {
+    const int j = c / CH, ch = c % CH;
+    uint4 out = make_uint4(0, 0, 0, 0);
+    if (j < nv) {
+      const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
+      const uint4 u = *reinterpret_cast<const uint4*>(a.q + r * a.q_stride + static_cast<int64_t>(h) * HD + ch * 8);
+      float f[8];
+      bf16x8_to_f32(u, f);
+      out = make_uint4(pack_f16(f[0] * a.scale_log2, f[1] * a.scale_log2), pack_f16(f[2] * a.scale_log2, f[3] * a.scale_log2),
+                       pack_f16(f[4] * a.scale_log2, f[5] * a.scale_log2), pack_f16(f[6] * a.scale_log2, f[7] * a.scale_log2));
+    }
+    *reinterpret_cast<uint4*>(sq + swz<HD>(j, ch)) = out;
+  }
+  __syncthreads();
+
+  const int g = lane >> 2, c4 = lane & 3;
+  const int lm_mi = lane >> 3, lm_r = lane & 7;
+  const int64_t p_lo = g < nv ? a.q_pos[(j0 + g) / a.group] : -1;  // -1: no vector, sees nothing
+  const int64_t p_hi = g + 8 < nv ? a.q_pos[(j0 + g + 8) / a.group] : -1;
+  uint32_t qf[kQRegs ? HD / 16 : 1][4];
+  if constexpr (kQRegs) {
+#pragma unroll
+    for (int k = 0; k < HD / 16; ++k) ldmatrix_x4(qf[k], smem_addr(sq + swz<HD>(lm_r + (lm_mi & 1) * 8, k * 2 + (lm_mi >> 1))));
+  }
+
+  // This warp's tiles: t_first + warp, + kTcWarps, ... up to t_last.
+  const int64_t t_first = c_hi >= c_lo ? c_lo / 16 : 0, t_last = c_hi >= c_lo ? c_hi / 16 : -1;
+  const int n_my = t_last >= t_first + warp ? static_cast<int>((t_last - t_first - warp) / kTcWarps) + 1 : 0;
+  const int64_t head_off = static_cast<int64_t>(kvh) * HD;
+  auto issue = [&](int i) {
+    if (i < n_my) {
+      const int st = i % ST;
+      const int64_t key0 = (t_first + warp + static_cast<int64_t>(i) * kTcWarps) * 16;
+      // HD / 16 chunks of 16 bytes per row and K or V; keys outside [c_lo, c_hi] or invalid are zero-filled.
+      constexpr int RC = HD / 16;
+      for (int c = lane; c < 2 * 16 * RC; c += 32) {
+        const int which = c / (16 * RC), r = c % (16 * RC) / RC, ch = c % RC;
+        const int64_t key = key0 + r;
+        const bool ok = key >= c_lo && key <= c_hi && (!a.valid || a.valid[key]);
+        const uint8_t* src = (which ? kv.v : kv.k) + (ok ? key * a.kv_stride + head_off + ch * 16 : 0);
+        cp_async16(smem_addr((which ? v8_of(st) : k8_of(st)) + r * HD + ch * 16), src, ok);
+      }
+      if (lane < 8) {  // 4 + 4 chunks of 4 scales; past the cache's slots zero-filled
+        const int which = lane >> 2, q4 = lane & 3;
+        const int64_t s0 = key0 + q4 * 4;
+        const bool ok = s0 + 3 < kv.scale_stride;
+        const float* src = (which ? kv.v_scale : kv.k_scale) + (ok ? kvh * kv.scale_stride + s0 : 0);
+        cp_async16(smem_addr((which ? vs_of(st) : ks_of(st)) + q4 * 4), src, ok);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < ST - 1; ++i) issue(i);
+
+  float o[ND][4];
+#pragma unroll
+  for (int i = 0; i < ND; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+  float vf = 1.f;  // the running output is o * vf
+
+  for (int i = 0; i < n_my; ++i) {
+    issue(i + ST - 1);
+    cp_async_wait<ST - 1>();
+    __syncwarp();  // every lane's copies of this tile are visible to the warp
+    const int st = i % ST;
+    const int64_t key0 = (t_first + warp + static_cast<int64_t>(i) * kTcWarps) * 16;
+    const unsigned char* k8 = k8_of(st);
+    const unsigned char* v8 = v8_of(st);
+    auto convert = [&](const unsigned char* src, uint16_t* dst) {
+#pragma unroll
+      for (int c = lane; c < 16 * CH; c += 32) {
+        const int r = c / CH, ch = c % CH;
+        *reinterpret_cast<uint4*>(dst + swz<HD>(r, ch)) = fp8x8_to_f16x8(*reinterpret_cast<const uint2*>(src + r * HD + ch * 8));
+      }
+    };
+    convert(k8, th);
+    convert(v8, tv);
+    // This lane's four keys (columns c4 * 2 + {0, 1} of the two n-blocks) and their scales.
+    float ksc[4], vsc[4];
+    bool kok[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int col = (e >> 1) * 8 + c4 * 2 + (e & 1);
+      const int64_t key = key0 + col;
+      kok[e] = key >= c_lo && key <= c_hi && (!a.valid || a.valid[key]);
+      ksc[e] = ks_of(st)[col];
+      vsc[e] = kok[e] ? vs_of(st)[col] : 0.f;
+    }
+    __syncwarp();  // the converted tiles are visible to the warp
+
+    // S = Q K^T (16 vectors x 16 keys).
+    float s[2][4];
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
+#pragma unroll
+    for (int k2 = 0; k2 < HD / 32; ++k2) {
+      uint32_t qa[2][4];
+      if constexpr (!kQRegs) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          ldmatrix_x4(qa[j], smem_addr(sq + swz<HD>(lm_r + (lm_mi & 1) * 8, (2 * k2 + j) * 2 + (lm_mi >> 1))));
+      }
+#pragma unroll
+      for (int nb = 0; nb < 2; ++nb) {
+        uint32_t b[4];
+        ldmatrix_x4(b, smem_addr(th + swz<HD>(nb * 8 + lm_r, k2 * 4 + lm_mi)));
+        if constexpr (kQRegs) {
+          mma_f16(s[nb], qf[2 * k2], b[0], b[1]);
+          mma_f16(s[nb], qf[2 * k2 + 1], b[2], b[3]);
+        } else {
+          mma_f16(s[nb], qa[0], b[0], b[1]);
+          mma_f16(s[nb], qa[1], b[2], b[3]);
+        }
+      }
+    }
+    // Each key's K scale, then the mask: keys not loaded, past the vector's position, outside its window.
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ki = nb * 2 + (e & 1);
+        const int64_t key = key0 + nb * 8 + c4 * 2 + (e & 1);
+        const int64_t p = e < 2 ? p_lo : p_hi;
+        const bool vis = kok[ki] && key <= p && (a.window <= 0 || p - key < a.window);
+        s[nb][e] = vis ? s[nb][e] * ksc[ki] : -INFINITY;
+      }
+
+    // Online softmax (rows lo: e = 0, 1; hi: e = 2, 3; a quad of lanes shares a row).
+    float mx_lo = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
+    float mx_hi = fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]));
+    float vmax = fmaxf(fmaxf(vsc[0], vsc[1]), fmaxf(vsc[2], vsc[3]));
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+      vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
+    }
+    if (!(vmax > 0.f)) vmax = 1.f;  // no value in the tile: its weights are 0 anyway
+    const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+    const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
+    const float al_lo = exp2f(m_lo - base_lo), al_hi = exp2f(m_hi - base_hi);
+    m_lo = mn_lo;
+    m_hi = mn_hi;
+    float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+      s[nb][0] = exp2f(s[nb][0] - base_lo);
+      s[nb][1] = exp2f(s[nb][1] - base_lo);
+      s[nb][2] = exp2f(s[nb][2] - base_hi);
+      s[nb][3] = exp2f(s[nb][3] - base_hi);
+      sum_lo += s[nb][0] + s[nb][1];
+      sum_hi += s[nb][2] + s[nb][3];
+    }
+    l_lo = l_lo * al_lo + sum_lo;  // per-lane partial sums; the quad is summed at the end
+    l_hi = l_hi * al_hi + sum_hi;
+    const float inv_vmax = 1.f / vmax;
+    const float r_lo = al_lo * vf * inv_vmax, r_hi = al_hi * vf * inv_vmax;
+    vf = vmax;
+#pragma unroll
+    for (int d = 0; d < ND; ++d) {
+      o[d][0] *= r_lo;
+      o[d][1] *= r_lo;
+      o[d][2] *= r_hi;
+      o[d][3] *= r_hi;
+    }
+    // O += P' V with P' = P * (V scale / vmax), in f16.
+    float w[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) w[e] = vsc[e] * inv_vmax;
+    uint32_t pa[4];
+    pa[0] = pack_f16(s[0][0] * w[0], s[0][1] * w[1]);
+    pa[1] = pack_f16(s[0][2] * w[0], s[0][3] * w[1]);
+    pa[2] = pack_f16(s[1][0] * w[2], s[1][1] * w[3]);
+    pa[3] = pack_f16(s[1][2] * w[2], s[1][3] * w[3]);
+#pragma unroll
+    for (int d2 = 0; d2 < HD / 16; ++d2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, smem_addr(tv + swz<HD>((lm_mi & 1) * 8 + lm_r, d2 * 2 + (lm_mi >> 1))));
+      mma_f16(o[2 * d2], pa, b[0], b[1]);
+      mma_f16(o[2 * d2 + 1], pa, b[2], b[3]);
+    }
+    __syncwarp();  // the next tile is converted over this one
+  }
+  cp_async_wait<0>();
+
+  // The warps' partial results (o * vf, unnormalised; m; l) through shared memory.
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+  __syncthreads();  // every warp is done with its tiles: the join reuses the memory
+  float* s_o = reinterpret_cast<float*>(smem_raw);           // [warps][16][HD]
+  float* s_m = s_o + kTcWarps * kTcRows * HD;                 // [warps][16]
+  float* s_l = s_m + kTcWarps * kTcRows;                      // [warps][16]
+#pragma unroll
+  for (int d = 0; d < ND; ++d) {
+    const int col = d * 8 + c4 * 2;
+    s_o[(warp * kTcRows + g) * HD + col] = o[d][0] * vf;
+    s_o[(warp * kTcRows + g) * HD + col + 1] = o[d][1] * vf;
+    s_o[(warp * kTcRows + g + 8) * HD + col] = o[d][2] * vf;
+    s_o[(warp * kTcRows + g + 8) * HD + col + 1] = o[d][3] * vf;
+  }
+  if (c4 == 0) {
+    s_m[warp * kTcRows + g] = m_lo;
+    s_m[warp * kTcRows + g + 8] = m_hi;
+    s_l[warp * kTcRows + g] = l_lo;
+    s_l[warp * kTcRows + g + 8] = l_hi;
+  }
+  __syncthreads();
+  for (int e = tid; e < nv * HD; e += kTcWarps * 32) {
+    const int j = e / HD, d = e % HD;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w2 = 0; w2 < kTcWarps; ++w2) mx = fmaxf(mx, s_m[w2 * kTcRows + j]);
+    float lsum = 0.f, osum = 0.f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w2 = 0; w2 < kTcWarps; ++w2) {
+        const float sc = exp2f(s_m[w2 * kTcRows + j] - mx);
+        lsum += s_l[w2 * kTcRows + j] * sc;
+        osum += s_o[(w2 * kTcRows + j) * HD + d] * sc;
       }
     }
     const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
@@ -1076,27 +1342,40 @@ int decode_vectors_per_cta(const AttentionParams& p, int64_t n_q) {
   return decode_vectors_per_head(p, n_q) <= 4 ? 4 : kDecodeMaxVectors;
 }
 
-// The decode attention's kernel for the head dim, the query vectors per CTA and the cache type.
-template <bool F8>
-DecodeKernel decode_kernel_of(const AttentionParams& p, bool narrow) {
-  return p.head_dim == 64    ? (narrow ? k_decode<64, 4, F8> : k_decode<64, kDecodeMaxVectors, F8>)
-         : p.head_dim == 128 ? (narrow ? k_decode<128, 4, F8> : k_decode<128, kDecodeMaxVectors, F8>)
-                             : (narrow ? k_decode<256, 4, F8> : k_decode<256, kDecodeMaxVectors, F8>);
-}
-DecodeKernel decode_kernel(const AttentionParams& p, int64_t n_q, bool fp8) {
+// The decode attention's kernel (bf16 cache) for the head dim and the query vectors per CTA.
+DecodeKernel decode_kernel(const AttentionParams& p, int64_t n_q) {
   const bool narrow = decode_vectors_per_cta(p, n_q) == 4;
-  return fp8 ? decode_kernel_of<true>(p, narrow) : decode_kernel_of<false>(p, narrow);
+  return p.head_dim == 64    ? (narrow ? k_decode<64, 4> : k_decode<64, kDecodeMaxVectors>)
+         : p.head_dim == 128 ? (narrow ? k_decode<128, 4> : k_decode<128, kDecodeMaxVectors>)
+                             : (narrow ? k_decode<256, 4> : k_decode<256, kDecodeMaxVectors>);
 }
 
+// The tensor-core kernel over an fp8 cache (k_decode_tc) and its dynamic shared memory, the
+// attribute that allows it set once per kernel.
+DecodeKernel decode_tc_kernel(const AttentionParams& p, size_t* smem) {
+  static std::mutex mu;
+  static bool configured[3] = {false, false, false};
+  const int i = p.head_dim == 64 ? 0 : p.head_dim == 128 ? 1 : 2;
+  const DecodeKernel k = i == 0 ? k_decode_tc<64> : i == 1 ? k_decode_tc<128> : k_decode_tc<256>;
+  *smem = i == 0 ? tc_smem_bytes<64>() : i == 1 ? tc_smem_bytes<128>() : tc_smem_bytes<256>();
+  std::lock_guard<std::mutex> lock(mu);
+  if (!configured[i]) {
+    DASHLM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(*smem)));
+    configured[i] = true;
+  }
+  return k;
+}
+
+
 // CTAs of the kernel one multiprocessor holds at once (registers and shared memory), asked once.
-int decode_ctas_per_sm(DecodeKernel kernel) {
+int decode_ctas_per_sm(DecodeKernel kernel, size_t smem = 0) {
   static std::mutex mu;
   static std::map<DecodeKernel, int> known;
   std::lock_guard<std::mutex> lock(mu);
   auto it = known.find(kernel);
   if (it == known.end()) {
     int n = 0;
-    DASHLM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kDecodeWarps * 32, 0));
+    DASHLM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kDecodeWarps * 32, smem));
     it = known.emplace(kernel, std::max(1, n)).first;
   }
   return it->second;
@@ -1104,13 +1383,21 @@ int decode_ctas_per_sm(DecodeKernel kernel) {
 }  // namespace
 
 int attention_decode_splits(const AttentionParams& p, int64_t n_q, bool fp8) {
+  if (fp8) {
+    size_t smem = 0;
+    const DecodeKernel k = decode_tc_kernel(p, &smem);
+    const int64_t z = (decode_vectors_per_head(p, n_q) + kTcRows - 1) / kTcRows;
+    const int64_t ctas = static_cast<int64_t>(decode_ctas_per_sm(k, smem)) * multiprocessor_count();
+    const int64_t want = (ctas + p.n_head_kv * z - 1) / (p.n_head_kv * z);
+    return static_cast<int>(std::clamp<int64_t>(want, 1, kDecodeMaxSplits));
+  }
   const int64_t per_cta = decode_vectors_per_cta(p, n_q);
   const int64_t z = (decode_vectors_per_head(p, n_q) + per_cta - 1) / per_cta;  // CTAs per chunk and KV head
   // One wave at the kernel's occupancy (by its registers: 3 CTAs per multiprocessor for four
   // query vectors, 2 for eight), at most kDecodeMaxSplits chunks. Measured on an H200 (Llama-8B
   // shape, four vectors): two per multiprocessor made the step 2% slower after 4k tokens and 4%
   // after 32k than three.
-  const int64_t ctas = static_cast<int64_t>(decode_ctas_per_sm(decode_kernel(p, n_q, fp8))) * multiprocessor_count();
+  const int64_t ctas = static_cast<int64_t>(decode_ctas_per_sm(decode_kernel(p, n_q))) * multiprocessor_count();
   const int64_t want = (ctas + p.n_head_kv * z - 1) / (p.n_head_kv * z);
   return static_cast<int>(std::clamp<int64_t>(want, 1, kDecodeMaxSplits));
 }
@@ -1139,15 +1426,18 @@ void decode_launch(const FlashArgs& f, const Fp8Kv* kv8, const AttentionParams& 
   a.part_o = workspace;
   a.part_lse = workspace + static_cast<size_t>(n_split) * static_cast<size_t>(n_vec) * static_cast<size_t>(p.head_dim);
   if (kv8) a.kv8 = *kv8;
-  const int64_t per_cta = decode_vectors_per_cta(p, n_q);
+  const bool tc = fp8;
+  const int64_t per_cta = tc ? kTcRows : decode_vectors_per_cta(p, n_q);
   const unsigned zs = static_cast<unsigned>((decode_vectors_per_head(p, n_q) + per_cta - 1) / per_cta);
   dim3 grid(static_cast<unsigned>(n_split), static_cast<unsigned>(p.n_head_kv), zs);
   const unsigned threads = kDecodeWarps * 32;
-  const DecodeKernel kernel = decode_kernel(p, n_q, fp8);
+  static_assert(kTcWarps == kDecodeWarps, "one block size");
+  size_t smem = 0;
+  const DecodeKernel kernel = tc ? decode_tc_kernel(p, &smem) : decode_kernel(p, n_q);
   // No shared-memory carveout preference is set: asking for the largest (for two 48 KB CTAs per
   // multiprocessor) made the decode step about 2% slower after 4k tokens; the driver picks the
   // split itself.
-  detail::launch("decode attention", kernel, grid, threads, 0, a);
+  detail::launch("decode attention", kernel, grid, threads, smem, a);
   void (*merge)(const float*, const float*, int, int64_t, nvbf16*) =
       p.head_dim == 64 ? k_decode_merge<64> : p.head_dim == 128 ? k_decode_merge<128> : k_decode_merge<256>;
   detail::launch("decode attention merge", merge, static_cast<unsigned>(n_vec), kMergeWarps * 32, 0, a.part_o, a.part_lse,
@@ -1169,7 +1459,8 @@ void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const Fp
                       const uint8_t* kv_valid, const AttentionParams& p, bf16* out, float* workspace, size_t workspace_floats) {
   if (n_q <= 0) return;
   check_decode(p, n_q);
-  if (!kv.k || !kv.v || !kv.k_scale || !kv.v_scale) detail::raise_error("attention_decode: fp8 cache pointers missing");
+  if (!kv.k || !kv.v || !kv.k_scale || !kv.v_scale || kv.scale_stride < n_kv || kv.scale_stride % 16)
+    detail::raise_error("attention_decode: fp8 cache pointers or scale stride missing");
   decode_launch(make_args(q, q_pos, n_q, nullptr, nullptr, n_kv, kv_valid, p, out), &kv, p, out, workspace, workspace_floats);
 }
 

@@ -300,7 +300,8 @@ void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const bf
 
 // A KV cache in fp8 (e4m3: 4 exponent bits, 3 mantissa bits, largest finite 448) with one float32
 // scale per (slot, KV head): element e of head h in slot s stands for
-// k[s * kv_dim + h * head_dim + e] * k_scale[s * n_head_kv + h], and the same for v. Each head's
+// k[s * kv_dim + h * head_dim + e] * k_scale[h * scale_stride + s], and the same for v (a head's
+// scales are consecutive, scale_stride a multiple of 16 and at least the slots). Each head's
 // scale is its largest magnitude / 448, so that value is stored as 448 and every other keeps e4m3's
 // relative precision (rounding error at most 2^-4 of the value, or 2^-10 of the scale for values
 // below 2^-6 of it, the subnormals). Half the bytes of bf16, plus 4 bytes per head and slot.
@@ -309,6 +310,7 @@ struct Fp8Kv {
   uint8_t* v = nullptr;
   float* k_scale = nullptr;
   float* v_scale = nullptr;
+  int64_t scale_stride = 0;
 };
 inline constexpr float kFp8Max = 448.f;
 // The n rows of k and v (bf16, rows of n_head_kv * head_dim, slot s = row s, like the cache) at
@@ -317,8 +319,9 @@ inline constexpr float kFp8Max = 448.f;
 void kv_fp8_store(const bf16* k, const bf16* v, const int32_t* pos, int64_t n, int n_head_kv, int head_dim, const Fp8Kv& dst);
 // Slots [0, n) of src dequantized into k and v (bf16, same layout).
 void kv_fp8_load(const Fp8Kv& src, int64_t n, int n_head_kv, int head_dim, bf16* k, bf16* v);
-// attention_decode reading an fp8 cache (the same kernel, loading 8 bytes and two scales per lane
-// and key where the bf16 cache takes 16 bytes); its splits and workspace with fp8 = true.
+// attention_decode reading an fp8 cache, on the tensor cores (attention.cu says how; the bf16
+// cache's CUDA-core kernel, loading e4m3, was measured slower than the bf16 cache itself: it is
+// bound by its instructions once the bytes halve); its splits and workspace with fp8 = true.
 void attention_decode(const bf16* q, const int32_t* q_pos, int64_t n_q, const Fp8Kv& kv, int64_t n_kv,
                       const uint8_t* kv_valid, const AttentionParams& p, bf16* out, float* workspace, size_t workspace_floats);
 

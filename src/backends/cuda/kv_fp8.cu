@@ -39,7 +39,7 @@ __global__ void k_fp8_store(const nvbf16* k, const nvbf16* v, const int32_t* pos
     uint8_t* out = (is_v ? dst.v : dst.k) + slot * kvd + static_cast<int64_t>(h) * hd;
     for (int e = lane; e < hd; e += 32)
       out[e] = __nv_cvt_float_to_fp8(__bfloat162float(src[e]) * inv, __NV_SATFINITE, __NV_E4M3);
-    if (lane == 0) (is_v ? dst.v_scale : dst.k_scale)[slot * n_head_kv + h] = amax / kFp8Max;
+    if (lane == 0) (is_v ? dst.v_scale : dst.k_scale)[h * dst.scale_stride + slot] = amax / kFp8Max;
   }
   detail::pdl_launch_dependents();
 }
@@ -55,7 +55,7 @@ __global__ void k_fp8_load(Fp8Kv src, int64_t n_el, int64_t kvd, int n_head_kv, 
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const bool is_v = i >= n_el;
     const int64_t e = is_v ? i - n_el : i;
-    const int64_t sh = (e / kvd) * n_head_kv + (e % kvd) / hd;  // (slot, head)
+    const int64_t sh = (e % kvd) / hd * src.scale_stride + e / kvd;  // (head, slot)
     const float x = fp8_to_f32((is_v ? src.v : src.k)[e]) * (is_v ? src.v_scale : src.k_scale)[sh];
     (is_v ? v : k)[e] = __float2bfloat16_rn(x);
   }
