@@ -286,14 +286,30 @@ json dash_settings(CudaEngine& e, const HParams& hp, int64_t T, const std::vecto
 // plain launches, and Q/K/V prepared in three launches; medians. The bound: the bytes one step must read (every weight
 // once, the K and V of every cached token once) at the copy rate measured in this run.
 constexpr int kDecodeVariants = 5;
+
+// The bytes of the weights one decode step reads (bf16: every layer's products and the logits').
+double decode_weight_bytes(const HParams& hp) {
+  return 2.0 * static_cast<double>(hp.n_layer) *
+             static_cast<double>(hp.n_embd * (hp.q_dim() + 2 * hp.kv_dim()) + hp.n_embd * hp.q_dim() + 3 * hp.n_embd * hp.n_ff) +
+         2.0 * static_cast<double>(hp.n_vocab * hp.n_embd);
+}
+
+// ms per token of n decode steps replayed from a graph recorded anew (the engine's switches as
+// they are now): one step as it is, one recorded, then n timed.
+double decode_ms_per_token(CudaEngine& e, int n) {
+  e.set_cuda_graphs(true);  // drops the graph: recorded anew with the current kernels
+  e.decode(1);
+  e.decode(2);  // the graph is recorded here
+  cu::synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i) e.decode(static_cast<int32_t>(3 + i));
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n;
+}
 constexpr int kDecodePasses = 3 * kDecodeVariants;  // three passes of each variant
 
 json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double copy_gbs) {
   const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, 7);
-  const double weight_bytes = 2.0 * static_cast<double>(hp.n_layer) *
-                                  static_cast<double>(hp.n_embd * (hp.q_dim() + 2 * hp.kv_dim()) + hp.n_embd * hp.q_dim() +
-                                                      3 * hp.n_embd * hp.n_ff) +
-                              2.0 * static_cast<double>(hp.n_vocab * hp.n_embd);
+  const double weight_bytes = decode_weight_bytes(hp);
   const double kv_bytes = 2.0 * 2.0 * static_cast<double>(hp.n_layer) * static_cast<double>(T) * static_cast<double>(hp.kv_dim());
   const double bound_ms = (weight_bytes + kv_bytes) / (copy_gbs * 1e9) * 1e3;
   json j;
@@ -312,13 +328,7 @@ json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double cop
     cu::set_gemv_enabled(variant != 2);
     cu::set_pdl_enabled(variant != 3);
     cu::set_fused_qkv_enabled(variant != 4);
-    e.set_cuda_graphs(true);  // drops the graph: recorded anew with these kernels
-    e.decode(1);
-    e.decode(2);  // the graph is recorded here
-    cu::synchronize();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < n; ++i) e.decode(static_cast<int32_t>(3 + i));
-    per[variant].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
+    per[variant].push_back(decode_ms_per_token(e, n));
   }
   cu::set_split_decode_enabled(true);
   cu::set_gemv_enabled(true);
@@ -344,10 +354,7 @@ json decode_speed(CudaEngine& e, const HParams& hp, int64_t T, int n, double cop
 // element and a 4-byte scale per head and slot).
 json decode_cache_ab(CudaEngine& e16, CudaEngine& e8, const HParams& hp, int64_t T, int n, double copy_gbs) {
   const std::vector<int32_t> toks = random_prompt(T, hp.n_vocab, 7);
-  const double weight_bytes = 2.0 * static_cast<double>(hp.n_layer) *
-                                  static_cast<double>(hp.n_embd * (hp.q_dim() + 2 * hp.kv_dim()) + hp.n_embd * hp.q_dim() +
-                                                      3 * hp.n_embd * hp.n_ff) +
-                              2.0 * static_cast<double>(hp.n_vocab * hp.n_embd);
+  const double weight_bytes = decode_weight_bytes(hp);
   const double slots = static_cast<double>(hp.n_layer) * static_cast<double>(T);
   const double kv16 = 2.0 * 2.0 * slots * static_cast<double>(hp.kv_dim());
   const double kv8 = 2.0 * slots * (static_cast<double>(hp.kv_dim()) + 4.0 * hp.n_head_kv);
@@ -365,14 +372,7 @@ json decode_cache_ab(CudaEngine& e16, CudaEngine& e8, const HParams& hp, int64_t
   std::vector<double> per[2];
   for (int pass = 0; pass < 6; ++pass) {
     const int variant = pass % 2;
-    CudaEngine& e = *es[variant];
-    e.set_cuda_graphs(true);
-    e.decode(1);
-    e.decode(2);  // the graph is recorded here
-    cu::synchronize();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < n; ++i) e.decode(static_cast<int32_t>(3 + i));
-    per[variant].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n);
+    per[variant].push_back(decode_ms_per_token(*es[variant], n));
   }
   for (auto& v : per) std::sort(v.begin(), v.end());
   const double m16 = per[0][1], m8 = per[1][1];

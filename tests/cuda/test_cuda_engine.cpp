@@ -229,17 +229,23 @@ HParams small_hparams(Arch arch, int64_t vocab, int64_t d, int layers, int heads
   return hp;
 }
 
+// stories260K, or null when it is not found.
+std::unique_ptr<Model> load_stories() {
+  const std::string dir = stories_dir();
+  if (!fs::exists(dir + "stories260K.bin")) return nullptr;
+  return Model::load(dir + "stories260K.bin", dir + "tok512.bin");
+}
+constexpr const char* kStoriesText =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+    "friends. One day, she saw a big red ball under a tree and ran to get it, but a dog got there first.";
+
 }  // namespace
 
 TEST(CudaEngine, Stories260KMatchesCpu) {
   DASHLM_REQUIRE_CUDA();
-  const std::string dir = stories_dir();
-  if (!fs::exists(dir + "stories260K.bin")) GTEST_SKIP() << "stories260K not found in " << dir << " (set DASHLM_TEST_MODELS)";
-  auto model = Model::load(dir + "stories260K.bin", dir + "tok512.bin");
-  const std::string text =
-      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
-      "friends. One day, she saw a big red ball under a tree and ran to get it, but a dog got there first.";
-  const auto toks = model->tokenizer().encode(text, true, false);
+  auto model = load_stories();
+  if (!model) GTEST_SKIP() << "stories260K not found in " << stories_dir() << " (set DASHLM_TEST_MODELS)";
+  const auto toks = model->tokenizer().encode(kStoriesText, true, false);
   // float32 weights rounded to bf16 on the device: a looser budget than the bf16-exact models.
   compare_engines(*model, toks, 5e-2);
 }
@@ -484,13 +490,10 @@ TEST(CudaEngine, Fp8CacheRandomModels) {
 // dequantized into bf16) on its own text.
 TEST(CudaEngine, Fp8CacheStories260K) {
   DASHLM_REQUIRE_CUDA();
-  const std::string dir = stories_dir();
-  if (!fs::exists(dir + "stories260K.bin")) GTEST_SKIP() << "stories260K not found in " << dir << " (set DASHLM_TEST_MODELS)";
-  auto model = Model::load(dir + "stories260K.bin", dir + "tok512.bin");
+  auto model = load_stories();
+  if (!model) GTEST_SKIP() << "stories260K not found in " << stories_dir() << " (set DASHLM_TEST_MODELS)";
   const std::string text =
-      "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
-      "friends. One day, she saw a big red ball under a tree and ran to get it, but a dog got there first. "
-      "Lily was sad, but the dog brought the ball back to her and they played together all day long.";
+      std::string(kStoriesText) + " Lily was sad, but the dog brought the ball back to her and they played together all day long.";
   const auto toks = model->tokenizer().encode(text, true, false);
   fp8_against_bf16(*model, toks, 20, 0.05);
 }

@@ -93,6 +93,44 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * HD + ((chunk ^ (row & 7)) << 3);
 }
 
+// One online-softmax step over an m16 fragment's scores s (NB n-blocks of 8 keys, log2 domain,
+// -inf where masked): rows lo (e = 0, 1) and hi (e = 2, 3), a quad of lanes sharing a row. Updates
+// the running maxima m and this lane's partial sums l (the quad is summed at the end), turns s
+// into the weights exp2(s - m), and returns in al the factors that rescale the output so far.
+template <int NB>
+__device__ __forceinline__ void online_softmax(float (&s)[NB][4], float& m_lo, float& m_hi, float& l_lo, float& l_hi,
+                                               float& al_lo, float& al_hi) {
+  float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) {
+    mx_lo = fmaxf(mx_lo, fmaxf(s[nb][0], s[nb][1]));
+    mx_hi = fmaxf(mx_hi, fmaxf(s[nb][2], s[nb][3]));
+  }
+  mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+  mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+  mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+  mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+  const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+  // A row that has seen nothing yet keeps max -inf: subtract 0 so exp2(-inf) = 0, not NaN.
+  const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
+  al_lo = exp2f(m_lo - base_lo);
+  al_hi = exp2f(m_hi - base_hi);
+  m_lo = mn_lo;
+  m_hi = mn_hi;
+  float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) {
+    s[nb][0] = exp2f(s[nb][0] - base_lo);
+    s[nb][1] = exp2f(s[nb][1] - base_lo);
+    s[nb][2] = exp2f(s[nb][2] - base_hi);
+    s[nb][3] = exp2f(s[nb][3] - base_hi);
+    sum_lo += s[nb][0] + s[nb][1];
+    sum_hi += s[nb][2] + s[nb][3];
+  }
+  l_lo = l_lo * al_lo + sum_lo;
+  l_hi = l_hi * al_hi + sum_hi;
+}
+
 template <int HD, int BN, int NW>
 __global__ void __launch_bounds__(NW * 32) k_flash(FlashArgs a) {
   constexpr int BM = 16 * NW;
@@ -231,34 +269,8 @@ __global__ void __launch_bounds__(NW * 32) k_flash(FlashArgs a) {
       }
 
       // Online softmax, rows lo (e = 0, 1) and hi (e = 2, 3); a quad of lanes shares a row.
-      float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        mx_lo = fmaxf(mx_lo, fmaxf(s[nb][0], s[nb][1]));
-        mx_hi = fmaxf(mx_hi, fmaxf(s[nb][2], s[nb][3]));
-      }
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-      const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-      // A row that has seen nothing yet keeps max -inf: subtract 0 so exp2(-inf) = 0, not NaN.
-      const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
-      const float al_lo = exp2f(m_lo - base_lo), al_hi = exp2f(m_hi - base_hi);
-      m_lo = mn_lo;
-      m_hi = mn_hi;
-      float sum_lo = 0.f, sum_hi = 0.f;
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        s[nb][0] = exp2f(s[nb][0] - base_lo);
-        s[nb][1] = exp2f(s[nb][1] - base_lo);
-        s[nb][2] = exp2f(s[nb][2] - base_hi);
-        s[nb][3] = exp2f(s[nb][3] - base_hi);
-        sum_lo += s[nb][0] + s[nb][1];
-        sum_hi += s[nb][2] + s[nb][3];
-      }
-      l_lo = l_lo * al_lo + sum_lo;  // per-lane partial sums; the quad is summed at the end
-      l_hi = l_hi * al_hi + sum_hi;
+      float al_lo, al_hi;
+      online_softmax<NB>(s, m_lo, m_hi, l_lo, l_hi, al_lo, al_hi);
 #pragma unroll
       for (int i = 0; i < ND; ++i) {
         o[i][0] *= al_lo;
@@ -583,6 +595,56 @@ __device__ __forceinline__ void reduce_scatter(float (&sv)[NV], int li) {
   }
 }
 
+// The key range [*c_lo, *c_hi] of chunk `split` of n_split for the query vectors j0 .. j0 + nv - 1
+// (empty: *c_hi < *c_lo): from the first vector's row's window start (or 0) to the last one's
+// position, cut into chunks of a multiple of 16 keys.
+__device__ __forceinline__ void decode_chunk(const FlashArgs& a, int j0, int nv, int split, int n_split, int64_t* c_lo,
+                                             int64_t* c_hi) {
+  const int r_first = j0 / a.group, r_last = (j0 + nv - 1) / a.group;
+  const int64_t p_first = a.q_pos[r_first], p_last = a.q_pos[r_last];
+  const int64_t hi = dmin(p_last, a.n_kv - 1);
+  const int64_t lo = a.window > 0 ? dmax(0, p_first - a.window + 1) : 0;
+  const int64_t total = hi - lo + 1;
+  *c_lo = 0;
+  *c_hi = -1;
+  if (total > 0) {
+    int64_t chunk = (total + n_split - 1) / n_split;
+    chunk = (chunk + 15) & ~int64_t{15};
+    *c_lo = lo + split * chunk;
+    *c_hi = dmin(hi, *c_lo + chunk - 1);
+  }
+}
+
+// The CTA's partial results into the chunk's slots of the workspace: for each of its nv query
+// vectors, the NW warps' unnormalised outputs s_o[w][j][HD] (log2-domain maxima s_m[w][j], sums
+// s_l[w][j]; R vectors a warp) joined by log-sum-exp, normalised, with the log-sum-exp
+// (-inf and zeros for a vector that saw no key). Every thread of the CTA takes part.
+template <int HD, int NW, int R>
+__device__ __forceinline__ void decode_write_parts(const DecodeArgs& da, const float* s_o, const float* s_m, const float* s_l,
+                                                   int j0, int nv, int kvh, int split) {
+  const FlashArgs& a = da.f;
+  for (int e = threadIdx.x; e < nv * HD; e += NW * 32) {
+    const int j = e / HD, d = e % HD;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, s_m[w * R + j]);
+    float lsum = 0.f, osum = 0.f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        const float sc = exp2f(s_m[w * R + j] - mx);
+        lsum += s_l[w * R + j] * sc;
+        osum += s_o[(w * R + j) * HD + d] * sc;
+      }
+    }
+    const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
+    const int64_t qi = static_cast<int64_t>(r) * a.n_head + h;
+    const int64_t slot = static_cast<int64_t>(split) * a.n_q * a.n_head + qi;
+    da.part_o[slot * HD + d] = lsum > 0.f ? osum / lsum : 0.f;
+    if (d == 0) da.part_lse[slot] = lsum > 0.f ? mx + __log2f(lsum) : -INFINITY;
+  }
+}
+
 template <int HD, int QV>
 __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   const FlashArgs& a = da.f;
@@ -601,19 +663,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
   const int j0 = blockIdx.z * QV;
   const int nv = min(QV, n_vec - j0);
 
-  // Rows this CTA serves and its key range [lo, hi].
-  const int r_first = j0 / a.group, r_last = (j0 + nv - 1) / a.group;
-  const int64_t p_first = a.q_pos[r_first], p_last = a.q_pos[r_last];
-  const int64_t hi = dmin(p_last, a.n_kv - 1);
-  const int64_t lo = a.window > 0 ? dmax(0, p_first - a.window + 1) : 0;
-  const int64_t total = hi - lo + 1;
-  int64_t c_lo = 0, c_hi = -1;
-  if (total > 0) {
-    int64_t chunk = (total + n_split - 1) / n_split;
-    chunk = (chunk + 15) & ~int64_t{15};
-    c_lo = lo + split * chunk;
-    c_hi = dmin(hi, c_lo + chunk - 1);
-  }
+  // This CTA's key range.
+  int64_t c_lo, c_hi;
+  decode_chunk(a, j0, nv, split, n_split, &c_lo, &c_hi);
 
   // K and V reach shared memory by cp.async, kDecodeStages - 1 batches ahead of the batch in use,
   // so a CTA keeps that many batches of loads in flight while it computes (registers could not
@@ -821,26 +873,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) k_decode(DecodeArgs da) {
     }
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < nv * HD; e += kDecodeWarps * 32) {
-    const int j = e / HD, d = e % HD;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) mx = fmaxf(mx, s_m[w][j]);
-    float lsum = 0.f, osum = 0.f;
-    if (mx != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kDecodeWarps; ++w) {
-        const float sc = exp2f(s_m[w][j] - mx);
-        lsum += s_l[w][j] * sc;
-        osum += s_o[w][j][d] * sc;
-      }
-    }
-    const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
-    const int64_t qi = static_cast<int64_t>(r) * a.n_head + h;
-    const int64_t slot = static_cast<int64_t>(split) * a.n_q * a.n_head + qi;
-    da.part_o[slot * HD + d] = lsum > 0.f ? osum / lsum : 0.f;
-    if (d == 0) da.part_lse[slot] = lsum > 0.f ? mx + __log2f(lsum) : -INFINITY;
-  }
+  decode_write_parts<HD, kDecodeWarps, QV>(da, &s_o[0][0][0], &s_m[0][0], &s_l[0][0], j0, nv, kvh, split);
 }
 
 // The decode attention over an fp8 cache on the tensor cores. The CUDA-core kernel above spends
@@ -920,20 +953,10 @@ __global__ void __launch_bounds__(kTcWarps * 32) k_decode_tc(DecodeArgs da) {
   const int n_vec = static_cast<int>(a.n_q) * a.group;
   const int j0 = blockIdx.z * kTcRows;
   const int nv = min(kTcRows, n_vec - j0);
-  const int r_first = j0 / a.group, r_last = (j0 + nv - 1) / a.group;
   detail::pdl_wait();  // q and the rows' own keys come from the kernels before
   detail::pdl_launch_dependents();
-  const int64_t p_first = a.q_pos[r_first], p_last = a.q_pos[r_last];
-  const int64_t hi = dmin(p_last, a.n_kv - 1);
-  const int64_t lo = a.window > 0 ? dmax(0, p_first - a.window + 1) : 0;
-  const int64_t total = hi - lo + 1;
-  int64_t c_lo = 0, c_hi = -1;
-  if (total > 0) {
-    int64_t chunk = (total + n_split - 1) / n_split;
-    chunk = (chunk + 15) & ~int64_t{15};
-    c_lo = lo + split * chunk;
-    c_hi = dmin(hi, c_lo + chunk - 1);
-  }
+  int64_t c_lo, c_hi;
+  decode_chunk(a, j0, nv, split, n_split, &c_lo, &c_hi);
 
   // Q -> shared memory as f16, scaled into the log2 domain (zero rows past the vectors).
   for (int c = tid; c < kTcRows * CH; c += kTcWarps * 32) {
@@ -1064,34 +1087,14 @@ __global__ void __launch_bounds__(kTcWarps * 32) k_decode_tc(DecodeArgs da) {
         s[nb][e] = vis ? s[nb][e] * ksc[ki] : -INFINITY;
       }
 
-    // Online softmax (rows lo: e = 0, 1; hi: e = 2, 3; a quad of lanes shares a row).
-    float mx_lo = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
-    float mx_hi = fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]));
+    // Online softmax (rows lo: e = 0, 1; hi: e = 2, 3; a quad of lanes shares a row), and the
+    // tile's largest V scale (the quad's lanes hold its 16 keys).
+    float al_lo, al_hi;
+    online_softmax<2>(s, m_lo, m_hi, l_lo, l_hi, al_lo, al_hi);
     float vmax = fmaxf(fmaxf(vsc[0], vsc[1]), fmaxf(vsc[2], vsc[3]));
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
-      vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, off));
-    }
+    vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 1));
+    vmax = fmaxf(vmax, __shfl_xor_sync(0xffffffffu, vmax, 2));
     if (!(vmax > 0.f)) vmax = 1.f;  // no value in the tile: its weights are 0 anyway
-    const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-    const float base_lo = mn_lo == -INFINITY ? 0.f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
-    const float al_lo = exp2f(m_lo - base_lo), al_hi = exp2f(m_hi - base_hi);
-    m_lo = mn_lo;
-    m_hi = mn_hi;
-    float sum_lo = 0.f, sum_hi = 0.f;
-#pragma unroll
-    for (int nb = 0; nb < 2; ++nb) {
-      s[nb][0] = exp2f(s[nb][0] - base_lo);
-      s[nb][1] = exp2f(s[nb][1] - base_lo);
-      s[nb][2] = exp2f(s[nb][2] - base_hi);
-      s[nb][3] = exp2f(s[nb][3] - base_hi);
-      sum_lo += s[nb][0] + s[nb][1];
-      sum_hi += s[nb][2] + s[nb][3];
-    }
-    l_lo = l_lo * al_lo + sum_lo;  // per-lane partial sums; the quad is summed at the end
-    l_hi = l_hi * al_hi + sum_hi;
     const float inv_vmax = 1.f / vmax;
     const float r_lo = al_lo * vf * inv_vmax, r_hi = al_hi * vf * inv_vmax;
     vf = vmax;
@@ -1146,26 +1149,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) k_decode_tc(DecodeArgs da) {
     s_l[warp * kTcRows + g + 8] = l_hi;
   }
   __syncthreads();
-  for (int e = tid; e < nv * HD; e += kTcWarps * 32) {
-    const int j = e / HD, d = e % HD;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w2 = 0; w2 < kTcWarps; ++w2) mx = fmaxf(mx, s_m[w2 * kTcRows + j]);
-    float lsum = 0.f, osum = 0.f;
-    if (mx != -INFINITY) {
-#pragma unroll
-      for (int w2 = 0; w2 < kTcWarps; ++w2) {
-        const float sc = exp2f(s_m[w2 * kTcRows + j] - mx);
-        lsum += s_l[w2 * kTcRows + j] * sc;
-        osum += s_o[(w2 * kTcRows + j) * HD + d] * sc;
-      }
-    }
-    const int vj = j0 + j, r = vj / a.group, h = kvh * a.group + vj % a.group;
-    const int64_t qi = static_cast<int64_t>(r) * a.n_head + h;
-    const int64_t slot = static_cast<int64_t>(split) * a.n_q * a.n_head + qi;
-    da.part_o[slot * HD + d] = lsum > 0.f ? osum / lsum : 0.f;
-    if (d == 0) da.part_lse[slot] = lsum > 0.f ? mx + __log2f(lsum) : -INFINITY;
-  }
+  decode_write_parts<HD, kTcWarps, kTcRows>(da, s_o, s_m, s_l, j0, nv, kvh, split);
 }
 
 // out[row, head] = the chunks' partial outputs weighted by exp2(lse); zeros for a row that saw no key.
