@@ -354,6 +354,28 @@ TEST(HardeningOutput, FilesAreWrittenWholeOrNotAtAll) {
 
 // --- seeds in halting specs -------------------------------------------------------------
 
+// --kv-type: each engine keeps its own types; the default resolves per backend; the others are
+// refused naming the engine's choices, before any engine (or device) is made.
+TEST(HardeningKvType, EachEngineKeepsItsOwnTypes) {
+  for (const char* name : {"f32", "f16", "bf16", "fp8"}) EXPECT_STREQ(cache_type_name(parse_cache_type(name)), name);
+  expect_error([] { parse_cache_type("q4"); }, "unknown KV cache type 'q4' (f32, f16, bf16, fp8)");
+  EXPECT_EQ(resolve_cache_type(CacheType::Default, "cpu"), CacheType::F16);
+  EXPECT_EQ(resolve_cache_type(CacheType::Default, "cuda"), CacheType::BF16);
+  EXPECT_EQ(resolve_cache_type(CacheType::F32, "cpu"), CacheType::F32);
+  EXPECT_EQ(resolve_cache_type(CacheType::FP8, "cuda"), CacheType::FP8);
+  EXPECT_EQ(cpu_kv_type(CacheType::Default), kDefaultKvType);
+  EXPECT_EQ(cpu_kv_type(CacheType::F32), cpu::KvType::F32);
+  expect_error([] { resolve_cache_type(CacheType::FP8, "cpu"); }, "the CPU engine keeps f32 or f16 caches");
+  expect_error([] { resolve_cache_type(CacheType::BF16, "cpu"); }, "the CPU engine keeps f32 or f16 caches");
+  expect_error([] { resolve_cache_type(CacheType::F16, "cuda"); }, "the CUDA engine keeps bf16 or fp8 caches");
+  expect_error([] { resolve_cache_type(CacheType::F32, "cuda"); }, "the CUDA engine keeps bf16 or fp8 caches");
+  expect_error([] { resolve_cache_type(CacheType::Default, "tpu"); }, "unknown backend 'tpu'");
+  TempDir dir("kvtype");
+  auto m = Model::load(TinyLlama().write(dir, "m.gguf"));
+  expect_error([&] { make_engine(*m, 64, "cpu", CacheType::FP8); }, "the CPU engine keeps f32 or f16 caches");
+  expect_error([&] { make_engine(*m, 64, "cuda", CacheType::F16); }, "the CUDA engine keeps bf16 or fp8 caches");
+}
+
 TEST(HardeningSettings, NegativeSpecSeedsAreRefused) {
   HaltingConfig hc;
   expect_error([&] { set_setting(hc, Setting::Seed, "-1"); }, "must be >= 0, got -1");

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <ostream>
 #include <random>
 
 #include "common/error.h"
@@ -399,6 +400,11 @@ TEST_P(CudaEngineCache, DecodeGraphEqualsPlainLaunches) {
     EXPECT_EQ(tr.active_per_layer.back(), 1 + 4 + halting_keep_count(1.0 / 3.0, 300 - 5)) << kv_mode_name(kv);
   }
 }
+
+namespace dashlm {
+// The parameter's name in gtest's messages.
+void PrintTo(CacheType t, std::ostream* os) { *os << (t == CacheType::FP8 ? "fp8" : t == CacheType::BF16 ? "bf16" : "other"); }
+}  // namespace dashlm
 
 INSTANTIATE_TEST_SUITE_P(Caches, CudaEngineCache, ::testing::Values(CacheType::BF16, CacheType::FP8),
                          [](const ::testing::TestParamInfo<CacheType>& i) { return i.param == CacheType::FP8 ? "fp8" : "bf16"; });
