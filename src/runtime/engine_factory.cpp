@@ -102,6 +102,10 @@ CacheType resolve_cache_type(CacheType t, const std::string& backend) {
   fail("unknown backend '{}' (cpu, cuda)", backend);
 }
 
+CacheType resolve_cache_type(const std::string& name, const std::string& backend) {
+  return resolve_cache_type(name.empty() ? CacheType::Default : parse_cache_type(name), backend);
+}
+
 cpu::KvType cpu_kv_type(CacheType t) {
   return resolve_cache_type(t, "cpu") == CacheType::F32 ? cpu::KvType::F32 : cpu::KvType::F16;
 }

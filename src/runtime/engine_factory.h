@@ -25,6 +25,8 @@ const char* cache_type_name(CacheType t);  // "default" for CacheType::Default
 // The type the backend's engine keeps for t: Default becomes the backend's default; a type the
 // backend lacks throws, naming the backend's choices.
 CacheType resolve_cache_type(CacheType t, const std::string& backend);
+// The same for a --kv-type value ("": the backend's default; an unknown name throws).
+CacheType resolve_cache_type(const std::string& name, const std::string& backend);
 // The CPU engine's type for t (Default: kDefaultKvType); throws for bf16 and fp8.
 cpu::KvType cpu_kv_type(CacheType t);
 

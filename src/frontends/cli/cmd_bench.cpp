@@ -124,7 +124,7 @@ int bench(const BenchOptions& o) {
   if (o.output != "md" && o.output != "json" && o.output != "csv") fail("-o must be md, json or csv");
   const std::vector<int64_t> lengths = parse_lengths(o.prompts, "-p");
   const int threads = resolve_threads(o.threads);
-  const CacheType kv_type = resolve_kv_type(o.kv_type, o.backend);
+  const CacheType kv_type = resolve_cache_type(o.kv_type, o.backend);
   cpu::set_num_threads(threads);
   auto model = Model::load(o.model, o.tokenizer);
   const HParams& hp = model->hp();

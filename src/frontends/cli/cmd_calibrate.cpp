@@ -30,6 +30,7 @@
 #include "eval/eval.h"
 #include "eval/stats.h"
 #include "runtime/dash/calibration.h"
+#include "runtime/engine_factory.h"
 
 namespace dashlm::cli {
 
@@ -148,7 +149,7 @@ int calibrate(const CalibrateOptions& o) {
   }
   const bool tty = !o.quiet && stderr_is_tty();
   const auto t0 = Clock::now();
-  EngineSlot slot(*model, o.backend, resolve_kv_type(o.kv_type, o.backend));
+  EngineSlot slot(*model, o.backend, resolve_cache_type(o.kv_type, o.backend));
   std::vector<eval::RunOutput> refs;
   double nll_full = 0;
   for (const eval::Sample& s : samples) {

@@ -375,7 +375,7 @@ int eval_main(const EvalOptions& o) {
   if (tasks.empty()) fail("--tasks: give at least one task");
   const std::vector<int64_t> lengths = parse_lengths(o.lengths);
   const int threads = resolve_threads(o.threads);
-  const CacheType kv_type = resolve_kv_type(o.kv_type, o.backend);
+  const CacheType kv_type = resolve_cache_type(o.kv_type, o.backend);
   cpu::set_num_threads(threads);
 
   auto model = Model::load(o.model, o.tokenizer);

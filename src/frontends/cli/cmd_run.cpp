@@ -136,7 +136,7 @@ int run(const RunOptions& o) {
   const HaltingConfig hc = resolve_halting(o.halting, hp.n_layer, o.seed, o.model, /*calibrated_default=*/true);
   if (!hc.enabled() && !o.halting_map.empty()) fail("--halting-map needs a --halting policy");
 
-  auto engine_ptr = make_engine(*model, n_prompt + n_predict, o.backend, resolve_kv_type(o.kv_type, o.backend));
+  auto engine_ptr = make_engine(*model, n_prompt + n_predict, o.backend, resolve_cache_type(o.kv_type, o.backend));
   InferenceEngine& engine = *engine_ptr;
   Session session(engine, tok);
   const bool show_progress = !o.quiet && stderr_is_tty() && n_prompt >= 256;

@@ -11,6 +11,7 @@
 #include "frontends/cli/halting_output.h"
 #include "frontends/server/server.h"
 #include "model/model.h"
+#include "runtime/engine_factory.h"
 
 namespace dashlm::cli {
 
@@ -36,7 +37,7 @@ int serve(ServeFlags& f) {
   if (o.ctx > model->hp().n_ctx_train) {
     fmt::print(stderr, "warning: --ctx {} is more than the {} tokens the model was trained for\n", o.ctx, model->hp().n_ctx_train);
   }
-  (void)resolve_kv_type(o.kv_type, o.backend);  // refuses a type the backend lacks
+  (void)resolve_cache_type(o.kv_type, o.backend);  // refuses a type the backend lacks
   o.halting = resolve_halting(f.halting, model->hp().n_layer, o.seed, o.model_path);
 #ifdef DASHLM_NO_SERVER
   fail("this build has no server: build with cpp-httplib (Debian: libcpp-httplib-dev)");

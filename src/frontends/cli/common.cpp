@@ -76,10 +76,6 @@ void add_kv_type_option(CLI::App* c, std::string& kv_type) {
       ->check(CLI::IsMember({"f32", "f16", "bf16", "fp8"}));
 }
 
-CacheType resolve_kv_type(const std::string& kv_type, const std::string& backend) {
-  return resolve_cache_type(kv_type.empty() ? CacheType::Default : parse_cache_type(kv_type), backend);
-}
-
 bool stderr_is_tty() { return isatty(STDERR_FILENO) == 1; }
 
 void progress_bar(const char* label, int done, int total) {

@@ -7,7 +7,6 @@
 #include <CLI/CLI.hpp>
 
 #include "backends/cpu/ops.h"
-#include "runtime/kv_type.h"
 
 namespace dashlm::cli {
 
@@ -31,11 +30,9 @@ size_t prompt_file_cap(int64_t n_ctx);
 inline constexpr int kMaxThreads = 1024;
 int resolve_threads(int requested);
 // --kv-type f32|f16|bf16|fp8: the KV cache type (the CPU engine's f32 or f16, default kDefaultKvType;
-// the CUDA engine's bf16 or fp8, default kDefaultCudaCacheType; runtime/engine_factory.h).
+// the CUDA engine's bf16 or fp8, default kDefaultCudaCacheType); resolve_cache_type
+// (runtime/engine_factory.h) turns the value into the backend's type.
 void add_kv_type_option(CLI::App* c, std::string& kv_type);
-// The type asked for ("" for the default) on `backend`: another backend than "cpu" refuses an
-// explicit choice (the CUDA engine's cache is bf16).
-CacheType resolve_kv_type(const std::string& kv_type, const std::string& backend);
 
 // True when stderr is a terminal (progress bars are drawn only then).
 bool stderr_is_tty();

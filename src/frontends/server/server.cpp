@@ -88,7 +88,7 @@ class App {
   App(const ServerOptions& o, const Model& model, int64_t n_ctx)
       : o_(o),
         model_(model),
-        pool_(model, o.slots, n_ctx, o.backend, o.queue, resolve_cache_type(o.kv_type.empty() ? CacheType::Default : parse_cache_type(o.kv_type), o.backend)),
+        pool_(model, o.slots, n_ctx, o.backend, o.queue, resolve_cache_type(o.kv_type, o.backend)),
         id_(o.alias.empty() ? std::filesystem::path(o.model_path).filename().string() : o.alias) {}
 
   void routes(httplib::Server& svr);
