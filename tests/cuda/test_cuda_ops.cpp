@@ -50,3 +50,53 @@ TEST(CudaOps, TopkHaltFlagsMatchHostPolicy) {
     }
   }
 }
+
+// The owning buffer behind DeviceBuffer and PinnedBuffer, with a counting host allocator (no
+// device needed): reserve keeps a large enough buffer, resize frees before it allocates, moves
+// hand the memory over, and every allocation is freed once.
+namespace {
+int g_allocs = 0, g_frees = 0;
+void* counting_alloc(size_t bytes) {
+  ++g_allocs;
+  return ::operator new(bytes);
+}
+void counting_free(void* p) noexcept {
+  if (!p) return;
+  ++g_frees;
+  ::operator delete(p);
+}
+}  // namespace
+
+TEST(CudaOps, OwningBufferAllocatesFreesAndMoves) {
+  using Buf = cu::OwningBuffer<int, counting_alloc, counting_free>;
+  g_allocs = g_frees = 0;
+  {
+    Buf a;
+    EXPECT_EQ(a.get(), nullptr);
+    EXPECT_EQ(a.size(), 0u);
+    a.reserve(8);
+    EXPECT_EQ(a.size(), 8u);
+    int* p = a.get();
+    a.reserve(4);  // large enough: kept
+    EXPECT_EQ(a.get(), p);
+    EXPECT_EQ(g_allocs, 1);
+    a.reserve(16);  // grown: the old one freed first
+    EXPECT_EQ(a.size(), 16u);
+    EXPECT_EQ(g_allocs, 2);
+    EXPECT_EQ(g_frees, 1);
+    a.resize(0);  // freed, nothing allocated
+    EXPECT_EQ(a.get(), nullptr);
+    EXPECT_EQ(g_frees, 2);
+    Buf b(5);
+    int* q = b.get();
+    Buf c(std::move(b));
+    EXPECT_EQ(c.get(), q);
+    EXPECT_EQ(b.get(), nullptr);
+    EXPECT_EQ(b.size(), 0u);
+    a = std::move(c);
+    EXPECT_EQ(a.get(), q);
+    EXPECT_EQ(a.size(), 5u);
+  }
+  EXPECT_EQ(g_allocs, 3);
+  EXPECT_EQ(g_frees, 3);
+}

@@ -43,19 +43,20 @@ void fill_bytes(void* dst, uint8_t value, size_t bytes);          // queued
 void synchronize();  // waits for all queued work; throws if a kernel failed
 size_t device_free_memory();
 
-// An owning device buffer of n elements of T (uninitialised).
-template <typename T>
-class DeviceBuffer {
+// An owning buffer of n elements of T (uninitialised) from an allocator pair: device memory
+// (DeviceBuffer) or page-locked host memory (PinnedBuffer).
+template <typename T, void* (*Alloc)(size_t), void (*Free)(void*) noexcept>
+class OwningBuffer {
  public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t n) { resize(n); }
-  ~DeviceBuffer() { device_free(p_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+  OwningBuffer() = default;
+  explicit OwningBuffer(size_t n) { resize(n); }
+  ~OwningBuffer() { Free(p_); }
+  OwningBuffer(const OwningBuffer&) = delete;
+  OwningBuffer& operator=(const OwningBuffer&) = delete;
+  OwningBuffer(OwningBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  OwningBuffer& operator=(OwningBuffer&& o) noexcept {
     if (this != &o) {
-      device_free(p_);
+      Free(p_);
       p_ = std::exchange(o.p_, nullptr);
       n_ = std::exchange(o.n_, 0);
     }
@@ -66,46 +67,33 @@ class DeviceBuffer {
     if (n > n_) resize(n);
   }
   void resize(size_t n) {
-    device_free(p_);
+    Free(p_);
     p_ = nullptr;
     n_ = 0;
-    if (n) p_ = static_cast<T*>(device_alloc(n * sizeof(T)));
+    if (n) p_ = static_cast<T*>(Alloc(n * sizeof(T)));
     n_ = n;
   }
   T* get() const { return p_; }
   size_t size() const { return n_; }
-  void upload(const T* src, size_t n, size_t offset = 0) { copy_to_device(p_ + offset, src, n * sizeof(T)); }
-  void download(T* dst, size_t n, size_t offset = 0) const { copy_to_host(dst, p_ + offset, n * sizeof(T)); }
 
  private:
   T* p_ = nullptr;
   size_t n_ = 0;
 };
 
-// An owning page-locked host buffer of n elements of T (uninitialised), for the copies each
-// decode step makes: a pageable copy goes through a driver staging buffer and blocks.
+// An owning device buffer of n elements of T (uninitialised).
 template <typename T>
-class PinnedBuffer {
+class DeviceBuffer : public OwningBuffer<T, device_alloc, device_free> {
  public:
-  PinnedBuffer() = default;
-  ~PinnedBuffer() { pinned_free(p_); }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  void reserve(size_t n) {
-    if (n <= n_) return;
-    pinned_free(p_);
-    p_ = nullptr;
-    n_ = 0;
-    p_ = static_cast<T*>(pinned_alloc(n * sizeof(T)));
-    n_ = n;
-  }
-  T* get() const { return p_; }
-  size_t size() const { return n_; }
-
- private:
-  T* p_ = nullptr;
-  size_t n_ = 0;
+  using OwningBuffer<T, device_alloc, device_free>::OwningBuffer;
+  void upload(const T* src, size_t n, size_t offset = 0) { copy_to_device(this->get() + offset, src, n * sizeof(T)); }
+  void download(T* dst, size_t n, size_t offset = 0) const { copy_to_host(dst, this->get() + offset, n * sizeof(T)); }
 };
+
+// An owning page-locked host buffer, for the copies each decode step makes: a pageable copy goes
+// through a driver staging buffer and blocks.
+template <typename T>
+using PinnedBuffer = OwningBuffer<T, pinned_alloc, pinned_free>;
 
 // --- CUDA graphs -------------------------------------------------------------------------------
 
