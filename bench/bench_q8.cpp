@@ -70,7 +70,7 @@ void run(benchmark::State& state, Shape s, Compute mode, GemmLevel level, int th
   const size_t row_bytes = dtype_row_bytes(s.type, s.k);
   for (auto _ : state) {
     if (mode == Compute::q8) {  // what matmul does in the q8 mode, for any number of rows
-      qx.quantize(x.data(), s.k, s.m, s.k);
+      qx.quantize(x.data(), s.k, s.m, s.k, q8_group(s.type, s.k));
       q8_matmul(s.type, w.data(), row_bytes, s.n, qx, y.data(), s.n, false, threads);
     } else {
       matmul(wv, x.data(), s.m, y.data());

@@ -68,6 +68,7 @@ std::vector<float> random_x(int64_t m, int64_t k, std::mt19937& rng) {
   for (int64_t i = 0; i < m; ++i) {
     x[static_cast<size_t>(i * k + (7 * i + 3) % k)] = 40.f;
     if (k >= 64) std::fill_n(x.begin() + i * k + 32, 32, 0.f);
+    if (k >= 768 && i % 2 == 1) std::fill_n(x.begin() + i * k + 512, 256, 0.f);  // an all-zero group of 256
   }
   return x;
 }
@@ -135,6 +136,40 @@ TEST(Q8, QuantizesWithinHalfAStep) {
   EXPECT_THROW(qx.quantize(x.data(), k, 1, 40), Error);
 }
 
+// Per group of 256 (the K types' activations): one scale per 256 values, repeated in each of the
+// group's eight block scales; the half sums and the block sums are those of the quants.
+TEST(Q8, QuantizesPerSuperBlock) {
+  std::mt19937 rng(6);
+  const int64_t m = 3, k = 768;
+  std::vector<float> x = random_x(m, k, rng);
+  std::fill_n(x.begin() + 256, 256, 0.f);  // row 0: an all-zero group
+  cpu::Q8Activations qx;
+  qx.quantize(x.data(), k, m, k, 256);
+  ASSERT_EQ(qx.group(), 256);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t g = 0; g < k / 256; ++g) {
+      float amax = 0;
+      for (int j = 0; j < 256; ++j) amax = std::max(amax, std::abs(x[static_cast<size_t>(i * k + 256 * g + j)]));
+      for (int64_t b = 8 * g; b < 8 * g + 8; ++b) {
+        const float d = qx.d(i)[b];
+        EXPECT_FLOAT_EQ(d, amax / 127.f);
+        int s[2] = {0, 0};
+        for (int j = 0; j < 32; ++j) {
+          const int q = qx.q(i)[32 * b + j];
+          EXPECT_LE(std::abs(x[static_cast<size_t>(i * k + 32 * b + j)] - d * q), d / 2 * (1 + 1e-5) + 1e-30);
+          s[j / 16] += q;
+        }
+        EXPECT_EQ(qx.sums(i)[2 * b], s[0]);
+        EXPECT_EQ(qx.sums(i)[2 * b + 1], s[1]);
+        EXPECT_EQ(qx.block_sums(i)[b], s[0] + s[1]);
+      }
+    }
+  }
+  EXPECT_EQ(qx.d(0)[8], 0.f);
+  EXPECT_THROW(qx.quantize(x.data(), k, 1, 384, 256), Error);
+  EXPECT_THROW(qx.quantize(x.data(), k, 1, 768, 64), Error);
+}
+
 // Every kernel level quantizes bit for bit as the scalar set (the reference loop): random blocks, a block of zeros,
 // one with a NaN and one with an infinity, values at the rounding ties.
 TEST(Q8, QuantizationIsTheSameAtEveryLevel) {
@@ -146,30 +181,33 @@ TEST(Q8, QuantizationIsTheSameAtEveryLevel) {
   x[100] = -std::numeric_limits<float>::infinity();
   for (int j = 0; j < 32; ++j) x[static_cast<size_t>(k + 32 * 3 + j)] = 0.25f * static_cast<float>(2 * (j - 16) + 1);  // x 127 / 63.5: ties
   x[static_cast<size_t>(k + 32 * 3)] = 63.5f;
+  for (int64_t group : {32, 256}) {
+  const int64_t kg = k / group * group;  // 256: the first 256 values of each row
   std::vector<std::vector<uint8_t>> got;
   std::vector<std::string> names;
   for (const cpu::GemmLevel level : test::runnable_levels()) {
     test::LevelGuard guard(level);
     cpu::Q8Activations qx;
-    qx.quantize(x.data(), k, m, k);
+    qx.quantize(x.data(), k, m, kg, group);
     std::vector<uint8_t> bytes;
     auto put = [&](const void* p, size_t n) {
       const auto* b = static_cast<const uint8_t*>(p);
       bytes.insert(bytes.end(), b, b + n);
     };
     for (int64_t i = 0; i < m; ++i) {
-      put(qx.q(i), static_cast<size_t>(k));
-      put(qx.d(i), static_cast<size_t>(k / 32) * sizeof(float));
-      put(qx.sums(i), static_cast<size_t>(k / 16) * sizeof(int16_t));
-      put(qx.scaled_sums(i), static_cast<size_t>(k / 16) * sizeof(float));
+      put(qx.q(i), static_cast<size_t>(kg));
+      put(qx.d(i), static_cast<size_t>(kg / 32) * sizeof(float));
+      put(qx.sums(i), static_cast<size_t>(kg / 16) * sizeof(int16_t));
+      put(qx.scaled_sums(i), static_cast<size_t>(kg / 16) * sizeof(float));
     }
     EXPECT_TRUE(std::isnan(qx.d(0)[2])) << cpu::q8_kernel_name();
     EXPECT_TRUE(std::isnan(qx.d(0)[3])) << cpu::q8_kernel_name();
-    EXPECT_EQ(qx.d(0)[1], 0.f) << cpu::q8_kernel_name();
+    if (group == 32) EXPECT_EQ(qx.d(0)[1], 0.f) << cpu::q8_kernel_name();
     got.push_back(bytes);
     names.emplace_back(cpu::q8_kernel_name());
   }
-  for (size_t l = 1; l < got.size(); ++l) EXPECT_EQ(got[l], got[0]) << names[l] << " against " << names[0];
+  for (size_t l = 1; l < got.size(); ++l) EXPECT_EQ(got[l], got[0]) << names[l] << " against " << names[0] << " group " << group;
+  }
 }
 
 TEST(Q8, NonFiniteActivationsGiveNan) {
@@ -186,7 +224,8 @@ TEST(Q8, NonFiniteActivationsGiveNan) {
   for (float v : y) EXPECT_TRUE(std::isnan(v));
 }
 
-// Every type, size and row count, at every level: both bounds, accumulate, 1 and 2 threads. Up to
+// Every type, size, row count and activation group, at every level: both bounds, accumulate, 1
+// and 2 threads. Up to
 // 4 rows of x take the dot products (decode), more the packed panels (prefill; Q8_0 has none and
 // takes the dot products 4 rows at a time); 37 weight rows end in a partial panel.
 TEST(Q8, DotProductsWithinBoundsAtEveryLevel) {
@@ -202,13 +241,18 @@ TEST(Q8, DotProductsWithinBoundsAtEveryLevel) {
       // Beyond 4 rows the panels' register tiles take 4, 6 (AVX2) or 8 rows (VNNI): 9 to 16 end in
       // every shorter tile of each.
       for (int64_t m : {1, 2, 3, 4, 5, 9, 10, 11, 13, 14, 15, 16}) {
+       // Activations per 32 and, where k allows, per 256 (the K types' super-block kernels; the
+       // other kernels must take them too).
+       for (int64_t group : {32, 256}) {
+        if (k % group != 0) continue;
         const std::vector<float> x = random_x(m, k, rng);
         cpu::Q8Activations qx;
-        qx.quantize(x.data(), k, m, k);
+        qx.quantize(x.data(), k, m, k, group);
         for (const cpu::GemmLevel level : test::runnable_levels()) {
           test::LevelGuard guard(level);
           const std::string where = std::string(dtype_name(type)) + " k=" + std::to_string(k) + " m=" +
-                                    std::to_string(m) + " kernels " + cpu::q8_kernel_name();
+                                    std::to_string(m) + " group " + std::to_string(group) + " kernels " +
+                                    cpu::q8_kernel_name();
           for (int threads : {1, 2}) {
             // Output rows of n + 3 floats: the extra columns must stay untouched.
             const int64_t ldy = n + 3;
@@ -228,6 +272,7 @@ TEST(Q8, DotProductsWithinBoundsAtEveryLevel) {
             }
           }
         }
+       }
       }
     }
   }
@@ -272,7 +317,7 @@ TEST(Q8, MatmulFollowsComputeMode) {
       cpu::set_compute_mode(cpu::Compute::f32);
       cpu::matmul(wv, x.data(), m, yf.data());
       cpu::Q8Activations qx;
-      qx.quantize(x.data(), k, m, k);
+      qx.quantize(x.data(), k, m, k, cpu::q8_group(type, k));
       bool differs = false;
       for (int64_t i = 0; i < m; ++i) {
         for (int64_t r = 0; r < n; ++r) {

@@ -82,14 +82,14 @@ void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, in
     gemm_nt(m, out, kw, x, ldx, static_cast<const float*>(w.data) + k0, in, y, out, accumulate);
   } else if (compute_mode() == Compute::q8 && q8_supports(w.type) &&
              (m <= kQ8MaxRows || q8_prefill_supports(w.type))) {
-    // Quantized compute: x quantized to 8 bits per block of 32, integer dot products with the
+    // Quantized compute: x quantized to 8 bits per group of 32 or 256 (cpu::q8_group), integer dot products with the
     // quantized rows (decode) or with panels of them repacked for register tiles (prefill; see
     // cpu::q8_matmul).
     if (shared) {
-      q8_matmul(w.type, row_ptr(w, 0) + col_offset, row_bytes(w), out, shared->q8(), y, out, accumulate);
+      q8_matmul(w.type, row_ptr(w, 0) + col_offset, row_bytes(w), out, shared->q8(w.type), y, out, accumulate);
     } else {
       thread_local Q8Activations qx;
-      qx.quantize(x, ldx, m, kw);
+      qx.quantize(x, ldx, m, kw, q8_group(w.type, kw));
       q8_matmul(w.type, row_ptr(w, 0) + col_offset, row_bytes(w), out, qx, y, out, accumulate);
     }
   } else if (m < 4) {
@@ -141,9 +141,10 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, const floa
   matmul_rows(w, x, m, y, bias, nullptr);
 }
 
-const Q8Activations& SharedInput::q8() {
-  if (!quantized_) {
-    q8_.quantize(x_, k_, m_, k_);
+const Q8Activations& SharedInput::q8(DType type) {
+  const int64_t group = q8_group(type, k_);
+  if (!quantized_ || q8_.group() != group) {
+    q8_.quantize(x_, k_, m_, k_, group);
     quantized_ = true;
   }
   return q8_;

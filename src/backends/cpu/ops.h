@@ -22,15 +22,16 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, const floa
 
 // Rows that several products multiply (the normed rows under Q, K and V, or under every slice
 // of gate and up): x [m x k], contiguous. In the q8 compute they are quantized once, on the
-// first product that needs it, into `storage`; x must not change while the object is in use.
+// first product that needs it, into `storage` (again only when a product with another type needs
+// another scale group, cpu::q8_group); x must not change while the object is in use.
 class SharedInput {
  public:
   SharedInput(const float* x, int64_t m, int64_t k, Q8Activations& storage) : x_(x), m_(m), k_(k), q8_(storage) {}
   const float* x() const { return x_; }
   int64_t m() const { return m_; }
   int64_t k() const { return k_; }
-  // The quantized rows (quantized on the first call).
-  const Q8Activations& q8();
+  // The rows quantized for products with weights of `type` (quantized on the first call).
+  const Q8Activations& q8(DType type);
 
  private:
   const float* x_;

@@ -73,23 +73,23 @@ int thread_count(int threads, double flops, int64_t items) {
 constexpr int64_t kBlockPanels = 8;
 
 void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t row_bytes, int64_t n,
-                  const Q8Activations& x, float* y, int64_t ldy, bool accumulate, int threads, int max_u) {
+                  const Q8Activations& x, float* y, int64_t ldy, bool accumulate, int threads) {
   const int64_t m = x.m(), k = x.k();
   const int64_t block_rows = kBlockPanels * q8_detail::kPanelRows;
   const int64_t items = (n + block_rows - 1) / block_rows;
-  const size_t panel_bytes = static_cast<size_t>(k / 16 * q8_detail::kGroupBytes);
-  const Q8View v{x.q(0), x.d(0), x.sums(0), x.scaled_sums(0), k, k / kBlock, k / 16, m};
+  const auto type_u = static_cast<uint32_t>(type);
+  const size_t panel_bytes = static_cast<size_t>(ks.panel_bytes(type_u, k, x.group()));
+  const Q8View v{x.q(0), x.d(0), x.sums(0), x.scaled_sums(0), x.block_sums(0), k, k / kBlock, k / 16, m, x.group()};
   auto run_item = [&](int64_t it) {
     thread_local std::vector<uint8_t> buf;
     if (buf.size() < panel_bytes * kBlockPanels) buf.resize(panel_bytes * kBlockPanels);
     const int64_t r0 = it * block_rows, rows = std::min(block_rows, n - r0);
     for (int64_t p = 0; p * q8_detail::kPanelRows < rows; ++p) {
       const int64_t pr = p * q8_detail::kPanelRows;
-      (void)ks.pack_panel(static_cast<uint32_t>(type), w + (r0 + pr) * static_cast<int64_t>(row_bytes),
-                          static_cast<int64_t>(row_bytes), std::min(q8_detail::kPanelRows, rows - pr), k,
-                          buf.data() + p * panel_bytes);
+      (void)ks.pack_panel(type_u, w + (r0 + pr) * static_cast<int64_t>(row_bytes), static_cast<int64_t>(row_bytes),
+                          std::min(q8_detail::kPanelRows, rows - pr), k, x.group(), buf.data() + p * panel_bytes);
     }
-    ks.panel_gemm(buf.data(), rows, k, v, y + r0, ldy, accumulate, max_u);
+    ks.panel_gemm(type_u, buf.data(), rows, k, v, y + r0, ldy, accumulate);
   };
   const int t = thread_count(threads, 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m), items);
   if (t <= 1) {
@@ -140,14 +140,23 @@ const char* q8_kernel_name() { return kernels().name; }
 
 Q8Activations::~Q8Activations() { std::free(data_); }
 
-void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k) {
-  if (m < 0 || k < 0 || k % kBlock != 0) fail("Q8Activations: {} rows of {} values (a multiple of 32 needed)", m, k);
+int64_t q8_group(DType type, int64_t k) {
+  return kernels().k_super_blocks && q8_detail::q8_is_k_type(static_cast<uint32_t>(type)) &&
+                 k % q8_detail::kSuperBlock == 0
+             ? q8_detail::kSuperBlock
+             : kBlock;
+}
+
+void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t group) {
+  if (group != kBlock && group != q8_detail::kSuperBlock) fail("Q8Activations: a group of {} values (32 or 256)", group);
+  if (m < 0 || k < 0 || k % group != 0) fail("Q8Activations: {} rows of {} values (a multiple of {} needed)", m, k, group);
   const int64_t nb = k / kBlock;
-  // q, then d, the scaled sums and the sums (each aligned to 64 bytes).
+  // q, then d, the scaled sums, the half sums and the block sums (each aligned to 64 bytes).
   const size_t q_bytes = (static_cast<size_t>(m * k) + 63) / 64 * 64;
   const size_t d_bytes = (static_cast<size_t>(m * nb) * sizeof(float) + 63) / 64 * 64;
   const size_t ds_bytes = (static_cast<size_t>(m * nb * 2) * sizeof(float) + 63) / 64 * 64;
-  const size_t need = q_bytes + d_bytes + ds_bytes + static_cast<size_t>(m * nb * 2) * sizeof(int16_t) + 64;
+  const size_t s_bytes = (static_cast<size_t>(m * nb * 2) * sizeof(int16_t) + 63) / 64 * 64;
+  const size_t need = q_bytes + d_bytes + ds_bytes + s_bytes + static_cast<size_t>(m * nb) * sizeof(int16_t) + 64;
   if (need > capacity_) {
     std::free(data_);
     data_ = nullptr;
@@ -162,10 +171,16 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k) 
   d_ = reinterpret_cast<float*>(base + q_bytes);
   ds_ = reinterpret_cast<float*>(base + q_bytes + d_bytes);
   s_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes);
+  s32_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes + s_bytes);
   m_ = m;
   k_ = k;
+  group_ = group;
   auto one_row = [&](int64_t i) {
-    kernels().quantize_row(x + i * ldx, k, q_ + i * k, d_ + i * nb, s_ + i * 2 * nb, ds_ + i * 2 * nb);
+    int16_t* s16 = s_ + i * 2 * nb;
+    kernels().quantize_row(x + i * ldx, k, group, q_ + i * k, d_ + i * nb, s16, ds_ + i * 2 * nb);
+    if (group != kBlock) {
+      for (int64_t b = 0; b < nb; ++b) s32_[i * nb + b] = static_cast<int16_t>(s16[2 * b] + s16[2 * b + 1]);
+    }
   };
   if (m * k >= (int64_t{1} << 16) && !omp_in_parallel() && num_threads() > 1) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
@@ -182,8 +197,7 @@ void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const 
   if (n <= 0 || m <= 0) return;
   if (k % dtype_traits(type).block_size != 0) fail("q8_matmul: {} values are not whole blocks of {}", k, dtype_name(type));
   const Q8KernelSet& ks = kernels();
-  const int max_u = q8_detail::q8_panel_max_u(static_cast<uint32_t>(type));
-  if (m > kMaxRows && max_u > 0) return panel_matmul(ks, type, w, row_bytes, n, x, y, ldy, accumulate, threads, max_u);
+  if (m > kMaxRows && q8_prefill_supports(type)) return panel_matmul(ks, type, w, row_bytes, n, x, y, ldy, accumulate, threads);
   const int t0 = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
   // About 2 flops per weight and row of x; below ~0.2 Mflop a thread (tens of microseconds), fork/join costs more.
   const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m);
@@ -196,7 +210,8 @@ void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const 
     const int64_t r0 = n * pc / pieces, r1 = n * (pc + 1) / pieces;
     if (r1 <= r0) return;
     for (int64_t i = 0; i < m; i += kMaxRows) {
-      const Q8View v{x.q(i), x.d(i), x.sums(i), x.scaled_sums(i), k, k / kBlock, k / 16, std::min(kMaxRows, m - i)};
+      const Q8View v{x.q(i),  x.d(i), x.sums(i), x.scaled_sums(i), x.block_sums(i), k, k / kBlock, k / 16,
+                     std::min(kMaxRows, m - i), x.group()};
       (void)ks.gemv(static_cast<uint32_t>(type), w + r0 * static_cast<int64_t>(row_bytes), static_cast<int64_t>(row_bytes),
                     r1 - r0, k, v, y + i * ldy + r0, ldy, accumulate);
     }

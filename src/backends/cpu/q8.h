@@ -37,7 +37,15 @@ bool q8_prefill_supports(DType type);
 // Name of the integer kernels in use: "scalar", "avx2" or "avx512vnni".
 const char* q8_kernel_name();
 
-// Rows of activations quantized per block of 32. The storage only grows.
+// The activations' scale group for products with weights of `type` over k inputs in the kernels
+// in use: 256 for the K types (Q4_K, Q5_K, Q6_K) where those kernels sum a super-block in
+// integers (the AVX-512 VNNI ones) and k is a multiple of 256, else 32. One scale per 256 values
+// is llama.cpp's choice for the K types (its q8_K); it lets a product apply the weights' integer
+// sub-block scales in integers and convert to float once per 256 products instead of once per 32.
+int64_t q8_group(DType type, int64_t k);
+
+// Rows of activations quantized to 8 bits with one scale per group of 32 or 256 values. The
+// storage only grows.
 class Q8Activations {
  public:
   Q8Activations() = default;
@@ -45,24 +53,29 @@ class Q8Activations {
   Q8Activations& operator=(const Q8Activations&) = delete;
   ~Q8Activations();
 
-  // Quantizes m rows of k values (k a multiple of 32; row stride ldx).
-  void quantize(const float* x, int64_t ldx, int64_t m, int64_t k);
+  // Quantizes m rows of k values (k a multiple of group; row stride ldx) with one scale per
+  // `group` values (32 or 256).
+  void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t group = 32);
 
   int64_t m() const { return m_; }
   int64_t k() const { return k_; }
-  // Row i: k quants, k / 32 scales, k / 16 sums of 16 quants and the same sums times their
-  // block's scale.
+  int64_t group() const { return group_; }
+  // Row i: k quants, k / 32 scales (one per block of 32; equal within a group of 256), k / 16
+  // sums of 16 quants and the same sums times their block's scale, and (group 256 only) k / 32
+  // sums of each block's quants.
   const int8_t* q(int64_t i) const { return q_ + i * k_; }
   const float* d(int64_t i) const { return d_ + i * (k_ / 32); }
   const int16_t* sums(int64_t i) const { return s_ + i * (k_ / 16); }
   const float* scaled_sums(int64_t i) const { return ds_ + i * (k_ / 16); }
+  const int16_t* block_sums(int64_t i) const { return s32_ + i * (k_ / 32); }
 
  private:
-  int64_t m_ = 0, k_ = 0;
+  int64_t m_ = 0, k_ = 0, group_ = 32;
   int8_t* q_ = nullptr;
   float* d_ = nullptr;
   int16_t* s_ = nullptr;
   float* ds_ = nullptr;
+  int16_t* s32_ = nullptr;
   void* data_ = nullptr;
   size_t capacity_ = 0;
 };

@@ -16,17 +16,29 @@ constexpr int64_t kMaxRows = 4;
 // Activations quantized per block of 32: for row i and block b, the values are
 // d[i * ldd + b] * q[i * ldq + 32 * b + j] (j < 32) with q in -127..127, and
 // s16[i * lds + 2 * b + h] is the sum of q over the half h (16 values) of the block and
-// ds[i * lds + 2 * b + h] that sum times d.
+// ds[i * lds + 2 * b + h] that sum times d. With group = 256 the scale was chosen per 256 values
+// (kSuperBlock): the eight d of a super-block are equal, which the kernels for the K types use to
+// sum a super-block's products in integers; s32[i * ldd + b] is then the sum of block b's quants
+// (s16's two halves; not filled for group = 32).
 struct Q8View {
   const int8_t* q;
   const float* d;
   const int16_t* s16;
   const float* ds;
+  const int16_t* s32;
   int64_t ldq, ldd, lds;
   int64_t m;  // rows (at most kMaxRows when handed to a kernel)
+  int64_t group;  // kBlock or kSuperBlock
 };
 
+// Values per activation scale for the K types' super-block kernels.
+constexpr int64_t kSuperBlock = 256;
+
+// The K types (Q4_K, Q5_K, Q6_K): super-blocks of 256 with integer sub-block scales.
+inline bool q8_is_k_type(uint32_t type) { return type == 12 || type == 13 || type == 14; }
+
 // Prefill: weights repacked per matmul into panels of kPanelRows rows, for integer register tiles
+// (the layout below; the AVX-512 VNNI set has its own for the K types with activations per 256)
 // (kPanelRows output columns per vector, one x value of 4 bytes broadcast to every lane). A panel
 // of k elements is k / 16 groups of kGroupBytes bytes; group g (elements 16 g .. 16 g + 15):
 //   bytes [0, 128):   4 steps of 32 bytes; step s holds, for row r, u[r][16 g + 4 s .. + 3] at
@@ -45,21 +57,28 @@ struct Q8KernelSet {
   // written, for a type the set does not know.
   bool (*gemv)(uint32_t type, const uint8_t* w, int64_t row_bytes, int64_t n, int64_t k, const Q8View& x, float* y,
                int64_t ldy, bool accumulate);
-  // Packs rows [0, rows) (rows <= kPanelRows) of W into one panel (k / 16 * kGroupBytes bytes).
-  // False for a type without panels (see q8_panel_bits).
-  bool (*pack_panel)(uint32_t type, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t k, uint8_t* panel);
-  // y[i * ldy + j] (+= with accumulate) = W_j . x_i for the `rows` rows of W packed in
-  // ceil(rows / kPanelRows) consecutive panels and all x.m rows of x (any number). max_u: the
-  // largest quant of the type (15, 31 or 63), which bounds how many products may be summed in 16
-  // bits.
-  void (*panel_gemm)(const uint8_t* panels, int64_t rows, int64_t k, const Q8View& x, float* y, int64_t ldy,
-                     bool accumulate, int max_u);
-  // Quantizes one row of k values (k % kBlock == 0) as Q8Activations::quantize does, bit for bit:
-  // per block b, q[32 b + j] = round-to-even(x[32 b + j] * 127 / amax), d[b] = amax / 127, the
-  // half sums s16[2 b + h] and ds[2 b + h] = d[b] * s16[2 b + h]; a block with a value that is not
-  // finite gets zeros and d = NaN, an all-zero block zeros and d = 0. The scalar set's loop is
+  // Packs rows [0, rows) (rows <= kPanelRows) of W into one panel of panel_bytes(type, k,
+  // group) bytes, for activations quantized per `group`. False for a type without panels (see
+  // q8_panel_max_u).
+  bool (*pack_panel)(uint32_t type, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t k, int64_t group,
+                     uint8_t* panel);
+  // y[i * ldy + j] (+= with accumulate) = W_j . x_i for the `rows` rows of W (of `type`) packed in
+  // ceil(rows / kPanelRows) consecutive panels (for x.group) and all x.m rows of x (any number).
+  void (*panel_gemm)(uint32_t type, const uint8_t* panels, int64_t rows, int64_t k, const Q8View& x, float* y,
+                     int64_t ldy, bool accumulate);
+  // Quantizes one row of k values (k % group == 0, group kBlock or kSuperBlock) as
+  // Q8Activations::quantize does, bit for bit: per group, amax = max |x| over its values; per
+  // block b, q[32 b + j] = round-to-even(x[32 b + j] * 127 / amax), d[b] = amax / 127, the
+  // half sums s16[2 b + h] and ds[2 b + h] = d[b] * s16[2 b + h]; a group with a value that is not
+  // finite gets zeros and d = NaN, an all-zero group zeros and d = 0. The scalar set's loop is
   // the reference.
-  void (*quantize_row)(const float* x, int64_t k, int8_t* q, float* d, int16_t* s16, float* ds);
+  void (*quantize_row)(const float* x, int64_t k, int64_t group, int8_t* q, float* d, int16_t* s16, float* ds);
+  // Whether gemv and the panels have kernels for the K types that sum each super-block in
+  // integers when the activations come per kSuperBlock (x.group); without them the
+  // activations of the K types are quantized per kBlock.
+  bool k_super_blocks;
+  // Bytes of the panel of k elements that pack_panel writes for a type (for the panel buffers).
+  int64_t (*panel_bytes)(uint32_t type, int64_t k, int64_t group);
 };
 
 // The largest quant of a type with panels (0 for the others: 8-bit quants would overflow
@@ -74,6 +93,9 @@ inline int q8_panel_max_u(uint32_t type) {
     default: return 0;
   }
 }
+
+// Bytes of a panel in the layout above.
+inline int64_t generic_panel_bytes(uint32_t /*type*/, int64_t k, int64_t /*group*/) { return k / 16 * kGroupBytes; }
 
 // nullptr where the build has no such kernels.
 extern const Q8KernelSet* const q8_scalar;

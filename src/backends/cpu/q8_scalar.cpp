@@ -152,7 +152,8 @@ float get_f32(const uint8_t* p) {
   return v;
 }
 
-bool pack_panel(uint32_t type_u, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t k, uint8_t* panel) {
+bool pack_panel(uint32_t type_u, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t k, int64_t /*group*/,
+                uint8_t* panel) {
   const auto type = static_cast<DType>(type_u);
   if (q8_panel_max_u(type_u) == 0) return false;
   const int64_t ng = k / 16;
@@ -172,8 +173,8 @@ bool pack_panel(uint32_t type_u, const uint8_t* w, int64_t row_bytes, int64_t ro
   return true;
 }
 
-void panel_gemm(const uint8_t* panels, int64_t rows, int64_t k, const Q8View& x, float* y, int64_t ldy,
-                bool accumulate, int max_u) {
+void panel_gemm(uint32_t /*type*/, const uint8_t* panels, int64_t rows, int64_t k, const Q8View& x, float* y,
+                int64_t ldy, bool accumulate) {
   const int64_t ng = k / 16;
   for (int64_t i = 0; i < x.m; ++i) {
     const int8_t* q = x.q + i * x.ldq;
@@ -204,41 +205,44 @@ inline float round_even(float v) {
 }
 
 // The activations' quantization (the reference that the vector kernels match bit for bit).
-void quantize_row(const float* x, int64_t k, int8_t* q, float* d, int16_t* s16, float* ds) {
-  for (int64_t b = 0; b < k / kBlock; ++b) {
-    const float* v = x + b * kBlock;
+void quantize_row(const float* x, int64_t k, int64_t group, int8_t* q, float* d, int16_t* s16, float* ds) {
+  for (int64_t g = 0; g < k / group; ++g) {
+    const float* v = x + g * group;
     float amax = 0.f;
     bool finite = true;
-    for (int j = 0; j < kBlock; ++j) {
+    for (int64_t j = 0; j < group; ++j) {
       const float a = std::fabs(v[j]);
       amax = a > amax ? a : amax;
       finite &= std::isfinite(v[j]);
     }
-    float qf[kBlock];
-    if (finite && amax > 0.f) {
-      const float id = 127.f / amax;
-      for (int j = 0; j < kBlock; ++j) qf[j] = round_even(v[j] * id);
-      d[b] = amax / 127.f;
-    } else {
-      // All zeros; or a value that is not finite, which the scale carries on (NaN) so that the
-      // outputs it reaches are NaN as in float32.
-      for (int j = 0; j < kBlock; ++j) qf[j] = 0.f;
-      d[b] = finite ? 0.f : std::nanf("");
+    for (int64_t b = g * group / kBlock; b < (g + 1) * group / kBlock; ++b) {
+      const float* vb = x + b * kBlock;
+      float qf[kBlock];
+      if (finite && amax > 0.f) {
+        const float id = 127.f / amax;
+        for (int j = 0; j < kBlock; ++j) qf[j] = round_even(vb[j] * id);
+        d[b] = amax / 127.f;
+      } else {
+        // All zeros; or a value that is not finite, which the scale carries on (NaN) so that the
+        // outputs it reaches are NaN as in float32.
+        for (int j = 0; j < kBlock; ++j) qf[j] = 0.f;
+        d[b] = finite ? 0.f : std::nanf("");
+      }
+      int32_t s0 = 0, s1 = 0;
+      for (int j = 0; j < kBlock; ++j) {
+        const auto qi = static_cast<int32_t>(qf[j]);
+        q[b * kBlock + j] = static_cast<int8_t>(qi);
+        (j < 16 ? s0 : s1) += qi;
+      }
+      s16[2 * b] = static_cast<int16_t>(s0);
+      s16[2 * b + 1] = static_cast<int16_t>(s1);
+      ds[2 * b] = d[b] * static_cast<float>(s0);
+      ds[2 * b + 1] = d[b] * static_cast<float>(s1);
     }
-    int32_t s0 = 0, s1 = 0;
-    for (int j = 0; j < kBlock; ++j) {
-      const auto qi = static_cast<int32_t>(qf[j]);
-      q[b * kBlock + j] = static_cast<int8_t>(qi);
-      (j < 16 ? s0 : s1) += qi;
-    }
-    s16[2 * b] = static_cast<int16_t>(s0);
-    s16[2 * b + 1] = static_cast<int16_t>(s1);
-    ds[2 * b] = d[b] * static_cast<float>(s0);
-    ds[2 * b + 1] = d[b] * static_cast<float>(s1);
   }
 }
 
-constexpr Q8KernelSet kSet = {"scalar", gemv, pack_panel, panel_gemm, quantize_row};
+constexpr Q8KernelSet kSet = {"scalar", gemv, pack_panel, panel_gemm, quantize_row, false, generic_panel_bytes};
 
 }  // namespace
 
