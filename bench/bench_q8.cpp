@@ -69,7 +69,7 @@ void run(benchmark::State& state, Shape s, Compute mode, GemmLevel level, int th
   Q8Activations qx;
   const size_t row_bytes = dtype_row_bytes(s.type, s.k);
   for (auto _ : state) {
-    if (mode == Compute::q8) {  // what matmul does in the q8 mode, for any number of rows
+    if (mode != Compute::f32) {  // what matmul does in the q8 modes, for any number of rows
       qx.quantize(x.data(), s.k, s.m, s.k, q8_group(s.type, s.k));
       q8_matmul(s.type, w.data(), row_bytes, s.n, qx, y.data(), s.n, false, threads);
     } else {
@@ -78,7 +78,7 @@ void run(benchmark::State& state, Shape s, Compute mode, GemmLevel level, int th
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  state.SetLabel(mode == Compute::q8 ? std::string("q8 ") + q8_kernel_name() : std::string("f32 ") + gemm_kernel_name());
+  state.SetLabel(mode != Compute::f32 ? std::string(compute_name(mode)) + " " + q8_kernel_name() : std::string("f32 ") + gemm_kernel_name());
   set_num_threads(saved_threads);
   set_compute_mode(saved_mode);
   gemm_set_level(saved_level);
@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes()) {
     for (int t : thread_counts) {
       for (int l = 0; l <= static_cast<int>(gemm_max_level()); ++l) {
-        for (Compute mode : {Compute::f32, Compute::q8}) {
+        for (Compute mode : {Compute::f32, Compute::q8, Compute::q8k}) {
           const auto level = static_cast<GemmLevel>(l);
           const std::string name = std::string(dtype_name(s.type)) + "/M" + std::to_string(s.m) + "/N" +
                                    std::to_string(s.n) + "/K" + std::to_string(s.k) + "/" + compute_name(mode) + "-" +

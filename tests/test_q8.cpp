@@ -60,13 +60,16 @@ std::vector<uint8_t> random_weights(DType type, int64_t n, int64_t k, std::mt199
   return w;
 }
 
-std::vector<float> random_x(int64_t m, int64_t k, std::mt19937& rng) {
+// Rows of normal values with an outlier of 40 in every row (outlier_row -1) or in that row only
+// (none past m): a value that dominates its group of 256, so that such rows are quantized per 32
+// where 256 is asked for (kQ8OutlierRatio).
+std::vector<float> random_x(int64_t m, int64_t k, std::mt19937& rng, int64_t outlier_row = -1) {
   std::normal_distribution<float> g(0.f, 1.f);
   std::vector<float> x(static_cast<size_t>(m * k));
   for (auto& v : x) v = g(rng);
-  // A few outliers (as real activations have) and an all-zero block.
+  // Outliers (as real activations have) and an all-zero block.
   for (int64_t i = 0; i < m; ++i) {
-    x[static_cast<size_t>(i * k + (7 * i + 3) % k)] = 40.f;
+    if (outlier_row < 0 || i == outlier_row) x[static_cast<size_t>(i * k + (7 * i + 3) % k)] = 40.f;
     if (k >= 64) std::fill_n(x.begin() + i * k + 32, 32, 0.f);
     if (k >= 768 && i % 2 == 1) std::fill_n(x.begin() + i * k + 512, 256, 0.f);  // an all-zero group of 256
   }
@@ -141,16 +144,23 @@ TEST(Q8, QuantizesWithinHalfAStep) {
 TEST(Q8, QuantizesPerSuperBlock) {
   std::mt19937 rng(6);
   const int64_t m = 3, k = 768;
-  std::vector<float> x = random_x(m, k, rng);
+  std::vector<float> x = random_x(m, k, rng, 1);  // row 1 has a value that dominates its group
   std::fill_n(x.begin() + 256, 256, 0.f);  // row 0: an all-zero group
   cpu::Q8Activations qx;
   qx.quantize(x.data(), k, m, k, 256);
   ASSERT_EQ(qx.group(), 256);
+  EXPECT_LE(cpu::q8_outlier_ratio(x.data(), k), 2.f);
+  EXPECT_GT(cpu::q8_outlier_ratio(x.data() + k, k), cpu::kQ8OutlierRatio);
+  EXPECT_EQ(qx.fine_rows(), 1);
+  EXPECT_TRUE(qx.coarse(0, 1));
+  EXPECT_FALSE(qx.coarse(0, 2));
+  EXPECT_TRUE(qx.coarse(2, 1));
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t g = 0; g < k / 256; ++g) {
+    const int64_t group = i == 1 ? 32 : 256;  // the fine row: per 32
+    for (int64_t g = 0; g < k / group; ++g) {
       float amax = 0;
-      for (int j = 0; j < 256; ++j) amax = std::max(amax, std::abs(x[static_cast<size_t>(i * k + 256 * g + j)]));
-      for (int64_t b = 8 * g; b < 8 * g + 8; ++b) {
+      for (int j = 0; j < group; ++j) amax = std::max(amax, std::abs(x[static_cast<size_t>(i * k + group * g + j)]));
+      for (int64_t b = g * group / 32; b < (g + 1) * group / 32; ++b) {
         const float d = qx.d(i)[b];
         EXPECT_FLOAT_EQ(d, amax / 127.f);
         int s[2] = {0, 0};
@@ -166,6 +176,12 @@ TEST(Q8, QuantizesPerSuperBlock) {
     }
   }
   EXPECT_EQ(qx.d(0)[8], 0.f);
+  // A value that is not finite makes the row fine (its block's scale NaN).
+  x[5] = std::nanf("");
+  qx.quantize(x.data(), k, 1, k, 256);
+  EXPECT_EQ(qx.fine_rows(), 1);
+  EXPECT_TRUE(std::isnan(qx.d(0)[0]));
+  EXPECT_EQ(qx.d(0)[1], 0.f);  // the all-zero block of random_x
   EXPECT_THROW(qx.quantize(x.data(), k, 1, 384, 256), Error);
   EXPECT_THROW(qx.quantize(x.data(), k, 1, 768, 64), Error);
 }
@@ -243,16 +259,19 @@ TEST(Q8, DotProductsWithinBoundsAtEveryLevel) {
       for (int64_t m : {1, 2, 3, 4, 5, 9, 10, 11, 13, 14, 15, 16}) {
        // Activations per 32 and, where k allows, per 256 (the K types' super-block kernels; the
        // other kernels must take them too).
-       for (int64_t group : {32, 256}) {
-        if (k % group != 0) continue;
-        const std::vector<float> x = random_x(m, k, rng);
+       // Outliers in every row (such rows are quantized per 32 whatever the group), in row 4 only
+       // (with 256: tiles of 4 or 8 rows and chunks of 4 that mix both), in none.
+       for (int64_t group : {32, 256})
+       for (int64_t outlier_row : {int64_t{-1}, int64_t{4}, int64_t{1000}}) {
+        if (k % group != 0 || (group == 32 && outlier_row >= 0)) continue;
+        const std::vector<float> x = random_x(m, k, rng, outlier_row);
         cpu::Q8Activations qx;
         qx.quantize(x.data(), k, m, k, group);
         for (const cpu::GemmLevel level : test::runnable_levels()) {
           test::LevelGuard guard(level);
           const std::string where = std::string(dtype_name(type)) + " k=" + std::to_string(k) + " m=" +
-                                    std::to_string(m) + " group " + std::to_string(group) + " kernels " +
-                                    cpu::q8_kernel_name();
+                                    std::to_string(m) + " group " + std::to_string(group) + " outlier row " +
+                                    std::to_string(outlier_row) + " kernels " + cpu::q8_kernel_name();
           for (int threads : {1, 2}) {
             // Output rows of n + 3 floats: the extra columns must stay untouched.
             const int64_t ldy = n + 3;
@@ -297,8 +316,8 @@ TEST(Q8, ThreadCountDoesNotChangeResults) {
   }
 }
 
-// The engine's entry point: cpu::matmul (and matmul_cols on a slice of features) in the q8
-// compute mode against the f32 mode, for decode-sized batches.
+// The engine's entry point: cpu::matmul (and matmul_cols on a slice of features) in the q8 and
+// q8k compute modes against the f32 mode, for decode-sized batches (row 1 with an outlier).
 TEST(Q8, MatmulFollowsComputeMode) {
   std::mt19937 rng(5);
   const cpu::Compute saved = cpu::compute_mode();
@@ -309,13 +328,14 @@ TEST(Q8, MatmulFollowsComputeMode) {
     std::vector<float> wf(static_cast<size_t>(n * k));
     const size_t rb = dtype_row_bytes(type, k);
     for (int64_t r = 0; r < n; ++r) cpu::dequantize_row(type, w.data() + r * rb, wf.data() + r * k, k);
+    for (cpu::Compute mode : {cpu::Compute::q8, cpu::Compute::q8k})
     for (int64_t m : {1, 2, 3}) {
-      const std::vector<float> x = random_x(m, k, rng);
+      const std::vector<float> x = random_x(m, k, rng, 1);
       std::vector<float> yq(static_cast<size_t>(m * n)), yf(static_cast<size_t>(m * n));
-      cpu::set_compute_mode(cpu::Compute::q8);
-      cpu::matmul(wv, x.data(), m, yq.data());
       cpu::set_compute_mode(cpu::Compute::f32);
       cpu::matmul(wv, x.data(), m, yf.data());
+      cpu::set_compute_mode(mode);
+      cpu::matmul(wv, x.data(), m, yq.data());
       cpu::Q8Activations qx;
       qx.quantize(x.data(), k, m, k, cpu::q8_group(type, k));
       bool differs = false;
@@ -328,7 +348,7 @@ TEST(Q8, MatmulFollowsComputeMode) {
           differs |= yq[at] != yf[at];
         }
       }
-      EXPECT_TRUE(differs) << dtype_name(type) << ": the q8 mode seems not to be used";
+      EXPECT_TRUE(differs) << dtype_name(type) << ": the " << cpu::compute_name(mode) << " mode seems not to be used";
     }
     // A slice of input features [256, 768) with accumulate, as the MLP's down projection does.
     const std::vector<float> x = random_x(1, 512, rng);
@@ -356,6 +376,9 @@ TEST(Q8, ComputeModeNamesAndUnsupportedTypes) {
   EXPECT_FALSE(cpu::parse_compute("int8", &c));
   EXPECT_FALSE(cpu::parse_compute(nullptr, &c));
   EXPECT_STREQ(cpu::compute_name(cpu::Compute::q8), "q8");
+  EXPECT_TRUE(cpu::parse_compute("q8k", &c));
+  EXPECT_EQ(c, cpu::Compute::q8k);
+  EXPECT_STREQ(cpu::compute_name(cpu::Compute::q8k), "q8k");
   for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q2_K, DType::Q3_K, DType::Q8_K}) {
     EXPECT_FALSE(cpu::q8_supports(t)) << dtype_name(t);
   }

@@ -346,9 +346,10 @@ void Engine::logits_of_rows(const float* x, int64_t n, float* out) {
 
 std::string Engine::kernels() const {
   const bool f16 = cache_.type == cpu::KvType::F16;
-  const std::string compute = cpu::compute_mode() == cpu::Compute::q8
-                                  ? std::string("compute q8 (") + cpu::q8_kernel_name() + " integer kernels)"
-                                  : std::string("compute f32");
+  const cpu::Compute c = cpu::compute_mode();
+  const std::string compute = c != cpu::Compute::f32 ? std::string("compute ") + cpu::compute_name(c) + " (" +
+                                                           cpu::q8_kernel_name() + " integer kernels)"
+                                                     : std::string("compute f32");
   return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", " + compute + ", " +
          (f16 ? std::string("f16 KV cache (") + cpu::f16_conversion_name() + " conversion)" : std::string("f32 KV cache")) + ", " +
          std::to_string(cpu::num_threads()) + " threads";

@@ -39,12 +39,15 @@ below 0.21. So the flat agreement floor is 95%, and the margin above which every
 agree went from 2 down to 0.5. Measured (2 threads, this text, q8 compute and the f16 KV cache):
 max |dlogit| / max |logit| 0.085 (SmolLM2), 0.052 (gemma3), 0.032 (qwen2 0.5B); mean |dlogit|
 0.237, 0.11, 0.054 (llama.cpp's own logits are ~0.2 from the exact ones on average:
-llamacpp_parity.py). Where the kernels sum the K types' super-blocks in integers (AVX-512 VNNI),
-the activations of products with Q4_K, Q5_K and Q6_K weights are quantized per 256 values as
-llama.cpp's are (cpu::q8_group), which moves the logits further: measured 0.085 (SmolLM2),
-0.088 (gemma3), 0.033 (qwen2 0.5B); mean |dlogit| 0.228, 0.194, 0.081; argmax agreement 96.88%,
-96.50%, 97.66%, every disagreement at a reference margin below 0.43 (gemma3; 0.14 and 0.13 for
-the others).
+llamacpp_parity.py). The q8k compute (the K types' activations per 256 values where the AVX-512 VNNI
+kernels sum super-blocks in integers, as llama.cpp's q8_K; rows whose groups are dominated by a
+few values stay per 32, cpu::kQ8OutlierRatio) is held to the same bounds but for the margin: the
+same argmax wherever the reference's top-2 margin exceeds 1.0 (Q8K_MARGIN). Measured (this
+text, 2 threads): max |dlogit| / max |logit| 0.085 (SmolLM2, whose Q4_1 weights it leaves per
+32), 0.065 (gemma3), 0.03 (qwen2 0.5B), 0.06 (qwen2 1.5B, 64 tokens); mean |dlogit| 0.228, 0.194,
+0.078, 0.090 (0.050 for the 1.5B with q8); argmax agreement 96.9%, 96.2%, 98.4%, 98.4%, the
+largest margin where it differs 0.14, 0.31, 0.11 and 0.535 (the 1.5B, where q8 agrees at every
+position).
 
 gemma3 gets 600 tokens so that its sliding-window layers (window 512) drop keys. The 1.5B qwen2
 is left out by default (minutes on 2 cores); DASHLM_REFERENCE_ALL=1 includes it (64 tokens).
@@ -65,6 +68,8 @@ Q8_REL_BOUND = 0.15
 Q8_MEAN_BOUND = 0.5
 Q8_AGREE = 0.95
 Q8_MARGIN = 0.5
+# q8k: the margin above which every argmax must agree (the other bounds as q8's).
+Q8K_MARGIN = 1.0
 
 try:
     import numpy
@@ -106,7 +111,9 @@ def check(label, model, tokenizer, n_tokens, tmp):
     ours = os.path.join(tmp, "dashlm.f32")
     ours16 = os.path.join(tmp, "dashlm_kv16.f32")
     ours_q8 = os.path.join(tmp, "dashlm.q8")
-    for compute, kv, path in (("f32", "f32", ours), ("f32", "f16", ours16), ("q8", "f16", ours_q8)):
+    ours_q8k = os.path.join(tmp, "dashlm.q8k")
+    for compute, kv, path in (("f32", "f32", ours), ("f32", "f16", ours16), ("q8", "f16", ours_q8),
+                              ("q8k", "f16", ours_q8k)):
         run(dashlm, "run", "-m", model, *tok_args, "--prompt-ids", ids_csv, "-n", "0", "-c", str(n_tokens),
             "--save-logits", path, "--halting", "none", "-q", "-t", "2", "--compute", compute, "--kv-type", kv)
     res_file = os.path.join(tmp, "res.json")
@@ -140,12 +147,13 @@ def check(label, model, tokenizer, n_tokens, tmp):
         failures.append(f"{label}: f16 KV cache: argmax agreement {agree16 * 100:.2f}%, expected >= {F16_ARGMAX_MIN * 100:.0f}%")
     if diff16 > bound16:
         failures.append(f"{label}: f16 KV cache: max |dlogit| {diff16:.3g} exceeds {bound16:.3g}")
-    failures += check_q8(label, ref_file, ours_q8)
+    failures += check_q8(label, ref_file, ours_q8, "q8", Q8_MARGIN)
+    failures += check_q8(label, ref_file, ours_q8k, "q8k", Q8K_MARGIN)
     return failures
 
 
-def check_q8(label, ref_file, ours_q8):
-    """The default compute (q8: activations quantized to 8 bits) against the same reference."""
+def check_q8(label, ref_file, ours_q8, mode, margin_bound):
+    """A quantized compute (q8, the default, or q8k) against the same reference."""
     ref = numpy.load(ref_file).astype(numpy.float64)
     q8 = numpy.fromfile(ours_q8, dtype=numpy.float32).astype(numpy.float64).reshape(ref.shape)
     diff = numpy.abs(q8 - ref)
@@ -155,18 +163,18 @@ def check_q8(label, ref_file, ours_q8):
     margin = top2[:, 1] - top2[:, 0]
     agree = numpy.argmax(q8, axis=1) == numpy.argmax(ref, axis=1)
     worst = float(margin[~agree].max()) if (~agree).any() else 0.0
-    print(f"{label}: q8 compute: max |dlogit| / max |logit| {rel:.2g} (bound {Q8_REL_BOUND}), mean |dlogit| "
+    print(f"{label}: {mode} compute: max |dlogit| / max |logit| {rel:.2g} (bound {Q8_REL_BOUND}), mean |dlogit| "
           f"{mean:.3g} (bound {Q8_MEAN_BOUND}), argmax agreement {agree.mean() * 100:.2f}% (bound {Q8_AGREE * 100:.0f}%), "
-          f"largest reference top-2 margin where the argmax differs {worst:.3g} (bound {Q8_MARGIN})", flush=True)
+          f"largest reference top-2 margin where the argmax differs {worst:.3g} (bound {margin_bound})", flush=True)
     failures = []
     if rel > Q8_REL_BOUND:
-        failures.append(f"{label}: q8 compute: max |dlogit| / max |logit| {rel:.3g} exceeds {Q8_REL_BOUND}")
+        failures.append(f"{label}: {mode} compute: max |dlogit| / max |logit| {rel:.3g} exceeds {Q8_REL_BOUND}")
     if mean > Q8_MEAN_BOUND:
-        failures.append(f"{label}: q8 compute: mean |dlogit| {mean:.3g} exceeds {Q8_MEAN_BOUND}")
+        failures.append(f"{label}: {mode} compute: mean |dlogit| {mean:.3g} exceeds {Q8_MEAN_BOUND}")
     if agree.mean() < Q8_AGREE:
-        failures.append(f"{label}: q8 compute: argmax agreement {agree.mean() * 100:.2f}% below {Q8_AGREE * 100:.0f}%")
-    if worst > Q8_MARGIN:
-        failures.append(f"{label}: q8 compute: argmax differs where the reference's top-2 margin is {worst:.3g}")
+        failures.append(f"{label}: {mode} compute: argmax agreement {agree.mean() * 100:.2f}% below {Q8_AGREE * 100:.0f}%")
+    if worst > margin_bound:
+        failures.append(f"{label}: {mode} compute: argmax differs where the reference's top-2 margin is {worst:.3g}")
     return failures
 
 

@@ -80,7 +80,7 @@ void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, in
   if (w.type == DType::F32) {
     // No conversion needed: one GEMM.
     gemm_nt(m, out, kw, x, ldx, static_cast<const float*>(w.data) + k0, in, y, out, accumulate);
-  } else if (compute_mode() == Compute::q8 && q8_supports(w.type) &&
+  } else if (compute_mode() != Compute::f32 && q8_supports(w.type) &&
              (m <= kQ8MaxRows || q8_prefill_supports(w.type))) {
     // Quantized compute: x quantized to 8 bits per group of 32 or 256 (cpu::q8_group), integer dot products with the
     // quantized rows (decode) or with panels of them repacked for register tiles (prefill; see

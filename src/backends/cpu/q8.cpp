@@ -71,6 +71,9 @@ int thread_count(int threads, double flops, int64_t items) {
 // thread its own blocks, into its own buffer), and each block is multiplied by every row of x
 // while it sits in the cache.
 constexpr int64_t kBlockPanels = 8;
+// Rows of x in one register tile of the panel kernels (the AVX-512 VNNI ones take 8; the others'
+// tiles, 4 or 6, divide runs of 8 rows into whole tiles or end with the run).
+constexpr int64_t kRowTile = 8;
 
 void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t row_bytes, int64_t n,
                   const Q8Activations& x, float* y, int64_t ldy, bool accumulate, int threads) {
@@ -78,18 +81,39 @@ void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t ro
   const int64_t block_rows = kBlockPanels * q8_detail::kPanelRows;
   const int64_t items = (n + block_rows - 1) / block_rows;
   const auto type_u = static_cast<uint32_t>(type);
-  const size_t panel_bytes = static_cast<size_t>(ks.panel_bytes(type_u, k, x.group()));
-  const Q8View v{x.q(0), x.d(0), x.sums(0), x.scaled_sums(0), x.block_sums(0), k, k / kBlock, k / 16, m, x.group()};
+  // Runs of kRowTile rows of x that take the same panels: those for x's group where every row of
+  // the tile has it, else those for activations per 32 (which every row's scales also fit).
+  struct Run {
+    int64_t i0, rows, group;
+  };
+  std::vector<Run> runs;
+  for (int64_t i0 = 0; i0 < m; i0 += kRowTile) {
+    const int64_t rows = std::min(kRowTile, m - i0), group = x.coarse(i0, rows) ? x.group() : kBlock;
+    if (!runs.empty() && runs.back().group == group) runs.back().rows += rows;
+    else runs.push_back({i0, rows, group});
+  }
+  const bool coarse = x.group() != kBlock && x.fine_rows() < m, fine = x.group() == kBlock || x.fine_rows() > 0;
+  const size_t coarse_bytes = coarse ? static_cast<size_t>(ks.panel_bytes(type_u, k, x.group())) : 0;
+  const size_t fine_bytes = fine ? static_cast<size_t>(ks.panel_bytes(type_u, k, kBlock)) : 0;
   auto run_item = [&](int64_t it) {
     thread_local std::vector<uint8_t> buf;
-    if (buf.size() < panel_bytes * kBlockPanels) buf.resize(panel_bytes * kBlockPanels);
+    const size_t need = (coarse_bytes + fine_bytes) * kBlockPanels;
+    if (buf.size() < need) buf.resize(need);
+    uint8_t* coarse_panels = buf.data();
+    uint8_t* fine_panels = buf.data() + coarse_bytes * kBlockPanels;
     const int64_t r0 = it * block_rows, rows = std::min(block_rows, n - r0);
     for (int64_t p = 0; p * q8_detail::kPanelRows < rows; ++p) {
       const int64_t pr = p * q8_detail::kPanelRows;
-      (void)ks.pack_panel(type_u, w + (r0 + pr) * static_cast<int64_t>(row_bytes), static_cast<int64_t>(row_bytes),
-                          std::min(q8_detail::kPanelRows, rows - pr), k, x.group(), buf.data() + p * panel_bytes);
+      const uint8_t* wp = w + (r0 + pr) * static_cast<int64_t>(row_bytes);
+      const int64_t pn = std::min(q8_detail::kPanelRows, rows - pr);
+      if (coarse) (void)ks.pack_panel(type_u, wp, static_cast<int64_t>(row_bytes), pn, k, x.group(), coarse_panels + p * coarse_bytes);
+      if (fine) (void)ks.pack_panel(type_u, wp, static_cast<int64_t>(row_bytes), pn, k, kBlock, fine_panels + p * fine_bytes);
     }
-    ks.panel_gemm(type_u, buf.data(), rows, k, v, y + r0, ldy, accumulate);
+    for (const Run& run : runs) {
+      const int64_t i = run.i0;
+      const Q8View v{x.q(i), x.d(i), x.sums(i), x.scaled_sums(i), x.block_sums(i), k, k / kBlock, k / 16, run.rows, run.group};
+      ks.panel_gemm(type_u, run.group == kBlock ? fine_panels : coarse_panels, rows, k, v, y + i * ldy + r0, ldy, accumulate);
+    }
   };
   const int t = thread_count(threads, 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m), items);
   if (t <= 1) {
@@ -107,11 +131,11 @@ Compute compute_mode() { return static_cast<Compute>(compute_state().load(std::m
 
 void set_compute_mode(Compute c) { compute_state().store(static_cast<int>(c), std::memory_order_relaxed); }
 
-const char* compute_name(Compute c) { return c == Compute::f32 ? "f32" : "q8"; }
+const char* compute_name(Compute c) { return c == Compute::f32 ? "f32" : c == Compute::q8 ? "q8" : "q8k"; }
 
 bool parse_compute(const char* s, Compute* out) {
   if (!s) return false;
-  for (Compute c : {Compute::f32, Compute::q8}) {
+  for (Compute c : {Compute::f32, Compute::q8, Compute::q8k}) {
     if (std::strcmp(s, compute_name(c)) == 0) {
       *out = c;
       return true;
@@ -140,11 +164,30 @@ const char* q8_kernel_name() { return kernels().name; }
 
 Q8Activations::~Q8Activations() { std::free(data_); }
 
-int64_t q8_group(DType type, int64_t k) {
-  return kernels().k_super_blocks && q8_detail::q8_is_k_type(static_cast<uint32_t>(type)) &&
-                 k % q8_detail::kSuperBlock == 0
-             ? q8_detail::kSuperBlock
-             : kBlock;
+bool q8_super_blocks(DType type, int64_t k) {
+  return compute_mode() == Compute::q8k && kernels().k_super_blocks && q8_detail::q8_is_k_type(static_cast<uint32_t>(type)) &&
+         k % q8_detail::kSuperBlock == 0;
+}
+
+float q8_outlier_ratio(const float* x, int64_t k) {
+  float worst = 0.f;
+  for (int64_t g = 0; g + q8_detail::kSuperBlock <= k; g += q8_detail::kSuperBlock) {
+    float sum = 0.f, top = 0.f;
+    for (int64_t b = g; b < g + q8_detail::kSuperBlock; b += kBlock) {
+      float amax = 0.f;
+      for (int64_t j = b; j < b + kBlock; ++j) {
+        const float a = std::fabs(x[j]);
+        if (!(a <= amax) && amax == amax) amax = a;  // a NaN stays
+      }
+      sum += amax;
+      top = std::max(top, amax);
+    }
+    // top / mean of the eight block maxima; a NaN or an infinity gives NaN (an outlier).
+    const float r = sum > 0.f || sum != sum ? top * 8.f / sum : 0.f;
+    if (r != r) return r;
+    worst = std::max(worst, r);
+  }
+  return worst;
 }
 
 void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t group) {
@@ -156,7 +199,8 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, 
   const size_t d_bytes = (static_cast<size_t>(m * nb) * sizeof(float) + 63) / 64 * 64;
   const size_t ds_bytes = (static_cast<size_t>(m * nb * 2) * sizeof(float) + 63) / 64 * 64;
   const size_t s_bytes = (static_cast<size_t>(m * nb * 2) * sizeof(int16_t) + 63) / 64 * 64;
-  const size_t need = q_bytes + d_bytes + ds_bytes + s_bytes + static_cast<size_t>(m * nb) * sizeof(int16_t) + 64;
+  const size_t s32_bytes = (static_cast<size_t>(m * nb) * sizeof(int16_t) + 63) / 64 * 64;
+  const size_t need = q_bytes + d_bytes + ds_bytes + s_bytes + s32_bytes + static_cast<size_t>(m) + 64;
   if (need > capacity_) {
     std::free(data_);
     data_ = nullptr;
@@ -172,12 +216,15 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, 
   ds_ = reinterpret_cast<float*>(base + q_bytes + d_bytes);
   s_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes);
   s32_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes + s_bytes);
+  fine_ = base + q_bytes + d_bytes + ds_bytes + s_bytes + s32_bytes;
   m_ = m;
   k_ = k;
   group_ = group;
   auto one_row = [&](int64_t i) {
     int16_t* s16 = s_ + i * 2 * nb;
-    kernels().quantize_row(x + i * ldx, k, group, q_ + i * k, d_ + i * nb, s16, ds_ + i * 2 * nb);
+    const bool fine = group != kBlock && !(q8_outlier_ratio(x + i * ldx, k) <= kQ8OutlierRatio);
+    fine_[i] = group == kBlock || fine ? 1 : 0;
+    kernels().quantize_row(x + i * ldx, k, fine_[i] ? kBlock : group, q_ + i * k, d_ + i * nb, s16, ds_ + i * 2 * nb);
     if (group != kBlock) {
       for (int64_t b = 0; b < nb; ++b) s32_[i * nb + b] = static_cast<int16_t>(s16[2 * b] + s16[2 * b + 1]);
     }
@@ -188,6 +235,8 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, 
   } else {
     for (int64_t i = 0; i < m; ++i) one_row(i);
   }
+  n_fine_ = 0;
+  for (int64_t i = 0; i < m; ++i) n_fine_ += fine_[i];
 }
 
 void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const Q8Activations& x, float* y,
@@ -210,8 +259,9 @@ void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const 
     const int64_t r0 = n * pc / pieces, r1 = n * (pc + 1) / pieces;
     if (r1 <= r0) return;
     for (int64_t i = 0; i < m; i += kMaxRows) {
-      const Q8View v{x.q(i),  x.d(i), x.sums(i), x.scaled_sums(i), x.block_sums(i), k, k / kBlock, k / 16,
-                     std::min(kMaxRows, m - i), x.group()};
+      const int64_t rows = std::min(kMaxRows, m - i);
+      const Q8View v{x.q(i),  x.d(i), x.sums(i), x.scaled_sums(i), x.block_sums(i), k, k / kBlock, k / 16, rows,
+                     x.coarse(i, rows) ? x.group() : kBlock};
       (void)ks.gemv(static_cast<uint32_t>(type), w + r0 * static_cast<int64_t>(row_bytes), static_cast<int64_t>(row_bytes),
                     r1 - r0, k, v, y + i * ldy + r0, ldy, accumulate);
     }

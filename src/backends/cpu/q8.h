@@ -19,12 +19,14 @@ namespace dashlm::cpu {
 
 // How products with quantized weights are computed: f32 dequantizes the weights and multiplies
 // in float32 (the exactness oracle), q8 uses the integer kernels below where the weight type
-// has them. The start value is q8, or the environment variable DASHLM_COMPUTE=f32|q8.
-enum class Compute : int { f32 = 0, q8 = 1 };
+// has them, with activations per 32 values; q8k does too but with the K types' activations per
+// 256 where the kernels sum super-blocks in integers (q8_super_blocks: faster, less exact). The
+// start value is q8, or the environment variable DASHLM_COMPUTE=f32|q8|q8k.
+enum class Compute : int { f32 = 0, q8 = 1, q8k = 2 };
 Compute compute_mode();
 void set_compute_mode(Compute c);
 const char* compute_name(Compute c);
-// "f32" or "q8"; false for anything else.
+// "f32", "q8" or "q8k"; false for anything else.
 bool parse_compute(const char* s, Compute* out);
 
 // Weight types with integer kernels: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
@@ -37,12 +39,32 @@ bool q8_prefill_supports(DType type);
 // Name of the integer kernels in use: "scalar", "avx2" or "avx512vnni".
 const char* q8_kernel_name();
 
-// The activations' scale group for products with weights of `type` over k inputs in the kernels
-// in use: 256 for the K types (Q4_K, Q5_K, Q6_K) where those kernels sum a super-block in
-// integers (the AVX-512 VNNI ones) and k is a multiple of 256, else 32. One scale per 256 values
-// is llama.cpp's choice for the K types (its q8_K); it lets a product apply the weights' integer
+// Whether products with weights of `type` over k inputs take activations per 256 values: in the
+// q8k compute mode, for the K types (Q4_K, Q5_K, Q6_K) where the kernels in use sum a super-block
+// in integers (the AVX-512 VNNI ones) and k is a multiple of 256. One scale per 256 values is
+// llama.cpp's choice for the K types (its q8_K); it lets a product apply the weights' integer
 // sub-block scales in integers and convert to float once per 256 products instead of once per 32.
-int64_t q8_group(DType type, int64_t k);
+bool q8_super_blocks(DType type, int64_t k);
+
+// The scale group to ask Q8Activations::quantize for, for products with weights of `type` over k
+// inputs: 256 where q8_super_blocks holds, else 32.
+inline int64_t q8_group(DType type, int64_t k) { return q8_super_blocks(type, k) ? 256 : 32; }
+
+// The largest, over the groups of 256 values of the k values at x, of the group's largest
+// magnitude over the mean of its eight blocks' (1 when every block of 32 has the same largest
+// magnitude, 8 when one value dominates the group; infinite for a value that is not finite). It is
+// how much larger the quantization step of a group's values is with one scale per 256 than,
+// on average over its blocks, with one per 32.
+float q8_outlier_ratio(const float* x, int64_t k);
+
+// Rows of activations whose ratio exceeds this are quantized per 32 even when per 256 is asked
+// for. The massive activations of a prompt's first token in models such as Qwen2.5 (ratios above
+// 7) would otherwise leave the rest of their group a few quantization steps: on
+// Qwen2.5-Coder-1.5B that token's logits moved by 11 (0.35 of the largest logit; 1.9 with it per
+// 32). Measured there on this README as the prompt (1024 tokens, 64 decoded): rows per 32 at this
+// limit 0.1-0.3% of the prefill's and 11% of decoding's inputs of the down projection (61% at a
+// limit of 4, for the same logit error: tests/e2e/reference_parity.py).
+constexpr float kQ8OutlierRatio = 6.f;
 
 // Rows of activations quantized to 8 bits with one scale per group of 32 or 256 values. The
 // storage only grows.
@@ -54,12 +76,22 @@ class Q8Activations {
   ~Q8Activations();
 
   // Quantizes m rows of k values (k a multiple of group; row stride ldx) with one scale per
-  // `group` values (32 or 256).
+  // `group` values (32 or 256); with 256, a row whose q8_outlier_ratio exceeds kQ8OutlierRatio
+  // gets one scale per 32 (a fine row).
   void quantize(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t group = 32);
 
   int64_t m() const { return m_; }
   int64_t k() const { return k_; }
   int64_t group() const { return group_; }
+  // Rows quantized per 32 although the group is 256 (all rows with group 32), and whether rows
+  // [i, i + n) all have the group's scales.
+  int64_t fine_rows() const { return n_fine_; }
+  bool coarse(int64_t i, int64_t n) const {
+    if (group_ == 32) return false;
+    for (int64_t r = i; r < i + n; ++r)
+      if (fine_[r]) return false;
+    return true;
+  }
   // Row i: k quants, k / 32 scales (one per block of 32; equal within a group of 256), k / 16
   // sums of 16 quants and the same sums times their block's scale, and (group 256 only) k / 32
   // sums of each block's quants.
@@ -76,6 +108,8 @@ class Q8Activations {
   int16_t* s_ = nullptr;
   float* ds_ = nullptr;
   int16_t* s32_ = nullptr;
+  uint8_t* fine_ = nullptr;
+  int64_t n_fine_ = 0;
   void* data_ = nullptr;
   size_t capacity_ = 0;
 };

@@ -54,10 +54,12 @@ void add_compute_option(CLI::App& app) {
              cpu::Compute c = cpu::Compute::q8;
              if (cpu::parse_compute(v.c_str(), &c)) cpu::set_compute_mode(c);
            },
-           "Products with quantized weights: q8 (activations quantized to 8 bits, integer dot products; the "
-           "default) or f32 (weights dequantized, float32 throughout: the exact reference). Default from "
-           "DASHLM_COMPUTE, else q8")
-        ->check(CLI::IsMember({"f32", "q8"}));
+           "Products with quantized weights: q8 (activations quantized to 8 bits per 32 values, integer dot "
+           "products; the default), q8k (the same, but the activations of products with Q4_K, Q5_K and Q6_K "
+           "weights per 256 values where the CPU has AVX-512 VNNI, as llama.cpp does: faster, less exact) or "
+           "f32 (weights dequantized, float32 throughout: the exact reference). Default from DASHLM_COMPUTE, "
+           "else q8")
+        ->check(CLI::IsMember({"f32", "q8", "q8k"}));
   }
 }
 
