@@ -60,16 +60,16 @@ std::vector<uint8_t> random_weights(DType type, int64_t n, int64_t k, std::mt199
   return w;
 }
 
-// Rows of normal values with an outlier of 40 in every row (outlier_row -1) or in that row only
-// (none past m): a value that dominates its group of 256, so that such rows are quantized per 32
-// where 256 is asked for (kQ8OutlierRatio).
+// Rows of normal values with an outlier of 100 in the first block of every row (outlier_row -1) or
+// of that row only (none past m): a value that dominates its group of 256 (q8_outlier_ratio about
+// 7), so that such rows are quantized per 32 where 256 is asked for (kQ8OutlierRatio).
 std::vector<float> random_x(int64_t m, int64_t k, std::mt19937& rng, int64_t outlier_row = -1) {
   std::normal_distribution<float> g(0.f, 1.f);
   std::vector<float> x(static_cast<size_t>(m * k));
   for (auto& v : x) v = g(rng);
   // Outliers (as real activations have) and an all-zero block.
   for (int64_t i = 0; i < m; ++i) {
-    if (outlier_row < 0 || i == outlier_row) x[static_cast<size_t>(i * k + (7 * i + 3) % k)] = 40.f;
+    if (outlier_row < 0 || i == outlier_row) x[static_cast<size_t>(i * k + (7 * i + 3) % 32)] = 100.f;
     if (k >= 64) std::fill_n(x.begin() + i * k + 32, 32, 0.f);
     if (k >= 768 && i % 2 == 1) std::fill_n(x.begin() + i * k + 512, 256, 0.f);  // an all-zero group of 256
   }
@@ -256,17 +256,20 @@ TEST(Q8, DotProductsWithinBoundsAtEveryLevel) {
       for (int64_t r = 0; r < n; ++r) cpu::dequantize_row(type, w.data() + r * rb, wf.data() + r * k, k);
       // Beyond 4 rows the panels' register tiles take 4, 6 (AVX2) or 8 rows (VNNI): 9 to 16 end in
       // every shorter tile of each.
-      for (int64_t m : {1, 2, 3, 4, 5, 9, 10, 11, 13, 14, 15, 16}) {
+      for (int64_t m : {1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16}) {
        // Activations per 32 and, where k allows, per 256 (the K types' super-block kernels; the
        // other kernels must take them too).
        // Outliers in every row (such rows are quantized per 32 whatever the group), in row 4 only
-       // (with 256: tiles of 4 or 8 rows and chunks of 4 that mix both), in none.
+       // (with 256: tiles of 8 rows and chunks of 4 rows that mix both), in none.
        for (int64_t group : {32, 256})
        for (int64_t outlier_row : {int64_t{-1}, int64_t{4}, int64_t{1000}}) {
         if (k % group != 0 || (group == 32 && outlier_row >= 0)) continue;
         const std::vector<float> x = random_x(m, k, rng, outlier_row);
         cpu::Q8Activations qx;
         qx.quantize(x.data(), k, m, k, group);
+        if (group == 256) {
+          ASSERT_EQ(qx.fine_rows(), outlier_row < 0 ? m : outlier_row < m ? 1 : 0) << dtype_name(type) << " m=" << m;
+        }
         for (const cpu::GemmLevel level : test::runnable_levels()) {
           test::LevelGuard guard(level);
           const std::string where = std::string(dtype_name(type)) + " k=" + std::to_string(k) + " m=" +
@@ -302,16 +305,18 @@ TEST(Q8, ThreadCountDoesNotChangeResults) {
   std::mt19937 rng(4);
   const int64_t n = 301, k = 768;
   for (DType type : kTypes) {
-   for (int64_t m : {2, 7}) {  // decode's dot products; prefill's panels (but Q8_0)
+   // Decode's dot products; prefill's panels (but Q8_0); with 256, tiles of both kinds (row 9).
+   for (int64_t m : {2, 7, 12})
+   for (int64_t group : {32, 256}) {
     const std::vector<uint8_t> w = random_weights(type, n, k, rng);
-    const std::vector<float> x = random_x(m, k, rng);
+    const std::vector<float> x = random_x(m, k, rng, group == 32 ? -1 : 9);
     cpu::Q8Activations qx;
-    qx.quantize(x.data(), k, m, k);
+    qx.quantize(x.data(), k, m, k, group);
     std::vector<float> y1(static_cast<size_t>(m * n)), y3(static_cast<size_t>(m * n));
     const size_t rb = dtype_row_bytes(type, k);
     cpu::q8_matmul(type, w.data(), rb, n, qx, y1.data(), n, false, 1);
     cpu::q8_matmul(type, w.data(), rb, n, qx, y3.data(), n, false, 3);
-    EXPECT_EQ(y1, y3) << dtype_name(type) << " m=" << m;
+    EXPECT_EQ(y1, y3) << dtype_name(type) << " m=" << m << " group " << group;
    }
   }
 }
@@ -360,8 +365,8 @@ TEST(Q8, MatmulFollowsComputeMode) {
     for (int64_t r = 0; r < n; ++r) {
       double mag = 0;
       for (int64_t j = 0; j < 512; ++j) mag += std::abs(wf[static_cast<size_t>(r * k + 256 + j)]);
-      // Each x value moves by at most max |x| / 254 (here max |x| = 40).
-      EXPECT_NEAR(yq[static_cast<size_t>(r)], yf[static_cast<size_t>(r)], mag * 40.f / 254.f) << dtype_name(type);
+      // Each x value moves by at most max |x| / 254 (here max |x| = 100).
+      EXPECT_NEAR(yq[static_cast<size_t>(r)], yf[static_cast<size_t>(r)], mag * 100.f / 254.f) << dtype_name(type);
     }
   }
   cpu::set_compute_mode(saved);

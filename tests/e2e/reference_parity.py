@@ -40,8 +40,8 @@ agree went from 2 down to 0.5. Measured (2 threads, this text, q8 compute and th
 max |dlogit| / max |logit| 0.085 (SmolLM2), 0.052 (gemma3), 0.032 (qwen2 0.5B); mean |dlogit|
 0.237, 0.11, 0.054 (llama.cpp's own logits are ~0.2 from the exact ones on average:
 llamacpp_parity.py). The q8k compute (the K types' activations per 256 values where the AVX-512 VNNI
-kernels sum super-blocks in integers, as llama.cpp's q8_K; rows whose groups are dominated by a
-few values stay per 32, cpu::kQ8OutlierRatio) is held to the same bounds but for the margin: the
+kernels sum super-blocks in integers, as llama.cpp's q8_K; rows with a group dominated by one block of 32
+stay per 32, cpu::kQ8OutlierRatio) is held to the same bounds but for the margin: the
 same argmax wherever the reference's top-2 margin exceeds 1.0 (Q8K_MARGIN). Measured (this
 text, 2 threads): max |dlogit| / max |logit| 0.085 (SmolLM2, whose Q4_1 weights it leaves per
 32), 0.065 (gemma3), 0.03 (qwen2 0.5B), 0.06 (qwen2 1.5B, 64 tokens); mean |dlogit| 0.228, 0.194,

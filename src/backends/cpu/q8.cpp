@@ -71,9 +71,13 @@ int thread_count(int threads, double flops, int64_t items) {
 // thread its own blocks, into its own buffer), and each block is multiplied by every row of x
 // while it sits in the cache.
 constexpr int64_t kBlockPanels = 8;
-// Rows of x in one register tile of the panel kernels (the AVX-512 VNNI ones take 8; the others'
-// tiles, 4 or 6, divide runs of 8 rows into whole tiles or end with the run).
-constexpr int64_t kRowTile = 8;
+using q8_detail::kTileRows8;
+
+// The kernels' view of rows [i, i + rows) of x, for activations per `group`.
+Q8View view_of(const Q8Activations& x, int64_t i, int64_t rows, int64_t group) {
+  const int64_t k = x.k();
+  return Q8View{x.q(i), x.d(i), x.sums(i), x.scaled_sums(i), x.block_sums(i), k, k / kBlock, k / 16, rows, group};
+}
 
 void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t row_bytes, int64_t n,
                   const Q8Activations& x, float* y, int64_t ldy, bool accumulate, int threads) {
@@ -81,18 +85,19 @@ void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t ro
   const int64_t block_rows = kBlockPanels * q8_detail::kPanelRows;
   const int64_t items = (n + block_rows - 1) / block_rows;
   const auto type_u = static_cast<uint32_t>(type);
-  // Runs of kRowTile rows of x that take the same panels: those for x's group where every row of
+  // Runs of kTileRows8 rows of x that take the same panels: those for x's group where every row of
   // the tile has it, else those for activations per 32 (which every row's scales also fit).
   struct Run {
     int64_t i0, rows, group;
   };
   std::vector<Run> runs;
-  for (int64_t i0 = 0; i0 < m; i0 += kRowTile) {
-    const int64_t rows = std::min(kRowTile, m - i0), group = x.coarse(i0, rows) ? x.group() : kBlock;
+  for (int64_t i0 = 0; i0 < m; i0 += kTileRows8) {
+    const int64_t rows = std::min(kTileRows8, m - i0), group = x.coarse(i0, rows) ? x.group() : kBlock;
     if (!runs.empty() && runs.back().group == group) runs.back().rows += rows;
     else runs.push_back({i0, rows, group});
   }
-  const bool coarse = x.group() != kBlock && x.fine_rows() < m, fine = x.group() == kBlock || x.fine_rows() > 0;
+  bool coarse = false, fine = false;  // which panels the runs need
+  for (const Run& run : runs) (run.group == kBlock ? fine : coarse) = true;
   const size_t coarse_bytes = coarse ? static_cast<size_t>(ks.panel_bytes(type_u, k, x.group())) : 0;
   const size_t fine_bytes = fine ? static_cast<size_t>(ks.panel_bytes(type_u, k, kBlock)) : 0;
   auto run_item = [&](int64_t it) {
@@ -111,7 +116,7 @@ void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t ro
     }
     for (const Run& run : runs) {
       const int64_t i = run.i0;
-      const Q8View v{x.q(i), x.d(i), x.sums(i), x.scaled_sums(i), x.block_sums(i), k, k / kBlock, k / 16, run.rows, run.group};
+      const Q8View v = view_of(x, i, run.rows, run.group);
       ks.panel_gemm(type_u, run.group == kBlock ? fine_panels : coarse_panels, rows, k, v, y + i * ldy + r0, ldy, accumulate);
     }
   };
@@ -260,8 +265,7 @@ void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const 
     if (r1 <= r0) return;
     for (int64_t i = 0; i < m; i += kMaxRows) {
       const int64_t rows = std::min(kMaxRows, m - i);
-      const Q8View v{x.q(i),  x.d(i), x.sums(i), x.scaled_sums(i), x.block_sums(i), k, k / kBlock, k / 16, rows,
-                     x.coarse(i, rows) ? x.group() : kBlock};
+      const Q8View v = view_of(x, i, rows, x.coarse(i, rows) ? x.group() : kBlock);
       (void)ks.gemv(static_cast<uint32_t>(type), w + r0 * static_cast<int64_t>(row_bytes), static_cast<int64_t>(row_bytes),
                     r1 - r0, k, v, y + i * ldy + r0, ldy, accumulate);
     }

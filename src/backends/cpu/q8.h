@@ -52,13 +52,14 @@ inline int64_t q8_group(DType type, int64_t k) { return q8_super_blocks(type, k)
 
 // The largest, over the groups of 256 values of the k values at x, of the group's largest
 // magnitude over the mean of its eight blocks' (1 when every block of 32 has the same largest
-// magnitude, 8 when one value dominates the group; infinite for a value that is not finite). It is
-// how much larger the quantization step of a group's values is with one scale per 256 than,
-// on average over its blocks, with one per 32.
+// magnitude, 8 when one block's values dominate the group; NaN for a value that is not finite). It
+// is how much larger the quantization step of a group's values is with one scale per 256 than,
+// on average over its blocks, with one per 32. It catches a group dominated by one block: with
+// large values in two blocks it is at most 4, and such a group stays per 256.
 float q8_outlier_ratio(const float* x, int64_t k);
 
-// Rows of activations whose ratio exceeds this are quantized per 32 even when per 256 is asked
-// for. The massive activations of a prompt's first token in models such as Qwen2.5 (ratios above
+// Rows of activations whose ratio exceeds this (or is NaN) are quantized per 32 even when per 256
+// is asked for. The massive activations of a prompt's first token in models such as Qwen2.5 (ratios above
 // 7) would otherwise leave the rest of their group a few quantization steps: on
 // Qwen2.5-Coder-1.5B that token's logits moved by 11 (0.35 of the largest logit; 1.9 with it per
 // 32). Measured there on this README as the prompt (1024 tokens, 64 decoded): rows per 32 at this

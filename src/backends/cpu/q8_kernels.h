@@ -34,6 +34,15 @@ struct Q8View {
 // Values per activation scale for the K types' super-block kernels.
 constexpr int64_t kSuperBlock = 256;
 
+// Rows of activations in one register tile of the AVX-512 VNNI panel kernels (both layouts);
+// the other sets' tiles (4 or 6 rows) divide runs of this many rows into whole tiles or end with
+// the run.
+constexpr int64_t kTileRows8 = 8;
+
+// A group whose largest magnitude is below this quantizes as all zeros (d = 0): 127 / amax must
+// stay finite.
+constexpr float kMinAmax = 1e-30f;
+
 // The K types (Q4_K, Q5_K, Q6_K): super-blocks of 256 with integer sub-block scales.
 inline bool q8_is_k_type(uint32_t type) { return type == 12 || type == 13 || type == 14; }
 

@@ -218,12 +218,12 @@ void quantize_row(const float* x, int64_t k, int64_t group, int8_t* q, float* d,
     for (int64_t b = g * group / kBlock; b < (g + 1) * group / kBlock; ++b) {
       const float* vb = x + b * kBlock;
       float qf[kBlock];
-      if (finite && amax > 0.f) {
+      if (finite && amax >= kMinAmax) {
         const float id = 127.f / amax;
         for (int j = 0; j < kBlock; ++j) qf[j] = round_even(vb[j] * id);
         d[b] = amax / 127.f;
       } else {
-        // All zeros; or a value that is not finite, which the scale carries on (NaN) so that the
+        // All zeros (or below kMinAmax); or a value that is not finite, which the scale carries on (NaN) so that the
         // outputs it reaches are NaN as in float32.
         for (int j = 0; j < kBlock; ++j) qf[j] = 0.f;
         d[b] = finite ? 0.f : std::nanf("");
