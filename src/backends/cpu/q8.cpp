@@ -227,8 +227,7 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, 
   group_ = group;
   auto one_row = [&](int64_t i) {
     int16_t* s16 = s_ + i * 2 * nb;
-    const bool fine = group != kBlock && !(q8_outlier_ratio(x + i * ldx, k) <= kQ8OutlierRatio);
-    fine_[i] = group == kBlock || fine ? 1 : 0;
+    fine_[i] = group == kBlock || !(q8_outlier_ratio(x + i * ldx, k) <= kQ8OutlierRatio) ? 1 : 0;
     kernels().quantize_row(x + i * ldx, k, fine_[i] ? kBlock : group, q_ + i * k, d_ + i * nb, s16, ds_ + i * 2 * nb);
     if (group != kBlock) {
       for (int64_t b = 0; b < nb; ++b) s32_[i * nb + b] = static_cast<int16_t>(s16[2 * b] + s16[2 * b + 1]);
@@ -240,8 +239,6 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, 
   } else {
     for (int64_t i = 0; i < m; ++i) one_row(i);
   }
-  n_fine_ = 0;
-  for (int64_t i = 0; i < m; ++i) n_fine_ += fine_[i];
 }
 
 void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const Q8Activations& x, float* y,

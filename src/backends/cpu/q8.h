@@ -87,7 +87,11 @@ class Q8Activations {
   int64_t group() const { return group_; }
   // Rows quantized per 32 although the group is 256 (all rows with group 32), and whether rows
   // [i, i + n) all have the group's scales.
-  int64_t fine_rows() const { return n_fine_; }
+  int64_t fine_rows() const {
+    int64_t n = 0;
+    for (int64_t r = 0; r < m_; ++r) n += fine_[r];
+    return n;
+  }
   bool coarse(int64_t i, int64_t n) const {
     if (group_ == 32) return false;
     for (int64_t r = i; r < i + n; ++r)
@@ -111,7 +115,6 @@ class Q8Activations {
   float* ds_ = nullptr;
   int16_t* s32_ = nullptr;
   uint8_t* fine_ = nullptr;
-  int64_t n_fine_ = 0;
   void* data_ = nullptr;
   size_t capacity_ = 0;
 };
