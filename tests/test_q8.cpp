@@ -215,6 +215,7 @@ TEST(Q8, QuantizationIsTheSameAtEveryLevel) {
       put(qx.d(i), static_cast<size_t>(kg / 32) * sizeof(float));
       put(qx.sums(i), static_cast<size_t>(kg / 16) * sizeof(int16_t));
       put(qx.scaled_sums(i), static_cast<size_t>(kg / 16) * sizeof(float));
+      if (group != 32) put(qx.block_sums(i), static_cast<size_t>(kg / 32) * sizeof(int16_t));
     }
     EXPECT_TRUE(std::isnan(qx.d(0)[2])) << cpu::q8_kernel_name();
     EXPECT_TRUE(std::isnan(qx.d(0)[3])) << cpu::q8_kernel_name();
@@ -223,6 +224,53 @@ TEST(Q8, QuantizationIsTheSameAtEveryLevel) {
     names.emplace_back(cpu::q8_kernel_name());
   }
   for (size_t l = 1; l < got.size(); ++l) EXPECT_EQ(got[l], got[0]) << names[l] << " against " << names[0] << " group " << group;
+  }
+}
+
+// Q8_0 (quants q + 128, up to 255) has prefill panels where the sums are 32 bits from the start
+// (VNNI, portable), not with AVX2's 16-bit pair sums.
+TEST(Q8, Q8_0PanelsWhereSumsAre32Bits) {
+  for (const cpu::GemmLevel level : test::runnable_levels()) {
+    test::LevelGuard guard(level);
+    const std::string name = cpu::q8_kernel_name();
+    EXPECT_EQ(cpu::q8_prefill_supports(DType::Q8_0), name != "avx2") << name;
+    EXPECT_TRUE(cpu::q8_prefill_supports(DType::Q6_K)) << name;
+  }
+}
+
+// q8_outlier_ratio at every level, bit for bit as the scalar set's: random groups, a dominated
+// one, an all-zero one, a NaN and an infinity (both NaN), a row whose last values are no whole group.
+TEST(Q8, OutlierRatioIsTheSameAtEveryLevel) {
+  std::mt19937 rng(8);
+  const int64_t k = 256 * 3;
+  std::vector<std::vector<float>> rows;
+  for (int i = 0; i < 4; ++i) rows.push_back(random_x(1, k, rng, i == 1 ? 0 : 1));  // row 1: a value of 100 in group 0
+  std::fill_n(rows[2].begin() + 256, 256, 0.f);
+  rows[3][300] = 100.f;  // one block dominating the second group
+  rows.push_back(rows[0]);
+  rows.back()[600] = std::nanf("");
+  rows.push_back(rows[0]);
+  rows.back()[7] = -std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> got;
+  for (const cpu::GemmLevel level : test::runnable_levels()) {
+    test::LevelGuard guard(level);
+    std::vector<float> r;
+    for (const auto& x : rows) r.push_back(cpu::q8_outlier_ratio(x.data(), k));
+    r.push_back(cpu::q8_outlier_ratio(rows[3].data(), k - 100));  // the dominated group is the last whole one
+    r.push_back(cpu::q8_outlier_ratio(rows[3].data(), 200));      // no whole group: 0
+    EXPECT_GT(r[3], cpu::kQ8OutlierRatio) << cpu::q8_kernel_name();
+    EXPECT_LE(r[0], 3.f) << cpu::q8_kernel_name();
+    EXPECT_TRUE(std::isnan(r[4])) << cpu::q8_kernel_name();
+    EXPECT_TRUE(std::isnan(r[5])) << cpu::q8_kernel_name();
+    EXPECT_EQ(r[6], r[3]) << cpu::q8_kernel_name();
+    EXPECT_EQ(r[7], 0.f) << cpu::q8_kernel_name();
+    got.push_back(r);
+  }
+  for (size_t l = 1; l < got.size(); ++l) {
+    for (size_t i = 0; i < got[0].size(); ++i) {
+      if (std::isnan(got[0][i])) EXPECT_TRUE(std::isnan(got[l][i])) << i;
+      else EXPECT_EQ(got[l][i], got[0][i]) << "level " << l << " row " << i;
+    }
   }
 }
 
@@ -242,8 +290,8 @@ TEST(Q8, NonFiniteActivationsGiveNan) {
 
 // Every type, size, row count and activation group, at every level: both bounds, accumulate, 1
 // and 2 threads. Up to
-// 4 rows of x take the dot products (decode), more the packed panels (prefill; Q8_0 has none and
-// takes the dot products 4 rows at a time); 37 weight rows end in a partial panel.
+// 4 rows of x take the dot products (decode), more the packed panels (prefill; Q8_0 at the AVX2
+// level has none and takes the dot products 4 rows at a time); 37 weight rows end in a partial panel.
 TEST(Q8, DotProductsWithinBoundsAtEveryLevel) {
   std::mt19937 rng(3);
   for (DType type : kTypes) {
@@ -305,7 +353,7 @@ TEST(Q8, ThreadCountDoesNotChangeResults) {
   std::mt19937 rng(4);
   const int64_t n = 301, k = 768;
   for (DType type : kTypes) {
-   // Decode's dot products; prefill's panels (but Q8_0); with 256, tiles of both kinds (row 9).
+   // Decode's dot products; prefill's panels (but Q8_0 with AVX2); with 256, tiles of both kinds (row 9).
    for (int64_t m : {2, 7, 12})
    for (int64_t group : {32, 256}) {
     const std::vector<uint8_t> w = random_weights(type, n, k, rng);

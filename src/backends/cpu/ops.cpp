@@ -64,6 +64,12 @@ void set_num_threads(int n) {
 
 int num_threads() { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 
+int work_threads(int threads, double flops, double min_flops, int64_t items) {
+  const int t0 = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
+  return static_cast<int>(
+      std::max<double>(1.0, std::min<double>({static_cast<double>(t0), flops / min_flops, static_cast<double>(items)})));
+}
+
 namespace {
 
 // Most rows of x that go through the integer kernels in the q8 compute mode for a type without

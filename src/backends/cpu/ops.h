@@ -14,6 +14,10 @@ using WeightView = dashlm::WeightView;  // backends/dtype.h
 // Number of threads our own parallel loops and the BLAS use.
 void set_num_threads(int n);
 int num_threads();
+// Threads for a parallel loop of `items` pieces of work worth `flops` in all: `threads` if > 0,
+// else num_threads() (1 inside a parallel region), fewer so that each gets at least
+// `min_flops` (below that, fork and join cost more than they save), at most `items`, at least 1.
+int work_threads(int threads, double flops, double min_flops, int64_t items);
 
 // y[m x out] = x[m x in] * W^T (+ bias[out] when bias is not null).
 // Small m runs row by row on the quantized weights; larger m dequantizes W in row blocks and

@@ -60,13 +60,6 @@ int64_t rows_per_piece(size_t row_bytes) {
   return std::clamp<int64_t>(static_cast<int64_t>((256u << 10) / std::max<size_t>(row_bytes, 1)), 8, 256);
 }
 
-int thread_count(int threads, double flops, int64_t items) {
-  const int t0 = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
-  // Below ~1 Mflop a thread, fork/join costs more than it saves.
-  return static_cast<int>(
-      std::max<double>(1.0, std::min<double>({static_cast<double>(t0), flops / 1.0e6, static_cast<double>(items)})));
-}
-
 // Many rows of x: the weights are repacked, a block of kBlockPanels panels at a time (each
 // thread its own blocks, into its own buffer), and each block is multiplied by every row of x
 // while it sits in the cache.
@@ -120,7 +113,7 @@ void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t ro
       ks.panel_gemm(type_u, run.group == kBlock ? fine_panels : coarse_panels, rows, k, v, y + i * ldy + r0, ldy, accumulate);
     }
   };
-  const int t = thread_count(threads, 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m), items);
+  const int t = work_threads(threads, 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m), 1.0e6, items);
   if (t <= 1) {
     for (int64_t it = 0; it < items; ++it) run_item(it);
     return;
@@ -163,7 +156,10 @@ bool q8_supports(DType type) {
   }
 }
 
-bool q8_prefill_supports(DType type) { return q8_detail::q8_panel_max_u(static_cast<uint32_t>(type)) > 0; }
+bool q8_prefill_supports(DType type) {
+  const int max_u = q8_detail::q8_panel_max_u(static_cast<uint32_t>(type));
+  return max_u > 0 && (max_u < 255 || kernels().panels_u8);
+}
 
 const char* q8_kernel_name() { return kernels().name; }
 
@@ -174,26 +170,7 @@ bool q8_super_blocks(DType type, int64_t k) {
          k % q8_detail::kSuperBlock == 0;
 }
 
-float q8_outlier_ratio(const float* x, int64_t k) {
-  float worst = 0.f;
-  for (int64_t g = 0; g + q8_detail::kSuperBlock <= k; g += q8_detail::kSuperBlock) {
-    float sum = 0.f, top = 0.f;
-    for (int64_t b = g; b < g + q8_detail::kSuperBlock; b += kBlock) {
-      float amax = 0.f;
-      for (int64_t j = b; j < b + kBlock; ++j) {
-        const float a = std::fabs(x[j]);
-        if (!(a <= amax) && amax == amax) amax = a;  // a NaN stays
-      }
-      sum += amax;
-      top = std::max(top, amax);
-    }
-    // top / mean of the eight block maxima; a NaN or an infinity gives NaN (an outlier).
-    const float r = sum > 0.f || sum != sum ? top * 8.f / sum : 0.f;
-    if (r != r) return r;
-    worst = std::max(worst, r);
-  }
-  return worst;
-}
+float q8_outlier_ratio(const float* x, int64_t k) { return kernels().outlier_ratio(x, k); }
 
 void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t group) {
   if (group != kBlock && group != q8_detail::kSuperBlock) fail("Q8Activations: a group of {} values (32 or 256)", group);
@@ -228,10 +205,8 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, 
   auto one_row = [&](int64_t i) {
     int16_t* s16 = s_ + i * 2 * nb;
     fine_[i] = group == kBlock || !(q8_outlier_ratio(x + i * ldx, k) <= kQ8OutlierRatio) ? 1 : 0;
-    kernels().quantize_row(x + i * ldx, k, fine_[i] ? kBlock : group, q_ + i * k, d_ + i * nb, s16, ds_ + i * 2 * nb);
-    if (group != kBlock) {
-      for (int64_t b = 0; b < nb; ++b) s32_[i * nb + b] = static_cast<int16_t>(s16[2 * b] + s16[2 * b + 1]);
-    }
+    kernels().quantize_row(x + i * ldx, k, fine_[i] ? kBlock : group, q_ + i * k, d_ + i * nb, s16, ds_ + i * 2 * nb,
+                           group != kBlock ? s32_ + i * nb : nullptr);
   };
   if (m * k >= (int64_t{1} << 16) && !omp_in_parallel() && num_threads() > 1) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
@@ -249,11 +224,8 @@ void q8_matmul(DType type, const uint8_t* w, size_t row_bytes, int64_t n, const 
   if (k % dtype_traits(type).block_size != 0) fail("q8_matmul: {} values are not whole blocks of {}", k, dtype_name(type));
   const Q8KernelSet& ks = kernels();
   if (m > kMaxRows && q8_prefill_supports(type)) return panel_matmul(ks, type, w, row_bytes, n, x, y, ldy, accumulate, threads);
-  const int t0 = threads > 0 ? threads : (omp_in_parallel() ? 1 : num_threads());
   // About 2 flops per weight and row of x; below ~0.2 Mflop a thread (tens of microseconds), fork/join costs more.
-  const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m);
-  const int t = static_cast<int>(
-      std::max<double>(1.0, std::min<double>({static_cast<double>(t0), flops / 2.0e5, static_cast<double>(n)})));
+  const int t = work_threads(threads, 2.0 * static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m), 2.0e5, n);
   // The rows cut into pieces of about equal size, a multiple of t of them (equal shares).
   const int64_t max_piece = rows_per_piece(row_bytes);
   const int64_t pieces = t * ((n + t * max_piece - 1) / (t * max_piece));

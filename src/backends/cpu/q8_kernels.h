@@ -79,26 +79,34 @@ struct Q8KernelSet {
   // Q8Activations::quantize does, bit for bit: per group, amax = max |x| over its values; per
   // block b, q[32 b + j] = round-to-even(x[32 b + j] * 127 / amax), d[b] = amax / 127, the
   // half sums s16[2 b + h] and ds[2 b + h] = d[b] * s16[2 b + h]; a group with a value that is not
-  // finite gets zeros and d = NaN, an all-zero group zeros and d = 0. The scalar set's loop is
-  // the reference.
-  void (*quantize_row)(const float* x, int64_t k, int64_t group, int8_t* q, float* d, int16_t* s16, float* ds);
+  // finite gets zeros and d = NaN, an all-zero group zeros and d = 0; where s32 is not null, the
+  // block sums s32[b] = s16[2 b] + s16[2 b + 1] too. The scalar set's loop is the reference.
+  void (*quantize_row)(const float* x, int64_t k, int64_t group, int8_t* q, float* d, int16_t* s16, float* ds,
+                       int16_t* s32);
   // Whether gemv and the panels have kernels for the K types that sum each super-block in
   // integers when the activations come per kSuperBlock (x.group); without them the
   // activations of the K types are quantized per kBlock.
   bool k_super_blocks;
   // Bytes of the panel of k elements that pack_panel writes for a type (for the panel buffers).
   int64_t (*panel_bytes)(uint32_t type, int64_t k, int64_t group);
+  // Whether the panels take 8-bit quants (Q8_0; see q8_panel_max_u).
+  bool panels_u8;
+  // cpu::q8_outlier_ratio of one row of k values (its groups of kSuperBlock), bit for bit as the
+  // scalar set's loop: the block maxima summed in order, NaN where a value is not finite.
+  float (*outlier_ratio)(const float* x, int64_t k);
 };
 
-// The largest quant of a type with panels (0 for the others: 8-bit quants would overflow
-// vpmaddubsw's 16-bit sums). The types up to 31 have one scale and one offset per 32 values, so
-// both groups of a block share sc and c0 in a panel (the kernels sum them in integers); Q6_K has
-// a scale per 16.
+// The largest quant of a type with panels (0 for the others). The types up to 31 and Q8_0 have one
+// scale and one offset per 32 values, so both groups of a block share sc and c0 in a panel (the
+// kernels sum them in integers); Q6_K has a scale per 16. Q8_0's quants (q + 128, up to 255) take
+// panels only in the kernel sets whose sums are 32 bits from the start (Q8KernelSet::panels_u8): they
+// would overflow vpmaddubsw's 16-bit pair sums.
 inline int q8_panel_max_u(uint32_t type) {
   switch (type) {
     case 2: case 3: case 12: return 15;  // Q4_0, Q4_1, Q4_K
     case 6: case 7: case 13: return 31;  // Q5_0, Q5_1, Q5_K
     case 14: return 63;                  // Q6_K
+    case 8: return 255;                  // Q8_0
     default: return 0;
   }
 }

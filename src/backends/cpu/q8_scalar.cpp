@@ -205,7 +205,8 @@ inline float round_even(float v) {
 }
 
 // The activations' quantization (the reference that the vector kernels match bit for bit).
-void quantize_row(const float* x, int64_t k, int64_t group, int8_t* q, float* d, int16_t* s16, float* ds) {
+void quantize_row(const float* x, int64_t k, int64_t group, int8_t* q, float* d, int16_t* s16, float* ds,
+                  int16_t* s32) {
   for (int64_t g = 0; g < k / group; ++g) {
     const float* v = x + g * group;
     float amax = 0.f;
@@ -238,11 +239,36 @@ void quantize_row(const float* x, int64_t k, int64_t group, int8_t* q, float* d,
       s16[2 * b + 1] = static_cast<int16_t>(s1);
       ds[2 * b] = d[b] * static_cast<float>(s0);
       ds[2 * b + 1] = d[b] * static_cast<float>(s1);
+      if (s32) s32[b] = static_cast<int16_t>(s0 + s1);
     }
   }
 }
 
-constexpr Q8KernelSet kSet = {"scalar", gemv, pack_panel, panel_gemm, quantize_row, false, generic_panel_bytes};
+// q8_outlier_ratio (the reference that the vector kernels match bit for bit).
+float outlier_ratio(const float* x, int64_t k) {
+  float worst = 0.f;
+  for (int64_t g = 0; g + kSuperBlock <= k; g += kSuperBlock) {
+    float sum = 0.f, top = 0.f;
+    bool finite = true;
+    for (int64_t b = g; b < g + kSuperBlock; b += kBlock) {
+      float amax = 0.f;
+      for (int64_t j = b; j < b + kBlock; ++j) {
+        const float a = std::fabs(x[j]);
+        amax = a > amax ? a : amax;
+        finite &= std::isfinite(x[j]);
+      }
+      sum += amax;
+      top = std::max(top, amax);
+    }
+    if (!finite) return std::nanf("");
+    // top / mean of the eight block maxima.
+    worst = std::max(worst, sum > 0.f ? top * 8.f / sum : 0.f);
+  }
+  return worst;
+}
+
+constexpr Q8KernelSet kSet = {"scalar",           gemv, pack_panel, panel_gemm, quantize_row, false, generic_panel_bytes,
+                              true,               outlier_ratio};
 
 }  // namespace
 
