@@ -1,7 +1,8 @@
 // Products with quantized weights: the q8 compute (activations quantized per block of 32, the
 // quantization timed too, then cpu::q8_matmul's integer dot products, for any number of rows,
 // although the engine uses it for few rows only) against the engine's f32 mode (cpu::matmul) (weights dequantized: dot products for fewer than 4 rows, the float32 GEMM
-// on dequantized row blocks for more), at each kernel level this CPU runs.
+// on dequantized row blocks for more), at each kernel level this CPU runs. bf16 weights go through
+// cpu::matmul in both modes: in q8, AVX512-BF16 dot products where the CPU has them (bf16.h).
 //
 // Names: <type>/M<m>/N<n>/K<k>/<mode>-<level>/t<threads>. GFLOPS: 2 m n k per second (CPU time of
 // the thread with one thread, wall time with more); GB/s: the weight bytes read per second. On a
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "bench_threads.h"
+#include "backends/cpu/bf16.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/ops.h"
 #include "backends/cpu/q8.h"
@@ -33,9 +35,23 @@ struct Shape {
   int64_t m, n, k;
 };
 
-// Random quants with fp16 scales of realistic sizes (the speed does not depend on the values).
+// Random quants with fp16 scales of realistic sizes (the speed does not depend on the values);
+// bf16 weights from a normal distribution (no denormals, which can be slow).
 std::vector<uint8_t> random_weights(DType type, int64_t n, int64_t k) {
   const auto& t = dtype_traits(type);
+  if (type == DType::BF16) {
+    std::vector<uint8_t> w(static_cast<size_t>(n * k) * 2);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> g(0.f, 0.05f);
+    for (size_t i = 0; i < w.size(); i += 2) {
+      const float f = g(rng);
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      const auto h = static_cast<uint16_t>(u >> 16);
+      std::memcpy(w.data() + i, &h, 2);
+    }
+    return w;
+  }
   const int64_t blocks = n * (k / t.block_size);
   std::vector<uint8_t> w(static_cast<size_t>(blocks) * t.block_bytes);
   std::mt19937 rng(7);
@@ -69,7 +85,7 @@ void run(benchmark::State& state, Shape s, Compute mode, GemmLevel level, int th
   Q8Activations qx;
   const size_t row_bytes = dtype_row_bytes(s.type, s.k);
   for (auto _ : state) {
-    if (mode != Compute::f32) {  // what matmul does in the q8 modes, for any number of rows
+    if (mode != Compute::f32 && s.type != DType::BF16) {  // what matmul does in the q8 modes, for any number of rows
       qx.quantize(x.data(), s.k, s.m, s.k, q8_group(s.type, s.k));
       q8_matmul(s.type, w.data(), row_bytes, s.n, qx, y.data(), s.n, false, threads);
     } else {
@@ -78,7 +94,10 @@ void run(benchmark::State& state, Shape s, Compute mode, GemmLevel level, int th
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  state.SetLabel(mode != Compute::f32 ? std::string(compute_name(mode)) + " " + q8_kernel_name() : std::string("f32 ") + gemm_kernel_name());
+  const bool bf16 = s.type == DType::BF16 && bf16_dots_available();  // at this level
+  state.SetLabel(mode == Compute::f32 || (s.type == DType::BF16 && !bf16) ? std::string("f32 ") + gemm_kernel_name()
+                 : bf16 ? std::string("bf16 avx512bf16")
+                        : std::string(compute_name(mode)) + " " + q8_kernel_name());
   set_num_threads(saved_threads);
   set_compute_mode(saved_mode);
   gemm_set_level(saved_level);
@@ -100,6 +119,10 @@ std::vector<Shape> shapes() {
       {DType::Q8_0, 0, 896, 896},   {DType::Q4_0, 0, 4864, 896}, {DType::Q5_K, 0, 896, 4864},
       {DType::Q5_1, 0, 4864, 896},  {DType::Q4_K, 0, 8960, 1536}, {DType::Q4_K, 0, 1536, 8960},
       {DType::Q6_K, 0, 1536, 8960},
+      // bf16 weights (matmul: AVX512-BF16 dot products in the q8 mode where the CPU has them):
+      // SmolLM2-135M's and Qwen2.5-1.5B's MLP shapes.
+      {DType::BF16, 0, 1536, 576},  {DType::BF16, 0, 576, 1536},  {DType::BF16, 0, 8960, 1536},
+      {DType::BF16, 0, 1536, 8960},
   };
   for (int64_t m : {1, 2, 3, 4, 8, 16, 64, 512}) {
     for (Shape s : base) {
@@ -119,6 +142,7 @@ int main(int argc, char** argv) {
     for (int t : thread_counts) {
       for (int l = 0; l <= static_cast<int>(gemm_max_level()); ++l) {
         for (Compute mode : {Compute::f32, Compute::q8, Compute::q8k}) {
+          if (s.type == DType::BF16 && mode == Compute::q8k) continue;  // the same as q8 for bf16
           const auto level = static_cast<GemmLevel>(l);
           const std::string name = std::string(dtype_name(s.type)) + "/M" + std::to_string(s.m) + "/N" +
                                    std::to_string(s.n) + "/K" + std::to_string(s.k) + "/" + compute_name(mode) + "-" +

@@ -216,7 +216,7 @@ void Engine::project_kv(int il, float* x, const int32_t* rows, const int32_t* po
     const bool in_cache = cache_.type == cpu::KvType::F32 && consecutive(pos + i0, m);
     float* k = in_cache ? cache_.k_row(il, pos[i0]) : s_.k.data();
     float* v = in_cache ? cache_.v_row(il, pos[i0]) : s_.v.data();
-    cpu::SharedInput in(s_.xn.data(), m, d, s_.xn_q8);
+    cpu::SharedInput in(s_.xn.data(), m, d, s_.xn_q8, s_.xn_bf16);
     cpu::matmul(L.wk, in, k, L.bk);
     cpu::matmul(L.wv, in, v, L.bv);
     write_kv(il, k, v, pos + i0, m, in_cache);
@@ -296,7 +296,7 @@ void Engine::forward_layer(int il, const LayerIO& io) {
     // (decode-sized chunks in one slice: their arrays are small, and each slice costs a few
     // thread fork/joins).
     const int64_t fs = m < 4 ? n_ff : ff_slice(model_, il);
-    cpu::SharedInput ffn_in(xn, m, d, s_.xn_q8);
+    cpu::SharedInput ffn_in(xn, m, d, s_.xn_q8, s_.xn_bf16);
     for (int64_t f0 = 0; f0 < n_ff; f0 += fs) {
       const int64_t nf = std::min(fs, n_ff - f0);
       cpu::matmul(cpu::weight_rows(L.w_gate, f0, nf), ffn_in, gate);
@@ -348,7 +348,8 @@ std::string Engine::kernels() const {
   const bool f16 = cache_.type == cpu::KvType::F16;
   const cpu::Compute c = cpu::compute_mode();
   const std::string compute = c != cpu::Compute::f32 ? std::string("compute ") + cpu::compute_name(c) + " (" +
-                                                           cpu::q8_kernel_name() + " integer kernels)"
+                                                           cpu::q8_kernel_name() + " integer kernels" +
+                                                           (cpu::bf16_dots_available() ? ", avx512bf16 for bf16 weights)" : ")")
                                                      : std::string("compute f32");
   return std::string("cpu ") + cpu::gemm_level_name(cpu::gemm_level()) + ", " + compute + ", " +
          (f16 ? std::string("f16 KV cache (") + cpu::f16_conversion_name() + " conversion)" : std::string("f32 KV cache")) + ", " +

@@ -113,6 +113,7 @@ class Engine final : public InferenceEngine, private LayerExecutor {
     Buffer xc, xn, q, k, v, gate, up, x_in, norms;
     // xn quantized once for the products that share it (K and V; every slice of gate and up).
     cpu::Q8Activations xn_q8;
+    cpu::Bf16Activations xn_bf16;
     void reserve(const HParams& hp, int64_t rows, int64_t ff_slice);
   };
   struct LayerIO {

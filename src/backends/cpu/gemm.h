@@ -103,7 +103,7 @@ void glu_mul(int act, float* g, const float* u, int64_t n);
 // registers (XCR0). AMX is not among them: no kernel uses it.
 struct CpuFeatures {
   bool avx = false, avx2 = false, fma = false, f16c = false;
-  bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false, avx512bf16 = false;
 };
 const CpuFeatures& cpu_features();
 

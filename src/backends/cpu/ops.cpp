@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "backends/cpu/bf16.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/q8.h"
 #include "backends/cpu/quants.h"
@@ -86,6 +87,11 @@ void matmul_part(const WeightView& w, int64_t k0, int64_t k1, const float* x, in
   if (w.type == DType::F32) {
     // No conversion needed: one GEMM.
     gemm_nt(m, out, kw, x, ldx, static_cast<const float*>(w.data) + k0, in, y, out, accumulate);
+  } else if (w.type == DType::BF16 && compute_mode() != Compute::f32 && bf16_dots_available()) {
+    // bf16 weights against activations rounded to bf16, by AVX512-BF16 dot products (cpu::bf16_matmul).
+    const auto* wb = static_cast<const uint16_t*>(w.data) + k0;
+    if (shared) bf16_matmul(wb, in, out, shared->bf16(), y, out, accumulate);
+    else bf16_matmul(wb, in, out, kw, x, ldx, m, y, out, accumulate);
   } else if (compute_mode() != Compute::f32 && q8_supports(w.type) &&
              (m <= kQ8MaxRows || q8_prefill_supports(w.type))) {
     // Quantized compute: x quantized to 8 bits per group of 32 or 256 (cpu::q8_group), integer dot products with the
@@ -154,6 +160,14 @@ const Q8Activations& SharedInput::q8(DType type) {
     quantized_ = true;
   }
   return q8_;
+}
+
+const Bf16Activations& SharedInput::bf16() {
+  if (!converted_) {
+    bf16_.convert(x_, k_, m_, k_);
+    converted_ = true;
+  }
+  return bf16_;
 }
 
 void matmul(const WeightView& w, SharedInput& in, float* y, const float* bias) {

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backends/cpu/bf16.h"
 #include "backends/cpu/q8.h"
 #include "backends/dtype.h"
 
@@ -30,18 +31,22 @@ void matmul(const WeightView& w, const float* x, int64_t m, float* y, const floa
 // another scale group, cpu::q8_group); x must not change while the object is in use.
 class SharedInput {
  public:
-  SharedInput(const float* x, int64_t m, int64_t k, Q8Activations& storage) : x_(x), m_(m), k_(k), q8_(storage) {}
+  SharedInput(const float* x, int64_t m, int64_t k, Q8Activations& q8_storage, Bf16Activations& bf16_storage)
+      : x_(x), m_(m), k_(k), q8_(q8_storage), bf16_(bf16_storage) {}
   const float* x() const { return x_; }
   int64_t m() const { return m_; }
   int64_t k() const { return k_; }
   // The rows quantized for products with weights of `type` (quantized on the first call).
   const Q8Activations& q8(DType type);
+  // The rows rounded to bf16 for products with bf16 weights (converted on the first call).
+  const Bf16Activations& bf16();
 
  private:
   const float* x_;
   int64_t m_, k_;
   Q8Activations& q8_;
-  bool quantized_ = false;
+  Bf16Activations& bf16_;
+  bool quantized_ = false, converted_ = false;
 };
 
 // matmul on shared rows (in.k() must be w.in_features).

@@ -55,7 +55,8 @@ void add_compute_option(CLI::App& app) {
              if (cpu::parse_compute(v.c_str(), &c)) cpu::set_compute_mode(c);
            },
            "Products with quantized weights: q8 (activations quantized to 8 bits per 32 values, integer dot "
-           "products; the default), q8k (the same, but the activations of products with Q4_K, Q5_K and Q6_K "
+           "products; with bf16 weights, activations rounded to bf16 and AVX512-BF16 dot products where the CPU "
+           "has them; the default), q8k (the same, but the activations of products with Q4_K, Q5_K and Q6_K "
            "weights per 256 values where the CPU has AVX-512 VNNI, as llama.cpp does: faster, less exact) or "
            "f32 (weights dequantized, float32 throughout: the exact reference). Default from DASHLM_COMPUTE, "
            "else q8")
