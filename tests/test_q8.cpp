@@ -227,17 +227,6 @@ TEST(Q8, QuantizationIsTheSameAtEveryLevel) {
   }
 }
 
-// Q8_0 (quants q + 128, up to 255) has prefill panels where the sums are 32 bits from the start
-// (VNNI, portable), not with AVX2's 16-bit pair sums.
-TEST(Q8, Q8_0PanelsWhereSumsAre32Bits) {
-  for (const cpu::GemmLevel level : test::runnable_levels()) {
-    test::LevelGuard guard(level);
-    const std::string name = cpu::q8_kernel_name();
-    EXPECT_EQ(cpu::q8_prefill_supports(DType::Q8_0), name != "avx2") << name;
-    EXPECT_TRUE(cpu::q8_prefill_supports(DType::Q6_K)) << name;
-  }
-}
-
 // q8_outlier_ratio at every level, bit for bit as the scalar set's: random groups, a dominated
 // one, an all-zero one, a NaN and an infinity (both NaN), a row whose last values are no whole group.
 TEST(Q8, OutlierRatioIsTheSameAtEveryLevel) {
@@ -290,8 +279,8 @@ TEST(Q8, NonFiniteActivationsGiveNan) {
 
 // Every type, size, row count and activation group, at every level: both bounds, accumulate, 1
 // and 2 threads. Up to
-// 4 rows of x take the dot products (decode), more the packed panels (prefill; Q8_0 at the AVX2
-// level has none and takes the dot products 4 rows at a time); 37 weight rows end in a partial panel.
+// 4 rows of x take the dot products (decode), more the packed panels (prefill; Q8_0's hold q + 128
+// where the sums are 32 bits, the signed q with AVX2); 37 weight rows end in a partial panel.
 TEST(Q8, DotProductsWithinBoundsAtEveryLevel) {
   std::mt19937 rng(3);
   for (DType type : kTypes) {
@@ -353,7 +342,7 @@ TEST(Q8, ThreadCountDoesNotChangeResults) {
   std::mt19937 rng(4);
   const int64_t n = 301, k = 768;
   for (DType type : kTypes) {
-   // Decode's dot products; prefill's panels (but Q8_0 with AVX2); with 256, tiles of both kinds (row 9).
+   // Decode's dot products; prefill's panels; with 256, tiles of both kinds (row 9).
    for (int64_t m : {2, 7, 12})
    for (int64_t group : {32, 256}) {
     const std::vector<uint8_t> w = random_weights(type, n, k, rng);

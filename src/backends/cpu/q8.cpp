@@ -156,10 +156,7 @@ bool q8_supports(DType type) {
   }
 }
 
-bool q8_prefill_supports(DType type) {
-  const int max_u = q8_detail::q8_panel_max_u(static_cast<uint32_t>(type));
-  return max_u > 0 && (max_u < 255 || kernels().panels_u8);
-}
+bool q8_prefill_supports(DType type) { return q8_detail::q8_panel_max_u(static_cast<uint32_t>(type)) > 0; }
 
 const char* q8_kernel_name() { return kernels().name; }
 

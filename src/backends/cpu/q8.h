@@ -32,9 +32,8 @@ bool parse_compute(const char* s, Compute* out);
 // Weight types with integer kernels: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
 bool q8_supports(DType type);
 
-// Types whose products with many rows of activations (prefill) have integer kernels too with the
-// kernels in use: all of q8_supports, but Q8_0 not with the AVX2 kernels (its 8-bit quants would
-// overflow their 16-bit pair sums; the VNNI and portable kernels sum in 32 bits).
+// Types whose products with many rows of activations (prefill) have integer kernels too (all of
+// q8_supports).
 bool q8_prefill_supports(DType type);
 
 // Name of the integer kernels in use: "scalar", "avx2" or "avx512vnni".

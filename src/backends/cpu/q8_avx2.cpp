@@ -25,8 +25,7 @@ inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256_add_epi
 
 #include "backends/cpu/q8_dots_x86.inc"
 
-constexpr Q8KernelSet kSet = {"avx2",        gemv, pack_panel, panel_gemm, quantize_row, false, generic_panel_bytes,
-                              kDpbusd,       outlier_ratio};
+constexpr Q8KernelSet kSet = {"avx2", gemv, pack_panel, panel_gemm, quantize_row, false, generic_panel_bytes, outlier_ratio};
 
 }  // namespace
 

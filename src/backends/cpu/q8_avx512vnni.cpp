@@ -34,7 +34,7 @@ inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_
 #include "backends/cpu/q8_k256_avx512.inc"
 
 constexpr Q8KernelSet kSet = {"avx512vnni", gemv_k256,    pack_panel_k256, panel_gemm_k256,
-                              quantize_row, true, panel_bytes_k256, kDpbusd, outlier_ratio};
+                              quantize_row, true, panel_bytes_k256, outlier_ratio};
 
 }  // namespace
 

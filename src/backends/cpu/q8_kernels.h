@@ -89,8 +89,6 @@ struct Q8KernelSet {
   bool k_super_blocks;
   // Bytes of the panel of k elements that pack_panel writes for a type (for the panel buffers).
   int64_t (*panel_bytes)(uint32_t type, int64_t k, int64_t group);
-  // Whether the panels take 8-bit quants (Q8_0; see q8_panel_max_u).
-  bool panels_u8;
   // cpu::q8_outlier_ratio of one row of k values (its groups of kSuperBlock), bit for bit as the
   // scalar set's loop: the block maxima summed in order, NaN where a value is not finite.
   float (*outlier_ratio)(const float* x, int64_t k);
@@ -98,9 +96,9 @@ struct Q8KernelSet {
 
 // The largest quant of a type with panels (0 for the others). The types up to 31 and Q8_0 have one
 // scale and one offset per 32 values, so both groups of a block share sc and c0 in a panel (the
-// kernels sum them in integers); Q6_K has a scale per 16. Q8_0's quants (q + 128, up to 255) take
-// panels only in the kernel sets whose sums are 32 bits from the start (Q8KernelSet::panels_u8): they
-// would overflow vpmaddubsw's 16-bit pair sums.
+// kernels sum them in integers); Q6_K has a scale per 16. Q8_0's quants are q + 128 (up to 255)
+// where the sums are 32 bits from the start (VNNI, portable); the AVX2 panels keep the signed q
+// instead (unsigned ones would overflow vpmaddubsw's 16-bit pair sums; see group_dots).
 inline int q8_panel_max_u(uint32_t type) {
   switch (type) {
     case 2: case 3: case 12: return 15;  // Q4_0, Q4_1, Q4_K

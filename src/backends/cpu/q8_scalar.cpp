@@ -268,7 +268,7 @@ float outlier_ratio(const float* x, int64_t k) {
 }
 
 constexpr Q8KernelSet kSet = {"scalar",           gemv, pack_panel, panel_gemm, quantize_row, false, generic_panel_bytes,
-                              true,               outlier_ratio};
+                              outlier_ratio};
 
 }  // namespace
 
