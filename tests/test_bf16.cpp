@@ -69,7 +69,8 @@ TEST(Bf16Dots, ProductsWithinBound) {
   std::mt19937 rng(11);
   std::normal_distribution<float> g(0.f, 1.f);
   const Case cases[] = {{1, 1, 1},    {17, 31, 1},  {33, 33, 2},  {16, 64, 3},   {37, 577, 4},  {5, 96, 5},
-                        {40, 100, 13}, {70, 257, 25}, {129, 1536, 12}, {64, 4100, 7}, {31, 8, 64}, {48, 8960, 9}};
+                        {40, 100, 13}, {70, 257, 25}, {129, 1536, 12}, {64, 4100, 7}, {31, 8, 64}, {48, 8960, 9},
+                        {300, 1536, 4}};  // the last: decoding on 2 threads (above the 2e5-flop threshold)
   for (const Case& c : cases) {
     for (int threads : {1, 2}) {
       cpu::set_num_threads(threads);
@@ -144,3 +145,43 @@ TEST(Bf16Dots, MatmulTakesTheKernelsUnlessF32) {
   }
   cpu::set_compute_mode(saved);
 }
+
+// The engine's other entry points on bf16 weights: matmul_cols on a slice of input features
+// (k0 > 0: the weight rows read from feature k0 on) and matmul on a SharedInput (converted once,
+// for several products), each against the same bound.
+TEST(Bf16Dots, ColumnSlicesAndSharedInputs) {
+  if (!cpu::bf16_dots_available()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  std::mt19937 rng(13);
+  std::normal_distribution<float> g(0.f, 1.f);
+  const cpu::Compute saved = cpu::compute_mode();
+  cpu::set_compute_mode(cpu::Compute::q8);
+  const int64_t n = 40, k = 768, k0 = 256, k1 = 768;
+  std::vector<uint16_t> w(static_cast<size_t>(n * k));
+  for (auto& v : w) v = to_bf16(0.05f * g(rng));
+  const WeightView wv{DType::BF16, w.data(), k, n};
+  for (int64_t m : {1, 9}) {
+    std::vector<float> x(static_cast<size_t>(m * k));
+    for (auto& v : x) v = g(rng);
+    // Features k0 .. k1 of W against rows of k1 - k0 values (row stride k), added to y.
+    std::vector<float> y(static_cast<size_t>(m * n), 0.f);
+    cpu::matmul_cols(wv, k0, k1, x.data(), k, m, y.data(), true);
+    std::vector<uint16_t> w_slice(static_cast<size_t>(n * (k1 - k0)));
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t j = k0; j < k1; ++j) w_slice[static_cast<size_t>(r * (k1 - k0) + j - k0)] = w[static_cast<size_t>(r * k + j)];
+    }
+    expect_within_bound(w_slice, k1 - k0, x, k, y, n, Case{n, k1 - k0, m}, nullptr);
+    // Two products on one shared input: the same results as two plain matmuls.
+    cpu::Q8Activations q8;
+    cpu::Bf16Activations b16;
+    cpu::SharedInput in(x.data(), m, k, q8, b16);
+    std::vector<float> y1(static_cast<size_t>(m * n)), y2(y1.size()), ref(y1.size());
+    cpu::matmul(wv, in, y1.data());
+    cpu::matmul(wv, in, y2.data());
+    cpu::matmul(wv, x.data(), m, ref.data());
+    EXPECT_EQ(y1, ref) << "m " << m;
+    EXPECT_EQ(y2, ref) << "m " << m;
+    EXPECT_EQ(b16.m(), m);
+  }
+  cpu::set_compute_mode(saved);
+}
+

@@ -261,8 +261,10 @@ float outlier_ratio(const float* x, int64_t k) {
       top = std::max(top, amax);
     }
     if (!finite) return std::nanf("");
-    // top / mean of the eight block maxima.
-    worst = std::max(worst, sum > 0.f ? top * 8.f / sum : 0.f);
+    // top / mean of the eight block maxima; NaN where the maxima's sum overflows (an outlier too).
+    const float r = sum > 0.f ? top * 8.f / sum : 0.f;
+    if (r != r) return r;
+    worst = std::max(worst, r);
   }
   return worst;
 }
