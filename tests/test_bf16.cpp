@@ -11,7 +11,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -19,25 +18,15 @@
 #include "backends/cpu/bf16.h"
 #include "backends/cpu/ops.h"
 #include "backends/cpu/q8.h"
+#include "backends/cpu/quants.h"
 #include "backends/dtype.h"
 
 using namespace dashlm;
 
 namespace {
 
-uint16_t to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7FFF + ((u >> 16) & 1);  // round to nearest even (no NaN here)
-  return static_cast<uint16_t>(u >> 16);
-}
-
-float from_bf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using cpu::bf16_to_fp32;
+using cpu::fp32_to_bf16;
 
 struct Case {
   int64_t n, k, m;
@@ -50,7 +39,7 @@ void expect_within_bound(const std::vector<uint16_t>& w, int64_t ldw, const std:
     for (int64_t r = 0; r < c.n; ++r) {
       double ref = before ? (*before)[static_cast<size_t>(i * ldy + r)] : 0.0, mag = 0.0;
       for (int64_t j = 0; j < c.k; ++j) {
-        const double p = static_cast<double>(from_bf16(w[static_cast<size_t>(r * ldw + j)])) * x[static_cast<size_t>(i * ldx + j)];
+        const double p = static_cast<double>(bf16_to_fp32(w[static_cast<size_t>(r * ldw + j)])) * x[static_cast<size_t>(i * ldx + j)];
         ref += p;
         mag += std::fabs(p);
       }
@@ -76,7 +65,7 @@ TEST(Bf16Dots, ProductsWithinBound) {
       cpu::set_num_threads(threads);
       const int64_t ldw = c.k + 3, ldx = c.k + 5, ldy = c.n + 2;
       std::vector<uint16_t> w(static_cast<size_t>(c.n * ldw));
-      for (auto& v : w) v = to_bf16(0.05f * g(rng));
+      for (auto& v : w) v = fp32_to_bf16(0.05f * g(rng));
       std::vector<float> x(static_cast<size_t>(c.m * ldx));
       for (auto& v : x) v = g(rng);
       x[0] = 40.f;  // a large activation, as real prompts have
@@ -98,7 +87,7 @@ TEST(Bf16Dots, NonFiniteActivationsGiveNan) {
   if (!cpu::bf16_dots_available()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
   const int64_t n = 3, k = 40;
   for (int64_t m : {1, 6}) {
-    std::vector<uint16_t> w(static_cast<size_t>(n * k), to_bf16(0.5f));
+    std::vector<uint16_t> w(static_cast<size_t>(n * k), fp32_to_bf16(0.5f));
     std::vector<float> x(static_cast<size_t>(m * k), 1.f);
     x[static_cast<size_t>((m - 1) * k + 35)] = std::numeric_limits<float>::quiet_NaN();
     std::vector<float> y(static_cast<size_t>(m * n));
@@ -120,7 +109,7 @@ TEST(Bf16Dots, MatmulTakesTheKernelsUnlessF32) {
   for (int64_t m : {1, 3, 20}) {
     const Case c{50, 300, m};
     std::vector<uint16_t> w(static_cast<size_t>(c.n * c.k));
-    for (auto& v : w) v = to_bf16(0.05f * g(rng));
+    for (auto& v : w) v = fp32_to_bf16(0.05f * g(rng));
     std::vector<float> x(static_cast<size_t>(c.m * c.k));
     for (auto& v : x) v = g(rng);
     const WeightView wv{DType::BF16, w.data(), c.k, c.n};
@@ -135,7 +124,7 @@ TEST(Bf16Dots, MatmulTakesTheKernelsUnlessF32) {
       for (int64_t r = 0; r < c.n; ++r) {
         double ref = 0, mag = 0;
         for (int64_t j = 0; j < c.k; ++j) {
-          const double p = static_cast<double>(from_bf16(w[static_cast<size_t>(r * c.k + j)])) * x[static_cast<size_t>(i * c.k + j)];
+          const double p = static_cast<double>(bf16_to_fp32(w[static_cast<size_t>(r * c.k + j)])) * x[static_cast<size_t>(i * c.k + j)];
           ref += p;
           mag += std::fabs(p);
         }
@@ -157,7 +146,7 @@ TEST(Bf16Dots, ColumnSlicesAndSharedInputs) {
   cpu::set_compute_mode(cpu::Compute::q8);
   const int64_t n = 40, k = 768, k0 = 256, k1 = 768;
   std::vector<uint16_t> w(static_cast<size_t>(n * k));
-  for (auto& v : w) v = to_bf16(0.05f * g(rng));
+  for (auto& v : w) v = fp32_to_bf16(0.05f * g(rng));
   const WeightView wv{DType::BF16, w.data(), k, n};
   for (int64_t m : {1, 9}) {
     std::vector<float> x(static_cast<size_t>(m * k));
