@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "backends/cpu/gemm.h"
@@ -69,7 +70,22 @@ using q8_detail::kTileRows8;
 // The kernels' view of rows [i, i + rows) of x, for activations per `group`.
 Q8View view_of(const Q8Activations& x, int64_t i, int64_t rows, int64_t group) {
   const int64_t k = x.k();
-  return Q8View{x.q(i), x.d(i), x.sums(i), x.scaled_sums(i), x.block_sums(i), k, k / kBlock, k / 16, rows, group};
+  static_assert(Q8Activations::kTileRows == kTileRows8);
+  const int64_t t = i / kTileRows8;
+  const bool tiled = i % kTileRows8 == 0;
+  return Q8View{x.q(i),
+                x.d(i),
+                x.sums(i),
+                x.scaled_sums(i),
+                x.block_sums(i),
+                tiled ? x.tile_scales(t) : nullptr,
+                tiled ? x.tile_scaled_sums(t) : nullptr,
+                tiled ? x.tile_sums(t) : nullptr,
+                k,
+                k / kBlock,
+                k / 16,
+                rows,
+                group};
 }
 
 void panel_matmul(const Q8KernelSet& ks, DType type, const uint8_t* w, size_t row_bytes, int64_t n,
@@ -173,29 +189,43 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, 
   if (group != kBlock && group != q8_detail::kSuperBlock) fail("Q8Activations: a group of {} values (32 or 256)", group);
   if (m < 0 || k < 0 || k % group != 0) fail("Q8Activations: {} rows of {} values (a multiple of {} needed)", m, k, group);
   const int64_t nb = k / kBlock;
-  // q, then d, the scaled sums, the half sums and the block sums (each aligned to 64 bytes).
-  const size_t q_bytes = (static_cast<size_t>(m * k) + 63) / 64 * 64;
-  const size_t d_bytes = (static_cast<size_t>(m * nb) * sizeof(float) + 63) / 64 * 64;
-  const size_t ds_bytes = (static_cast<size_t>(m * nb * 2) * sizeof(float) + 63) / 64 * 64;
-  const size_t s_bytes = (static_cast<size_t>(m * nb * 2) * sizeof(int16_t) + 63) / 64 * 64;
-  const size_t s32_bytes = (static_cast<size_t>(m * nb) * sizeof(int16_t) + 63) / 64 * 64;
-  const size_t need = q_bytes + d_bytes + ds_bytes + s_bytes + s32_bytes + static_cast<size_t>(m) + 64;
+  // q, d, the scaled sums, the half sums, the block sums, the tiles' scales, scaled sums and sums
+  // (each aligned to 64 bytes, one after the other).
+  const int64_t tiles = (m + kTileRows - 1) / kTileRows;
+  const auto aligned = [](int64_t count, size_t size) { return (static_cast<size_t>(count) * size + 63) / 64 * 64; };
+  const size_t sizes[] = {aligned(m * k, 1),
+                          aligned(m * nb, sizeof(float)),
+                          aligned(m * nb * 2, sizeof(float)),
+                          aligned(m * nb * 2, sizeof(int16_t)),
+                          aligned(m * nb, sizeof(int16_t)),
+                          aligned(tiles * nb * kTileRows, sizeof(float)),
+                          aligned(tiles * nb * kTileRows, sizeof(float)),
+                          aligned(tiles * nb * kTileRows, sizeof(int32_t)),
+                          aligned(m, 1)};
+  size_t need = 0;
+  for (size_t n : sizes) need += n;
   if (need > capacity_) {
     std::free(data_);
     data_ = nullptr;
     capacity_ = 0;
-    const size_t bytes = (need + 63) / 64 * 64;
-    data_ = std::aligned_alloc(64, bytes);
+    data_ = std::aligned_alloc(64, need);
     if (!data_) throw std::bad_alloc();
-    capacity_ = bytes;
+    capacity_ = need;
   }
-  auto* base = static_cast<uint8_t*>(data_);
-  q_ = reinterpret_cast<int8_t*>(base);
-  d_ = reinterpret_cast<float*>(base + q_bytes);
-  ds_ = reinterpret_cast<float*>(base + q_bytes + d_bytes);
-  s_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes);
-  s32_ = reinterpret_cast<int16_t*>(base + q_bytes + d_bytes + ds_bytes + s_bytes);
-  fine_ = base + q_bytes + d_bytes + ds_bytes + s_bytes + s32_bytes;
+  uint8_t* at = static_cast<uint8_t*>(data_);
+  auto take = [&](auto*& ptr, size_t bytes) {
+    ptr = reinterpret_cast<std::remove_reference_t<decltype(ptr)>>(at);
+    at += bytes;
+  };
+  take(q_, sizes[0]);
+  take(d_, sizes[1]);
+  take(ds_, sizes[2]);
+  take(s_, sizes[3]);
+  take(s32_, sizes[4]);
+  take(td_, sizes[5]);
+  take(tds_, sizes[6]);
+  take(ts_, sizes[7]);
+  take(fine_, sizes[8]);
   m_ = m;
   k_ = k;
   group_ = group;
@@ -204,6 +234,15 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, 
     fine_[i] = group == kBlock || !(q8_outlier_ratio(x + i * ldx, k) <= kQ8OutlierRatio) ? 1 : 0;
     kernels().quantize_row(x + i * ldx, k, fine_[i] ? kBlock : group, q_ + i * k, d_ + i * nb, s16, ds_ + i * 2 * nb,
                            group != kBlock ? s32_ + i * nb : nullptr);
+    // The row's entries of its tile.
+    const int64_t t0 = i / kTileRows * nb * kTileRows, r = i % kTileRows;
+    for (int64_t b = 0; b < nb; ++b) {
+      td_[t0 + b * kTileRows + r] = d_[i * nb + b];
+      tds_[t0 + b * kTileRows + r] = ds_[i * 2 * nb + 2 * b] + ds_[i * 2 * nb + 2 * b + 1];
+      int32_t pair;
+      std::memcpy(&pair, s16 + 2 * b, sizeof pair);
+      ts_[t0 + b * kTileRows + r] = pair;
+    }
   };
   if (m * k >= (int64_t{1} << 16) && !omp_in_parallel() && num_threads() > 1) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())

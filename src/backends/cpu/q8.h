@@ -106,6 +106,13 @@ class Q8Activations {
   const int16_t* sums(int64_t i) const { return s_ + i * (k_ / 16); }
   const float* scaled_sums(int64_t i) const { return ds_ + i * (k_ / 16); }
   const int16_t* block_sums(int64_t i) const { return s32_ + i * (k_ / 32); }
+  // The same per tile of kTileRows (8) rows, rows side by side, for the panels' register tiles:
+  // tile t, block b, row r of the tile at [(t * (k / 32) + b) * 8 + r]: the scales, the two
+  // scaled half sums added, and the two half sums as one 32-bit pair. Tile t starts at row 8 t.
+  static constexpr int64_t kTileRows = 8;
+  const float* tile_scales(int64_t t) const { return td_ + t * (k_ / 32) * kTileRows; }
+  const float* tile_scaled_sums(int64_t t) const { return tds_ + t * (k_ / 32) * kTileRows; }
+  const int32_t* tile_sums(int64_t t) const { return ts_ + t * (k_ / 32) * kTileRows; }
 
  private:
   int64_t m_ = 0, k_ = 0, group_ = 32;
@@ -114,6 +121,9 @@ class Q8Activations {
   int16_t* s_ = nullptr;
   float* ds_ = nullptr;
   int16_t* s32_ = nullptr;
+  float* td_ = nullptr;
+  float* tds_ = nullptr;
+  int32_t* ts_ = nullptr;
   uint8_t* fine_ = nullptr;
   void* data_ = nullptr;
   size_t capacity_ = 0;

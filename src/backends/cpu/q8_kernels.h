@@ -20,12 +20,20 @@ constexpr int64_t kMaxRows = 4;
 // (kSuperBlock): the eight d of a super-block are equal, which the kernels for the K types use to
 // sum a super-block's products in integers; s32[i * ldd + b] is then the sum of block b's quants
 // (s16's two halves; not filled for group = 32).
+// Where the view's first row starts a tile of kTileRows8 rows of the activations (the panels'
+// runs), td, tds and ts hold the same per tile, rows side by side (Q8Activations::tile_scales):
+// for the tile of view rows [8 t, 8 t + 8), block b, row r: td[(t * ldd + b) * 8 + r] = d of that
+// row and block, tds[...] its two scaled half sums added, ts[...] its two half sums as one 32-bit
+// pair; otherwise they are null.
 struct Q8View {
   const int8_t* q;
   const float* d;
   const int16_t* s16;
   const float* ds;
   const int16_t* s32;
+  const float* td;
+  const float* tds;
+  const int32_t* ts;
   int64_t ldq, ldd, lds;
   int64_t m;  // rows (at most kMaxRows when handed to a kernel)
   int64_t group;  // kBlock or kSuperBlock
@@ -72,7 +80,8 @@ struct Q8KernelSet {
   bool (*pack_panel)(uint32_t type, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t k, int64_t group,
                      uint8_t* panel);
   // y[i * ldy + j] (+= with accumulate) = W_j . x_i for the `rows` rows of W (of `type`) packed in
-  // ceil(rows / kPanelRows) consecutive panels (for x.group) and all x.m rows of x (any number).
+  // ceil(rows / kPanelRows) consecutive panels (for x.group) and all x.m rows of x (any number),
+  // whose first row starts a tile of kTileRows8 rows (x.td, x.tds, x.ts not null).
   void (*panel_gemm)(uint32_t type, const uint8_t* panels, int64_t rows, int64_t k, const Q8View& x, float* y,
                      int64_t ldy, bool accumulate);
   // Quantizes one row of k values (k % group == 0, group kBlock or kSuperBlock) as
