@@ -230,25 +230,32 @@ void Q8Activations::quantize(const float* x, int64_t ldx, int64_t m, int64_t k, 
   k_ = k;
   group_ = group;
   auto one_row = [&](int64_t i) {
-    int16_t* s16 = s_ + i * 2 * nb;
     fine_[i] = group == kBlock || !(q8_outlier_ratio(x + i * ldx, k) <= kQ8OutlierRatio) ? 1 : 0;
-    kernels().quantize_row(x + i * ldx, k, fine_[i] ? kBlock : group, q_ + i * k, d_ + i * nb, s16, ds_ + i * 2 * nb,
-                           group != kBlock ? s32_ + i * nb : nullptr);
-    // The row's entries of its tile.
-    const int64_t t0 = i / kTileRows * nb * kTileRows, r = i % kTileRows;
+    kernels().quantize_row(x + i * ldx, k, fine_[i] ? kBlock : group, q_ + i * k, d_ + i * nb, s_ + i * 2 * nb,
+                           ds_ + i * 2 * nb, group != kBlock ? s32_ + i * nb : nullptr);
+  };
+  // A tile's rows, then their entries side by side (read once the rows' own stores have retired:
+  // reading them back at once stalled on store forwarding).
+  auto one_tile = [&](int64_t t) {
+    const int64_t i0 = t * kTileRows, rows = std::min(kTileRows, m - i0);
+    for (int64_t i = i0; i < i0 + rows; ++i) one_row(i);
+    float* td = td_ + t * nb * kTileRows;
+    float* tds = tds_ + t * nb * kTileRows;
+    int32_t* ts = ts_ + t * nb * kTileRows;
     for (int64_t b = 0; b < nb; ++b) {
-      td_[t0 + b * kTileRows + r] = d_[i * nb + b];
-      tds_[t0 + b * kTileRows + r] = ds_[i * 2 * nb + 2 * b] + ds_[i * 2 * nb + 2 * b + 1];
-      int32_t pair;
-      std::memcpy(&pair, s16 + 2 * b, sizeof pair);
-      ts_[t0 + b * kTileRows + r] = pair;
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r;
+        td[b * kTileRows + r] = d_[i * nb + b];
+        tds[b * kTileRows + r] = ds_[i * 2 * nb + 2 * b] + ds_[i * 2 * nb + 2 * b + 1];
+        std::memcpy(ts + b * kTileRows + r, s_ + i * 2 * nb + 2 * b, sizeof(int32_t));
+      }
     }
   };
   if (m * k >= (int64_t{1} << 16) && !omp_in_parallel() && num_threads() > 1) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-    for (int64_t i = 0; i < m; ++i) one_row(i);
+    for (int64_t t = 0; t < tiles; ++t) one_tile(t);
   } else {
-    for (int64_t i = 0; i < m; ++i) one_row(i);
+    for (int64_t t = 0; t < tiles; ++t) one_tile(t);
   }
 }
 
