@@ -89,6 +89,11 @@ void rope_frequencies(const RopeParams& p, double* out);
 // Rotates n_tok rows of n_heads * head_dim values (row stride = row_stride floats) in place,
 // row t at position pos[t].
 void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const int32_t* pos, const RopeParams& p);
+// The rotation's cosines and sines of n_tok rows at positions pos: per row n_rot/2 cosines, then
+// n_rot/2 sines (n_tok * n_rot floats), for rope() below, which rotates by them. Rows at the same
+// positions (every layer's queries and keys of a chunk) can share them.
+void rope_angles(const int32_t* pos, int64_t n_tok, const RopeParams& p, float* cs);
+void rope(float* x, int64_t n_tok, int n_heads, int64_t row_stride, const float* cs, const RopeParams& p);
 
 struct AttentionParams {
   int n_head = 0;
