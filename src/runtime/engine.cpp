@@ -175,7 +175,7 @@ int64_t Engine::ff_slice(const Model& model, int il) {
   // Slices start on whole blocks of down's quantization.
   const int64_t bs = dtype_traits(model.layer(il).w_down.type).block_size;
   if (n_ff % bs != 0) return n_ff;
-  const int64_t count = (n_ff + kFfSlice - 1) / kFfSlice;
+  const int64_t count = std::min((n_ff + kFfSlice - 1) / kFfSlice, kFfSlices);
   const int64_t width = (n_ff + count - 1) / count;
   return std::min(n_ff, (width + bs - 1) / bs * bs);
 }
