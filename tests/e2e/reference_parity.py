@@ -61,7 +61,10 @@ per 32, take Q8_0's offset off in integers and take two panels at once on 512-bi
 (2026-12-04, night), measured (2 threads, this text, q8): max |dlogit| / max |logit| 0.085,
 0.040, 0.030; mean |dlogit| 0.235, 0.119, 0.063; argmax agreement 96.88% (SmolLM2), 98.17%
 (gemma3), 99.22%; the Q8_0 copy of SmolLM2 0.093, 0.233, 95.31% (with Q8_0's offset in float,
-94.92%: near ties at margins up to 0.34).
+94.92%: near ties at margins up to 0.34). With the MLP in at most 4 slices and the norms' sums
+of squares in 16 running sums (2026-12-05; both add in another order): 0.11, 0.047, 0.030; 0.251,
+0.120, 0.0625; 97.27%, 98.67%, 97.66% (125 of 128, the new flips at margins up to 0.133); the
+Q8_0 copy 0.060, 0.201, 95.70%.
 
 SmolLM2 also runs with bf16 and with Q8_0 weights (the Q4_1 file converted by llama.cpp's own
 quantize tool, scripts/requantize, where llama-cpp-python is installed), every bound as above. With
