@@ -108,6 +108,66 @@ TEST(Ops, RmsNorm) {
   EXPECT_NEAR(y[3], 4.f / r, 1e-6);
 }
 
+// Rows longer than the 16 running sums of the squares, with a tail (1000 = 62 x 16 + 8), against a
+// sum in long double; row_l2_norms takes the same sums.
+TEST(Ops, RmsNormLongRows) {
+  const int64_t n = 3, dim = 1000;
+  auto x = randn(n * dim, 11);
+  for (int64_t j = 0; j < dim; j += 97) x[static_cast<size_t>(j)] *= 300.f;  // a few large values
+  auto w = randn(dim, 12);
+  std::vector<float> y(x.size()), norms(n);
+  rmsnorm(x.data(), w.data(), y.data(), n, dim, 1e-6f);
+  row_l2_norms(x.data(), n, dim, norms.data());
+  for (int64_t r = 0; r < n; ++r) {
+    long double ss = 0;
+    for (int64_t j = 0; j < dim; ++j) ss += static_cast<long double>(x[static_cast<size_t>(r * dim + j)]) * x[static_cast<size_t>(r * dim + j)];
+    EXPECT_NEAR(norms[static_cast<size_t>(r)], static_cast<double>(std::sqrt(ss)), 1e-6 * static_cast<double>(std::sqrt(ss)));
+    const double inv = static_cast<double>(1.0L / std::sqrt(ss / dim + 1e-6L));
+    for (int64_t j = 0; j < dim; ++j) {
+      const size_t i = static_cast<size_t>(r * dim + j);
+      const double want = static_cast<double>(x[i]) * inv * w[static_cast<size_t>(j)];
+      ASSERT_NEAR(y[i], want, 1e-6 * std::max(1.0, std::abs(want))) << "row " << r << ", value " << j;
+    }
+  }
+}
+
+// Angles computed once and passed in (the engine shares them among layers) rotate as rope() from
+// positions does and as the formula says, for both pair layouts, a position scale and a partial
+// rotation (n_rot < head_dim: the rest of each head is left alone).
+TEST(Ops, RopeFromSharedAnglesEqualsFromPositions) {
+  const int hd = 16, heads = 3;
+  const int64_t n = 5;
+  for (bool neox : {false, true}) {
+    RopeParams p;
+    p.head_dim = hd;
+    p.n_rot = 12;
+    p.freq_base = 10000.f;
+    p.freq_scale = 0.5f;
+    p.neox = neox;
+    std::vector<int32_t> pos{3, 4, 9, 100, 4095};
+    auto a = randn(n * heads * hd, 13);
+    auto b = a;
+    rope(a.data(), n, heads, heads * hd, pos.data(), p);
+    std::vector<float> cs(static_cast<size_t>(n * p.n_rot));
+    rope_angles(pos.data(), n, p, cs.data());
+    const auto ref = b;
+    rope(b.data(), n, heads, heads * hd, cs.data(), p);
+    EXPECT_EQ(a, b);
+    const int half = p.n_rot / 2;
+    for (int64_t t = 0; t < n; ++t)
+      for (int h = 0; h < heads; ++h) {
+        const size_t row = static_cast<size_t>((t * heads + h) * hd);
+        for (int i = 0; i < half; ++i) {
+          const double th = pos[static_cast<size_t>(t)] * 0.5 * std::pow(10000.0, -2.0 * i / p.n_rot);
+          const size_t ia = row + static_cast<size_t>(neox ? i : 2 * i), ib = row + static_cast<size_t>(neox ? i + half : 2 * i + 1);
+          EXPECT_NEAR(b[ia], ref[ia] * std::cos(th) - ref[ib] * std::sin(th), 1e-5);
+          EXPECT_NEAR(b[ib], ref[ia] * std::sin(th) + ref[ib] * std::cos(th), 1e-5);
+        }
+        for (int j = p.n_rot; j < hd; ++j) EXPECT_EQ(b[row + static_cast<size_t>(j)], ref[row + static_cast<size_t>(j)]);  // not rotated
+      }
+  }
+}
+
 TEST(Ops, RopeNormalAndNeoxPairs) {
   const int hd = 8;
   for (bool neox : {false, true}) {
