@@ -78,10 +78,10 @@ class Engine final : public InferenceEngine, private LayerExecutor {
   static constexpr int64_t kChunkRows = 512;
   // Width of the MLP's slices of n_ff (see Scratch): about kFfSlice, in at most kFfSlices slices.
   // Each slice costs a pass over the chunk's update rows (down's partial products added up) and
-  // the products' fork/joins: in slices of 256 the 1.5B's n_ff of 8960 took 35, and its pp512
-  // (q8, 2 threads) ran 1.15-1.2x faster in 8 on a busy machine (1.05x on a quiet one), 1.02x
-  // more in 4; Gemma 3 and Qwen2.5-Coder-0.5B 1.05x / 1.07x in 4. The scratch of gate and up
-  // rows grows to 2 x 512 x 2304 floats (9 MiB) for the 1.5B.
+  // the products' fork/joins: in slices of 256 the 1.5B's n_ff of 8960 took 35. Its pp512 (q8, 2
+  // threads) ran 1.05x faster in 4 slices on a quiet machine (one slice: no faster), 1.18x faster
+  // in about 8 on a busy one and 1.02x more in 4; Gemma 3 and Qwen2.5-Coder-0.5B 1.05x / 1.07x in
+  // 4. The scratch of gate and up rows grows to 2 x 512 x 2304 floats (9 MiB) for the 1.5B.
   static constexpr int64_t kFfSlice = 256;
   static constexpr int64_t kFfSlices = 4;
 
