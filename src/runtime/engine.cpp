@@ -189,11 +189,9 @@ cpu::RopeParams Engine::rope_params(int il) const {
   return rp;
 }
 
-const float* Engine::rope_angles(int il, const int32_t* pos, int64_t n) {
-  const cpu::RopeParams rp = rope_params(il);
+const float* Engine::rope_angles(int il, const cpu::RopeParams& rp, const int32_t* pos, int64_t n) {
   RopeAngles& a = rope_angles_[model_.hp().layer_is_swa(il) ? 1 : 0];
-  if (a.freq_scale != rp.freq_scale || a.pos.size() != static_cast<size_t>(n) || !std::equal(pos, pos + n, a.pos.begin())) {
-    a.freq_scale = rp.freq_scale;
+  if (a.pos.size() != static_cast<size_t>(n) || !std::equal(pos, pos + n, a.pos.begin())) {
     a.pos.assign(pos, pos + n);
     a.cs.resize(static_cast<size_t>(n * (rp.n_rot / 2) * 2));
     cpu::rope_angles(pos, n, rp, a.cs.data());
@@ -207,7 +205,8 @@ void Engine::write_kv(int il, float* k, float* v, const int32_t* pos, int64_t n,
   const HParams& hp = model_.hp();
   const LayerWeights& L = model_.layer(il);
   if (L.k_norm) cpu::rmsnorm_heads(k, L.k_norm, n * hp.n_head_kv, hp.head_dim, hp.norm_eps);
-  cpu::rope(k, n, hp.n_head_kv, hp.kv_dim(), rope_angles(il, pos, n), rope_params(il));
+  const cpu::RopeParams rp = rope_params(il);
+  cpu::rope(k, n, hp.n_head_kv, hp.kv_dim(), rope_angles(il, rp, pos, n), rp);
   if (!in_cache) cache_.store(il, k, v, pos, n);
 }
 
@@ -274,7 +273,7 @@ void Engine::forward_layer(int il, const LayerIO& io) {
     cpu::rmsnorm(x, L.attn_norm, xn, m, d, hp.norm_eps);
     cpu::matmul(L.wq, xn, m, q, L.bq);
     if (L.q_norm) cpu::rmsnorm_heads(q, L.q_norm, m * hp.n_head, hp.head_dim, hp.norm_eps);
-    cpu::rope(q, m, hp.n_head, qd, rope_angles(il, pos, m), rp);
+    cpu::rope(q, m, hp.n_head, qd, rope_angles(il, rp, pos, m), rp);
     cpu::attention(q, pos, m, kv, pos[m - 1] + 1, valid, ap, attn);
     if (i0 + m > tail0) {
       const int64_t a = std::max(i0, tail0);

@@ -142,10 +142,10 @@ class Engine final : public InferenceEngine, private LayerExecutor {
   void logits_of_rows(const float* x, int64_t n, float* out);
   cpu::RopeParams rope_params(int il) const;
   // The rotation's angles (cpu::rope_angles) of n rows at positions pos with layer il's
-  // frequencies: kept per set of frequencies for the next call at the same positions (a chunk's
-  // queries and keys in every layer; a sine and a cosine per value were 2-4% of the small models'
-  // prefill).
-  const float* rope_angles(int il, const int32_t* pos, int64_t n);
+  // parameters rp (rope_params(il)): kept per set of frequencies, global or sliding-window, which
+  // also fixes the position scale, for the next call at the same positions (a chunk's queries and
+  // keys in every layer; a sine and a cosine per value were 2-4% of the small models' prefill).
+  const float* rope_angles(int il, const cpu::RopeParams& rp, const int32_t* pos, int64_t n);
   cpu::AttentionParams attention_params(int il) const;
   // Width of layer il's MLP slices (the last one may be narrower).
   static int64_t ff_slice(const Model& model, int il);
@@ -161,7 +161,6 @@ class Engine final : public InferenceEngine, private LayerExecutor {
   // RoPE frequencies of the global and the sliding-window layers, computed once.
   std::vector<double> rope_freq_global_, rope_freq_local_;
   struct RopeAngles {
-    float freq_scale = 0.f;
     std::vector<int32_t> pos;
     std::vector<float> cs;
   };
